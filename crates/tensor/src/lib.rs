@@ -1,0 +1,1 @@
+//! kiln-tensor: kiln's n-dimensional arrays, their CPU kernels and reverse-mode autograd.

@@ -1,0 +1,87 @@
+//! The contract a device backend fulfils: the primitive kernels the tensor layer is built on.
+//! The CPU implements it today (`cpu::CpuStorage`); the CUDA backend will implement the same
+//! trait, so every op and every backward rule (written with tensor ops) works on both.
+//!
+//! Layout rules: inputs come with their layouts and may be any strided view; outputs are
+//! contiguous, row-major, offset 0. Shapes are validated by the tensor layer before a call;
+//! a backend checks only what depends on data (index values).
+
+use crate::{BinaryOp, CmpOp, DType, Device, Layout, ReduceOp, Result, UnaryOp};
+
+pub trait BackendStorage: Sized + Send + Sync {
+    fn dtype(&self) -> DType;
+    fn device(&self) -> Device;
+
+    /// A contiguous copy of the elements `layout` selects.
+    fn copy_strided(&self, layout: &Layout) -> Result<Self>;
+    fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Self>;
+
+    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self>;
+    /// Both layouts have the same shape (broadcasting is done by the views).
+    fn binary(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        op: BinaryOp,
+    ) -> Result<Self>;
+    /// A `u8` mask, 1 where `self op rhs`.
+    fn compare(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self>;
+    /// `self` is the condition (nonzero is true); all three layouts have one shape.
+    fn where_cond(
+        &self,
+        layout: &Layout,
+        on_true: &Self,
+        true_layout: &Layout,
+        on_false: &Self,
+        false_layout: &Layout,
+    ) -> Result<Self>;
+
+    /// Reduces over `dims` (sorted, distinct), keeping them as dims of size 1.
+    fn reduce(&self, layout: &Layout, op: ReduceOp, dims: &[usize]) -> Result<Self>;
+    /// Softmax (or log-softmax when `log`) along `dim`, max-subtracted for stability.
+    fn softmax(&self, layout: &Layout, dim: usize, log: bool) -> Result<Self>;
+
+    /// `[batch.., m, k] x [batch.., k, n] -> [batch.., n]`, any strides (transposed views are
+    /// read in place). Both operands have the same batch dims.
+    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
+
+    /// Concatenation along `dim` of parts whose other dims agree.
+    fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self>;
+    /// Entries `index[j]` (a 1-D `u32` tensor) of `dim`.
+    fn index_select(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self>;
+    /// `self` with `source[.., j, ..]` added at `self[.., index[j], ..]` along `dim`.
+    fn index_add(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        source: &Self,
+        source_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self>;
+    /// `out[i][j][k] = self[i][index[i][j][k]][k]` for `dim == 1`, and so on for any dim.
+    fn gather(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self>;
+    /// `self` with `source[i][j][k]` added at `[i][index[i][j][k]][k]` (for `dim == 1`).
+    fn scatter_add(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        source: &Self,
+        source_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self>;
+}

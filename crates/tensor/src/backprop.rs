@@ -1,0 +1,178 @@
+//! Reverse-mode autograd. `backward` sorts the graph under a scalar topologically and applies
+//! each op's backward rule (in `ops/`), returning a map from leaf to gradient. There is no
+//! global tape: the graph is the `Op` records the tensors hold.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::op::Op;
+use crate::ops::{elementwise, index, matmul, reduce, view};
+use crate::tensor::NoGradGuard;
+use crate::{Error, Result, Tensor, TensorId};
+
+/// Gradients of a scalar with respect to the leaves (tensors that require grad) under it.
+#[derive(Debug, Default)]
+pub struct Gradients(HashMap<TensorId, Tensor>);
+
+impl Gradients {
+    /// The gradient for `tensor`, if it was a leaf under the scalar.
+    pub fn get(&self, tensor: &Tensor) -> Option<&Tensor> {
+        self.0.get(&tensor.id())
+    }
+
+    pub fn remove(&mut self, tensor: &Tensor) -> Option<Tensor> {
+        self.0.remove(&tensor.id())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Tensor {
+    /// Gradients of this scalar with respect to every leaf under it that requires grad.
+    /// The gradients carry no history.
+    pub fn backward(&self) -> Result<Gradients> {
+        let _no_grad = NoGradGuard::new();
+        self.backpropagate()
+    }
+
+    /// Like `backward`, but the gradients are themselves tracked functions of the inputs
+    /// (`create_graph=True` in PyTorch), so they can be differentiated again: what WGAN-GP's
+    /// gradient penalty needs.
+    pub fn backward_with_graph(&self) -> Result<Gradients> {
+        self.backpropagate()
+    }
+
+    fn backpropagate(&self) -> Result<Gradients> {
+        if self.elem_count() != 1 {
+            return Err(Error::invalid(
+                "backward",
+                format!("needs a one-element tensor, got shape {}", self.shape()),
+            ));
+        }
+        self.float_only("backward")?;
+        let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+        let mut leaves = Gradients::default();
+        if !self.is_tracked() {
+            return Ok(leaves);
+        }
+        grads.insert(self.id(), self.ones_like()?);
+        for node in self.sorted_graph().iter().rev() {
+            // A node's gradient is complete once every node after it is done: take it.
+            let Some(grad) = grads.remove(&node.id()) else {
+                continue;
+            };
+            if node.requires_grad() {
+                leaves.0.insert(node.id(), grad.clone());
+            }
+            let Some(op) = node.op() else { continue };
+            for (input, input_grad) in input_gradients(op, node, &grad)? {
+                if !input.is_tracked() {
+                    continue;
+                }
+                let sum = match grads.remove(&input.id()) {
+                    Some(previous) => previous.add(&input_grad)?,
+                    None => input_grad,
+                };
+                grads.insert(input.id(), sum);
+            }
+        }
+        Ok(leaves)
+    }
+
+    /// The tracked nodes under this one, each after all of its inputs.
+    fn sorted_graph(&self) -> Vec<Tensor> {
+        let mut order = Vec::new();
+        let mut visited = HashSet::new();
+        // Iterative depth-first post-order: deep graphs must not overflow the stack.
+        let mut stack = vec![(self.clone(), false)];
+        while let Some((node, inputs_done)) = stack.pop() {
+            if inputs_done {
+                order.push(node);
+                continue;
+            }
+            if !visited.insert(node.id()) {
+                continue;
+            }
+            stack.push((node.clone(), true));
+            if let Some(op) = node.op() {
+                for input in op.inputs() {
+                    if input.is_tracked() && !visited.contains(&input.id()) {
+                        stack.push((input.clone(), false));
+                    }
+                }
+            }
+        }
+        order
+    }
+}
+
+/// Each input of `node` paired with the gradient flowing to it, given the node's gradient.
+fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+    Ok(match op {
+        Op::Unary(x, unary) => vec![(
+            x.clone(),
+            elementwise::unary_backward(x, *unary, node, grad)?,
+        )],
+        Op::Binary(lhs, rhs, binary) => {
+            let (dl, dr) = elementwise::binary_backward(lhs, rhs, *binary, grad)?;
+            vec![(lhs.clone(), dl), (rhs.clone(), dr)]
+        }
+        Op::Reduce(x, reduce_op, dims) => {
+            vec![(
+                x.clone(),
+                reduce::reduce_backward(x, *reduce_op, dims, node, grad)?,
+            )]
+        }
+        Op::Matmul(lhs, rhs) => {
+            let (dl, dr) = matmul::matmul_backward(lhs, rhs, grad)?;
+            vec![(lhs.clone(), dl), (rhs.clone(), dr)]
+        }
+        Op::Reshape(x) => vec![(x.clone(), grad.reshape(x.shape())?)],
+        Op::Permute(x, perm) => {
+            vec![(x.clone(), grad.permute(&view::inverse_permutation(perm))?)]
+        }
+        Op::Broadcast(x) => vec![(x.clone(), grad.sum_to(x.shape())?)],
+        Op::Narrow(x, dim, start) => {
+            vec![(x.clone(), view::narrow_backward(x, *dim, *start, grad)?)]
+        }
+        Op::Copy(x) => vec![(x.clone(), grad.clone())],
+        Op::ToDType(x) => vec![(x.clone(), grad.to_dtype(x.dtype())?)],
+        Op::Cat(parts, dim) => parts
+            .iter()
+            .cloned()
+            .zip(index::cat_backward(parts, *dim, grad)?)
+            .collect(),
+        Op::IndexSelect(x, indices, dim) => {
+            vec![(x.clone(), x.zeros_like()?.index_add(*dim, indices, grad)?)]
+        }
+        Op::IndexAdd(base, indices, source, dim) => vec![
+            (base.clone(), grad.clone()),
+            (source.clone(), grad.index_select(*dim, indices)?),
+        ],
+        Op::Gather(x, indices, dim) => {
+            vec![(x.clone(), x.zeros_like()?.scatter_add(*dim, indices, grad)?)]
+        }
+        Op::ScatterAdd(base, indices, source, dim) => vec![
+            (base.clone(), grad.clone()),
+            (source.clone(), grad.gather(*dim, indices)?),
+        ],
+        Op::WhereCond(condition, on_true, on_false) => {
+            let (dt, df) = elementwise::where_backward(condition, grad)?;
+            vec![(on_true.clone(), dt), (on_false.clone(), df)]
+        }
+        Op::Softmax(x, dim) => {
+            vec![(
+                x.clone(),
+                reduce::softmax_backward(node, *dim, false, grad)?,
+            )]
+        }
+        Op::LogSoftmax(x, dim) => {
+            vec![(x.clone(), reduce::softmax_backward(node, *dim, true, grad)?)]
+        }
+    })
+}

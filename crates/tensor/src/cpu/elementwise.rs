@@ -1,0 +1,89 @@
+//! Elementwise CPU kernels: one line per op on top of `map1`/`map2` (see `cpu/mod.rs`).
+//! Half types compute in f32 (`FloatDType::Math`) and round on store.
+
+use num_traits::Float;
+
+use super::{map1, map2};
+use crate::{BinaryOp, CmpOp, FloatDType, Layout, UnaryOp, WithDType};
+
+/// Applies `f` to each element in `T`'s math type.
+fn map_math<T: FloatDType>(
+    data: &[T],
+    layout: &Layout,
+    f: impl Fn(T::Math) -> T::Math + Sync,
+) -> Vec<T> {
+    map1(data, layout, |x| T::from_math(f(x.to_math())))
+}
+
+pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> Vec<T> {
+    let c = T::math_from_f64;
+    let zero = c(0.0);
+    match op {
+        UnaryOp::Neg => map_math(data, layout, |x| -x),
+        UnaryOp::Exp => map_math(data, layout, |x| x.exp()),
+        UnaryOp::Log => map_math(data, layout, |x| x.ln()),
+        UnaryOp::Sqrt => map_math(data, layout, |x| x.sqrt()),
+        UnaryOp::Abs => map_math(data, layout, |x| x.abs()),
+        UnaryOp::Sign => map_math(data, layout, |x| if x == zero { zero } else { x.signum() }),
+        UnaryOp::Relu => map_math(data, layout, |x| if x > zero { x } else { zero }),
+        UnaryOp::LeakyRelu(slope) => {
+            let slope = c(slope);
+            map_math(data, layout, |x| if x > zero { x } else { x * slope })
+        }
+        UnaryOp::Sigmoid => map_math(data, layout, sigmoid),
+        UnaryOp::Tanh => map_math(data, layout, |x| x.tanh()),
+        UnaryOp::Softplus => map_math(data, layout, |x| x.max(zero) + (-x.abs()).exp().ln_1p()),
+        UnaryOp::Powf(exponent) => map_math(data, layout, |x| x.powf(c(exponent))),
+        UnaryOp::Clamp(min, max) => map_math(data, layout, |x| x.max(c(min)).min(c(max))),
+        UnaryOp::Affine(mul, add) => map_math(data, layout, |x| x * c(mul) + c(add)),
+    }
+}
+
+/// 1 / (1 + e^-x), written so that neither branch overflows.
+fn sigmoid<F: Float>(x: F) -> F {
+    if x >= F::zero() {
+        F::one() / (F::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (F::one() + e)
+    }
+}
+
+pub(crate) fn binary<T: FloatDType>(
+    lhs: &[T],
+    lhs_layout: &Layout,
+    rhs: &[T],
+    rhs_layout: &Layout,
+    op: BinaryOp,
+) -> Vec<T> {
+    let zip = |f: fn(T::Math, T::Math) -> T::Math| {
+        map2(lhs, lhs_layout, rhs, rhs_layout, |a: T, b: T| {
+            T::from_math(f(a.to_math(), b.to_math()))
+        })
+    };
+    match op {
+        BinaryOp::Add => zip(|a, b| a + b),
+        BinaryOp::Sub => zip(|a, b| a - b),
+        BinaryOp::Mul => zip(|a, b| a * b),
+        BinaryOp::Div => zip(|a, b| a / b),
+    }
+}
+
+pub(crate) fn compare<T: WithDType>(
+    lhs: &[T],
+    lhs_layout: &Layout,
+    rhs: &[T],
+    rhs_layout: &Layout,
+    op: CmpOp,
+) -> Vec<u8> {
+    let zip =
+        |f: fn(&T, &T) -> bool| map2(lhs, lhs_layout, rhs, rhs_layout, |a, b| f(&a, &b) as u8);
+    match op {
+        CmpOp::Eq => zip(T::eq),
+        CmpOp::Ne => zip(T::ne),
+        CmpOp::Lt => zip(T::lt),
+        CmpOp::Le => zip(T::le),
+        CmpOp::Gt => zip(T::gt),
+        CmpOp::Ge => zip(T::ge),
+    }
+}

@@ -1,0 +1,492 @@
+//! The CPU backend: storage as typed `Vec`s and kernels over strided layouts. Elementwise
+//! kernels share one loop (`fill`), which splits large outputs over rayon's threads.
+//! This is the correct, reasonably quick reference; the hand-tuned SIMD GEMM and measured
+//! thresholds belong to the CPU-speed work.
+
+mod elementwise;
+mod index;
+mod matmul;
+mod reduce;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::backend::BackendStorage;
+use crate::layout::Runs;
+use crate::{BinaryOp, CmpOp, DType, Device, Error, Layout, ReduceOp, Result, UnaryOp, WithDType};
+
+/// A tensor's elements in host memory.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CpuStorage {
+    U8(Vec<u8>),
+    U32(Vec<u32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Runs `$body` with `$data` bound to the typed `Vec` of any dtype; the body's result is
+/// rewrapped in the same variant.
+macro_rules! map_any {
+    ($storage:expr, $data:ident => $body:expr) => {
+        match $storage {
+            CpuStorage::U8($data) => CpuStorage::U8($body),
+            CpuStorage::U32($data) => CpuStorage::U32($body),
+            CpuStorage::F16($data) => CpuStorage::F16($body),
+            CpuStorage::BF16($data) => CpuStorage::BF16($body),
+            CpuStorage::F32($data) => CpuStorage::F32($body),
+            CpuStorage::F64($data) => CpuStorage::F64($body),
+        }
+    };
+}
+
+/// Like `map_any!` for float dtypes; integer dtypes are an `UnsupportedDType` error for `$op`.
+macro_rules! map_float {
+    ($op:expr, $storage:expr, $data:ident => $body:expr) => {
+        match $storage {
+            CpuStorage::F16($data) => CpuStorage::F16($body),
+            CpuStorage::BF16($data) => CpuStorage::BF16($body),
+            CpuStorage::F32($data) => CpuStorage::F32($body),
+            CpuStorage::F64($data) => CpuStorage::F64($body),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: $op,
+                    dtype: other.dtype(),
+                })
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$a` and `$b` bound to two `Vec`s of the same dtype, or returns a
+/// `DTypeMismatch` for `$op`. `$wrap` picks how the body's result is wrapped.
+macro_rules! zip_same {
+    ($op:expr, $lhs:expr, $rhs:expr, ($a:ident, $b:ident) => $body:expr) => {
+        match ($lhs, $rhs) {
+            (CpuStorage::U8($a), CpuStorage::U8($b)) => $body,
+            (CpuStorage::U32($a), CpuStorage::U32($b)) => $body,
+            (CpuStorage::F16($a), CpuStorage::F16($b)) => $body,
+            (CpuStorage::BF16($a), CpuStorage::BF16($b)) => $body,
+            (CpuStorage::F32($a), CpuStorage::F32($b)) => $body,
+            (CpuStorage::F64($a), CpuStorage::F64($b)) => $body,
+            (lhs, rhs) => {
+                return Err(Error::DTypeMismatch {
+                    op: $op,
+                    lhs: lhs.dtype(),
+                    rhs: rhs.dtype(),
+                })
+            }
+        }
+    };
+}
+
+/// Outputs at least this long are split over rayon's threads. A first estimate (a thread
+/// hand-off costs a few microseconds, about what one core needs for 32K simple elements);
+/// the CPU-speed work measures it per kernel.
+pub(crate) const PARALLEL_MIN_ELEMS: usize = 1 << 15;
+
+/// The one loop under every map-style kernel: walks `runs` in row-major order and calls
+/// `body(out_span, start_offsets)` for consecutive spans of `out`, in parallel chunks when
+/// `out` is large. Element `i` of a span reads layout `k` at
+/// `start_offsets[k] + i * runs.run_strides()[k]`.
+pub(crate) fn fill<U: Send, const N: usize>(
+    out: &mut [U],
+    runs: &Runs<N>,
+    body: impl Fn(&mut [U], [usize; N]) + Sync,
+) {
+    let fill_chunk = |chunk: &mut [U], start: usize| {
+        let mut position = 0;
+        runs.for_each_span(start..start + chunk.len(), |offsets, len| {
+            body(&mut chunk[position..position + len], offsets);
+            position += len;
+        });
+    };
+    if out.len() < PARALLEL_MIN_ELEMS {
+        fill_chunk(out, 0);
+    } else {
+        let chunk_len = PARALLEL_MIN_ELEMS / 2;
+        out.par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, chunk)| fill_chunk(chunk, i * chunk_len));
+    }
+}
+
+/// `out[i] = f(src[i])` in the row-major order of `layout`.
+pub(crate) fn map1<T: Copy + Sync, U: Copy + Default + Send>(
+    src: &[T],
+    layout: &Layout,
+    f: impl Fn(T) -> U + Sync,
+) -> Vec<U> {
+    if let Some(range) = layout.contiguous_range() {
+        let src = &src[range];
+        return if src.len() < PARALLEL_MIN_ELEMS {
+            src.iter().map(|&x| f(x)).collect()
+        } else {
+            src.par_iter().map(|&x| f(x)).collect()
+        };
+    }
+    let mut out = vec![U::default(); layout.elem_count()];
+    let runs = Runs::for_layouts([layout]);
+    let [stride] = runs.run_strides();
+    fill(&mut out, &runs, |span, [start]| {
+        for (i, o) in span.iter_mut().enumerate() {
+            *o = f(src[start + i * stride]);
+        }
+    });
+    out
+}
+
+/// `out[i] = f(lhs[i], rhs[i])` for two same-shaped layouts.
+pub(crate) fn map2<A: Copy + Sync, B: Copy + Sync, U: Copy + Default + Send>(
+    lhs: &[A],
+    lhs_layout: &Layout,
+    rhs: &[B],
+    rhs_layout: &Layout,
+    f: impl Fn(A, B) -> U + Sync,
+) -> Vec<U> {
+    let mut out = vec![U::default(); lhs_layout.elem_count()];
+    let runs = Runs::for_layouts([lhs_layout, rhs_layout]);
+    match runs.run_strides() {
+        // Both contiguous along the run: slices, which the compiler vectorizes.
+        [1, 1] => fill(&mut out, &runs, |span, [a, b]| {
+            let (a, b) = (&lhs[a..a + span.len()], &rhs[b..b + span.len()]);
+            for ((o, &x), &y) in span.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        }),
+        // A row against a broadcast scalar (bias-like).
+        [1, 0] => fill(&mut out, &runs, |span, [a, b]| {
+            let y = rhs[b];
+            let len = span.len();
+            for (o, &x) in span.iter_mut().zip(&lhs[a..a + len]) {
+                *o = f(x, y);
+            }
+        }),
+        [lhs_stride, rhs_stride] => fill(&mut out, &runs, |span, [a, b]| {
+            for (i, o) in span.iter_mut().enumerate() {
+                *o = f(lhs[a + i * lhs_stride], rhs[b + i * rhs_stride]);
+            }
+        }),
+    }
+    out
+}
+
+/// `out[i] = f(a[i], b[i], c[i])` for three same-shaped layouts.
+pub(crate) fn map3<A: Copy + Sync, B: Copy + Sync, C: Copy + Sync, U: Copy + Default + Send>(
+    (a, a_layout): (&[A], &Layout),
+    (b, b_layout): (&[B], &Layout),
+    (c, c_layout): (&[C], &Layout),
+    f: impl Fn(A, B, C) -> U + Sync,
+) -> Vec<U> {
+    let mut out = vec![U::default(); a_layout.elem_count()];
+    let runs = Runs::for_layouts([a_layout, b_layout, c_layout]);
+    let [sa, sb, sc] = runs.run_strides();
+    fill(&mut out, &runs, |span, [oa, ob, oc]| {
+        for (i, o) in span.iter_mut().enumerate() {
+            *o = f(a[oa + i * sa], b[ob + i * sb], c[oc + i * sc]);
+        }
+    });
+    out
+}
+
+impl CpuStorage {
+    pub fn from_vec<T: WithDType>(data: Vec<T>) -> Self {
+        // Safe downcast through Any: T is exactly one of the six element types.
+        let any: Box<dyn std::any::Any> = Box::new(data);
+        let any = match any.downcast::<Vec<u8>>() {
+            Ok(v) => return CpuStorage::U8(*v),
+            Err(any) => any,
+        };
+        let any = match any.downcast::<Vec<u32>>() {
+            Ok(v) => return CpuStorage::U32(*v),
+            Err(any) => any,
+        };
+        let any = match any.downcast::<Vec<f16>>() {
+            Ok(v) => return CpuStorage::F16(*v),
+            Err(any) => any,
+        };
+        let any = match any.downcast::<Vec<bf16>>() {
+            Ok(v) => return CpuStorage::BF16(*v),
+            Err(any) => any,
+        };
+        let any = match any.downcast::<Vec<f32>>() {
+            Ok(v) => return CpuStorage::F32(*v),
+            Err(any) => any,
+        };
+        match any.downcast::<Vec<f64>>() {
+            Ok(v) => CpuStorage::F64(*v),
+            Err(_) => unreachable!("WithDType is implemented only for the six element types"),
+        }
+    }
+
+    /// The elements as `&[T]`, if `T` is this storage's element type.
+    pub fn as_slice<T: WithDType>(&self) -> Option<&[T]> {
+        let any: &dyn std::any::Any = match self {
+            CpuStorage::U8(v) => v,
+            CpuStorage::U32(v) => v,
+            CpuStorage::F16(v) => v,
+            CpuStorage::BF16(v) => v,
+            CpuStorage::F32(v) => v,
+            CpuStorage::F64(v) => v,
+        };
+        any.downcast_ref::<Vec<T>>().map(|v| v.as_slice())
+    }
+
+    /// `len` copies of `value`, rounded to `dtype`.
+    pub fn full(value: f64, len: usize, dtype: DType) -> Self {
+        fn fill_with<T: WithDType>(value: f64, len: usize) -> Vec<T> {
+            vec![T::from_f64(value); len]
+        }
+        match dtype {
+            DType::U8 => CpuStorage::U8(fill_with(value, len)),
+            DType::U32 => CpuStorage::U32(fill_with(value, len)),
+            DType::F16 => CpuStorage::F16(fill_with(value, len)),
+            DType::BF16 => CpuStorage::BF16(fill_with(value, len)),
+            DType::F32 => CpuStorage::F32(fill_with(value, len)),
+            DType::F64 => CpuStorage::F64(fill_with(value, len)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::U8(v) => v.len(),
+            CpuStorage::U32(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Index values of a `u32` tensor, each checked against `size` (the extent of `dim`).
+    fn indices(
+        &self,
+        layout: &Layout,
+        op: &'static str,
+        dim: usize,
+        size: usize,
+    ) -> Result<Vec<usize>> {
+        let CpuStorage::U32(data) = self else {
+            return Err(Error::invalid(
+                op,
+                format!("indices must be u32, got {}", self.dtype()),
+            ));
+        };
+        let indices = map1(data, layout, |i| i as usize);
+        match indices.iter().find(|&&i| i >= size) {
+            Some(&index) => Err(Error::IndexOutOfRange {
+                op,
+                index,
+                dim,
+                size,
+            }),
+            None => Ok(indices),
+        }
+    }
+}
+
+impl BackendStorage for CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::U8(_) => DType::U8,
+            CpuStorage::U32(_) => DType::U32,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+        }
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn copy_strided(&self, layout: &Layout) -> Result<Self> {
+        Ok(map_any!(self, data => map1(data, layout, |x| x)))
+    }
+
+    fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Self> {
+        fn convert<T: WithDType>(storage: &CpuStorage, layout: &Layout) -> Vec<T> {
+            match storage {
+                CpuStorage::U8(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::U32(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::F16(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::BF16(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::F32(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::F64(v) => map1(v, layout, |x| T::from_f64(x)),
+            }
+        }
+        Ok(match dtype {
+            DType::U8 => CpuStorage::U8(convert(self, layout)),
+            DType::U32 => CpuStorage::U32(convert(self, layout)),
+            DType::F16 => CpuStorage::F16(convert(self, layout)),
+            DType::BF16 => CpuStorage::BF16(convert(self, layout)),
+            DType::F32 => CpuStorage::F32(convert(self, layout)),
+            DType::F64 => CpuStorage::F64(convert(self, layout)),
+        })
+    }
+
+    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self> {
+        Ok(map_float!("unary op", self, data => elementwise::unary(data, layout, op)))
+    }
+
+    fn binary(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        op: BinaryOp,
+    ) -> Result<Self> {
+        Ok(map_float!("binary op", self, data => {
+            let rhs = rhs.as_slice().ok_or(Error::DTypeMismatch {
+                op: "binary op",
+                lhs: self.dtype(),
+                rhs: rhs.dtype(),
+            })?;
+            elementwise::binary(data, layout, rhs, rhs_layout, op)
+        }))
+    }
+
+    fn compare(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self> {
+        Ok(CpuStorage::U8(zip_same!("compare", self, rhs, (a, b) => {
+            elementwise::compare(a, layout, b, rhs_layout, op)
+        })))
+    }
+
+    fn where_cond(
+        &self,
+        layout: &Layout,
+        on_true: &Self,
+        true_layout: &Layout,
+        on_false: &Self,
+        false_layout: &Layout,
+    ) -> Result<Self> {
+        fn select<C: WithDType>(
+            condition: (&[C], &Layout),
+            on_true: &CpuStorage,
+            true_layout: &Layout,
+            on_false: &CpuStorage,
+            false_layout: &Layout,
+        ) -> Result<CpuStorage> {
+            Ok(zip_same!("where_cond", on_true, on_false, (a, b) => {
+                CpuStorage::from_vec(map3(condition, (a, true_layout), (b, false_layout),
+                    |c, x, y| if c.is_nonzero() { x } else { y }))
+            }))
+        }
+        match self {
+            CpuStorage::U8(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+            CpuStorage::U32(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+            CpuStorage::F16(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+            CpuStorage::BF16(c) => {
+                select((c, layout), on_true, true_layout, on_false, false_layout)
+            }
+            CpuStorage::F32(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+            CpuStorage::F64(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+        }
+    }
+
+    fn reduce(&self, layout: &Layout, op: ReduceOp, dims: &[usize]) -> Result<Self> {
+        Ok(map_float!("reduce", self, data => reduce::reduce(data, layout, op, dims)))
+    }
+
+    fn softmax(&self, layout: &Layout, dim: usize, log: bool) -> Result<Self> {
+        Ok(map_float!("softmax", self, data => reduce::softmax(data, layout, dim, log)))
+    }
+
+    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+        Ok(map_float!("matmul", self, data => {
+            let rhs = rhs.as_slice().ok_or(Error::DTypeMismatch {
+                op: "matmul",
+                lhs: self.dtype(),
+                rhs: rhs.dtype(),
+            })?;
+            matmul::matmul(data, layout, rhs, rhs_layout)
+        }))
+    }
+
+    fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {
+        let (first, _) = parts
+            .first()
+            .ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
+        Ok(map_any!(first, data => {
+            let _ = data;
+            let typed = parts
+                .iter()
+                .map(|(storage, layout)| {
+                    storage
+                        .as_slice()
+                        .map(|slice| (slice, *layout))
+                        .ok_or(Error::DTypeMismatch { op: "cat", lhs: first.dtype(), rhs: storage.dtype() })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            index::cat(&typed, dim)
+        }))
+    }
+
+    fn index_select(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        let indices = index.indices(index_layout, "index_select", dim, layout.dims()[dim])?;
+        Ok(map_any!(self, data => index::index_select(data, layout, &indices, dim)))
+    }
+
+    fn index_add(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        source: &Self,
+        source_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        let indices = index.indices(index_layout, "index_add", dim, layout.dims()[dim])?;
+        Ok(map_float!("index_add", self, data => {
+            let source = source.as_slice().ok_or(Error::DTypeMismatch {
+                op: "index_add",
+                lhs: self.dtype(),
+                rhs: source.dtype(),
+            })?;
+            index::index_add(data, layout, &indices, source, source_layout, dim)
+        }))
+    }
+
+    fn gather(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        let indices = index.indices(index_layout, "gather", dim, layout.dims()[dim])?;
+        Ok(map_any!(self, data => index::gather(data, layout, &indices, index_layout.shape(), dim)))
+    }
+
+    fn scatter_add(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        source: &Self,
+        source_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        let indices = index.indices(index_layout, "scatter_add", dim, layout.dims()[dim])?;
+        Ok(map_float!("scatter_add", self, data => {
+            let source = source.as_slice().ok_or(Error::DTypeMismatch {
+                op: "scatter_add",
+                lhs: self.dtype(),
+                rhs: source.dtype(),
+            })?;
+            index::scatter_add(data, layout, &indices, source, source_layout, dim)
+        }))
+    }
+}

@@ -1,0 +1,119 @@
+//! Reductions over chosen dims, and softmax along one dim, on the CPU.
+
+use num_traits::{Float, Zero};
+use rayon::prelude::*;
+
+use super::{map1, PARALLEL_MIN_ELEMS};
+use crate::layout::Runs;
+use crate::{FloatDType, Layout, ReduceOp, Shape};
+
+/// Reduces `dims` of `layout` (keepdim). The input is walked in its own order and each element
+/// is folded into its output slot (the output's strides are 0 along reduced dims), which reads
+/// memory in order whichever dims are reduced: a bias gradient (sum over the batch dim)
+/// streams through rows instead of striding down columns. Sums accumulate in f64.
+pub(crate) fn reduce<T: FloatDType>(
+    data: &[T],
+    layout: &Layout,
+    op: ReduceOp,
+    dims: &[usize],
+) -> Vec<T> {
+    let mut out_dims = layout.dims().to_vec();
+    for &d in dims {
+        out_dims[d] = 1;
+    }
+    let out_shape = Shape::from(out_dims);
+    let mut out_strides = out_shape.contiguous_strides();
+    for &d in dims {
+        out_strides[d] = 0;
+    }
+    let runs = Runs::new(
+        layout.shape(),
+        [(layout.strides(), layout.offset()), (&out_strides, 0)],
+    );
+    let [in_stride, out_stride] = runs.run_strides();
+    let elems = 0..layout.elem_count();
+    match op {
+        ReduceOp::Sum => {
+            let mut sums = vec![0f64; out_shape.elem_count()];
+            runs.for_each_span(elems, |[i, o], len| {
+                for k in 0..len {
+                    sums[o + k * out_stride] += T::math_to_f64(data[i + k * in_stride].to_math());
+                }
+            });
+            sums.into_iter()
+                .map(|s| T::from_math(T::math_from_f64(s)))
+                .collect()
+        }
+        ReduceOp::Max => {
+            let mut maxima = vec![T::Math::neg_infinity(); out_shape.elem_count()];
+            runs.for_each_span(elems, |[i, o], len| {
+                for k in 0..len {
+                    let x = data[i + k * in_stride].to_math();
+                    let m = &mut maxima[o + k * out_stride];
+                    // NaN wins, as in PyTorch: once m is NaN no comparison replaces it.
+                    if x > *m || x.is_nan() {
+                        *m = x;
+                    }
+                }
+            });
+            maxima.into_iter().map(T::from_math).collect()
+        }
+    }
+}
+
+/// Softmax (or log-softmax) along `dim`, subtracting each row's max first so exp never
+/// overflows. Rows are made contiguous (dim last), done in parallel, and put back in order.
+pub(crate) fn softmax<T: FloatDType>(data: &[T], layout: &Layout, dim: usize, log: bool) -> Vec<T> {
+    let rank = layout.shape().rank();
+    let mut perm: Vec<usize> = (0..rank).filter(|&d| d != dim).collect();
+    perm.push(dim);
+    let moved = layout
+        .permute(&perm)
+        .expect("dim was checked by the tensor layer");
+    let rows = map1(data, &moved, |x| x.to_math());
+    let row_len = layout.dims()[dim].max(1);
+    let mut out = vec![T::default(); rows.len()];
+    let per_row = |(row, out): (&[T::Math], &mut [T])| {
+        let max = row.iter().fold(T::Math::neg_infinity(), |m, &x| m.max(x));
+        // A row of -inf would give NaN from (-inf) - (-inf); shift by 0 instead.
+        let shift = if max.is_finite() {
+            max
+        } else {
+            T::Math::zero()
+        };
+        let sum = row
+            .iter()
+            .fold(T::Math::zero(), |s, &x| s + (x - shift).exp());
+        if log {
+            let log_sum = sum.ln() + shift;
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o = T::from_math(x - log_sum);
+            }
+        } else {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o = T::from_math((x - shift).exp() / sum);
+            }
+        }
+    };
+    if rows.len() < PARALLEL_MIN_ELEMS {
+        rows.chunks(row_len)
+            .zip(out.chunks_mut(row_len))
+            .for_each(per_row);
+    } else {
+        rows.par_chunks(row_len)
+            .zip(out.par_chunks_mut(row_len))
+            .for_each(per_row);
+    }
+    if dim + 1 == rank {
+        return out;
+    }
+    // Back to the original dim order: the inverse permutation of a contiguous result.
+    let mut inverse = vec![0; rank];
+    for (i, &d) in perm.iter().enumerate() {
+        inverse[d] = i;
+    }
+    let back = Layout::contiguous(moved.shape().clone())
+        .permute(&inverse)
+        .expect("inverse of a permutation");
+    map1(&out, &back, |x| x)
+}

@@ -1,0 +1,104 @@
+//! The vocabulary shared by the backends and autograd: which primitive an op is, and the
+//! record (`Op`) a tracked tensor keeps of the op and inputs that made it.
+
+use crate::Tensor;
+
+/// Elementwise functions of one float tensor. Each is one line in the CPU table
+/// (`cpu::elementwise::unary`) and, later, in the CUDA one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Abs,
+    /// -1, 0 or 1; has no gradient (used by backward rules).
+    Sign,
+    Relu,
+    LeakyRelu(f64),
+    Sigmoid,
+    Tanh,
+    /// log(1 + e^x), computed as max(x, 0) + log1p(e^-|x|) so it neither overflows nor
+    /// loses small values.
+    Softplus,
+    Powf(f64),
+    Clamp(f64, f64),
+    /// x * mul + add.
+    Affine(f64, f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// Comparisons; they return `u8` masks (1 where true) and carry no gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+}
+
+/// How a tracked tensor was made: the op and the inputs its backward rule needs. Inputs of
+/// elementwise ops already have the output's shape (broadcasting is a `Broadcast` view op in
+/// front), so backward rules never reduce over broadcast dims themselves.
+#[derive(Clone)]
+pub(crate) enum Op {
+    Unary(Tensor, UnaryOp),
+    Binary(Tensor, Tensor, BinaryOp),
+    /// Reduced with keepdim; `dims` sorted.
+    Reduce(Tensor, ReduceOp, Vec<usize>),
+    Matmul(Tensor, Tensor),
+    Reshape(Tensor),
+    Permute(Tensor, Vec<usize>),
+    Broadcast(Tensor),
+    Narrow(Tensor, usize, usize),
+    Copy(Tensor),
+    ToDType(Tensor),
+    Cat(Vec<Tensor>, usize),
+    IndexSelect(Tensor, Tensor, usize),
+    IndexAdd(Tensor, Tensor, Tensor, usize),
+    Gather(Tensor, Tensor, usize),
+    ScatterAdd(Tensor, Tensor, Tensor, usize),
+    WhereCond(Tensor, Tensor, Tensor),
+    Softmax(Tensor, usize),
+    LogSoftmax(Tensor, usize),
+}
+
+impl Op {
+    /// The tensors this op read, for walking the graph.
+    pub(crate) fn inputs(&self) -> Vec<&Tensor> {
+        match self {
+            Op::Unary(x, _)
+            | Op::Reduce(x, _, _)
+            | Op::Reshape(x)
+            | Op::Permute(x, _)
+            | Op::Broadcast(x)
+            | Op::Narrow(x, _, _)
+            | Op::Copy(x)
+            | Op::ToDType(x)
+            | Op::Softmax(x, _)
+            | Op::LogSoftmax(x, _) => vec![x],
+            Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
+            Op::IndexSelect(x, index, _) | Op::Gather(x, index, _) => vec![x, index],
+            Op::IndexAdd(base, index, source, _) | Op::ScatterAdd(base, index, source, _) => {
+                vec![base, index, source]
+            }
+            Op::WhereCond(condition, on_true, on_false) => vec![condition, on_true, on_false],
+            Op::Cat(parts, _) => parts.iter().collect(),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Matrix products: 2-D and batched (batch dims broadcast), with backward rules.
+
+use crate::op::Op;
+use crate::{Error, Result, Shape, Tensor};
+
+impl Tensor {
+    /// `[.., m, k] x [.., k, n] -> [.., m, n]`. Batch dims broadcast (NumPy rules); transposed
+    /// operands (`t()`) are read in place, not copied.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.same_dtype("matmul", rhs)?;
+        self.float_only("matmul")?;
+        let (lhs_rank, rhs_rank) = (self.rank(), rhs.rank());
+        if lhs_rank < 2 || rhs_rank < 2 || self.dims()[lhs_rank - 1] != rhs.dims()[rhs_rank - 2] {
+            return Err(Error::invalid(
+                "matmul",
+                format!(
+                    "cannot multiply {} by {}: expected [.., m, k] x [.., k, n]",
+                    self.shape(),
+                    rhs.shape()
+                ),
+            ));
+        }
+        let lhs_batch = Shape::from(&self.dims()[..lhs_rank - 2]);
+        let rhs_batch = Shape::from(&rhs.dims()[..rhs_rank - 2]);
+        let batch = lhs_batch.broadcast_with("matmul", &rhs_batch)?;
+        let with_matrix = |rows: usize, cols: usize| {
+            let mut dims = batch.dims().to_vec();
+            dims.extend([rows, cols]);
+            Shape::from(dims)
+        };
+        let (m, k, n) = (
+            self.dims()[lhs_rank - 2],
+            self.dims()[lhs_rank - 1],
+            rhs.dims()[rhs_rank - 1],
+        );
+        let lhs = self.broadcast_as(with_matrix(m, k))?;
+        let rhs = rhs.broadcast_as(with_matrix(k, n))?;
+        let storage = lhs
+            .storage()
+            .matmul(lhs.layout(), &rhs.storage(), rhs.layout())?;
+        let record = Tensor::record(&[&lhs, &rhs], || Op::Matmul(lhs.clone(), rhs.clone()));
+        Ok(Tensor::from_storage(storage, with_matrix(m, n), record))
+    }
+}
+
+/// Gradients of `lhs @ rhs`: `grad @ rhsᵀ` and `lhsᵀ @ grad`.
+pub(crate) fn matmul_backward(
+    lhs: &Tensor,
+    rhs: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    Ok((grad.matmul(&rhs.t()?)?, lhs.t()?.matmul(grad)?))
+}

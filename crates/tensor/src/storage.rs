@@ -1,0 +1,63 @@
+//! A tensor's elements on whichever device holds them. The tensor layer talks only to this
+//! enum, which forwards each primitive to the backend of its device.
+
+use crate::backend::BackendStorage;
+use crate::cpu::CpuStorage;
+use crate::{BinaryOp, CmpOp, DType, Device, Layout, ReduceOp, Result, UnaryOp};
+
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Cpu(CpuStorage),
+}
+
+/// Forwards a primitive with storage operands to their backend. All operands are on one
+/// device: the tensor layer checks that first.
+macro_rules! forward {
+    ($name:ident($($arg:ident: $ty:ty),*) with $($other:ident: $other_layout:ident),*) => {
+        pub(crate) fn $name(&self, layout: &Layout, $($other: &Storage, $other_layout: &Layout,)* $($arg: $ty),*) -> Result<Storage> {
+            match (self, $($other),*) {
+                (Storage::Cpu(s), $(Storage::Cpu($other)),*) => {
+                    s.$name(layout, $($other, $other_layout,)* $($arg),*).map(Storage::Cpu)
+                }
+            }
+        }
+    };
+}
+
+impl Storage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(s) => s.device(),
+        }
+    }
+
+    forward!(copy_strided() with);
+    forward!(to_dtype(dtype: DType) with);
+    forward!(unary(op: UnaryOp) with);
+    forward!(binary(op: BinaryOp) with rhs: rhs_layout);
+    forward!(compare(op: CmpOp) with rhs: rhs_layout);
+    forward!(where_cond() with on_true: true_layout, on_false: false_layout);
+    forward!(reduce(op: ReduceOp, dims: &[usize]) with);
+    forward!(softmax(dim: usize, log: bool) with);
+    forward!(matmul() with rhs: rhs_layout);
+    forward!(index_select(dim: usize) with index: index_layout);
+    forward!(index_add(dim: usize) with index: index_layout, source: source_layout);
+    forward!(gather(dim: usize) with index: index_layout);
+    forward!(scatter_add(dim: usize) with index: index_layout, source: source_layout);
+
+    pub(crate) fn cat(parts: &[(&Storage, &Layout)], dim: usize) -> Result<Storage> {
+        let cpu_parts: Vec<_> = parts
+            .iter()
+            .map(|(storage, layout)| match storage {
+                Storage::Cpu(s) => (s, *layout),
+            })
+            .collect();
+        CpuStorage::cat(&cpu_parts, dim).map(Storage::Cpu)
+    }
+}

@@ -1,0 +1,243 @@
+//! Higher-order gradients: `backward_with_graph` returns gradients that are themselves
+//! differentiable. Expected values are closed forms or central finite differences
+//! (kiln_tensor::gradcheck), never kiln's own output.
+
+use kiln_tensor::gradcheck::GradCheck;
+use kiln_tensor::{Device, Result, Tensor, Var};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+/// `x` itself when autograd already follows it (the outer check's leaf), else a new leaf.
+/// (`track` starts a new leaf, cutting any history, like `x.detach().requires_grad_()`.)
+fn leaf(x: &Tensor) -> Result<Tensor> {
+    if x.is_tracked() {
+        Ok(x.clone())
+    } else {
+        x.track()
+    }
+}
+
+fn tensor(values: &[f64], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(values, shape, Device::Cpu).unwrap()
+}
+
+/// The gradient of `y` with respect to `x`, kept differentiable.
+fn grad_with_graph(y: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let grads = y.backward_with_graph()?;
+    match grads.get(x) {
+        Some(g) => Ok(g.clone()),
+        None => x.zeros_like(),
+    }
+}
+
+#[test]
+fn second_derivative_of_sum_of_cubes_is_6x() -> Result<()> {
+    // d/dx sum(x^3) = 3x^2, and d/dx sum(3x^2) = 6x: once through powf, once through mul.
+    let values = [-1.5, -0.25, 0.0, 0.5, 2.0];
+    let x = Var::new(&tensor(&values, &[5]))?;
+    for cube in [x.powf(3.0)?, x.mul(&x)?.mul(&x)?] {
+        let first = grad_with_graph(&cube.sum_all()?, &x)?;
+        assert!(
+            first.is_tracked(),
+            "a gradient made with the graph is differentiable"
+        );
+        let expected_first: Vec<f64> = values.iter().map(|v| 3.0 * v * v).collect();
+        assert_close(&first.to_vec::<f64>()?, &expected_first, 1e-12);
+
+        let second = first.sum_all()?.backward()?;
+        let second = second
+            .get(&x)
+            .expect("x is under the first gradient")
+            .to_vec::<f64>()?;
+        let expected_second: Vec<f64> = values.iter().map(|v| 6.0 * v).collect();
+        assert_close(&second, &expected_second, 1e-12);
+    }
+    Ok(())
+}
+
+#[test]
+fn third_derivative_of_sum_of_cubes_is_6() -> Result<()> {
+    let x = Var::new(&tensor(&[-1.0, 0.5, 3.0], &[3]))?;
+    let first = grad_with_graph(&x.powf(3.0)?.sum_all()?, &x)?;
+    let second = grad_with_graph(&first.sum_all()?, &x)?;
+    let third = second.sum_all()?.backward()?;
+    assert_close(
+        &third.get(&x).unwrap().to_vec::<f64>()?,
+        &[6.0, 6.0, 6.0],
+        1e-12,
+    );
+    Ok(())
+}
+
+#[test]
+fn plain_backward_gives_untracked_gradients() -> Result<()> {
+    let x = Var::new(&tensor(&[1.0, 2.0], &[2]))?;
+    let grads = x.powf(3.0)?.sum_all()?.backward()?;
+    assert!(!grads.get(&x).unwrap().is_tracked());
+    Ok(())
+}
+
+/// The critic of the WGAN-GP test: a 2-layer MLP, `[batch, 3] -> [batch, 4] -> [batch, 1]`.
+struct Critic<'a> {
+    w1: &'a Tensor, // [3, 4]
+    b1: &'a Tensor, // [4]
+    w2: &'a Tensor, // [4, 1]
+    b2: &'a Tensor, // [1]
+}
+
+impl Critic<'_> {
+    fn forward(&self, x: &Tensor, activation: fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let hidden = activation(&x.matmul(self.w1)?.add(self.b1)?)?; // [batch, 4]
+        hidden.matmul(self.w2)?.add(self.b2) // [batch, 1]
+    }
+
+    /// WGAN-GP's penalty: mean over the batch of (||d critic(x) / dx||_2 - 1)^2, with the
+    /// input gradient kept differentiable so the penalty can be trained through.
+    fn gradient_penalty(
+        &self,
+        x: &Tensor,
+        activation: fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let x = leaf(x)?;
+        let scores = self.forward(&x, activation)?; // [batch, 1]
+        let input_grad = grad_with_graph(&scores.sum_all()?, &x)?; // [batch, 3]
+        let norms = input_grad.square()?.sum(&[1], false)?.sqrt()?; // [batch]
+        norms.add_scalar(-1.0)?.square()?.mean_all()
+    }
+}
+
+fn check_gradient_penalty(activation: fn(&Tensor) -> Result<Tensor>) {
+    let x = tensor(
+        &[
+            0.3, -1.2, 0.8, 1.5, 0.1, -0.4, -0.9, 0.6, 1.1, 0.2, -0.3, -1.4,
+        ],
+        &[4, 3],
+    );
+    let params = [
+        tensor(
+            &[
+                0.5, -0.3, 0.8, 0.1, -0.6, 0.4, 0.2, -0.9, 0.7, 0.3, -0.2, 0.6,
+            ],
+            &[3, 4],
+        ),
+        tensor(&[0.1, -0.2, 0.05, 0.3], &[4]),
+        tensor(&[0.9, -0.4, 0.6, 0.8], &[4, 1]),
+        tensor(&[0.2], &[1]),
+    ];
+    // d(penalty)/d(critic weights) by autograd-of-autograd vs finite differences.
+    GradCheck::default()
+        .check(
+            |p| {
+                let critic = Critic {
+                    w1: &p[0],
+                    b1: &p[1],
+                    w2: &p[2],
+                    b2: &p[3],
+                };
+                critic.gradient_penalty(&x, activation)
+            },
+            &params,
+        )
+        .unwrap();
+}
+
+#[test]
+fn wgan_gp_penalty_gradient_with_tanh_critic() {
+    // tanh has nonzero second derivatives, so this exercises the backward of backward rules.
+    check_gradient_penalty(|h| h.tanh());
+}
+
+#[test]
+fn wgan_gp_penalty_gradient_with_leaky_relu_critic() {
+    // The WGAN-GP critic's own activation (no pre-activation sits near the kink at 0).
+    check_gradient_penalty(|h| h.leaky_relu(0.2));
+}
+
+#[test]
+fn penalty_is_differentiable_with_respect_to_the_input_too() {
+    // Through both matmuls twice: d(penalty)/dx.
+    let critic_params = [
+        tensor(
+            &[
+                0.5, -0.3, 0.8, 0.1, -0.6, 0.4, 0.2, -0.9, 0.7, 0.3, -0.2, 0.6,
+            ],
+            &[3, 4],
+        ),
+        tensor(&[0.1, -0.2, 0.05, 0.3], &[4]),
+        tensor(&[0.9, -0.4, 0.6, 0.8], &[4, 1]),
+        tensor(&[0.2], &[1]),
+    ];
+    let critic = Critic {
+        w1: &critic_params[0],
+        b1: &critic_params[1],
+        w2: &critic_params[2],
+        b2: &critic_params[3],
+    };
+    let x = tensor(&[0.3, -1.2, 0.8, 1.5, 0.1, -0.4], &[2, 3]);
+    GradCheck::default()
+        .check(|t| critic.gradient_penalty(&t[0], |h| h.tanh()), &[x])
+        .unwrap();
+}
+
+/// A smooth function of one or two `[2, 3]` inputs whose second derivatives are checked.
+type Function = fn(&[Tensor]) -> Result<Tensor>;
+
+const SMOOTH: &[(&str, Function)] = &[
+    ("exp", |t| t[0].exp()),
+    ("log", |t| t[0].log()),
+    ("sqrt", |t| t[0].sqrt()),
+    ("powf", |t| t[0].powf(2.5)),
+    ("sigmoid", |t| t[0].sigmoid()),
+    ("tanh", |t| t[0].tanh()),
+    ("softplus", |t| t[0].softplus()),
+    ("mul", |t| t[0].mul(&t[1])),
+    ("div", |t| t[0].div(&t[1])),
+    ("matmul", |t| t[0].matmul(&t[1].t()?)),
+    ("softmax", |t| t[0].softmax(1)),
+    ("log_softmax", |t| t[0].log_softmax(0)),
+    ("mean_square", |t| t[0].square()?.mean(&[1], true)),
+    ("broadcast_mul", |t| t[0].mul(&t[1].sum(&[0], true)?)),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// For every smooth op f, the gradient map x -> d/dx sum(f(x) * w) (made with the graph) is
+    /// itself gradient-checked: autograd's second derivatives against finite differences of
+    /// the first ones.
+    #[test]
+    fn second_derivatives_of_smooth_ops(
+        a in vec(0.3..2.0f64, 6),
+        b in vec(0.3..2.0f64, 6),
+        w in vec(-1.0..1.0f64, 6),
+    ) {
+        for &(name, f) in SMOOTH {
+        let inputs = [tensor(&a, &[2, 3]), tensor(&b, &[2, 3])];
+        let gradient_map = |t: &[Tensor]| -> Result<Tensor> {
+            let tracked: Vec<Tensor> = t.iter().map(leaf).collect::<Result<_>>()?;
+            let out = f(&tracked)?;
+            let weights = tensor(&w[..out.elem_count()], out.dims());
+            let grads = out.mul(&weights)?.sum_all()?.backward_with_graph()?;
+            // Both inputs' gradients, joined, so both second-derivative paths are checked.
+            let parts: Vec<Tensor> = tracked
+                .iter()
+                .map(|x| grads.get(x).cloned().map_or_else(|| x.zeros_like(), Ok))
+                .collect::<Result<_>>()?;
+            Tensor::cat(&[&parts[0], &parts[1]], 0)
+        };
+        GradCheck::default()
+            .check(gradient_map, &inputs)
+            .map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+        }
+    }
+}
+
+fn assert_close(actual: &[f64], expected: &[f64], tolerance: f64) {
+    assert_eq!(actual.len(), expected.len());
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= tolerance,
+            "element {i}: got {a}, expected {e}"
+        );
+    }
+}

@@ -85,9 +85,11 @@ pub(crate) fn softmax<T: FloatDType>(data: &[T], layout: &Layout, dim: usize, lo
             .iter()
             .fold(T::Math::zero(), |s, &x| s + (x - shift).exp());
         if log {
-            let log_sum = sum.ln() + shift;
+            // (x - shift) - ln(sum), not x - (ln(sum) + shift): for large logits the latter
+            // rounds ln(sum) + shift to the logits' coarse spacing (6e-5 near 1000 in f32).
+            let log_sum = sum.ln();
             for (o, &x) in out.iter_mut().zip(row) {
-                *o = T::from_math(x - log_sum);
+                *o = T::from_math((x - shift) - log_sum);
             }
         } else {
             for (o, &x) in out.iter_mut().zip(row) {

@@ -97,7 +97,9 @@ impl GradCheck {
                 let minus = objective(&f(&leaves(&shifted)?)?)?;
                 let numeric = (plus - minus) / (2.0 * self.eps);
                 let tolerance = self.atol + self.rtol * numeric.abs().max(analytic[j].abs());
-                if !((analytic[j] - numeric).abs() <= tolerance) {
+                // Written so that a NaN on either side fails the check.
+                let agrees = (analytic[j] - numeric).abs() <= tolerance;
+                if !agrees {
                     return Ok(Err(format!(
                         "input {i} (shape {}), element {j} (value {}): autograd {} vs finite differences {} (tolerance {tolerance:.1e})",
                         inputs[i].shape(),

@@ -100,6 +100,7 @@ impl Layout {
             .rank()
             .checked_sub(self.shape.rank())
             .ok_or_else(error)?;
+        shape.checked_elem_count("broadcast_as", 1)?;
         let mut strides = vec![0; shape.rank()];
         for (i, (&dim, &stride)) in self.dims().iter().zip(&self.strides).enumerate() {
             let target = shape.dims()[extra + i];

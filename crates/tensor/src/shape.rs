@@ -28,6 +28,24 @@ impl Shape {
         self.0.iter().product()
     }
 
+    /// The number of elements, or an error for `op` if it overflows (or its bytes at
+    /// `elem_size` each would not fit in memory's address range).
+    pub fn checked_elem_count(&self, op: &'static str, elem_size: usize) -> Result<usize> {
+        self.0
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|n| {
+                n.checked_mul(elem_size)
+                    .is_some_and(|b| b <= isize::MAX as usize)
+            })
+            .ok_or_else(|| {
+                Error::invalid(
+                    op,
+                    format!("shape {self} has too many elements to allocate"),
+                )
+            })
+    }
+
     /// Row-major strides of a contiguous tensor of this shape.
     pub fn contiguous_strides(&self) -> Vec<usize> {
         let mut strides = vec![0; self.rank()];

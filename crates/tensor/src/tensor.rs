@@ -146,7 +146,7 @@ impl Tensor {
     ) -> Result<Tensor> {
         let shape = shape.into();
         check_device("from_vec", device)?;
-        if data.len() != shape.elem_count() {
+        if data.len() != shape.checked_elem_count("from_vec", 1)? {
             return Err(Error::invalid(
                 "from_vec",
                 format!(
@@ -182,7 +182,8 @@ impl Tensor {
     ) -> Result<Tensor> {
         let shape = shape.into();
         check_device("full", device)?;
-        let storage = Storage::Cpu(CpuStorage::full(value, shape.elem_count(), dtype));
+        let len = shape.checked_elem_count("full", dtype.size_in_bytes())?;
+        let storage = Storage::Cpu(CpuStorage::full(value, len, dtype));
         Ok(Tensor::from_storage(storage, shape, None))
     }
 
@@ -221,7 +222,8 @@ impl Tensor {
         generator: &mut Generator,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let n = shape.elem_count();
+        check_device("rand", device)?;
+        let n = shape.checked_elem_count("rand", 8)?;
         match dtype {
             DType::F64 => Tensor::from_vec(generator.uniform_f64(n), shape, device),
             DType::F32 | DType::F16 | DType::BF16 => {
@@ -241,7 +243,8 @@ impl Tensor {
         generator: &mut Generator,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let n = shape.elem_count();
+        check_device("randn", device)?;
+        let n = shape.checked_elem_count("randn", 8)?;
         match dtype {
             DType::F64 => Tensor::from_vec(generator.normal_f64(n, mean, std), shape, device),
             DType::F32 | DType::F16 | DType::BF16 => Tensor::from_vec(

@@ -9,7 +9,7 @@ impl Tensor {
     /// is first copied into row-major order (like `torch.reshape`).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
-        if shape.elem_count() != self.elem_count() {
+        if shape.checked_elem_count("reshape", 1)? != self.elem_count() {
             return Err(Error::invalid(
                 "reshape",
                 format!(

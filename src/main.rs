@@ -77,10 +77,6 @@ fn info_report() -> String {
             format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
         ),
         ("CPU features", feature_line),
-        (
-            "GEMM micro-kernel",
-            format!("{} (by the CPU features)", gemm_micro_kernel(&features)),
-        ),
         ("logical CPUs", logical_cpus),
         (
             "devices",
@@ -115,43 +111,15 @@ fn cpu_features() -> Vec<(&'static str, bool)> {
     Vec::new()
 }
 
-/// The GEMM micro-kernel these CPU features call for: AVX2 and FMA together, or the portable one.
-fn gemm_micro_kernel(features: &[(&str, bool)]) -> &'static str {
-    let has = |name: &str| {
-        features
-            .iter()
-            .any(|&(feature, present)| feature == name && present)
-    };
-    if has("avx2") && has("fma") {
-        "avx2+fma"
-    } else {
-        "portable"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn gemm_micro_kernel_needs_both_avx2_and_fma() {
-        assert_eq!(
-            gemm_micro_kernel(&[("avx2", true), ("fma", true)]),
-            "avx2+fma"
-        );
-        assert_eq!(
-            gemm_micro_kernel(&[("avx2", true), ("fma", false)]),
-            "portable"
-        );
-        assert_eq!(gemm_micro_kernel(&[("fma", true)]), "portable");
-        assert_eq!(gemm_micro_kernel(&[]), "portable");
-    }
-
-    #[test]
     fn info_report_is_one_labelled_line_per_fact() {
         let report = info_report();
         let lines: Vec<&str> = report.lines().collect();
-        assert_eq!(lines.len(), 6, "{report}");
+        assert_eq!(lines.len(), 5, "{report}");
         for line in &lines {
             let (label, value) = line.split_once(':').expect(line);
             assert!(!label.is_empty() && !value.trim().is_empty(), "{line}");

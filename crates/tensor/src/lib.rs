@@ -43,3 +43,8 @@ pub use rng::Generator;
 pub use shape::Shape;
 pub use storage::Storage;
 pub use tensor::{is_grad_enabled, no_grad, NoGradGuard, Tensor, TensorId, Var};
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

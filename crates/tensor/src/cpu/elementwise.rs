@@ -25,7 +25,8 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
         UnaryOp::Sqrt => map_math(data, layout, |x| x.sqrt()),
         UnaryOp::Abs => map_math(data, layout, |x| x.abs()),
         UnaryOp::Sign => map_math(data, layout, |x| if x == zero { zero } else { x.signum() }),
-        UnaryOp::Relu => map_math(data, layout, |x| if x > zero { x } else { zero }),
+        // NaN passes through relu and clamp, as in PyTorch (`Float::max` would drop it).
+        UnaryOp::Relu => map_math(data, layout, |x| if x < zero { zero } else { x }),
         UnaryOp::LeakyRelu(slope) => {
             let slope = c(slope);
             map_math(data, layout, |x| if x > zero { x } else { x * slope })
@@ -34,7 +35,16 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
         UnaryOp::Tanh => map_math(data, layout, |x| x.tanh()),
         UnaryOp::Softplus => map_math(data, layout, |x| x.max(zero) + (-x.abs()).exp().ln_1p()),
         UnaryOp::Powf(exponent) => map_math(data, layout, |x| x.powf(c(exponent))),
-        UnaryOp::Clamp(min, max) => map_math(data, layout, |x| x.max(c(min)).min(c(max))),
+        UnaryOp::Clamp(min, max) => {
+            let (min, max) = (c(min), c(max));
+            map_math(data, layout, |x| {
+                if x.is_nan() {
+                    x
+                } else {
+                    x.max(min).min(max)
+                }
+            })
+        }
         UnaryOp::Affine(mul, add) => map_math(data, layout, |x| x * c(mul) + c(add)),
     }
 }

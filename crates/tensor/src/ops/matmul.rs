@@ -22,7 +22,14 @@ impl Tensor {
         }
         let lhs_batch = Shape::from(&self.dims()[..lhs_rank - 2]);
         let rhs_batch = Shape::from(&rhs.dims()[..rhs_rank - 2]);
-        let batch = lhs_batch.broadcast_with("matmul", &rhs_batch)?;
+        // Name the full operand shapes, not just their batch dims.
+        let batch = lhs_batch
+            .broadcast_with("matmul", &rhs_batch)
+            .map_err(|_| Error::Broadcast {
+                op: "matmul",
+                lhs: self.shape().clone(),
+                rhs: rhs.shape().clone(),
+            })?;
         let with_matrix = |rows: usize, cols: usize| {
             let mut dims = batch.dims().to_vec();
             dims.extend([rows, cols]);

@@ -39,6 +39,23 @@ pub(crate) struct TensorInner {
     requires_grad: bool,
 }
 
+impl Drop for TensorInner {
+    /// Frees the history under this tensor with a loop instead of recursion: a graph
+    /// thousands of ops deep (a sampling loop run with grad on) would otherwise overflow the
+    /// stack as each record dropped the next. Inputs that other handles still hold are left
+    /// alone.
+    fn drop(&mut self) {
+        let mut pending: Vec<Op> = self.op.take().into_iter().collect();
+        while let Some(op) = pending.pop() {
+            for input in op.into_inputs() {
+                if let Ok(mut last_handle) = Arc::try_unwrap(input.0) {
+                    pending.extend(last_handle.op.take());
+                }
+            }
+        }
+    }
+}
+
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
 }
@@ -428,6 +445,7 @@ pub struct Var(Tensor);
 impl Var {
     /// A variable holding a contiguous copy of `initial`'s values.
     pub fn new(initial: &Tensor) -> Result<Var> {
+        initial.float_only("Var::new")?;
         let values = no_grad(|| initial.copy())?;
         Ok(Var(values.track()?))
     }

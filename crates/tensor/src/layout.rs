@@ -139,6 +139,35 @@ impl Layout {
         })
     }
 
+    /// Without dim `dim`, which must have size 1 (checked by the caller).
+    pub fn squeeze(&self, dim: usize) -> Layout {
+        let (mut dims, mut strides) = (self.dims().to_vec(), self.strides.clone());
+        dims.remove(dim);
+        strides.remove(dim);
+        Layout {
+            shape: dims.into(),
+            strides,
+            offset: self.offset,
+        }
+    }
+
+    /// With a new dim of size 1 at `dim` (0..=rank, checked by the caller). Its stride is
+    /// irrelevant to addressing; the inner dim's extent keeps a contiguous layout contiguous.
+    pub fn unsqueeze(&self, dim: usize) -> Layout {
+        let (mut dims, mut strides) = (self.dims().to_vec(), self.strides.clone());
+        let stride = match dim {
+            d if d < dims.len() => dims[d] * strides[d],
+            _ => 1,
+        };
+        dims.insert(dim, 1);
+        strides.insert(dim, stride);
+        Layout {
+            shape: dims.into(),
+            strides,
+            offset: self.offset,
+        }
+    }
+
     /// The same elements under a new shape, if this layout is contiguous (otherwise `None`:
     /// the data must be copied first).
     pub fn reshape(&self, shape: &Shape) -> Option<Layout> {

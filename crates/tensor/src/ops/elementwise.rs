@@ -52,10 +52,11 @@ impl Tensor {
         self.unary(UnaryOp::Powf(exponent))
     }
     pub fn clamp(&self, min: f64, max: f64) -> Result<Tensor> {
-        if min > max {
+        // Also refuses NaN bounds, for which every comparison is false.
+        if !(min <= max) {
             return Err(crate::Error::invalid(
                 "clamp",
-                format!("min {min} is greater than max {max}"),
+                format!("needs min <= max, got min {min} and max {max}"),
             ));
         }
         self.unary(UnaryOp::Clamp(min, max))

@@ -44,18 +44,19 @@ impl Tensor {
 
     /// Stacks same-shaped tensors along a new dim `dim`.
     pub fn stack(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
+        let first = *tensors
+            .first()
+            .ok_or_else(|| Error::invalid("stack", "needs at least one tensor"))?;
+        if let Some(other) = tensors.iter().find(|t| t.shape() != first.shape()) {
+            return Err(Error::invalid(
+                "stack",
+                format!("shapes differ: {} and {}", first.shape(), other.shape()),
+            ));
+        }
         let expanded = tensors
             .iter()
             .map(|t| t.unsqueeze(dim))
             .collect::<Result<Vec<_>>>()?;
-        if let Some(first) = expanded.first() {
-            if let Some(other) = expanded.iter().find(|t| t.shape() != first.shape()) {
-                return Err(Error::invalid(
-                    "stack",
-                    format!("shapes differ: {} and {}", first.shape(), other.shape()),
-                ));
-            }
-        }
         Tensor::cat(&expanded.iter().collect::<Vec<_>>(), dim)
     }
 

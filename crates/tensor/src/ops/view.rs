@@ -77,7 +77,7 @@ impl Tensor {
         Ok(self.view(layout, record))
     }
 
-    /// Removes `dim`, which must have size 1.
+    /// Removes `dim`, which must have size 1 (a view, whatever the strides).
     pub fn squeeze(&self, dim: usize) -> Result<Tensor> {
         if self.shape().dim("squeeze", dim)? != 1 {
             return Err(Error::invalid(
@@ -85,12 +85,11 @@ impl Tensor {
                 format!("dim {dim} of shape {} is not of size 1", self.shape()),
             ));
         }
-        let mut dims = self.dims().to_vec();
-        dims.remove(dim);
-        self.reshape(dims)
+        let record = Tensor::record(&[self], || Op::Reshape(self.clone()));
+        Ok(self.view(self.layout().squeeze(dim), record))
     }
 
-    /// Inserts a dim of size 1 at `dim` (0..=rank).
+    /// Inserts a dim of size 1 at `dim` (0..=rank) (a view, whatever the strides).
     pub fn unsqueeze(&self, dim: usize) -> Result<Tensor> {
         if dim > self.rank() {
             return Err(Error::DimOutOfRange {
@@ -99,9 +98,8 @@ impl Tensor {
                 shape: self.shape().clone(),
             });
         }
-        let mut dims = self.dims().to_vec();
-        dims.insert(dim, 1);
-        self.reshape(dims)
+        let record = Tensor::record(&[self], || Op::Reshape(self.clone()));
+        Ok(self.view(self.layout().unsqueeze(dim), record))
     }
 
     /// This tensor if its data is already row-major, otherwise a row-major copy.

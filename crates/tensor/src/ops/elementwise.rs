@@ -52,8 +52,9 @@ impl Tensor {
         self.unary(UnaryOp::Powf(exponent))
     }
     pub fn clamp(&self, min: f64, max: f64) -> Result<Tensor> {
-        // Also refuses NaN bounds, for which every comparison is false.
-        if !(min <= max) {
+        // Written so that NaN bounds, for which every comparison is false, are refused too.
+        let ordered = min <= max;
+        if !ordered {
             return Err(crate::Error::invalid(
                 "clamp",
                 format!("needs min <= max, got min {min} and max {max}"),

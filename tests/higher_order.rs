@@ -85,7 +85,31 @@ struct Critic<'a> {
     b2: &'a Tensor, // [1]
 }
 
-impl Critic<'_> {
+/// The critic's weights, in `Critic` field order.
+fn critic_params() -> [Tensor; 4] {
+    [
+        tensor(
+            &[
+                0.5, -0.3, 0.8, 0.1, -0.6, 0.4, 0.2, -0.9, 0.7, 0.3, -0.2, 0.6,
+            ],
+            &[3, 4],
+        ),
+        tensor(&[0.1, -0.2, 0.05, 0.3], &[4]),
+        tensor(&[0.9, -0.4, 0.6, 0.8], &[4, 1]),
+        tensor(&[0.2], &[1]),
+    ]
+}
+
+impl<'a> Critic<'a> {
+    fn from_params(params: &'a [Tensor]) -> Self {
+        Critic {
+            w1: &params[0],
+            b1: &params[1],
+            w2: &params[2],
+            b2: &params[3],
+        }
+    }
+
     fn forward(&self, x: &Tensor, activation: fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let hidden = activation(&x.matmul(self.w1)?.add(self.b1)?)?; // [batch, 4]
         hidden.matmul(self.w2)?.add(self.b2) // [batch, 1]
@@ -113,29 +137,11 @@ fn check_gradient_penalty(activation: fn(&Tensor) -> Result<Tensor>) {
         ],
         &[4, 3],
     );
-    let params = [
-        tensor(
-            &[
-                0.5, -0.3, 0.8, 0.1, -0.6, 0.4, 0.2, -0.9, 0.7, 0.3, -0.2, 0.6,
-            ],
-            &[3, 4],
-        ),
-        tensor(&[0.1, -0.2, 0.05, 0.3], &[4]),
-        tensor(&[0.9, -0.4, 0.6, 0.8], &[4, 1]),
-        tensor(&[0.2], &[1]),
-    ];
+    let params = critic_params();
     // d(penalty)/d(critic weights) by autograd-of-autograd vs finite differences.
     GradCheck::default()
         .check(
-            |p| {
-                let critic = Critic {
-                    w1: &p[0],
-                    b1: &p[1],
-                    w2: &p[2],
-                    b2: &p[3],
-                };
-                critic.gradient_penalty(&x, activation)
-            },
+            |p| Critic::from_params(p).gradient_penalty(&x, activation),
             &params,
         )
         .unwrap();
@@ -156,23 +162,8 @@ fn wgan_gp_penalty_gradient_with_leaky_relu_critic() {
 #[test]
 fn penalty_is_differentiable_with_respect_to_the_input_too() {
     // Through both matmuls twice: d(penalty)/dx.
-    let critic_params = [
-        tensor(
-            &[
-                0.5, -0.3, 0.8, 0.1, -0.6, 0.4, 0.2, -0.9, 0.7, 0.3, -0.2, 0.6,
-            ],
-            &[3, 4],
-        ),
-        tensor(&[0.1, -0.2, 0.05, 0.3], &[4]),
-        tensor(&[0.9, -0.4, 0.6, 0.8], &[4, 1]),
-        tensor(&[0.2], &[1]),
-    ];
-    let critic = Critic {
-        w1: &critic_params[0],
-        b1: &critic_params[1],
-        w2: &critic_params[2],
-        b2: &critic_params[3],
-    };
+    let critic_params = critic_params();
+    let critic = Critic::from_params(&critic_params);
     let x = tensor(&[0.3, -1.2, 0.8, 1.5, 0.1, -0.4], &[2, 3]);
     GradCheck::default()
         .check(|t| critic.gradient_penalty(&t[0], |h| h.tanh()), &[x])

@@ -80,29 +80,6 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// The tensors this op read, by value (for dropping a graph without recursion).
-    pub(crate) fn into_inputs(self) -> Vec<Tensor> {
-        match self {
-            Op::Unary(x, _)
-            | Op::Reduce(x, _, _)
-            | Op::Reshape(x)
-            | Op::Permute(x, _)
-            | Op::Broadcast(x)
-            | Op::Narrow(x, _, _)
-            | Op::Copy(x)
-            | Op::ToDType(x)
-            | Op::Softmax(x, _)
-            | Op::LogSoftmax(x, _) => vec![x],
-            Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
-            Op::IndexSelect(x, index, _) | Op::Gather(x, index, _) => vec![x, index],
-            Op::IndexAdd(base, index, source, _) | Op::ScatterAdd(base, index, source, _) => {
-                vec![base, index, source]
-            }
-            Op::WhereCond(condition, on_true, on_false) => vec![condition, on_true, on_false],
-            Op::Cat(parts, _) => parts,
-        }
-    }
-
     /// The tensors this op read, for walking the graph.
     pub(crate) fn inputs(&self) -> Vec<&Tensor> {
         match self {

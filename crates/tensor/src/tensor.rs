@@ -47,7 +47,9 @@ impl Drop for TensorInner {
     fn drop(&mut self) {
         let mut pending: Vec<Op> = self.op.take().into_iter().collect();
         while let Some(op) = pending.pop() {
-            for input in op.into_inputs() {
+            let inputs: Vec<Tensor> = op.inputs().into_iter().cloned().collect();
+            drop(op);
+            for input in inputs {
                 if let Ok(mut last_handle) = Arc::try_unwrap(input.0) {
                     pending.extend(last_handle.op.take());
                 }

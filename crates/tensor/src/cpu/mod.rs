@@ -263,6 +263,20 @@ impl CpuStorage {
         self.len() == 0
     }
 
+    /// `other`'s elements as `&[T]`, where `T` is this storage's element type, or a
+    /// `DTypeMismatch` for `op` naming both dtypes.
+    fn same_typed<'a, T: WithDType>(
+        &self,
+        op: &'static str,
+        other: &'a CpuStorage,
+    ) -> Result<&'a [T]> {
+        other.as_slice().ok_or(Error::DTypeMismatch {
+            op,
+            lhs: self.dtype(),
+            rhs: other.dtype(),
+        })
+    }
+
     /// Index values of a `u32` tensor, each checked against `size` (the extent of `dim`).
     fn indices(
         &self,
@@ -343,11 +357,7 @@ impl BackendStorage for CpuStorage {
         op: BinaryOp,
     ) -> Result<Self> {
         Ok(map_float!("binary op", self, data => {
-            let rhs = rhs.as_slice().ok_or(Error::DTypeMismatch {
-                op: "binary op",
-                lhs: self.dtype(),
-                rhs: rhs.dtype(),
-            })?;
+            let rhs = self.same_typed("binary op", rhs)?;
             elementwise::binary(data, layout, rhs, rhs_layout, op)
         }))
     }
@@ -400,11 +410,7 @@ impl BackendStorage for CpuStorage {
 
     fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
         Ok(map_float!("matmul", self, data => {
-            let rhs = rhs.as_slice().ok_or(Error::DTypeMismatch {
-                op: "matmul",
-                lhs: self.dtype(),
-                rhs: rhs.dtype(),
-            })?;
+            let rhs = self.same_typed("matmul", rhs)?;
             matmul::matmul(data, layout, rhs, rhs_layout)
         }))
     }
@@ -450,11 +456,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<Self> {
         let indices = index.indices(index_layout, "index_add", dim, layout.dims()[dim])?;
         Ok(map_float!("index_add", self, data => {
-            let source = source.as_slice().ok_or(Error::DTypeMismatch {
-                op: "index_add",
-                lhs: self.dtype(),
-                rhs: source.dtype(),
-            })?;
+            let source = self.same_typed("index_add", source)?;
             index::index_add(data, layout, &indices, source, source_layout, dim)
         }))
     }
@@ -481,11 +483,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<Self> {
         let indices = index.indices(index_layout, "scatter_add", dim, layout.dims()[dim])?;
         Ok(map_float!("scatter_add", self, data => {
-            let source = source.as_slice().ok_or(Error::DTypeMismatch {
-                op: "scatter_add",
-                lhs: self.dtype(),
-                rhs: source.dtype(),
-            })?;
+            let source = self.same_typed("scatter_add", source)?;
             index::scatter_add(data, layout, &indices, source, source_layout, dim)
         }))
     }

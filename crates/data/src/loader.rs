@@ -1,0 +1,203 @@
+//! The batch loader: a seeded shuffle per epoch, fixed-size batches, pixels scaled to [-1, 1]
+//! or [0, 1], returned as kiln tensors on the device asked for. Not for augmentation.
+
+use std::sync::Arc;
+
+use kiln_tensor::{DType, Device, Generator, Tensor};
+
+use crate::dataset::{Dataset, IMAGE_SIZE};
+use crate::error::{DataError, Result};
+
+/// The range pixel values are mapped to (and, for [`crate::grid`], read from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scale {
+    /// 0 → -1, 255 → 1: what a tanh generator produces.
+    #[default]
+    MinusOneToOne,
+    /// 0 → 0, 255 → 1.
+    ZeroToOne,
+}
+
+/// How a [`Loader`] batches.
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    /// Images per batch (at least 1).
+    pub batch_size: usize,
+    /// Leave out the last batch of an epoch when it is smaller than `batch_size`.
+    pub drop_last: bool,
+    pub scale: Scale,
+    /// The shuffle's seed: the same seed gives the same order every run.
+    pub seed: u64,
+    /// Where the batches' tensors are made.
+    pub device: Device,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions {
+            batch_size: 64,
+            drop_last: false,
+            scale: Scale::MinusOneToOne,
+            seed: 0,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// One batch: `images` [B, 1, 28, 28] f32 in the loader's scale, `labels` [B] u32.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+/// Batches over a dataset's images, in a new seeded order each epoch.
+///
+/// The order of epoch `e` is a Fisher–Yates shuffle driven by the Philox stream of `seed`
+/// starting at word `e * 2^33` (a shuffle of `n < 2^32` items reads `2(n - 1)` words), so any
+/// epoch's order can be recomputed alone, e.g. when training resumes from a checkpoint.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    images: Arc<[u8]>,
+    labels: Arc<[u8]>,
+    len: usize,
+    options: LoaderOptions,
+}
+
+impl Loader {
+    pub fn new(dataset: &Dataset, options: LoaderOptions) -> Result<Loader> {
+        if options.batch_size == 0 {
+            return Err(DataError::invalid(
+                "Loader::new",
+                "batch size must be at least 1",
+            ));
+        }
+        Ok(Loader {
+            images: dataset.images_shared(),
+            labels: dataset.labels_shared(),
+            len: dataset.len(),
+            options,
+        })
+    }
+
+    pub fn options(&self) -> &LoaderOptions {
+        &self.options
+    }
+
+    /// The number of images an epoch draws from.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many batches each epoch yields.
+    pub fn batches_per_epoch(&self) -> usize {
+        let batch_size = self.options.batch_size;
+        if self.options.drop_last {
+            self.len / batch_size
+        } else {
+            self.len.div_ceil(batch_size)
+        }
+    }
+
+    /// The order in which epoch `epoch` visits the images: a permutation of `0..len`.
+    pub fn permutation(&self, epoch: u64) -> Vec<u32> {
+        let n = self.len;
+        // Dataset sizes come from IDX dimensions, which are u32.
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        let mut generator = Generator::new(self.options.seed);
+        generator.set_offset(epoch.wrapping_mul(1 << 33));
+        let draws = generator.uniform_f64(n.saturating_sub(1));
+        for (draw, i) in draws.into_iter().zip((1..n).rev()) {
+            // j uniform in 0..=i; `min` guards the rounding of draw * (i + 1) up to i + 1.
+            let j = ((draw * (i + 1) as f64) as usize).min(i);
+            order.swap(i, j);
+        }
+        order
+    }
+
+    /// The batches of epoch `epoch`, in its shuffled order.
+    pub fn epoch(&self, epoch: u64) -> Epoch<'_> {
+        Epoch {
+            loader: self,
+            order: self.permutation(epoch),
+            next: 0,
+            remaining: self.batches_per_epoch(),
+        }
+    }
+
+    /// The batch of the images at `indices`, in that order.
+    pub fn batch(&self, indices: &[u32]) -> Result<Batch> {
+        let size = IMAGE_SIZE * IMAGE_SIZE;
+        if let Some(&bad) = indices.iter().find(|&&i| i as usize >= self.len) {
+            return Err(DataError::invalid(
+                "Loader::batch",
+                format!("index {bad} is past the {} images", self.len),
+            ));
+        }
+        // Gathered on the host, then one upload of B x 784 bytes: kiln-tensor's CPU
+        // index_select copies its whole input first, which for all of MNIST is 47 MB a batch.
+        let mut pixels = Vec::with_capacity(indices.len() * size);
+        for &i in indices {
+            pixels.extend_from_slice(&self.images[i as usize * size..][..size]);
+        }
+        let labels: Vec<u32> = indices
+            .iter()
+            .map(|&i| u32::from(self.labels[i as usize]))
+            .collect();
+        let device = self.options.device;
+        let batch = indices.len();
+        // [B, 1, 28, 28] u8 -> f32 0..255
+        let images = Tensor::from_vec(pixels, [batch, 1, IMAGE_SIZE, IMAGE_SIZE], device)?
+            .to_dtype(DType::F32)?;
+        // Divisions, not multiplications by 1/255 or 1/127.5, so that 0 and 255 land exactly on
+        // the ends of the range.
+        let images = match self.options.scale {
+            Scale::ZeroToOne => images.div(&images.scalar_like(255.0)?)?,
+            Scale::MinusOneToOne => images.div(&images.scalar_like(127.5)?)?.add_scalar(-1.0)?,
+        };
+        Ok(Batch {
+            images,
+            labels: Tensor::from_vec(labels, [batch], device)?,
+        })
+    }
+}
+
+/// The batches of one epoch; see [`Loader::epoch`].
+pub struct Epoch<'a> {
+    loader: &'a Loader,
+    order: Vec<u32>,
+    next: usize,
+    remaining: usize,
+}
+
+impl Epoch<'_> {
+    /// The epoch's visiting order (the loader's [`Loader::permutation`]).
+    pub fn order(&self) -> &[u32] {
+        &self.order
+    }
+}
+
+impl Iterator for Epoch<'_> {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let end = (self.next + self.loader.options.batch_size).min(self.order.len());
+        let batch = self.loader.batch(&self.order[self.next..end]);
+        self.next = end;
+        Some(batch)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for Epoch<'_> {}

@@ -1,11 +1,15 @@
-//! The `kiln` command line. For now it only reports what it runs on (`kiln info`); the training,
-//! sampling and bench commands arrive with the issues that build them.
+//! The `kiln` command line: what kiln runs on (`kiln info`) and a look at the datasets
+//! (`kiln data info`, `kiln data show`); the training, sampling and bench commands arrive with
+//! the issues that build them.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_data::{Dataset, DatasetKind, Grid, Scale, Split};
+use kiln_tensor::Device;
 
 /// kiln: a deep-learning engine written from scratch in Rust, and the generative models on it.
 #[derive(Parser)]
@@ -19,6 +23,74 @@ struct Cli {
 enum Command {
     /// Print the version, the platform, the CPU features detected at run time and the devices.
     Info,
+    /// Look at a dataset: its counts, or a PNG grid of its images.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Print both splits' image counts and label histograms.
+    Info(DataSource),
+    /// Write a PNG grid of a split's first images.
+    Show {
+        #[command(flatten)]
+        source: DataSource,
+        /// Which split.
+        #[arg(long, value_enum, default_value_t = SplitArg::Train)]
+        split: SplitArg,
+        /// How many images (from the first).
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Images per row.
+        #[arg(long, default_value_t = 8)]
+        columns: usize,
+        /// The PNG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct DataSource {
+    /// Which dataset.
+    #[arg(long, value_enum, default_value_t = DatasetArg::Mnist)]
+    dataset: DatasetArg,
+    /// The directory holding the dataset's IDX files (or a `mnist`/`fashion-mnist` folder of
+    /// them). Default: $KILN_DATA_DIR, else data/mnist for MNIST and
+    /// /usr/share/datasets/fashion-mnist or data/fashion-mnist for Fashion-MNIST.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DatasetArg {
+    Mnist,
+    FashionMnist,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Test,
+}
+
+impl From<DatasetArg> for DatasetKind {
+    fn from(arg: DatasetArg) -> Self {
+        match arg {
+            DatasetArg::Mnist => DatasetKind::Mnist,
+            DatasetArg::FashionMnist => DatasetKind::FashionMnist,
+        }
+    }
+}
+
+impl From<SplitArg> for Split {
+    fn from(arg: SplitArg) -> Self {
+        match arg {
+            SplitArg::Train => Split::Train,
+            SplitArg::Test => Split::Test,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -32,26 +104,101 @@ fn main() -> ExitCode {
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     "error: no command given".to_string()
                 }
-                // clap's first line is the error itself; the rest is usage and tips.
+                // clap's first paragraph is the error itself (for a missing argument, a line
+                // naming it follows); the rest is usage and tips.
                 _ => err
                     .to_string()
                     .lines()
-                    .next()
-                    .unwrap_or("error")
-                    .to_string(),
+                    .take_while(|line| !line.trim().is_empty())
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" "),
             };
             eprintln!("{message} (see 'kiln --help')");
             return ExitCode::from(2);
         }
     };
     let report = match cli.command {
-        Command::Info => info_report(),
+        Command::Info => Ok(info_report()),
+        Command::Data(command) => data_command(command),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
     };
     if let Err(err) = std::io::stdout().lock().write_all(report.as_bytes()) {
         eprintln!("error: cannot write to stdout: {err}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Runs a `kiln data` command; returns what to print, or the one-line error.
+fn data_command(command: DataCommand) -> Result<String, String> {
+    match command {
+        DataCommand::Info(source) => {
+            let kind = DatasetKind::from(source.dataset);
+            let mut report = format!("{:<10}{kind}\n", "dataset:");
+            for split in [Split::Train, Split::Test] {
+                let dataset = Dataset::load(kind, split, source.data_dir.as_deref())
+                    .map_err(|e| e.to_string())?;
+                report += &format!(
+                    "{:<10}{} images of 28x28 from {}\n",
+                    format!("{split}:"),
+                    dataset.len(),
+                    dataset.dir().display()
+                );
+                let histogram: Vec<String> = kind
+                    .class_names()
+                    .iter()
+                    .zip(dataset.label_counts())
+                    .map(|(name, count)| format!("{name} {count}"))
+                    .collect();
+                report += &format!("{:<10}{}\n", "  labels:", histogram.join(", "));
+            }
+            Ok(report)
+        }
+        DataCommand::Show {
+            source,
+            split,
+            n,
+            columns,
+            out,
+        } => {
+            let (kind, split) = (DatasetKind::from(source.dataset), Split::from(split));
+            if columns == 0 {
+                return Err("--columns must be at least 1".to_string());
+            }
+            let dataset = Dataset::load(kind, split, source.data_dir.as_deref())
+                .map_err(|e| e.to_string())?;
+            if n == 0 || n > dataset.len() {
+                return Err(format!(
+                    "--n {n}: the {kind} {split} set has {} images; ask for 1 to {}",
+                    dataset.len(),
+                    dataset.len()
+                ));
+            }
+            let images = dataset
+                .images_tensor(0, n, Device::Cpu)
+                .map_err(|e| e.to_string())?; // [n, 1, 28, 28] u8
+            let grid = Grid {
+                columns,
+                range: Scale::ZeroToOne,
+                ..Grid::default()
+            };
+            grid.save(&images, &out).map_err(|e| e.to_string())?;
+            let columns = columns.min(n);
+            Ok(format!(
+                "wrote {n} {kind} {split} images ({} x {columns}) from {} to {}\n",
+                n.div_ceil(columns),
+                dataset.dir().display(),
+                out.display()
+            ))
+        }
+    }
 }
 
 /// The text `kiln info` prints: one `label: value` line per fact.

@@ -29,3 +29,17 @@ ci:
 # Print the version, platform, CPU features and devices kiln sees
 info:
     cargo run --release -- info
+
+# Write a PNG grid of a dataset's first 64 training images (mnist or fashion-mnist)
+data-show dataset="mnist" out="digits.png":
+    cargo run --release -- data show --dataset {{dataset}} --out {{out}}
+
+# Print a dataset's image counts and label histograms
+data-info dataset="mnist":
+    cargo run --release -- data info --dataset {{dataset}}
+
+# Fuzz the IDX reader with libFuzzer for `seconds` (cargo-fuzz on the stable toolchain)
+fuzz seconds="600":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    mkdir -p fuzz/corpus/idx_reader
+    RUSTC_BOOTSTRAP=1 cargo fuzz run idx_reader fuzz/corpus/idx_reader fuzz/seeds -- -max_total_time={{seconds}} -print_final_stats=1

@@ -61,9 +61,11 @@ pub enum IdxFault {
         found: u64,
     },
     #[error(
-        "header says {dims:?} {element} ({expected} bytes of payload) but the file holds more \
-         ({})",
-        match .found { Some(found) => format!("{found} bytes"), None => "at least one byte more".to_string() }
+        "header says {dims:?} {element} ({expected} bytes of payload) but {}",
+        match .found {
+            Some(found) => format!("the file holds {found} bytes"),
+            None => "the data goes on past them".to_string(),
+        }
     )]
     TooLong {
         dims: Vec<u32>,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kiln_data::{Dataset, DatasetKind, Grid, Scale, Split};
+use kiln_data::{Dataset, DatasetKind, Grid, Split};
 use kiln_tensor::Device;
 
 /// kiln: a deep-learning engine written from scratch in Rust, and the generative models on it.
@@ -184,9 +184,9 @@ fn data_command(command: DataCommand) -> Result<String, String> {
             let images = dataset
                 .images_tensor(0, n, Device::Cpu)
                 .map_err(|e| e.to_string())?; // [n, 1, 28, 28] u8
+                                              // u8 images are drawn as they are: 0 black, 255 white.
             let grid = Grid {
                 columns,
-                range: Scale::ZeroToOne,
                 ..Grid::default()
             };
             grid.save(&images, &out).map_err(|e| e.to_string())?;

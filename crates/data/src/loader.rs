@@ -72,6 +72,8 @@ impl Loader {
                 "batch size must be at least 1",
             ));
         }
+        // A device this build cannot use fails here, not at the first batch.
+        Tensor::zeros([1], DType::U8, options.device)?;
         Ok(Loader {
             images: dataset.images_shared(),
             labels: dataset.labels_shared(),

@@ -165,3 +165,15 @@ fn every_order_of_four_images_is_equally_likely() {
     assert_eq!(loader.permutation(7), [0]);
     assert_eq!(loader.epoch(7).count(), 0);
 }
+
+#[test]
+fn a_device_that_is_not_there_fails_at_construction() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = tiny_dataset(dir.path(), 2);
+    let cuda = LoaderOptions {
+        device: kiln_tensor::Device::Cuda(1000),
+        ..Default::default()
+    };
+    let message = Loader::new(&dataset, cuda).unwrap_err().to_string();
+    assert!(message.contains("cuda:1000"), "{message}");
+}

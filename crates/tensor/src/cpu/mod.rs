@@ -4,6 +4,7 @@
 //! thresholds belong to the CPU-speed work.
 
 mod elementwise;
+pub(crate) mod gemm;
 mod index;
 mod matmul;
 mod reduce;
@@ -13,7 +14,9 @@ use rayon::prelude::*;
 
 use crate::backend::BackendStorage;
 use crate::layout::Runs;
-use crate::{BinaryOp, CmpOp, DType, Device, Error, Layout, ReduceOp, Result, UnaryOp, WithDType};
+use crate::{
+    BinaryOp, CmpOp, DType, Device, Error, FloatDType, Layout, ReduceOp, Result, UnaryOp, WithDType,
+};
 
 /// A tensor's elements in host memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -409,10 +412,52 @@ impl BackendStorage for CpuStorage {
     }
 
     fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
-        Ok(map_float!("matmul", self, data => {
-            let rhs = self.same_typed("matmul", rhs)?;
-            matmul::matmul(data, layout, rhs, rhs_layout)
-        }))
+        // Half types widen to f32 (exactly), multiply with f32 accumulation, and round once.
+        fn widened<T: FloatDType<Math = f32>>(
+            lhs: (&[T], &Layout),
+            rhs: (&[T], &Layout),
+        ) -> Vec<T> {
+            let a = map1(lhs.0, lhs.1, |x| x.to_math());
+            let b = map1(rhs.0, rhs.1, |x| x.to_math());
+            let product = matmul::matmul(
+                gemm::f32_kernel(),
+                &a,
+                &Layout::contiguous(lhs.1.shape().clone()),
+                &b,
+                &Layout::contiguous(rhs.1.shape().clone()),
+            );
+            product.into_iter().map(T::from_math).collect()
+        }
+        Ok(match self {
+            CpuStorage::F32(a) => CpuStorage::F32(matmul::matmul(
+                gemm::f32_kernel(),
+                a,
+                layout,
+                self.same_typed("matmul", rhs)?,
+                rhs_layout,
+            )),
+            CpuStorage::F64(a) => CpuStorage::F64(matmul::matmul(
+                gemm::f64_kernel(),
+                a,
+                layout,
+                self.same_typed("matmul", rhs)?,
+                rhs_layout,
+            )),
+            CpuStorage::F16(a) => CpuStorage::F16(widened(
+                (a, layout),
+                (self.same_typed("matmul", rhs)?, rhs_layout),
+            )),
+            CpuStorage::BF16(a) => CpuStorage::BF16(widened(
+                (a, layout),
+                (self.same_typed("matmul", rhs)?, rhs_layout),
+            )),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "matmul",
+                    dtype: other.dtype(),
+                })
+            }
+        })
     }
 
     fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {

@@ -1,0 +1,727 @@
+//! The CPU matrix product: a packed, cache-blocked GEMM after Goto & van de Geijn (BLIS's
+//! loop nest) with register-tiled micro-kernels chosen at run time: AVX-512F (8x32 tile), AVX2
+//! with FMA (6x16) and a portable one the compiler vectorizes for any target. Operands are read
+//! through their strides while they are packed, so transposed views cost no copy.
+//!
+//! Loop nest, per task (a block of C rows x columns):
+//!   for each KC-deep slice of k:           pack B[slice, task cols] into NR-wide panels
+//!     (the A block of the task's rows)      pack A[task rows, slice] into MR-tall panels
+//!     for each NR panel of B, MR panel of A: the micro-kernel updates one MR x NR tile of C
+//! A packed A block (MC x KC) stays in L2, a B panel (KC x NR) in L1, the C tile in registers.
+//! Tasks are spread over rayon's threads; products below `PARALLEL_MIN_FLOPS` run on one.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// A read-only matrix operand: element (i, j) is at `data[offset + i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a, T> {
+    pub data: &'a [T],
+    pub offset: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<T: Copy> Operand<'_, T> {
+    #[inline(always)]
+    fn at(&self, row: usize, col: usize) -> T {
+        self.data[self.offset + row * self.row_stride + col * self.col_stride]
+    }
+}
+
+/// Depth of a k slice: an A panel (MR x KC) and a B panel (KC x NR) of f32 fit in L1 together
+/// (8*256*4 + 32*256*4 = 40 KiB of this machine's 48 KiB).
+const KC: usize = 256;
+/// Rows of A packed at once: MC x KC f32 is 192 KiB, well inside a 1 MiB L2. A multiple of
+/// every kernel's MR (6 and 8).
+const MC: usize = 192;
+/// Widest column block of one task: a KC x NC B block (1 MiB) lives in L2/L3.
+const NC: usize = 1024;
+
+/// The largest micro-kernel tile (8 x 32), the size of the scratch tile for edges.
+const MAX_TILE: usize = 256;
+
+/// Products with fewer multiply-adds than this run on the calling thread: measured with
+/// `cargo bench --bench gemm` on the 2-core AVX-512 machine, below ~2^18 the rayon hand-off
+/// (a few µs) costs more than the second core saves.
+pub(crate) const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
+/// A micro-kernel: `c[MR x NR] (+)= a_panel[KC x MR]ᵀ · b_panel[KC x NR]`.
+/// `a` holds MR values per k step, `b` NR values per k step, `c` has row stride `ldc`.
+type MicroKernel<T> =
+    unsafe fn(depth: usize, a: *const T, b: *const T, c: *mut T, ldc: usize, accumulate: bool);
+
+#[derive(Clone, Copy)]
+pub(crate) struct Kernel<T: 'static> {
+    pub name: &'static str,
+    mr: usize,
+    nr: usize,
+    run: MicroKernel<T>,
+}
+
+/// Which f32 micro-kernels this CPU can run, best first.
+pub(crate) fn f32_kernels() -> Vec<Kernel<f32>> {
+    let mut kernels = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            kernels.push(Kernel {
+                name: "avx512f",
+                mr: 8,
+                nr: 32,
+                run: x86::kernel_8x32_avx512,
+            });
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            kernels.push(Kernel {
+                name: "avx2+fma",
+                mr: 6,
+                nr: 16,
+                run: x86::kernel_6x16_avx2,
+            });
+        }
+    }
+    kernels.push(Kernel {
+        name: "portable",
+        mr: 4,
+        nr: 16,
+        run: portable_kernel::<f32, 4, 16>,
+    });
+    kernels
+}
+
+/// The f32 kernel kiln uses: the best this CPU has, unless `KILN_CPU_KERNEL` names another
+/// (`avx512f`, `avx2+fma` or `portable`; for benches and for testing every path).
+pub(crate) fn f32_kernel() -> Kernel<f32> {
+    static CHOSEN: OnceLock<Kernel<f32>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let kernels = f32_kernels();
+        let wanted = std::env::var("KILN_CPU_KERNEL").ok();
+        wanted
+            .and_then(|name| kernels.iter().find(|k| k.name == name).copied())
+            .unwrap_or(kernels[0])
+    })
+}
+
+/// The f64 kernel: portable (f64 products are for gradient checks, not speed).
+pub(crate) fn f64_kernel() -> Kernel<f64> {
+    Kernel {
+        name: "portable",
+        mr: 4,
+        nr: 8,
+        run: portable_kernel::<f64, 4, 8>,
+    }
+}
+
+/// Element types the GEMM runs on.
+pub(crate) trait GemmElem:
+    Copy + Default + Send + Sync + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + 'static
+{
+}
+impl GemmElem for f32 {}
+impl GemmElem for f64 {}
+
+/// `c[m x n]` (row-major, contiguous, zero-initialized) = `a[m x k] · b[k x n]`.
+pub(crate) fn gemm<T: GemmElem>(
+    kernel: Kernel<T>,
+    (m, n, k): (usize, usize, usize),
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    c: &mut [T],
+) {
+    debug_assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallel = threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS;
+    // A matrix-vector product fills a fraction of a register tile: dot products instead.
+    if n == 1 || m == 1 {
+        return matrix_vector((n, k), a, b, c, parallel);
+    }
+    if !parallel {
+        let c = CPtr(c.as_mut_ptr());
+        return block(kernel, (0..m, 0..n), k, a, b, c, n);
+    }
+    // One task per thread, of equal size: rows split into MC-sized blocks (a multiple of
+    // the thread count when there are that many), columns split only when rows are too few.
+    // Every column split packs the task's A block again, every row split its B panel.
+    let mut row_blocks = m.div_ceil(MC);
+    if row_blocks >= threads {
+        row_blocks = row_blocks.next_multiple_of(threads);
+    }
+    let rows = m.div_ceil(row_blocks).next_multiple_of(kernel.mr);
+    let col_blocks = threads.div_ceil(m.div_ceil(rows)).max(n.div_ceil(NC));
+    let cols = n.div_ceil(col_blocks).next_multiple_of(kernel.nr);
+    let tasks: Vec<(usize, usize)> = (0..m)
+        .step_by(rows)
+        .flat_map(|i| (0..n).step_by(cols).map(move |j| (i, j)))
+        .collect();
+    let c = CPtr(c.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(i, j)| {
+        block(
+            kernel,
+            (i..(i + rows).min(m), j..(j + cols).min(n)),
+            k,
+            a,
+            b,
+            c,
+            n,
+        );
+    });
+}
+
+/// `c = a · b` where `a` is one row (`m == 1`) or `b` one column (`n == 1`). Seen as
+/// `out[i] = sum_p matrix[i, p] * vector[p]`, it is done as dot products when the matrix's
+/// rows are contiguous and as row updates (`out += vector[p] * matrix[:, p]`) when its columns
+/// are; both forms vectorize.
+fn matrix_vector<T: GemmElem>(
+    (n, k): (usize, usize),
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    c: &mut [T],
+    parallel: bool,
+) {
+    // (offset, stride along outputs, stride along k) of the matrix; the vector, gathered.
+    let (matrix, vector): ((usize, usize, usize), Vec<T>) = if n == 1 {
+        let vector = (0..k).map(|p| b.at(p, 0)).collect();
+        ((a.offset, a.row_stride, a.col_stride), vector)
+    } else {
+        let vector = (0..k).map(|p| a.at(0, p)).collect();
+        ((b.offset, b.col_stride, b.row_stride), vector)
+    };
+    let (offset, output_stride, depth_stride) = matrix;
+    let data = if n == 1 { a.data } else { b.data };
+    let chunk = |(index, out): (usize, &mut [T])| {
+        let first = index * OUTPUTS_PER_TASK;
+        if depth_stride == 1 {
+            for (i, out) in out.iter_mut().enumerate() {
+                let start = offset + (first + i) * output_stride;
+                *out = dot(&data[start..start + k], &vector);
+            }
+        } else if output_stride == 1 {
+            for (p, &scale) in vector.iter().enumerate() {
+                let start = offset + first + p * depth_stride;
+                let len = out.len();
+                for (out, &x) in out.iter_mut().zip(&data[start..start + len]) {
+                    *out = *out + scale * x;
+                }
+            }
+        } else {
+            for (i, out) in out.iter_mut().enumerate() {
+                let row = offset + (first + i) * output_stride;
+                *out = (0..k).fold(T::default(), |s, p| {
+                    s + data[row + p * depth_stride] * vector[p]
+                });
+            }
+        }
+    };
+    if parallel {
+        c.par_chunks_mut(OUTPUTS_PER_TASK)
+            .enumerate()
+            .for_each(chunk);
+    } else {
+        c.chunks_mut(OUTPUTS_PER_TASK).enumerate().for_each(chunk);
+    }
+}
+
+/// Outputs of a matrix-vector product per parallel task.
+const OUTPUTS_PER_TASK: usize = 256;
+
+/// `sum x[p] * y[p]` with 16 partial sums, so the compiler vectorizes it.
+fn dot<T: GemmElem>(x: &[T], y: &[T]) -> T {
+    let mut partial = [T::default(); 16];
+    for (xs, ys) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
+        for lane in 0..16 {
+            partial[lane] = partial[lane] + xs[lane] * ys[lane];
+        }
+    }
+    let tail = x.len() - x.len() % 16;
+    let sum = partial.iter().fold(T::default(), |s, &v| s + v);
+    x[tail..]
+        .iter()
+        .zip(&y[tail..])
+        .fold(sum, |s, (&x, &y)| s + x * y)
+}
+
+/// The output pointer shared by tasks that write disjoint blocks of C.
+#[derive(Clone, Copy)]
+struct CPtr<T>(*mut T);
+// SAFETY: tasks write disjoint rectangles of C (see `gemm`), and `gemm` holds the only
+// borrow of C for as long as they run.
+unsafe impl<T> Send for CPtr<T> {}
+unsafe impl<T> Sync for CPtr<T> {}
+
+impl<T> CPtr<T> {
+    /// The pointer. A method rather than `.0`, so closures capture the whole (`Send`) wrapper.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Per-thread packing buffers, kept between calls so a training step does not allocate.
+    static PACK_BUFFERS: RefCell<(Vec<Aligned>, Vec<Aligned>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// 64-byte-aligned storage for packed panels, so vector loads never split a cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Aligned([u64; 8]);
+
+/// `buffer` grown to hold `len` values of `T`, as a `&mut [T]`.
+fn typed_buffer<T: GemmElem>(buffer: &mut Vec<Aligned>, len: usize) -> &mut [T] {
+    let bytes = len * std::mem::size_of::<T>();
+    let chunks = bytes.div_ceil(std::mem::size_of::<Aligned>());
+    if buffer.len() < chunks {
+        buffer.resize(chunks, Aligned::default());
+    }
+    // SAFETY: the buffer holds at least `bytes` bytes, aligned to 64 (more than any T needs),
+    // and T is f32 or f64, for which every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<T>(), len) }
+}
+
+/// Computes the block `rows x cols` of C (full depth k).
+fn block<T: GemmElem>(
+    kernel: Kernel<T>,
+    (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
+    k: usize,
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    c: CPtr<T>,
+    ldc: usize,
+) {
+    PACK_BUFFERS.with(|buffers| {
+        let mut buffers = buffers.borrow_mut();
+        let (a_buffer, b_buffer) = &mut *buffers;
+        for j0 in cols.clone().step_by(NC) {
+            let nc = (cols.end - j0).min(NC);
+            for p0 in (0..k).step_by(KC) {
+                let kc = (k - p0).min(KC);
+                let b_packed = typed_buffer::<T>(b_buffer, nc.next_multiple_of(kernel.nr) * kc);
+                pack_b(b, (p0, kc), (j0, nc), kernel.nr, b_packed);
+                for i0 in rows.clone().step_by(MC) {
+                    let mc = (rows.end - i0).min(MC);
+                    let a_packed = typed_buffer::<T>(a_buffer, mc.next_multiple_of(kernel.mr) * kc);
+                    pack_a(a, (i0, mc), (p0, kc), kernel.mr, a_packed);
+                    macro_kernel(
+                        kernel,
+                        (mc, nc, kc),
+                        a_packed,
+                        b_packed,
+                        c,
+                        (i0, j0),
+                        ldc,
+                        p0 > 0,
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// Packs `a[rows, depth]` into MR-tall panels: panel `r` holds, for each k step, the MR values
+/// of rows `r*MR..` (zeros past the last row).
+fn pack_a<T: GemmElem>(
+    a: Operand<'_, T>,
+    (i0, mc): (usize, usize),
+    (p0, kc): (usize, usize),
+    mr: usize,
+    out: &mut [T],
+) {
+    for (panel, chunk) in out.chunks_exact_mut(mr * kc).enumerate() {
+        let r0 = panel * mr;
+        let live = (mc - r0).min(mr);
+        for (p, values) in chunk.chunks_exact_mut(mr).enumerate() {
+            for (r, value) in values.iter_mut().enumerate() {
+                *value = if r < live {
+                    a.at(i0 + r0 + r, p0 + p)
+                } else {
+                    T::default()
+                };
+            }
+        }
+    }
+}
+
+/// Packs `b[depth, cols]` into NR-wide panels: panel `q` holds, for each k step, the NR values
+/// of columns `q*NR..` (zeros past the last column).
+fn pack_b<T: GemmElem>(
+    b: Operand<'_, T>,
+    (p0, kc): (usize, usize),
+    (j0, nc): (usize, usize),
+    nr: usize,
+    out: &mut [T],
+) {
+    for (panel, chunk) in out.chunks_exact_mut(nr * kc).enumerate() {
+        let q0 = panel * nr;
+        let live = (nc - q0).min(nr);
+        for (p, values) in chunk.chunks_exact_mut(nr).enumerate() {
+            if live == nr && b.col_stride == 1 {
+                let start = b.offset + (p0 + p) * b.row_stride + j0 + q0;
+                values.copy_from_slice(&b.data[start..start + nr]);
+            } else {
+                for (q, value) in values.iter_mut().enumerate() {
+                    *value = if q < live {
+                        b.at(p0 + p, j0 + q0 + q)
+                    } else {
+                        T::default()
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Runs the micro-kernel over every MR x NR tile of one packed A block and B panel set.
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel<T: GemmElem>(
+    kernel: Kernel<T>,
+    (mc, nc, kc): (usize, usize, usize),
+    a_packed: &[T],
+    b_packed: &[T],
+    c: CPtr<T>,
+    (i0, j0): (usize, usize),
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (mr, nr) = (kernel.mr, kernel.nr);
+    debug_assert!(mr * nr <= MAX_TILE);
+    let mut edge = [T::default(); MAX_TILE];
+    for (q, b_panel) in b_packed.chunks_exact(nr * kc).enumerate() {
+        let cols = (nc - q * nr).min(nr);
+        for (r, a_panel) in a_packed.chunks_exact(mr * kc).enumerate() {
+            let rows = (mc - r * mr).min(mr);
+            // SAFETY: the tile starts inside this task's block of C; a full tile stays inside
+            // C (rows x cols = MR x NR within the block), and an edge tile goes through `edge`.
+            unsafe {
+                let tile = c.get().add((i0 + r * mr) * ldc + j0 + q * nr);
+                if rows == mr && cols == nr {
+                    (kernel.run)(
+                        kc,
+                        a_panel.as_ptr(),
+                        b_panel.as_ptr(),
+                        tile,
+                        ldc,
+                        accumulate,
+                    );
+                } else {
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            edge[i * nr + j] = if accumulate {
+                                *tile.add(i * ldc + j)
+                            } else {
+                                T::default()
+                            };
+                        }
+                    }
+                    (kernel.run)(
+                        kc,
+                        a_panel.as_ptr(),
+                        b_panel.as_ptr(),
+                        edge.as_mut_ptr(),
+                        nr,
+                        true,
+                    );
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            *tile.add(i * ldc + j) = edge[i * nr + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The portable micro-kernel: plain arrays the compiler keeps in vector registers.
+///
+/// # Safety
+/// `a` holds `depth * MR` values, `b` `depth * NR`, and `c` an MR x NR tile with row stride `ldc`.
+unsafe fn portable_kernel<T, const MR: usize, const NR: usize>(
+    depth: usize,
+    a: *const T,
+    b: *const T,
+    c: *mut T,
+    ldc: usize,
+    accumulate: bool,
+) where
+    T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+{
+    let mut acc = [[T::default(); NR]; MR];
+    for p in 0..depth {
+        let a = std::slice::from_raw_parts(a.add(p * MR), MR);
+        let b = std::slice::from_raw_parts(b.add(p * NR), NR);
+        for (row, &x) in acc.iter_mut().zip(a) {
+            for (acc, &y) in row.iter_mut().zip(b) {
+                *acc = *acc + x * y;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &value) in row.iter().enumerate() {
+            let out = c.add(i * ldc + j);
+            *out = if accumulate { *out + value } else { value };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// 6x16 f32 tile with AVX2+FMA: 12 ymm accumulators, 2 B vectors and 1 broadcast A value
+    /// (15 of 16 registers), 12 FMAs per k step.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `a` holds `depth * 6` values, `b` `depth * 16`, and `c` a
+    /// 6x16 tile with row stride `ldc`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_6x16_avx2(
+        depth: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        for p in 0..depth {
+            let b0 = _mm256_loadu_ps(b.add(p * 16));
+            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(p * 6 + i));
+                row[0] = _mm256_fmadd_ps(x, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(x, b1, row[1]);
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (half, &value) in row.iter().enumerate() {
+                let out = c.add(i * ldc + half * 8);
+                let value = if accumulate {
+                    _mm256_add_ps(_mm256_loadu_ps(out), value)
+                } else {
+                    value
+                };
+                _mm256_storeu_ps(out, value);
+            }
+        }
+    }
+
+    /// 8x32 f32 tile with AVX-512F: 16 zmm accumulators, 2 B vectors, 1 broadcast; 16 FMAs
+    /// per k step.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a` holds `depth * 8` values, `b` `depth * 32`, and `c` an 8x32
+    /// tile with row stride `ldc`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_8x32_avx512(
+        depth: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+        for p in 0..depth {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.add(p * 8 + i));
+                row[0] = _mm512_fmadd_ps(x, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(x, b1, row[1]);
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (half, &value) in row.iter().enumerate() {
+                let out = c.add(i * ldc + half * 16);
+                let value = if accumulate {
+                    _mm512_add_ps(_mm512_loadu_ps(out), value)
+                } else {
+                    value
+                };
+                _mm512_storeu_ps(out, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A matrix stored with a chosen layout inside a larger buffer: transposed or not, rows
+    /// padded past their length, and an offset, so packing reads through real strides.
+    struct Stored {
+        data: Vec<f32>,
+        offset: usize,
+        row_stride: usize,
+        col_stride: usize,
+    }
+
+    impl Stored {
+        fn new(rows: usize, cols: usize, transposed: bool, pad: usize, seed: u32) -> Stored {
+            let offset = pad * 3 + 1;
+            let (outer, inner) = if transposed {
+                (cols, rows)
+            } else {
+                (rows, cols)
+            };
+            let leading = inner + pad;
+            let mut data = vec![f32::NAN; offset + outer * leading];
+            // Values from a small integer formula: exact in f32, varied in sign and size.
+            for o in 0..outer {
+                for i in 0..inner {
+                    let v = (o * 31 + i * 17 + seed as usize * 7) % 23;
+                    data[offset + o * leading + i] = v as f32 / 4.0 - 2.75;
+                }
+            }
+            let (row_stride, col_stride) = if transposed {
+                (1, leading)
+            } else {
+                (leading, 1)
+            };
+            Stored {
+                data,
+                offset,
+                row_stride,
+                col_stride,
+            }
+        }
+
+        fn operand(&self) -> Operand<'_, f32> {
+            Operand {
+                data: &self.data,
+                offset: self.offset,
+                row_stride: self.row_stride,
+                col_stride: self.col_stride,
+            }
+        }
+    }
+
+    /// C = A·B by the definition, accumulated in f64, with the bound on f32 rounding error
+    /// (k ulp-sized errors of |a|·|b| terms) for each element.
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &Operand<f32>,
+        b: &Operand<f32>,
+    ) -> Vec<(f64, f64)> {
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut sum, mut magnitude) = (0f64, 0f64);
+                for p in 0..k {
+                    let term = a.at(i, p) as f64 * b.at(p, j) as f64;
+                    sum += term;
+                    magnitude += term.abs();
+                }
+                out.push((sum, (k as f64 + 2.0) * f32::EPSILON as f64 * magnitude));
+            }
+        }
+        out
+    }
+
+    fn check(
+        kernel: Kernel<f32>,
+        (m, n, k): (usize, usize, usize),
+        ta: bool,
+        tb: bool,
+        pad: usize,
+    ) {
+        let a = Stored::new(m, k, ta, pad, 1);
+        let b = Stored::new(k, n, tb, pad, 2);
+        let mut c = vec![0f32; m * n];
+        gemm(kernel, (m, n, k), a.operand(), b.operand(), &mut c);
+        let expected = reference(m, n, k, &a.operand(), &b.operand());
+        for (index, (&got, &(want, tolerance))) in c.iter().zip(&expected).enumerate() {
+            assert!(
+                (got as f64 - want).abs() <= tolerance,
+                "{}: {m}x{k} · {k}x{n} (transposed a {ta}, b {tb}, pad {pad}): C[{}, {}] = {got}, expected {want}",
+                kernel.name,
+                index / n,
+                index % n
+            );
+        }
+    }
+
+    fn on_threads(threads: usize, f: impl FnOnce() + Send) {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f);
+    }
+
+    #[test]
+    fn every_kernel_straddles_every_blocking_boundary() {
+        // MR (6, 8, 4), NR (16, 32), KC (256), MC (192), NC (1024), primes, and 1.
+        let shapes = [
+            (1, 1, 1),
+            (1, 1, 300),
+            (7, 13, 17),
+            (6, 16, 256),
+            (8, 32, 257),
+            (193, 33, 255),
+            (5, 1025, 3),
+            (64, 1, 256),
+            (385, 97, 520),
+            (61, 1031, 29),
+        ];
+        for kernel in f32_kernels() {
+            for &shape in &shapes {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    on_threads(1, || check(kernel, shape, ta, tb, 3));
+                    on_threads(2, || check(kernel, shape, ta, tb, 0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_f64_kernel_is_exact_on_small_integers() {
+        let (m, n, k) = (9, 11, 13);
+        let a: Vec<f64> = (0..m * k).map(|i| (i % 7) as f64 - 3.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i % 5) as f64 - 2.0).collect();
+        let mut c = vec![0f64; m * n];
+        let a_op = Operand {
+            data: &a,
+            offset: 0,
+            row_stride: k,
+            col_stride: 1,
+        };
+        let b_op = Operand {
+            data: &b,
+            offset: 0,
+            row_stride: 1,
+            col_stride: k,
+        }; // bᵀ view
+        gemm(f64_kernel(), (m, n, k), a_op, b_op, &mut c);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|p| a_op.at(i, p) * b_op.at(p, j)).sum();
+                assert_eq!(c[i * n + j], want);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn random_shapes_strides_and_transposes(
+            m in 1usize..70, n in 1usize..80, k in 1usize..300,
+            ta in any::<bool>(), tb in any::<bool>(), pad in 0usize..3, threads in 1usize..=2,
+        ) {
+            for kernel in f32_kernels() {
+                on_threads(threads, || check(kernel, (m, n, k), ta, tb, pad));
+            }
+        }
+    }
+}

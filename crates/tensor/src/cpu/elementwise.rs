@@ -66,17 +66,25 @@ pub(crate) fn binary<T: FloatDType>(
     rhs_layout: &Layout,
     op: BinaryOp,
 ) -> Vec<T> {
-    let zip = |f: fn(T::Math, T::Math) -> T::Math| {
-        map2(lhs, lhs_layout, rhs, rhs_layout, |a: T, b: T| {
-            T::from_math(f(a.to_math(), b.to_math()))
-        })
-    };
+    // Each arm passes its own closure type, so each op gets its own inlined, vectorized loop.
+    let (l, r) = ((lhs, lhs_layout), (rhs, rhs_layout));
     match op {
-        BinaryOp::Add => zip(|a, b| a + b),
-        BinaryOp::Sub => zip(|a, b| a - b),
-        BinaryOp::Mul => zip(|a, b| a * b),
-        BinaryOp::Div => zip(|a, b| a / b),
+        BinaryOp::Add => map_math2(l, r, |a, b| a + b),
+        BinaryOp::Sub => map_math2(l, r, |a, b| a - b),
+        BinaryOp::Mul => map_math2(l, r, |a, b| a * b),
+        BinaryOp::Div => map_math2(l, r, |a, b| a / b),
     }
+}
+
+/// Applies `f` to pairs of elements in `T`'s math type.
+fn map_math2<T: FloatDType>(
+    (lhs, lhs_layout): (&[T], &Layout),
+    (rhs, rhs_layout): (&[T], &Layout),
+    f: impl Fn(T::Math, T::Math) -> T::Math + Sync,
+) -> Vec<T> {
+    map2(lhs, lhs_layout, rhs, rhs_layout, |a: T, b: T| {
+        T::from_math(f(a.to_math(), b.to_math()))
+    })
 }
 
 pub(crate) fn compare<T: WithDType>(
@@ -86,14 +94,22 @@ pub(crate) fn compare<T: WithDType>(
     rhs_layout: &Layout,
     op: CmpOp,
 ) -> Vec<u8> {
-    let zip =
-        |f: fn(&T, &T) -> bool| map2(lhs, lhs_layout, rhs, rhs_layout, |a, b| f(&a, &b) as u8);
+    let (l, r) = ((lhs, lhs_layout), (rhs, rhs_layout));
     match op {
-        CmpOp::Eq => zip(T::eq),
-        CmpOp::Ne => zip(T::ne),
-        CmpOp::Lt => zip(T::lt),
-        CmpOp::Le => zip(T::le),
-        CmpOp::Gt => zip(T::gt),
-        CmpOp::Ge => zip(T::ge),
+        CmpOp::Eq => mask(l, r, |a, b| a == b),
+        CmpOp::Ne => mask(l, r, |a, b| a != b),
+        CmpOp::Lt => mask(l, r, |a, b| a < b),
+        CmpOp::Le => mask(l, r, |a, b| a <= b),
+        CmpOp::Gt => mask(l, r, |a, b| a > b),
+        CmpOp::Ge => mask(l, r, |a, b| a >= b),
     }
+}
+
+/// A `u8` mask, 1 where `f` holds for a pair of elements.
+fn mask<T: WithDType>(
+    (lhs, lhs_layout): (&[T], &Layout),
+    (rhs, rhs_layout): (&[T], &Layout),
+    f: impl Fn(T, T) -> bool + Sync,
+) -> Vec<u8> {
+    map2(lhs, lhs_layout, rhs, rhs_layout, |a, b| f(a, b) as u8)
 }

@@ -17,6 +17,9 @@ pub(crate) fn reduce<T: FloatDType>(
     op: ReduceOp,
     dims: &[usize],
 ) -> Vec<T> {
+    if let Some(out) = reduce_rows(data, layout, op, dims) {
+        return out;
+    }
     let mut out_dims = layout.dims().to_vec();
     for &d in dims {
         out_dims[d] = 1;
@@ -59,6 +62,105 @@ pub(crate) fn reduce<T: FloatDType>(
             maxima.into_iter().map(T::from_math).collect()
         }
     }
+}
+
+/// The fast path of `reduce`, when each output folds one contiguous run of the input: the
+/// input is contiguous and the reduced dims are its innermost ones (`sum_all`, a mean over
+/// features). Rows go to rayon's threads when there are many, a long row's chunks when there
+/// are few.
+fn reduce_rows<T: FloatDType>(
+    data: &[T],
+    layout: &Layout,
+    op: ReduceOp,
+    dims: &[usize],
+) -> Option<Vec<T>> {
+    let range = layout.contiguous_range()?;
+    let rank = layout.dims().len();
+    let innermost = dims
+        .iter()
+        .enumerate()
+        .all(|(i, &d)| d + dims.len() == rank + i);
+    let row_len: usize = dims.iter().map(|&d| layout.dims()[d]).product();
+    if !innermost || row_len == 0 {
+        return None;
+    }
+    let data = &data[range];
+    let fold_row = |row: &[T]| match op {
+        ReduceOp::Sum => T::from_math(T::math_from_f64(sum_f64(row))),
+        ReduceOp::Max => T::from_math(max_of(row)),
+    };
+    if data.len() < PARALLEL_MIN_ELEMS {
+        return Some(data.chunks(row_len).map(fold_row).collect());
+    }
+    if data.len() / row_len >= 4 * rayon::current_num_threads() {
+        return Some(data.par_chunks(row_len).map(fold_row).collect());
+    }
+    // Few long rows: split each row over the threads, then combine the partial results.
+    let out = data
+        .chunks(row_len)
+        .map(|row| match op {
+            ReduceOp::Sum => {
+                let total: f64 = row.par_chunks(PARALLEL_MIN_ELEMS).map(sum_f64).sum();
+                T::from_math(T::math_from_f64(total))
+            }
+            ReduceOp::Max => {
+                let partial: Vec<T::Math> =
+                    row.par_chunks(PARALLEL_MIN_ELEMS).map(max_of).collect();
+                T::from_math(
+                    partial
+                        .into_iter()
+                        .fold(T::Math::neg_infinity(), max_or_nan),
+                )
+            }
+        })
+        .collect();
+    Some(out)
+}
+
+/// The sum of `values` in f64, in 8 independent lanes so the loop vectorizes.
+fn sum_f64<T: FloatDType>(values: &[T]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = values.chunks_exact(8);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| T::math_to_f64(v.to_math()))
+        .sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += T::math_to_f64(v.to_math());
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// The larger of two values, or NaN if either is NaN (as in PyTorch).
+fn max_or_nan<F: Float>(a: F, b: F) -> F {
+    if b > a || b.is_nan() || a.is_nan() {
+        if a.is_nan() {
+            a
+        } else {
+            b
+        }
+    } else {
+        a
+    }
+}
+
+/// The maximum of `values` (NaN if any is NaN), in 8 lanes.
+fn max_of<T: FloatDType>(values: &[T]) -> T::Math {
+    let mut lanes = [T::Math::neg_infinity(); 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(T::Math::neg_infinity(), |m, &v| max_or_nan(m, v.to_math()));
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = max_or_nan(*lane, v.to_math());
+        }
+    }
+    lanes.into_iter().fold(tail, max_or_nan)
 }
 
 /// Softmax (or log-softmax) along `dim`, subtracting each row's max first so exp never

@@ -2,9 +2,20 @@
 //! along a dim) and gather/scatter_add (one element per index). Each add kernel is the
 //! transpose of its select kernel, which is what their backward rules rely on.
 
+use std::borrow::Cow;
+
 use super::map1;
 use crate::layout::Runs;
 use crate::{FloatDType, Layout, Shape, WithDType};
+
+/// The elements of `layout` in row-major order: borrowed when already contiguous (selecting a
+/// batch from a dataset must not copy the dataset), copied otherwise.
+fn row_major<'a, T: WithDType>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
+    match layout.contiguous_range() {
+        Some(range) => Cow::Borrowed(&data[range]),
+        None => Cow::Owned(map1(data, layout, |x| x)),
+    }
+}
 
 /// Sizes of the dims before `dim`, of `dim`, and after it.
 fn split_at_dim(dims: &[usize], dim: usize) -> (usize, usize, usize) {
@@ -42,7 +53,7 @@ pub(crate) fn index_select<T: WithDType>(
     indices: &[usize],
     dim: usize,
 ) -> Vec<T> {
-    let data = map1(data, layout, |x| x);
+    let data = row_major(data, layout);
     let (outer, size, inner) = split_at_dim(layout.dims(), dim);
     let mut out = Vec::with_capacity(outer * indices.len() * inner);
     for o in 0..outer {
@@ -97,7 +108,7 @@ pub(crate) fn gather<T: WithDType>(
     index_shape: &Shape,
     dim: usize,
 ) -> Vec<T> {
-    let data = map1(data, layout, |x| x);
+    let data = row_major(data, layout);
     let (offsets, dim_stride) = offsets_without_dim(layout.dims(), index_shape, dim);
     offsets
         .iter()

@@ -43,9 +43,9 @@ const NC: usize = 1024;
 /// The largest micro-kernel tile (8 x 32), the size of the scratch tile for edges.
 const MAX_TILE: usize = 256;
 
-/// Products with fewer multiply-adds than this run on the calling thread: measured with
-/// `cargo bench --bench gemm` on the 2-core AVX-512 machine, below ~2^18 the rayon hand-off
-/// (a few µs) costs more than the second core saves.
+/// Products with fewer multiply-adds than this run on the calling thread. Measured on the
+/// 2-core AVX-512 machine with the threshold at 0, best of 3 (GFLOP/s, 1 thread vs 2):
+/// 32x64x64 (2^17) 102 vs 77, 64x64x64 (2^18) 117 vs 120, 64x64x128 (2^19) 148 vs 184.
 pub(crate) const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 
 /// A micro-kernel: `c[MR x NR] (+)= a_panel[KC x MR]ᵀ · b_panel[KC x NR]`.
@@ -146,15 +146,17 @@ pub(crate) fn gemm<T: GemmElem>(
         let c = CPtr(c.as_mut_ptr());
         return block(kernel, (0..m, 0..n), k, a, b, c, n);
     }
-    // One task per thread, of equal size: rows split into MC-sized blocks (a multiple of
-    // the thread count when there are that many), columns split only when rows are too few.
-    // Every column split packs the task's A block again, every row split its B panel.
-    let mut row_blocks = m.div_ceil(MC);
-    if row_blocks >= threads {
-        row_blocks = row_blocks.next_multiple_of(threads);
-    }
+    // Tasks split C into a grid of equal blocks, one or more per thread. A task packs A for
+    // its rows and B for its columns, so each extra column block packs A again and each extra
+    // row block packs B again: split the dimension whose operand is cheaper to pack twice
+    // (columns when A, m x k, is the smaller of the two). Rows keep MC-sized blocks.
+    let (row_blocks, col_blocks) = if m <= n {
+        (1, threads.max(n.div_ceil(NC)))
+    } else {
+        let rows = m.div_ceil(MC).max(threads).next_multiple_of(threads);
+        (rows, n.div_ceil(NC))
+    };
     let rows = m.div_ceil(row_blocks).next_multiple_of(kernel.mr);
-    let col_blocks = threads.div_ceil(m.div_ceil(rows)).max(n.div_ceil(NC));
     let cols = n.div_ceil(col_blocks).next_multiple_of(kernel.nr);
     let tasks: Vec<(usize, usize)> = (0..m)
         .step_by(rows)

@@ -1,5 +1,5 @@
 # kiln's everyday commands. Run `just` to list them.
-# train, sample and bench recipes are added by the issues that build those commands.
+# train and sample recipes are added by the issues that build those commands.
 
 # List the recipes
 default:
@@ -25,6 +25,16 @@ fmt:
 # Run what CI runs: toolchain versions, lint, then the timed tests
 ci:
     bash .ci/run
+
+# Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads) and elementwise GB/s
+bench:
+    cargo bench --bench gemm
+    cargo bench --bench elementwise
+
+# PyTorch's CPU matmul on the GEMM bench's cases, side by side with the last `just bench`
+# (needs `pip install torch`; kiln's own tests never do)
+bench-torch:
+    python3 benches/reference/torch_gemm.py --kiln target/criterion
 
 # Print the version, platform, CPU features and devices kiln sees
 info:

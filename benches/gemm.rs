@@ -85,9 +85,14 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn fma_avx2(iterations: usize) -> f32 {
-        let mut acc = [_mm256_set1_ps(0.0); 12];
-        let (x, y) = (_mm256_set1_ps(0.999), _mm256_set1_ps(1e-3));
-        for _ in 0..iterations {
+        // Inputs through black_box, so the compiler cannot evaluate the loop ahead of time.
+        let start = std::hint::black_box(0.5f32);
+        let mut acc: [__m256; 12] = std::array::from_fn(|i| _mm256_set1_ps(start + i as f32));
+        let (x, y) = (
+            _mm256_set1_ps(std::hint::black_box(0.999)),
+            _mm256_set1_ps(std::hint::black_box(1e-3)),
+        );
+        for _ in 0..std::hint::black_box(iterations) {
             for a in acc.iter_mut() {
                 *a = _mm256_fmadd_ps(*a, x, y);
             }
@@ -103,9 +108,13 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn fma_avx512(iterations: usize) -> f32 {
-        let mut acc = [_mm512_set1_ps(0.0); 12];
-        let (x, y) = (_mm512_set1_ps(0.999), _mm512_set1_ps(1e-3));
-        for _ in 0..iterations {
+        let start = std::hint::black_box(0.5f32);
+        let mut acc: [__m512; 12] = std::array::from_fn(|i| _mm512_set1_ps(start + i as f32));
+        let (x, y) = (
+            _mm512_set1_ps(std::hint::black_box(0.999)),
+            _mm512_set1_ps(std::hint::black_box(1e-3)),
+        );
+        for _ in 0..std::hint::black_box(iterations) {
             for a in acc.iter_mut() {
                 *a = _mm512_fmadd_ps(*a, x, y);
             }

@@ -43,7 +43,7 @@ const NC: usize = 1024;
 /// The largest micro-kernel tile (8 x 32), the size of the scratch tile for edges.
 const MAX_TILE: usize = 256;
 
-/// Products with fewer multiply-adds than this run on the calling thread. Measured on the
+/// Products with no more multiply-adds than this run on the calling thread. Measured on the
 /// 2-core AVX-512 machine with the threshold at 0, best of 3 (GFLOP/s, 1 thread vs 2):
 /// 32x64x64 (2^17) 102 vs 77, 64x64x64 (2^18) 117 vs 120, 64x64x128 (2^19) 148 vs 184.
 pub(crate) const PARALLEL_MIN_FLOPS: usize = 1 << 18;
@@ -137,7 +137,7 @@ pub(crate) fn gemm<T: GemmElem>(
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallel = threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS;
+    let parallel = threads > 1 && m * n * k > PARALLEL_MIN_FLOPS;
     // A matrix-vector product fills a fraction of a register tile: dot products instead.
     if n == 1 || m == 1 {
         return matrix_vector((n, k), a, b, c, parallel);
@@ -146,18 +146,7 @@ pub(crate) fn gemm<T: GemmElem>(
         let c = CPtr(c.as_mut_ptr());
         return block(kernel, (0..m, 0..n), k, a, b, c, n);
     }
-    // Tasks split C into a grid of equal blocks, one or more per thread. A task packs A for
-    // its rows and B for its columns, so each extra column block packs A again and each extra
-    // row block packs B again: split the dimension whose operand is cheaper to pack twice
-    // (columns when A, m x k, is the smaller of the two). Rows keep MC-sized blocks.
-    let (row_blocks, col_blocks) = if m <= n {
-        (1, threads.max(n.div_ceil(NC)))
-    } else {
-        let rows = m.div_ceil(MC).max(threads).next_multiple_of(threads);
-        (rows, n.div_ceil(NC))
-    };
-    let rows = m.div_ceil(row_blocks).next_multiple_of(kernel.mr);
-    let cols = n.div_ceil(col_blocks).next_multiple_of(kernel.nr);
+    let (rows, cols) = split(kernel, (m, n, k), threads);
     let tasks: Vec<(usize, usize)> = (0..m)
         .step_by(rows)
         .flat_map(|i| (0..n).step_by(cols).map(move |j| (i, j)))
@@ -174,6 +163,28 @@ pub(crate) fn gemm<T: GemmElem>(
             n,
         );
     });
+}
+
+/// What packing one element costs, in multiply-adds of the micro-kernel: a packed element is a
+/// strided load and a store, where the kernel retires 16-32 multiply-adds a cycle.
+const PACK_COST: usize = 8;
+
+/// The rows and columns of C each parallel task computes: one task per thread, the output cut
+/// along rows or along columns, whichever finishes sooner. A task packs A for its rows and B
+/// for its columns, so cutting columns packs A once per task and cutting rows packs B once
+/// per task; and tasks hold whole micro-tiles, so a cut can leave threads unevenly loaded
+/// (100 columns in 32-wide panels: 64 and 36). Each cut is scored by its largest task's
+/// multiply-adds plus its packing.
+fn split<T>(kernel: Kernel<T>, (m, n, k): (usize, usize, usize), threads: usize) -> (usize, usize) {
+    let cols = n.div_ceil(kernel.nr).div_ceil(threads) * kernel.nr;
+    let rows = m.div_ceil(kernel.mr).div_ceil(threads) * kernel.mr;
+    let by_cols = cols.min(n) * m * k + PACK_COST * (m * k + k * cols.min(n));
+    let by_rows = rows.min(m) * n * k + PACK_COST * (rows.min(m) * k + k * n);
+    if by_cols <= by_rows {
+        (m, cols)
+    } else {
+        (rows, n)
+    }
 }
 
 /// `c = a · b` where `a` is one row (`m == 1`) or `b` one column (`n == 1`). Seen as
@@ -334,19 +345,11 @@ fn pack_a<T: GemmElem>(
     mr: usize,
     out: &mut [T],
 ) {
-    for (panel, chunk) in out.chunks_exact_mut(mr * kc).enumerate() {
-        let r0 = panel * mr;
-        let live = (mc - r0).min(mr);
-        for (p, values) in chunk.chunks_exact_mut(mr).enumerate() {
-            for (r, value) in values.iter_mut().enumerate() {
-                *value = if r < live {
-                    a.at(i0 + r0 + r, p0 + p)
-                } else {
-                    T::default()
-                };
-            }
-        }
-    }
+    let rows = Operand {
+        offset: a.offset + i0 * a.row_stride + p0 * a.col_stride,
+        ..a
+    };
+    pack_panels(rows, (mc, kc), mr, (a.row_stride, a.col_stride), out);
 }
 
 /// Packs `b[depth, cols]` into NR-wide panels: panel `q` holds, for each k step, the NR values
@@ -358,20 +361,51 @@ fn pack_b<T: GemmElem>(
     nr: usize,
     out: &mut [T],
 ) {
-    for (panel, chunk) in out.chunks_exact_mut(nr * kc).enumerate() {
-        let q0 = panel * nr;
-        let live = (nc - q0).min(nr);
-        for (p, values) in chunk.chunks_exact_mut(nr).enumerate() {
-            if live == nr && b.col_stride == 1 {
-                let start = b.offset + (p0 + p) * b.row_stride + j0 + q0;
-                values.copy_from_slice(&b.data[start..start + nr]);
-            } else {
-                for (q, value) in values.iter_mut().enumerate() {
-                    *value = if q < live {
-                        b.at(p0 + p, j0 + q0 + q)
-                    } else {
-                        T::default()
-                    };
+    let cols = Operand {
+        offset: b.offset + p0 * b.row_stride + j0 * b.col_stride,
+        ..b
+    };
+    pack_panels(cols, (nc, kc), nr, (b.col_stride, b.row_stride), out);
+}
+
+/// The packing loop both operands share. `lanes` values (rows of A, columns of B) are laid
+/// side by side for each of `depth` steps, `width` lanes per panel, zeros past the last lane.
+/// Lane `l` at step `p` is at `offset + l * lane_stride + p * depth_stride`.
+///
+/// It reads along whichever direction is contiguous in memory: when lanes are far apart and
+/// steps adjacent (a transposed B, a row-major A), going across lanes first would touch
+/// `width` lines a power-of-two apart at every step, all in one L1 set, and thrash it.
+fn pack_panels<T: GemmElem>(
+    source: Operand<'_, T>,
+    (lanes, depth): (usize, usize),
+    width: usize,
+    (lane_stride, depth_stride): (usize, usize),
+    out: &mut [T],
+) {
+    let at = |lane: usize, step: usize| {
+        source.data[source.offset + lane * lane_stride + step * depth_stride]
+    };
+    for (panel, chunk) in out.chunks_exact_mut(width * depth).enumerate() {
+        let first = panel * width;
+        let live = (lanes - first).min(width);
+        if live < width {
+            chunk.fill(T::default());
+        }
+        if lane_stride == 1 && live == width {
+            for (step, values) in chunk.chunks_exact_mut(width).enumerate() {
+                let start = source.offset + first + step * depth_stride;
+                values.copy_from_slice(&source.data[start..start + width]);
+            }
+        } else if depth_stride < lane_stride {
+            for lane in 0..live {
+                for step in 0..depth {
+                    chunk[step * width + lane] = at(first + lane, step);
+                }
+            }
+        } else {
+            for (step, values) in chunk.chunks_exact_mut(width).enumerate() {
+                for (lane, value) in values[..live].iter_mut().enumerate() {
+                    *value = at(first + lane, step);
                 }
             }
         }

@@ -3,41 +3,64 @@
 
 use num_traits::Float;
 
-use super::{map1, map2};
+use super::{map1_work, map2, Work};
 use crate::{BinaryOp, CmpOp, FloatDType, Layout, UnaryOp, WithDType};
 
 /// Applies `f` to each element in `T`'s math type.
 fn map_math<T: FloatDType>(
     data: &[T],
     layout: &Layout,
+    work: Work,
     f: impl Fn(T::Math) -> T::Math + Sync,
 ) -> Vec<T> {
-    map1(data, layout, |x| T::from_math(f(x.to_math())))
+    map1_work(work, data, layout, |x| T::from_math(f(x.to_math())))
 }
 
 pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> Vec<T> {
     let c = T::math_from_f64;
+    let work = match op {
+        UnaryOp::Exp
+        | UnaryOp::Log
+        | UnaryOp::Sigmoid
+        | UnaryOp::Tanh
+        | UnaryOp::Softplus
+        | UnaryOp::Powf(_) => Work::Heavy,
+        _ => Work::Light,
+    };
     let zero = c(0.0);
     match op {
-        UnaryOp::Neg => map_math(data, layout, |x| -x),
-        UnaryOp::Exp => map_math(data, layout, |x| x.exp()),
-        UnaryOp::Log => map_math(data, layout, |x| x.ln()),
-        UnaryOp::Sqrt => map_math(data, layout, |x| x.sqrt()),
-        UnaryOp::Abs => map_math(data, layout, |x| x.abs()),
-        UnaryOp::Sign => map_math(data, layout, |x| if x == zero { zero } else { x.signum() }),
+        UnaryOp::Neg => map_math(data, layout, work, move |x| -x),
+        UnaryOp::Exp => map_math(data, layout, work, move |x| x.exp()),
+        UnaryOp::Log => map_math(data, layout, work, move |x| x.ln()),
+        UnaryOp::Sqrt => map_math(data, layout, work, move |x| x.sqrt()),
+        UnaryOp::Abs => map_math(data, layout, work, move |x| x.abs()),
+        UnaryOp::Sign => map_math(data, layout, work, move |x| {
+            if x == zero {
+                zero
+            } else {
+                x.signum()
+            }
+        }),
         // NaN passes through relu and clamp, as in PyTorch (`Float::max` would drop it).
-        UnaryOp::Relu => map_math(data, layout, |x| if x < zero { zero } else { x }),
+        UnaryOp::Relu => map_math(data, layout, work, move |x| if x < zero { zero } else { x }),
         UnaryOp::LeakyRelu(slope) => {
             let slope = c(slope);
-            map_math(data, layout, |x| if x > zero { x } else { x * slope })
+            map_math(
+                data,
+                layout,
+                work,
+                move |x| if x > zero { x } else { x * slope },
+            )
         }
-        UnaryOp::Sigmoid => map_math(data, layout, sigmoid),
-        UnaryOp::Tanh => map_math(data, layout, |x| x.tanh()),
-        UnaryOp::Softplus => map_math(data, layout, |x| x.max(zero) + (-x.abs()).exp().ln_1p()),
-        UnaryOp::Powf(exponent) => map_math(data, layout, |x| x.powf(c(exponent))),
+        UnaryOp::Sigmoid => map_math(data, layout, work, sigmoid),
+        UnaryOp::Tanh => map_math(data, layout, work, move |x| x.tanh()),
+        UnaryOp::Softplus => map_math(data, layout, work, move |x| {
+            x.max(zero) + (-x.abs()).exp().ln_1p()
+        }),
+        UnaryOp::Powf(exponent) => map_math(data, layout, work, move |x| x.powf(c(exponent))),
         UnaryOp::Clamp(min, max) => {
             let (min, max) = (c(min), c(max));
-            map_math(data, layout, |x| {
+            map_math(data, layout, work, move |x| {
                 if x.is_nan() {
                     x
                 } else {
@@ -45,7 +68,7 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
                 }
             })
         }
-        UnaryOp::Affine(mul, add) => map_math(data, layout, |x| x * c(mul) + c(add)),
+        UnaryOp::Affine(mul, add) => map_math(data, layout, work, move |x| x * c(mul) + c(add)),
     }
 }
 

@@ -2,24 +2,15 @@
 //! bytes moved per second (reads + writes of f32 data): add and mul move 12 bytes an element,
 //! leaky_relu 8, sum 4. Each runs on 1 and 16M elements, on 1 thread and on all threads.
 
-use std::time::Duration;
-
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_tensor::{DType, Device, Generator, Tensor};
 
+mod common;
+
 fn elementwise(c: &mut Criterion) {
     let mut rng = Generator::new(0);
-    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for threads in [1, all] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let mut group = c.benchmark_group(format!("elementwise_{threads}t"));
-        group
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(1500))
-            .sample_size(20);
+    for (threads, pool) in common::thread_pools() {
+        let mut group = common::group(c, &format!("elementwise_{threads}t"));
         for (label, len) in [("1M", 1 << 20), ("16M", 1 << 24)] {
             let x = Tensor::rand([len], DType::F32, Device::Cpu, &mut rng).unwrap();
             let y = Tensor::rand([len], DType::F32, Device::Cpu, &mut rng).unwrap();

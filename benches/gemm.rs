@@ -5,11 +5,10 @@
 //! `peak/*` measures this CPU's FMA throughput with register-resident loops, the ceiling any
 //! kernel can reach.
 
-use std::time::Duration;
-
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_tensor::{DType, Device, Generator, Tensor};
 
+mod common;
 mod shapes;
 
 fn operand(rows: usize, cols: usize, transposed: bool, rng: &mut Generator) -> Tensor {
@@ -28,17 +27,8 @@ fn operand(rows: usize, cols: usize, transposed: bool, rng: &mut Generator) -> T
 
 fn gemm(c: &mut Criterion) {
     let mut rng = Generator::new(0);
-    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for threads in [1, all] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let mut group = c.benchmark_group(format!("gemm_{threads}t"));
-        group
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(1500))
-            .sample_size(20);
+    for (threads, pool) in common::thread_pools() {
+        let mut group = common::group(c, &format!("gemm_{threads}t"));
         for case in shapes::cases() {
             let a = operand(case.m, case.k, case.transpose_a, &mut rng);
             let b = operand(case.k, case.n, case.transpose_b, &mut rng);
@@ -55,11 +45,7 @@ fn gemm(c: &mut Criterion) {
 /// pipes), no memory traffic.
 fn peak(c: &mut Criterion) {
     const ITERATIONS: usize = 1 << 16;
-    let mut group = c.benchmark_group("peak");
-    group
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(1500))
-        .sample_size(20);
+    let mut group = common::group(c, "peak");
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")

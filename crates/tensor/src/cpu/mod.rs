@@ -1,7 +1,6 @@
 //! The CPU backend: storage as typed `Vec`s and kernels over strided layouts. Elementwise
-//! kernels share one loop (`fill`), which splits large outputs over rayon's threads.
-//! This is the correct, reasonably quick reference; the hand-tuned SIMD GEMM and measured
-//! thresholds belong to the CPU-speed work.
+//! kernels share one loop (`fill`/`map1`/`map2`/`map3`), split over rayon's threads above
+//! measured sizes (`Work`); the matrix product is the packed SIMD GEMM in `gemm.rs`.
 
 mod elementwise;
 pub(crate) mod gemm;

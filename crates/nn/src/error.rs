@@ -1,0 +1,44 @@
+//! kiln-nn's error type: tensor errors pass through; checkpoints and state add their own.
+
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, NnError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NnError {
+    #[error(transparent)]
+    Tensor(#[from] kiln_tensor::Error),
+    #[error("{path}: {action} failed: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    /// A file that is not a well-formed safetensors file.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Format { path: PathBuf, message: String },
+    /// State (a checkpoint, a state dict) that does not fit what it is loaded into.
+    #[error("{context}: {message}")]
+    Mismatch { context: String, message: String },
+    /// A name registered twice in one parameter store.
+    #[error("parameter name `{0}` is registered twice")]
+    DuplicateName(String),
+    #[error("{op}: {message}")]
+    Invalid { op: &'static str, message: String },
+}
+
+impl NnError {
+    pub fn invalid(op: &'static str, message: impl Into<String>) -> Self {
+        NnError::Invalid {
+            op,
+            message: message.into(),
+        }
+    }
+
+    pub fn mismatch(context: impl Into<String>, message: impl Into<String>) -> Self {
+        NnError::Mismatch {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -2,9 +2,14 @@
 //! layers, losses, initialisation, optimizers and safetensors checkpoints. Parameter names
 //! follow PyTorch's `state_dict()` keys, so weights move between the two one to one.
 
+pub mod checkpoint;
 mod error;
 pub mod init;
+pub mod layers;
+pub mod loss;
 mod module;
+pub mod optim;
+pub mod schedule;
 mod store;
 
 pub use error::{NnError, Result};

@@ -19,6 +19,11 @@ impl Gradients {
         self.0.get(&tensor.id())
     }
 
+    /// Sets (or replaces) the gradient for `tensor`: what gradient clipping writes back.
+    pub fn insert(&mut self, tensor: &Tensor, grad: Tensor) {
+        self.0.insert(tensor.id(), grad);
+    }
+
     pub fn remove(&mut self, tensor: &Tensor) -> Option<Tensor> {
         self.0.remove(&tensor.id())
     }

@@ -38,12 +38,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes a file so that it appears whole or not at all: `write` fills a temporary file beside
-/// `path`, which is flushed to disk and then renamed over `path`. A crash (or an error from
-/// `write`) leaves at most the temporary file, never a half-written `path`.
-pub(crate) fn write_atomically(
+/// `path`, which is flushed to disk (`sync_all`), renamed over `path`, and then the directory is
+/// flushed so that the rename itself survives a crash. A crash or an error from `write` leaves
+/// the previous `path` as it was; on an error the temporary file is removed. (An error from the
+/// final directory flush comes after the rename: `path` then holds the new contents, but they
+/// may not survive a power loss.)
+///
+/// kiln-nn's checkpoints are written with it too.
+pub fn write_file_atomically(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> Result<()> {
+) -> io::Result<()> {
     let temporary = temporary_path(path);
     let result = (|| {
         let mut out = BufWriter::new(File::create(&temporary)?);
@@ -53,10 +58,35 @@ pub(crate) fn write_atomically(
             .sync_all()?;
         std::fs::rename(&temporary, path)
     })();
-    result.map_err(|err| {
+    if let Err(err) = result {
         let _ = std::fs::remove_file(&temporary);
-        DataError::io(path, "write", err)
-    })
+        return Err(err);
+    }
+    sync_directory(path)
+}
+
+/// [`write_file_atomically`], with its error as a [`DataError`] naming `path`.
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> Result<()> {
+    write_file_atomically(path, write).map_err(|err| DataError::io(path, "write", err))
+}
+
+/// Flushes the directory holding `path`, so that a rename into it is on disk.
+#[cfg(unix)]
+fn sync_directory(path: &Path) -> io::Result<()> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(directory)?.sync_all()
+}
+
+/// Windows cannot open a directory as a file to flush it; NTFS journals the rename instead.
+#[cfg(not(unix))]
+fn sync_directory(_path: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// `dir/.name.<pid>.<n>.tmp` beside `dir/name`: on the same file system, so the rename is
@@ -69,4 +99,45 @@ fn temporary_path(path: &Path) -> PathBuf {
         |name| name.to_string_lossy().into_owned(),
     );
     path.with_file_name(format!(".{name}.{}.{call}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// The files in `directory`, sorted.
+    fn listing(directory: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(directory)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_failing_write_leaves_the_previous_file_and_no_temporary() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.bin");
+        write_file_atomically(&path, |out| out.write_all(b"first")).unwrap();
+        let err = write_file_atomically(&path, |out| {
+            out.write_all(b"second, half written")?;
+            Err(io::Error::other("injected failure"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "injected failure");
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        assert_eq!(listing(directory.path()), ["out.bin"]);
+    }
+
+    #[test]
+    fn a_successful_write_replaces_the_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.bin");
+        write_file_atomically(&path, |out| out.write_all(b"first")).unwrap();
+        write_file_atomically(&path, |out| out.write_all(b"second")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(listing(directory.path()), ["out.bin"]);
+    }
 }

@@ -5,7 +5,9 @@
 //! Values whose op has a kink (abs, relu, clamp, max) are kept away from it.
 
 use kiln_tensor::gradcheck::GradCheck;
-use kiln_tensor::{DType, Device, Result, Tensor};
+use kiln_tensor::{
+    Conv2dOptions, ConvTranspose2dOptions, DType, Device, Pool2dOptions, Result, Tensor,
+};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::subsequence;
@@ -537,6 +539,124 @@ proptest! {
 }
 
 // ---- compositions: gradients meeting at shared inputs ----
+
+// ---- convolution, pooling, upsampling ----
+
+/// A sliding-window configuration: input `[n, c, h, w]`, kernel, stride, padding, dilation.
+#[derive(Debug, Clone)]
+struct Window {
+    input: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+}
+
+fn pair(range: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = [usize; 2]> {
+    (range.clone(), range).prop_map(|(a, b)| [a, b])
+}
+
+/// Windows of up to 3x3 taps over inputs of up to 2x3x6x6, with strides up to 3, padding up
+/// to 2 and dilation up to 2, kept to those that fit (at least one output position).
+fn window() -> impl Strategy<Value = Window> {
+    (
+        1usize..=2,
+        1usize..=3,
+        pair(1..=6),
+        pair(1..=3),
+        pair(1..=3),
+        pair(0..=2),
+        pair(1..=2),
+    )
+        .prop_map(|(n, c, [h, w], kernel, stride, padding, dilation)| Window {
+            input: [n, c, h, w],
+            kernel,
+            stride,
+            padding,
+            dilation,
+        })
+        .prop_filter("the window must fit the padded input", |g| {
+            (0..2).all(|a| g.input[2 + a] + 2 * g.padding[a] > g.dilation[a] * (g.kernel[a] - 1))
+        })
+}
+
+/// A window and an input for it, viewed in any of the ways (`View`).
+fn window_input(
+    values: impl Strategy<Value = f64> + Clone + 'static,
+) -> impl Strategy<Value = (Window, Input)> {
+    window().prop_flat_map(move |g| (Just(g.clone()), input_of(g.input.to_vec(), values.clone())))
+}
+
+/// Distinct values, at least 0.05 apart (so no two in a pooling window are within a finite
+/// difference step of each other and the maximum never changes hands), in random order.
+fn distinct_values(n: usize) -> impl Strategy<Value = Vec<f64>> {
+    vec(any::<u32>(), n).prop_map(|keys| {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by_key(|&i| keys[i]);
+        let mut values = vec![0.0; keys.len()];
+        for (rank, &i) in order.iter().enumerate() {
+            values[i] = rank as f64 * 0.05 - 1.0;
+        }
+        values
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn conv2d((g, x) in window_input(any_value()), out_channels in 1usize..=3, weight_values in vec(any_value(), 81)) {
+        let [kh, kw] = g.kernel;
+        let weight_shape = vec![out_channels, g.input[1], kh, kw];
+        let count = weight_shape.iter().product::<usize>();
+        let w = Input { shape: weight_shape, view: View::Plain, values: weight_values[..count].to_vec() };
+        let options = Conv2dOptions { stride: g.stride, padding: g.padding, dilation: g.dilation };
+        check(&[&x, &w], |t| t[0].conv2d(&t[1], options))?;
+    }
+
+    #[test]
+    fn conv_transpose2d(
+        (g, x) in window_input(any_value()),
+        out_channels in 1usize..=3,
+        extra in pair(0..=2),
+        weight_values in vec(any_value(), 81),
+    ) {
+        let [kh, kw] = g.kernel;
+        let weight_shape = vec![g.input[1], out_channels, kh, kw];
+        let count = weight_shape.iter().product::<usize>();
+        let w = Input { shape: weight_shape, view: View::Transposed, values: weight_values[..count].to_vec() };
+        // output_padding below max(stride, dilation), as PyTorch requires.
+        let output_padding = [0, 1].map(|a| extra[a] % g.stride[a].max(g.dilation[a]));
+        let options = ConvTranspose2dOptions { stride: g.stride, padding: g.padding, output_padding, dilation: g.dilation };
+        // Inputs whose output would be empty are an error, not a case.
+        let probe = Tensor::zeros(g.input.to_vec(), DType::F64, Device::Cpu).unwrap()
+            .conv_transpose2d(&Tensor::zeros(w.shape.clone(), DType::F64, Device::Cpu).unwrap(), options);
+        prop_assume!(probe.is_ok());
+        check(&[&x, &w], |t| t[0].conv_transpose2d(&t[1], options))?;
+    }
+
+    #[test]
+    fn max_pool2d(g in window(), seed_values in distinct_values(256)) {
+        prop_assume!(g.padding[0] <= g.kernel[0] / 2 && g.padding[1] <= g.kernel[1] / 2);
+        let count = g.input.iter().product::<usize>();
+        let x = Input { shape: g.input.to_vec(), view: View::Plain, values: seed_values[..count].to_vec() };
+        let options = Pool2dOptions { kernel: g.kernel, stride: g.stride, padding: g.padding };
+        check(&[&x], |t| t[0].max_pool2d(options))?;
+    }
+
+    #[test]
+    fn avg_pool2d((g, x) in window_input(any_value())) {
+        prop_assume!(g.padding[0] <= g.kernel[0] / 2 && g.padding[1] <= g.kernel[1] / 2);
+        let options = Pool2dOptions { kernel: g.kernel, stride: g.stride, padding: g.padding };
+        check(&[&x], |t| t[0].avg_pool2d(options))?;
+    }
+
+    #[test]
+    fn upsample_nearest2d((g, x) in window_input(any_value()), out in pair(1..=9)) {
+        let _ = g;
+        check(&[&x], |t| t[0].upsample_nearest2d(out[0], out[1]))?;
+    }
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]

@@ -6,7 +6,7 @@
 //! contiguous, row-major, offset 0. Shapes are validated by the tensor layer before a call;
 //! a backend checks only what depends on data (index values).
 
-use crate::{BinaryOp, CmpOp, DType, Device, Layout, ReduceOp, Result, UnaryOp};
+use crate::{BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp};
 
 pub trait BackendStorage: Sized + Send + Sync {
     fn dtype(&self) -> DType;
@@ -45,6 +45,15 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// `[batch.., m, k] x [batch.., k, n] -> [batch.., n]`, any strides (transposed views are
     /// read in place). Both operands have the same batch dims.
     fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
+
+    /// An image batch `g.image_shape()` unfolded into convolution columns
+    /// `g.columns_shape()`: row `(c, ki, kj)`, column `(n, oh, ow)`, zeros for padding.
+    fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
+    /// The adjoint of `im2col`: columns folded into an image batch, overlapping taps summed.
+    fn col2im(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
+    /// For each window of an image batch, the `u32` index `ih·W + iw` of its maximum within
+    /// its plane, `[N·C, OH·OW]`; padding never wins, NaN does.
+    fn max_pool2d_indices(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
 
     /// Concatenation along `dim` of parts whose other dims agree.
     fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self>;

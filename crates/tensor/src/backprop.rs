@@ -176,6 +176,8 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
                 reduce::softmax_backward(node, *dim, false, grad)?,
             )]
         }
+        Op::Im2Col(x, g) => vec![(x.clone(), grad.col2im(g)?)],
+        Op::Col2Im(columns, g) => vec![(columns.clone(), grad.im2col(g)?)],
         Op::LogSoftmax(x, dim) => {
             vec![(x.clone(), reduce::softmax_backward(node, *dim, true, grad)?)]
         }

@@ -39,6 +39,7 @@ pub use dtype::{DType, FloatDType, WithDType};
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+pub use ops::conv::{Conv2dGeometry, Conv2dOptions, ConvTranspose2dOptions, Pool2dOptions};
 pub use rng::Generator;
 pub use shape::Shape;
 pub use storage::Storage;

@@ -1,7 +1,7 @@
 //! The vocabulary shared by the backends and autograd: which primitive an op is, and the
 //! record (`Op`) a tracked tensor keeps of the op and inputs that made it.
 
-use crate::Tensor;
+use crate::{Conv2dGeometry, Tensor};
 
 /// Elementwise functions of one float tensor. Each is one line in the CPU table
 /// (`cpu::elementwise::unary`) and, later, in the CUDA one.
@@ -77,6 +77,10 @@ pub(crate) enum Op {
     WhereCond(Tensor, Tensor, Tensor),
     Softmax(Tensor, usize),
     LogSoftmax(Tensor, usize),
+    /// Image batch unfolded into convolution columns.
+    Im2Col(Tensor, Conv2dGeometry),
+    /// Convolution columns folded into an image batch.
+    Col2Im(Tensor, Conv2dGeometry),
 }
 
 impl Op {
@@ -92,7 +96,9 @@ impl Op {
             | Op::Copy(x)
             | Op::ToDType(x)
             | Op::Softmax(x, _)
-            | Op::LogSoftmax(x, _) => vec![x],
+            | Op::LogSoftmax(x, _)
+            | Op::Im2Col(x, _)
+            | Op::Col2Im(x, _) => vec![x],
             Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
             Op::IndexSelect(x, index, _) | Op::Gather(x, index, _) => vec![x, index],
             Op::IndexAdd(base, index, source, _) | Op::ScatterAdd(base, index, source, _) => {

@@ -3,7 +3,7 @@
 
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
-use crate::{BinaryOp, CmpOp, DType, Device, Layout, ReduceOp, Result, UnaryOp};
+use crate::{BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp};
 
 #[derive(Debug, Clone)]
 pub enum Storage {
@@ -50,6 +50,9 @@ impl Storage {
     forward!(index_add(dim: usize) with index: index_layout, source: source_layout);
     forward!(gather(dim: usize) with index: index_layout);
     forward!(scatter_add(dim: usize) with index: index_layout, source: source_layout);
+    forward!(im2col(g: &Conv2dGeometry) with);
+    forward!(col2im(g: &Conv2dGeometry) with);
+    forward!(max_pool2d_indices(g: &Conv2dGeometry) with);
 
     pub(crate) fn cat(parts: &[(&Storage, &Layout)], dim: usize) -> Result<Storage> {
         let cpu_parts: Vec<_> = parts

@@ -10,7 +10,7 @@ use crate::{FloatDType, Layout, Shape, WithDType};
 
 /// The elements of `layout` in row-major order: borrowed when already contiguous (selecting a
 /// batch from a dataset must not copy the dataset), copied otherwise.
-fn row_major<'a, T: WithDType>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
+pub(crate) fn row_major<'a, T: WithDType>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
     match layout.contiguous_range() {
         Some(range) => Cow::Borrowed(&data[range]),
         None => Cow::Owned(map1(data, layout, |x| x)),

@@ -2,6 +2,7 @@
 //! kernels share one loop (`fill`/`map1`/`map2`/`map3`), split over rayon's threads above
 //! measured sizes (`Work`); the matrix product is the packed SIMD GEMM in `gemm.rs`.
 
+mod conv;
 mod elementwise;
 pub(crate) mod gemm;
 mod index;
@@ -16,7 +17,8 @@ use rayon::prelude::*;
 use crate::backend::BackendStorage;
 use crate::layout::Runs;
 use crate::{
-    BinaryOp, CmpOp, DType, Device, Error, FloatDType, Layout, ReduceOp, Result, UnaryOp, WithDType,
+    BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType, Layout, ReduceOp, Result,
+    UnaryOp, WithDType,
 };
 
 /// A tensor's elements in host memory.
@@ -100,7 +102,7 @@ impl Work {
     /// machine with the threshold at 1, best of 3, µs for 1 thread vs 2: add at 2^16 elements
     /// 7.9 vs 12.6, at 2^18 38.5 vs 41.4, at 2^20 148 vs 143 (memory-bound, ~85 GB/s from one
     /// core); exp at 2^13 11.7 vs 11.6, at 2^14 23.0 vs 14.5, at 2^20 1566 vs 932.
-    pub(crate) fn parallel_min(self) -> usize {
+    pub(crate) const fn parallel_min(self) -> usize {
         match self {
             Work::Light => 1 << 20,
             Work::Heavy => 1 << 14,
@@ -585,6 +587,29 @@ impl BackendStorage for CpuStorage {
                 })
             }
         })
+    }
+
+    fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(map_any!(self, data => conv::im2col(&index::row_major(data, layout), g)))
+    }
+
+    fn col2im(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(map_float!("col2im", self, data => conv::col2im(&index::row_major(data, layout), g)))
+    }
+
+    fn max_pool2d_indices(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(CpuStorage::U32(match self {
+            CpuStorage::F16(data) => conv::max_pool2d_indices(&index::row_major(data, layout), g),
+            CpuStorage::BF16(data) => conv::max_pool2d_indices(&index::row_major(data, layout), g),
+            CpuStorage::F32(data) => conv::max_pool2d_indices(&index::row_major(data, layout), g),
+            CpuStorage::F64(data) => conv::max_pool2d_indices(&index::row_major(data, layout), g),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "max_pool2d",
+                    dtype: other.dtype(),
+                })
+            }
+        }))
     }
 
     fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {

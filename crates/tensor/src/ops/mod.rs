@@ -2,6 +2,7 @@
 //! their shape checks, and the family's backward rules, written with tensor ops so that they
 //! run on every backend and can themselves be differentiated.
 
+pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod matmul;

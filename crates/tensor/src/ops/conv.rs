@@ -1,0 +1,426 @@
+//! Convolutions, transposed convolutions, pooling and nearest upsampling over `[N, C, H, W]`
+//! batches, as PyTorch defines them (`torch.nn.functional.conv2d`, `conv_transpose2d`,
+//! `max_pool2d`, `avg_pool2d`, `interpolate(mode="nearest")`), groups = 1.
+//!
+//! Two primitives carry them: `im2col` (unfold windows into GEMM columns) and `col2im` (fold
+//! columns back, summing overlaps). Each is the other's adjoint, so each one's backward rule is
+//! the other, and a convolution is `weight · im2col(x)`: the matrix product and its backward
+//! rule do the rest, including the higher-order gradients WGAN-GP needs.
+
+use crate::op::Op;
+use crate::{Error, Result, Shape, Tensor};
+
+/// Options of `conv2d`: per-axis (height, width) stride, zero padding and dilation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl Default for Conv2dOptions {
+    /// Stride 1, no padding, no dilation (PyTorch's defaults).
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+        }
+    }
+}
+
+/// Options of `conv_transpose2d`: those of the convolution it is the adjoint of, plus
+/// `output_padding`, extra rows/columns on the bottom/right of the output that pick which of
+/// the input sizes mapping to the same convolution output is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvTranspose2dOptions {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub output_padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl Default for ConvTranspose2dOptions {
+    fn default() -> Self {
+        ConvTranspose2dOptions {
+            stride: [1, 1],
+            padding: [0, 0],
+            output_padding: [0, 0],
+            dilation: [1, 1],
+        }
+    }
+}
+
+/// Options of `max_pool2d` and `avg_pool2d` (floor mode; average pooling counts padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2dOptions {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl Pool2dOptions {
+    /// Windows of `kernel` that do not overlap (stride = kernel, PyTorch's default), no
+    /// padding.
+    pub fn new(kernel: [usize; 2]) -> Self {
+        Pool2dOptions {
+            kernel,
+            stride: kernel,
+            padding: [0, 0],
+        }
+    }
+}
+
+/// Where every window of a 2-D sliding-window op lies: an image batch `[batch, channels,
+/// height, width]`, the kernel's taps and an output grid of `out_height × out_width`
+/// positions. Position `(oh, ow)`, tap `(ki, kj)` reads pixel
+/// `(oh·stride₀ + ki·dilation₀ - padding₀, ow·stride₁ + kj·dilation₁ - padding₁)`; outside
+/// the image it reads padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+impl Conv2dGeometry {
+    /// The shape of the image batch, `[N, C, H, W]`.
+    pub fn image_shape(&self) -> Shape {
+        Shape::from([self.batch, self.channels, self.height, self.width])
+    }
+
+    /// The shape of the columns, `[C·kh·kw, N·OH·OW]`.
+    pub fn columns_shape(&self) -> Shape {
+        Shape::from([
+            self.channels * self.kernel[0] * self.kernel[1],
+            self.batch * self.out_height * self.out_width,
+        ])
+    }
+}
+
+/// The number of window positions along one axis: `⌊(size + 2·padding - span) / stride⌋ + 1`
+/// with `span = dilation·(kernel - 1) + 1`, or `None` when the window does not fit.
+fn positions(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let span = dilation * (kernel - 1) + 1;
+    (size + 2 * padding)
+        .checked_sub(span)
+        .map(|room| room / stride + 1)
+}
+
+/// Errors for zero strides, dilations or kernel sizes, which PyTorch also rejects.
+fn check_positive(op: &'static str, what: &str, values: [usize; 2]) -> Result<()> {
+    if values.contains(&0) {
+        return Err(Error::invalid(
+            op,
+            format!("{what} must be positive, got {values:?}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// `[N, C, H, W]` as a 4-tuple, or an error naming `op` and what it expects.
+    fn image_dims(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
+        match *self.dims() {
+            [n, c, h, w] => Ok([n, c, h, w]),
+            _ => Err(Error::invalid(
+                op,
+                format!(
+                    "expected {what} of rank 4 [N, C, H, W], got {}",
+                    self.shape()
+                ),
+            )),
+        }
+    }
+
+    /// The geometry of a sliding window over this `[N, C, H, W]` tensor, with the output grid
+    /// the window positions make, or an error if the window does not fit.
+    fn window_geometry(
+        &self,
+        op: &'static str,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> Result<Conv2dGeometry> {
+        let [batch, channels, height, width] = self.image_dims(op, "input")?;
+        check_positive(op, "kernel size", kernel)?;
+        check_positive(op, "stride", stride)?;
+        check_positive(op, "dilation", dilation)?;
+        let fits = |axis: usize, size: usize| {
+            positions(
+                size,
+                kernel[axis],
+                stride[axis],
+                padding[axis],
+                dilation[axis],
+            )
+        };
+        let (Some(out_height), Some(out_width)) = (fits(0, height), fits(1, width)) else {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "a {}x{} kernel (dilation {:?}) does not fit the {}x{} input padded by {:?}",
+                    kernel[0], kernel[1], dilation, height, width, padding
+                ),
+            ));
+        };
+        Ok(Conv2dGeometry {
+            batch,
+            channels,
+            height,
+            width,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            out_height,
+            out_width,
+        })
+    }
+
+    /// 2-D convolution (cross-correlation, as in PyTorch) of `[N, C, H, W]` with a weight
+    /// `[OC, C, kh, kw]`: `[N, OC, OH, OW]`, `OH = ⌊(H + 2·padding - dilation·(kh - 1) - 1) /
+    /// stride⌋ + 1`. No bias: add one by broadcasting `[1, OC, 1, 1]`.
+    pub fn conv2d(&self, weight: &Tensor, options: Conv2dOptions) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        self.same_dtype(OP, weight)?;
+        self.float_only(OP)?;
+        let [out_channels, in_channels, kh, kw] = weight.image_dims(OP, "weight")?;
+        let g = self.window_geometry(
+            OP,
+            [kh, kw],
+            options.stride,
+            options.padding,
+            options.dilation,
+        )?;
+        if in_channels != g.channels {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "input {} has {} channels but weight {} expects {in_channels}",
+                    self.shape(),
+                    g.channels,
+                    weight.shape()
+                ),
+            ));
+        }
+        let columns = self.im2col(&g)?; // [C·kh·kw, N·OH·OW]
+        let weight = weight.reshape([out_channels, in_channels * kh * kw])?; // [OC, C·kh·kw]
+        let out = weight.matmul(&columns)?; // [OC, N·OH·OW]
+        out.reshape([out_channels, g.batch, g.out_height, g.out_width])? // [OC, N, OH, OW]
+            .permute(&[1, 0, 2, 3])? // [N, OC, OH, OW]
+            .contiguous()
+    }
+
+    /// 2-D transposed convolution of `[N, IC, H, W]` with a weight `[IC, OC, kh, kw]` (the
+    /// gradient of `conv2d` with respect to its input, as in PyTorch): `[N, OC, OH, OW]`,
+    /// `OH = (H - 1)·stride - 2·padding + dilation·(kh - 1) + output_padding + 1`.
+    pub fn conv_transpose2d(
+        &self,
+        weight: &Tensor,
+        options: ConvTranspose2dOptions,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv_transpose2d";
+        self.same_dtype(OP, weight)?;
+        self.float_only(OP)?;
+        let [batch, channels, height, width] = self.image_dims(OP, "input")?;
+        let [in_channels, out_channels, kh, kw] = weight.image_dims(OP, "weight")?;
+        let ConvTranspose2dOptions {
+            stride,
+            padding,
+            output_padding,
+            dilation,
+        } = options;
+        check_positive(OP, "kernel size", [kh, kw])?;
+        check_positive(OP, "stride", stride)?;
+        check_positive(OP, "dilation", dilation)?;
+        if channels != in_channels {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "input {} has {channels} channels but weight {} expects {in_channels}",
+                    self.shape(),
+                    weight.shape()
+                ),
+            ));
+        }
+        let mut out_size = [0; 2];
+        for (axis, input) in [height, width].into_iter().enumerate() {
+            if output_padding[axis] >= stride[axis].max(dilation[axis]) {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "output padding {output_padding:?} must be smaller than the stride \
+                         {stride:?} or the dilation {dilation:?}"
+                    ),
+                ));
+            }
+            let full = input.saturating_sub(1) * stride[axis]
+                + dilation[axis] * ([kh, kw][axis] - 1)
+                + output_padding[axis]
+                + 1;
+            out_size[axis] = match full.checked_sub(2 * padding[axis]) {
+                Some(size) if size > 0 && input > 0 => size,
+                _ => {
+                    return Err(Error::invalid(
+                        OP,
+                        format!(
+                            "input {} with padding {padding:?} gives an empty output",
+                            self.shape()
+                        ),
+                    ))
+                }
+            };
+        }
+        // The convolution this is the adjoint of: from the output image to the input's grid.
+        let g = Conv2dGeometry {
+            batch,
+            channels: out_channels,
+            height: out_size[0],
+            width: out_size[1],
+            kernel: [kh, kw],
+            stride,
+            padding,
+            dilation,
+            out_height: height,
+            out_width: width,
+        };
+        let input = self
+            .permute(&[1, 0, 2, 3])? // [IC, N, H, W]
+            .reshape([in_channels, batch * height * width])?; // [IC, N·H·W]
+        let weight = weight.reshape([in_channels, out_channels * kh * kw])?.t()?; // [OC·kh·kw, IC]
+        let columns = weight.matmul(&input)?; // [OC·kh·kw, N·H·W]
+        columns.col2im(&g) // [N, OC, OH, OW]
+    }
+
+    /// Max pooling of `[N, C, H, W]` over windows of `options.kernel`: `[N, C, OH, OW]`.
+    /// Padding (at most half the kernel, as PyTorch requires) never wins; NaN propagates.
+    pub fn max_pool2d(&self, options: Pool2dOptions) -> Result<Tensor> {
+        Ok(self.max_pool2d_with_indices(options)?.0)
+    }
+
+    /// Max pooling, and for each output the index `ih·W + iw` of the maximum within its
+    /// `[H, W]` plane (`u32`, like PyTorch's `return_indices=True`). The gradient flows to the
+    /// maxima only.
+    pub fn max_pool2d_with_indices(&self, options: Pool2dOptions) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "max_pool2d";
+        self.float_only(OP)?;
+        let g = self.pool_geometry(OP, options)?;
+        let indices = {
+            let image = self.storage();
+            let storage = image.max_pool2d_indices(self.layout(), &g)?;
+            Tensor::from_storage(
+                storage,
+                Shape::from([g.batch * g.channels, g.out_height * g.out_width]),
+                None,
+            )
+        };
+        let planes = self.reshape([g.batch * g.channels, g.height * g.width])?; // [N·C, H·W]
+        let values = planes
+            .gather(1, &indices)? // [N·C, OH·OW]
+            .reshape([g.batch, g.channels, g.out_height, g.out_width])?;
+        let indices = indices.reshape([g.batch, g.channels, g.out_height, g.out_width])?;
+        Ok((values, indices))
+    }
+
+    /// Average pooling of `[N, C, H, W]`: each output is the mean of its window, padding
+    /// counted as zeros (PyTorch's `count_include_pad=True`): `[N, C, OH, OW]`.
+    pub fn avg_pool2d(&self, options: Pool2dOptions) -> Result<Tensor> {
+        const OP: &str = "avg_pool2d";
+        self.float_only(OP)?;
+        let g = self.pool_geometry(OP, options)?;
+        // Each channel is its own one-channel image: columns [kh·kw, N·C·OH·OW].
+        let planes = Conv2dGeometry {
+            batch: g.batch * g.channels,
+            channels: 1,
+            ..g
+        };
+        self.reshape(planes.image_shape())?
+            .im2col(&planes)?
+            .mean(&[0], false)? // [N·C·OH·OW]
+            .reshape([g.batch, g.channels, g.out_height, g.out_width])
+    }
+
+    fn pool_geometry(&self, op: &'static str, options: Pool2dOptions) -> Result<Conv2dGeometry> {
+        let Pool2dOptions {
+            kernel,
+            stride,
+            padding,
+        } = options;
+        if padding[0] > kernel[0] / 2 || padding[1] > kernel[1] / 2 {
+            return Err(Error::invalid(
+                op,
+                format!("padding {padding:?} must be at most half the kernel {kernel:?}"),
+            ));
+        }
+        self.window_geometry(op, kernel, stride, padding, [1, 1])
+    }
+
+    /// Nearest-neighbour resize of `[N, C, H, W]` to `[N, C, out_height, out_width]`: output
+    /// row `i` copies input row `min(⌊i·H/out_height⌋, H - 1)` (in f32, as PyTorch's
+    /// `interpolate(size=..., mode="nearest")` computes it), and likewise for columns.
+    pub fn upsample_nearest2d(&self, out_height: usize, out_width: usize) -> Result<Tensor> {
+        const OP: &str = "upsample_nearest2d";
+        let [_, _, height, width] = self.image_dims(OP, "input")?;
+        if out_height == 0 || out_width == 0 || height == 0 || width == 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "cannot resize {} to {out_height}x{out_width}: sizes must be positive",
+                    self.shape()
+                ),
+            ));
+        }
+        let sources = |input: usize, output: usize| -> Result<Tensor> {
+            let scale = input as f32 / output as f32;
+            let rows = (0..output)
+                .map(|i| ((i as f32 * scale).floor() as u32).min(input as u32 - 1))
+                .collect();
+            Tensor::from_vec(rows, [output], self.device())
+        };
+        self.index_select(2, &sources(height, out_height)?)?
+            .index_select(3, &sources(width, out_width)?)
+    }
+
+    /// Unfolds this image batch into GEMM columns (see `cpu::conv`).
+    pub(crate) fn im2col(&self, g: &Conv2dGeometry) -> Result<Tensor> {
+        self.expect_shape("im2col", &g.image_shape())?;
+        let storage = self.storage().im2col(self.layout(), g)?;
+        let record = Tensor::record(&[self], || Op::Im2Col(self.clone(), *g));
+        Ok(Tensor::from_storage(storage, g.columns_shape(), record))
+    }
+
+    /// Folds GEMM columns back into an image batch, summing overlapping taps.
+    pub(crate) fn col2im(&self, g: &Conv2dGeometry) -> Result<Tensor> {
+        self.expect_shape("col2im", &g.columns_shape())?;
+        self.float_only("col2im")?;
+        let storage = self.storage().col2im(self.layout(), g)?;
+        let record = Tensor::record(&[self], || Op::Col2Im(self.clone(), *g));
+        Ok(Tensor::from_storage(storage, g.image_shape(), record))
+    }
+
+    fn expect_shape(&self, op: &'static str, shape: &Shape) -> Result<()> {
+        if self.shape() != shape {
+            return Err(Error::ShapeMismatch {
+                op,
+                expected: shape.clone(),
+                got: self.shape().clone(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -232,3 +232,28 @@ fn assert_close(actual: &[f64], expected: &[f64], tolerance: f64) {
         );
     }
 }
+
+#[test]
+fn wgan_gp_penalty_through_a_convolutional_critic() {
+    // DCGAN-style critic: Conv(1→2, 3, stride 2, padding 1) → tanh → mean → score, on two
+    // 5x5 images. The penalty differentiates through im2col/col2im and the GEMM twice.
+    use kiln_tensor::Conv2dOptions;
+    let values: Vec<f64> = (0..50).map(|i| ((i * 37 % 23) as f64 / 11.0) - 1.0).collect();
+    let x = tensor(&values, &[2, 1, 5, 5]);
+    let weight: Vec<f64> = (0..18).map(|i| ((i * 7 % 13) as f64 / 13.0) - 0.5).collect();
+    let options = Conv2dOptions {
+        stride: [2, 2],
+        padding: [1, 1],
+        dilation: [1, 1],
+    };
+    let penalty = |w: &Tensor| -> Result<Tensor> {
+        let x = leaf(&x)?;
+        let scores = x.conv2d(w, options)?.tanh()?.mean(&[1, 2, 3], false)?; // [2]
+        let input_grad = grad_with_graph(&scores.sum_all()?, &x)?; // [2, 1, 5, 5]
+        let norms = input_grad.square()?.sum(&[1, 2, 3], false)?.sqrt()?; // [2]
+        norms.add_scalar(-1.0)?.square()?.mean_all()
+    };
+    GradCheck::default()
+        .check(|p| penalty(&p[0]), &[tensor(&weight, &[2, 1, 3, 3])])
+        .unwrap();
+}

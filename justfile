@@ -53,3 +53,13 @@ fuzz seconds="600":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     mkdir -p fuzz/corpus/idx_reader
     RUSTC_BOOTSTRAP=1 cargo fuzz run idx_reader fuzz/corpus/idx_reader fuzz/seeds -- -max_total_time={{seconds}} -print_final_stats=1
+
+# Save kiln's DCGAN checkpoints and check that PyTorch loads them (strict) and computes the
+# same outputs (needs `pip install torch safetensors`; set PYTHON to pick the interpreter)
+interop out="target/interop":
+    cargo run --release --example interop -- {{out}}
+    ${PYTHON:-python3} scripts/interop.py {{out}}
+
+# Remake the PyTorch parity fixtures in tests/fixtures (needs torch and safetensors)
+fixtures:
+    ${PYTHON:-python3} tests/fixtures/make_fixtures.py

@@ -17,6 +17,13 @@ pub enum NnError {
     /// A file that is not a well-formed safetensors file.
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
+    /// A checkpoint entry whose element type kiln has no dtype for.
+    #[error("{path}: `{name}` has dtype {dtype}, which kiln cannot hold (it has u8, u32, f16, bf16, f32 and f64)")]
+    UnsupportedDType {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
     /// State (a checkpoint, a state dict) that does not fit what it is loaded into.
     #[error("{context}: {message}")]
     Mismatch { context: String, message: String },

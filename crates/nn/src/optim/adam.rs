@@ -1,0 +1,343 @@
+//! Adam (L2 weight decay added to the gradient) and AdamW (decoupled weight decay):
+//! `torch.optim.Adam`'s and `torch.optim.AdamW`'s single-tensor updates, which differ only in
+//! where the weight decay goes, so one implementation serves both.
+
+use kiln_tensor::{no_grad, Gradients, Tensor, Var};
+
+use super::{
+    check_distinct_names, check_hyperparameter, gradients_of, lerp, sort_state, step_tensor,
+    Optimizer, StateKind,
+};
+use crate::Result;
+
+/// `torch.optim.Adam`'s arguments, with its defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    /// L2 penalty: `weight_decay * p` is added to the gradient.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// `torch.optim.AdamW`'s arguments, with its defaults (note the weight decay of 0.01).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    /// Decoupled decay: `p *= 1 - lr * weight_decay` before each update.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+        }
+    }
+}
+
+/// Adam. For each parameter `p` with gradient `g`, at its `t`-th step (t from 1), as PyTorch:
+///
+/// ```text
+/// g = g + weight_decay * p                              (if weight_decay != 0)
+/// m = lerp(m, g, 1 - beta1)        v = beta2 * v + (1 - beta2) * g * g
+/// step_size = lr / (1 - beta1^t)
+/// denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+/// p = p - step_size * m / denom
+/// ```
+///
+/// `m` and `v` start at zero, in the parameter's dtype. State: `step.<name>` (rank-0 f64),
+/// `exp_avg.<name>` (m), `exp_avg_sq.<name>` (v).
+pub struct Adam(Core);
+
+/// AdamW: [`Adam`]'s update, but the weight decay is decoupled from the gradient: before the
+/// update, `p = p * (1 - lr * weight_decay)`, and `g` is left alone. Same state as Adam.
+pub struct AdamW(Core);
+
+impl Adam {
+    /// An optimizer for `params` (distinct names, e.g. [`crate::ParamStore::parameters`]).
+    /// Refuses what PyTorch refuses: a negative learning rate, eps or weight decay, and betas
+    /// outside [0, 1).
+    pub fn new(params: Vec<(String, Var)>, config: AdamConfig) -> Result<Adam> {
+        let AdamConfig {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+        } = config;
+        Core::new("Adam", params, lr, betas, eps, weight_decay, false).map(Adam)
+    }
+
+    /// The configuration, with the current learning rate.
+    pub fn config(&self) -> AdamConfig {
+        let Core {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            ..
+        } = self.0;
+        AdamConfig {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+        }
+    }
+}
+
+impl AdamW {
+    /// An optimizer for `params`; refuses what [`Adam::new`] refuses.
+    pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<AdamW> {
+        let AdamWConfig {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+        } = config;
+        Core::new("AdamW", params, lr, betas, eps, weight_decay, true).map(AdamW)
+    }
+
+    /// The configuration, with the current learning rate.
+    pub fn config(&self) -> AdamWConfig {
+        let Core {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            ..
+        } = self.0;
+        AdamWConfig {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+        }
+    }
+}
+
+/// One parameter's moments, made on its first step with a gradient.
+struct State {
+    /// Steps taken, a rank-0 f64 tensor (PyTorch keeps a float tensor too).
+    step: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+const STEP: StateKind = StateKind {
+    name: "step",
+    step_count: true,
+};
+const EXP_AVG: StateKind = StateKind {
+    name: "exp_avg",
+    step_count: false,
+};
+const EXP_AVG_SQ: StateKind = StateKind {
+    name: "exp_avg_sq",
+    step_count: false,
+};
+
+struct Core {
+    op: &'static str,
+    params: Vec<(String, Var)>,
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    /// AdamW's decay of the parameter rather than Adam's L2 term in the gradient.
+    decoupled: bool,
+    states: Vec<Option<State>>,
+}
+
+impl Core {
+    fn new(
+        op: &'static str,
+        params: Vec<(String, Var)>,
+        lr: f64,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        decoupled: bool,
+    ) -> Result<Core> {
+        check_hyperparameter(op, "learning rate", lr, lr >= 0.0)?;
+        check_hyperparameter(op, "epsilon value", eps, eps >= 0.0)?;
+        check_hyperparameter(
+            op,
+            "beta parameter at index 0",
+            betas.0,
+            (0.0..1.0).contains(&betas.0),
+        )?;
+        check_hyperparameter(
+            op,
+            "beta parameter at index 1",
+            betas.1,
+            (0.0..1.0).contains(&betas.1),
+        )?;
+        check_hyperparameter(op, "weight_decay value", weight_decay, weight_decay >= 0.0)?;
+        check_distinct_names(op, &params)?;
+        let states = params.iter().map(|_| None).collect();
+        Ok(Core {
+            op,
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            decoupled,
+            states,
+        })
+    }
+
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let gradients = gradients_of(self.op, &self.params, grads)?;
+        let Core {
+            lr,
+            betas: (beta1, beta2),
+            eps,
+            weight_decay,
+            decoupled,
+            ..
+        } = *self;
+        no_grad(|| {
+            let updates = self.params.iter().zip(gradients).zip(&mut self.states);
+            for (((_, param), grad), slot) in updates {
+                let Some(grad) = grad else { continue };
+                let (step, exp_avg, exp_avg_sq) = match slot {
+                    Some(state) => (
+                        state.step.to_scalar::<f64>()?,
+                        state.exp_avg.clone(),
+                        state.exp_avg_sq.clone(),
+                    ),
+                    None => (0.0, param.zeros_like()?, param.zeros_like()?),
+                };
+                let step = step + 1.0;
+                let mut value = param.as_tensor().clone();
+                let mut grad = grad.clone();
+                if weight_decay != 0.0 {
+                    if decoupled {
+                        value = value.mul_scalar(1.0 - lr * weight_decay)?;
+                    } else {
+                        grad = grad.add(&value.mul_scalar(weight_decay)?)?;
+                    }
+                }
+                let exp_avg = lerp(&exp_avg, &grad, 1.0 - beta1)?;
+                // PyTorch's addcmul order: v * beta2 + ((1 - beta2) * g) * g.
+                let exp_avg_sq = exp_avg_sq
+                    .mul_scalar(beta2)?
+                    .add(&grad.mul_scalar(1.0 - beta2)?.mul(&grad)?)?;
+                // The scalars in f64 (Python floats in PyTorch), rounded once to the dtype.
+                let bias_correction1 = 1.0 - beta1.powf(step);
+                let bias_correction2 = 1.0 - beta2.powf(step);
+                let step_size = lr / bias_correction1;
+                let denom = exp_avg_sq
+                    .sqrt()?
+                    .div(&value.scalar_like(bias_correction2.sqrt())?)?
+                    .add_scalar(eps)?;
+                // addcdiv: p + ((-step_size) * m) / denom.
+                let value = value.add(&exp_avg.mul_scalar(-step_size)?.div(&denom)?)?;
+                param.set(&value)?;
+                *slot = Some(State {
+                    step: step_tensor(step)?,
+                    exp_avg,
+                    exp_avg_sq,
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut state = Vec::new();
+        for ((name, _), slot) in self.params.iter().zip(&self.states) {
+            let Some(slot) = slot else { continue };
+            state.push((format!("{}.{name}", STEP.name), slot.step.clone()));
+            state.push((format!("{}.{name}", EXP_AVG.name), slot.exp_avg.clone()));
+            state.push((
+                format!("{}.{name}", EXP_AVG_SQ.name),
+                slot.exp_avg_sq.clone(),
+            ));
+        }
+        state
+    }
+
+    fn load_state_dict(&mut self, state: &[(String, Tensor)], context: &str) -> Result<()> {
+        let kinds = [STEP, EXP_AVG, EXP_AVG_SQ];
+        let slots = sort_state(&self.params, &kinds, state, context)?;
+        let mut states = Vec::with_capacity(slots.len());
+        for ((name, _), slot) in self.params.iter().zip(slots) {
+            let mut slot = slot.into_iter();
+            let mut next = || slot.next().flatten();
+            states.push(match (next(), next(), next()) {
+                (None, None, None) => None,
+                (Some(step), Some(exp_avg), Some(exp_avg_sq)) => Some(State {
+                    step,
+                    exp_avg,
+                    exp_avg_sq,
+                }),
+                (step, exp_avg, exp_avg_sq) => {
+                    let missing: Vec<String> = kinds
+                        .iter()
+                        .zip([step, exp_avg, exp_avg_sq])
+                        .filter(|(_, tensor)| tensor.is_none())
+                        .map(|(kind, _)| format!("`{}.{name}`", kind.name))
+                        .collect();
+                    return Err(crate::NnError::mismatch(
+                        context,
+                        format!(
+                            "the state of `{name}` is incomplete: {} missing",
+                            missing.join(" and ")
+                        ),
+                    ));
+                }
+            });
+        }
+        self.states = states;
+        Ok(())
+    }
+}
+
+/// Adam and AdamW are the same optimizer to the training loop.
+macro_rules! optimizer_via_core {
+    ($type:ty) => {
+        impl Optimizer for $type {
+            fn step(&mut self, grads: &Gradients) -> Result<()> {
+                self.0.step(grads)
+            }
+
+            fn learning_rate(&self) -> f64 {
+                self.0.lr
+            }
+
+            fn set_learning_rate(&mut self, lr: f64) {
+                self.0.lr = lr;
+            }
+
+            fn state_dict(&self) -> Vec<(String, Tensor)> {
+                self.0.state_dict()
+            }
+
+            fn load_state_dict(&mut self, state: &[(String, Tensor)], context: &str) -> Result<()> {
+                self.0.load_state_dict(state, context)
+            }
+        }
+    };
+}
+
+optimizer_via_core!(Adam);
+optimizer_via_core!(AdamW);

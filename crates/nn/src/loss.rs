@@ -1,1 +1,150 @@
-//! (being written)
+//! Loss functions with PyTorch's definitions (`torch.nn.functional`), each elementwise or
+//! per-sample loss reduced by a [`Reduction`]. Not for weighted or label-smoothed variants.
+//! Inputs and targets must have the same shape (PyTorch broadcasts some with a warning; here a
+//! mismatch is an error naming both shapes).
+
+use kiln_tensor::{DType, Tensor};
+
+use crate::{NnError, Result};
+
+/// How per-element (or per-sample) losses become the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduction {
+    /// Their mean, a scalar (PyTorch's default).
+    #[default]
+    Mean,
+    /// Their sum, a scalar.
+    Sum,
+    /// The losses themselves, one per element (per sample for `cross_entropy`).
+    None,
+}
+
+impl Reduction {
+    fn apply(self, losses: Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Reduction::Mean => losses.mean_all()?,
+            Reduction::Sum => losses.sum_all()?,
+            Reduction::None => losses,
+        })
+    }
+}
+
+fn same_shape(op: &'static str, names: [&str; 2], a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(NnError::invalid(
+            op,
+            format!(
+                "{} {} and {} {} differ in shape",
+                names[0],
+                a.shape(),
+                names[1],
+                b.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// max(log x, -100), computed so that where the floor holds the gradient is zero, not NaN
+/// (at x = 0, log's gradient 1/x would be infinite). NaN (from x < 0) passes through.
+fn log_at_least_minus_100(x: &Tensor) -> Result<Tensor> {
+    let floor = x.scalar_like(-100.0)?;
+    let below = x.detach().log()?.lt(&floor)?; // u8, false for NaN
+                                               // Where the floor holds, take the log of 1 instead, so its gradient is finite (and unused).
+    let safe = Tensor::where_cond(&below, &x.scalar_like(1.0)?, x)?;
+    Ok(Tensor::where_cond(&below, &floor, &safe.log()?)?)
+}
+
+/// `-(y·log p + (1 - y)·log(1 - p))` per element, each log clamped at ≥ -100 as PyTorch does
+/// so p = 0 or 1 gives a finite loss (PyTorch's `F.binary_cross_entropy`). `probabilities`
+/// should lie in [0, 1]: PyTorch checks that and raises; here values outside give NaN (the
+/// check would need the values read back). Where a log is clamped its gradient is zero,
+/// where PyTorch's fused backward divides by max(p·(1 - p), 1e-12); elsewhere the two agree.
+pub fn binary_cross_entropy(
+    probabilities: &Tensor,
+    targets: &Tensor,
+    reduction: Reduction,
+) -> Result<Tensor> {
+    const OP: &str = "binary_cross_entropy";
+    same_shape(OP, ["probabilities", "targets"], probabilities, targets)?;
+    let log_p = log_at_least_minus_100(probabilities)?;
+    let log_one_minus_p = log_at_least_minus_100(&probabilities.affine(-1.0, 1.0)?)?;
+    let losses = targets
+        .mul(&log_p)?
+        .add(&targets.affine(-1.0, 1.0)?.mul(&log_one_minus_p)?)?
+        .neg()?;
+    reduction.apply(losses)
+}
+
+/// `binary_cross_entropy(sigmoid(x), y)` computed stably as `softplus(x) - x·y` per element
+/// (PyTorch's `F.binary_cross_entropy_with_logits` without weights): finite for any finite
+/// logit, with gradient `sigmoid(x) - y`.
+pub fn binary_cross_entropy_with_logits(
+    logits: &Tensor,
+    targets: &Tensor,
+    reduction: Reduction,
+) -> Result<Tensor> {
+    const OP: &str = "binary_cross_entropy_with_logits";
+    same_shape(OP, ["logits", "targets"], logits, targets)?;
+    let losses = logits.softplus()?.sub(&logits.mul(targets)?)?;
+    reduction.apply(losses)
+}
+
+/// `(x - y)²` per element (PyTorch's `F.mse_loss`).
+pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    same_shape("mse_loss", ["input", "target"], input, target)?;
+    reduction.apply(input.sub(target)?.square()?)
+}
+
+/// `|x - y|` per element (PyTorch's `F.l1_loss`; gradient 0 where x = y).
+pub fn l1_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    same_shape("l1_loss", ["input", "target"], input, target)?;
+    reduction.apply(input.sub(target)?.abs()?)
+}
+
+/// `-log_softmax(logits)[i, targets[i]]` per sample for `logits [N, C]` and class indices
+/// `targets [N]` (u32, each < C) (PyTorch's `F.cross_entropy` without weights, ignored
+/// indices or label smoothing). `Reduction::None` gives `[N]`; `Mean` divides by N.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    const OP: &str = "cross_entropy";
+    if logits.rank() != 2 {
+        return Err(NnError::invalid(
+            OP,
+            format!("expected logits [N, C], got {}", logits.shape()),
+        ));
+    }
+    let n = logits.dims()[0];
+    if targets.dims() != [n] || targets.dtype() != DType::U32 {
+        return Err(NnError::invalid(
+            OP,
+            format!(
+                "logits {} need u32 targets [{n}], got {} {}",
+                logits.shape(),
+                targets.shape(),
+                targets.dtype()
+            ),
+        ));
+    }
+    let log_probabilities = logits.log_softmax(1)?; // [N, C]
+    let picked = log_probabilities
+        .gather(1, &targets.reshape([n, 1])?)? // [N, 1]
+        .reshape([n])?; // [N]
+    reduction.apply(picked.neg()?)
+}
+
+/// The KL divergence KL(N(mu, e^logvar) ‖ N(0, 1)) per element,
+/// `-0.5·(1 + logvar - mu² - e^logvar)`, for a VAE's diagonal Gaussian posterior.
+///
+/// The PyTorch VAE example (and Kingma & Welling) sums it over latent dims and batch
+/// (`Reduction::Sum`), beside a reconstruction loss also summed; dividing both by the batch
+/// size gives the per-sample ELBO terms. `Reduction::Mean` instead divides by every element,
+/// latent dims included, which weights the KL term differently.
+pub fn gaussian_kl(mu: &Tensor, logvar: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    same_shape("gaussian_kl", ["mu", "logvar"], mu, logvar)?;
+    let losses = mu
+        .square()?
+        .add(&logvar.exp()?)?
+        .sub(&logvar.add_scalar(1.0)?)?
+        .mul_scalar(0.5)?; // 0.5·(mu² + e^logvar - 1 - logvar)
+    reduction.apply(losses)
+}

@@ -54,7 +54,7 @@ pub fn clip_grad_norm(
     params: &[(String, Var)],
     max_norm: f64,
 ) -> Result<f64> {
-    if !(max_norm >= 0.0) {
+    if max_norm.is_nan() || max_norm < 0.0 {
         return Err(NnError::invalid(
             "clip_grad_norm",
             format!("max_norm must be at least 0, got {max_norm}"),

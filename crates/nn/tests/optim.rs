@@ -725,7 +725,9 @@ fn loading_bad_state_names_the_first_mismatch_and_changes_nothing() {
             })
             .collect()
     };
-    let cases: Vec<(Vec<(String, Tensor)>, &[&str])> = vec![
+    // (state to load, what the error must mention)
+    type Case<'a> = (Vec<(String, Tensor)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (
             with(
                 "exp_avg.w",

@@ -281,6 +281,13 @@ fn embedding_picks_rows_for_indices_of_any_shape() {
     assert_eq!(y.dims(), [2, 2, 2]);
     assert_eq!(values(&y), [20.0, 21.0, 0.0, 1.0, 10.0, 11.0, 20.0, 21.0]);
 
+    // d(sum of the outputs)/d(row r) = the number of times r was picked: 1, 1, 2.
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(
+        values(grads.get(embedding.weight()).unwrap()),
+        [1.0, 1.0, 1.0, 1.0, 2.0, 2.0]
+    );
+
     let out_of_range = Tensor::from_vec(vec![3u32], [1], Device::Cpu).unwrap();
     assert!(embedding.forward(&out_of_range).is_err());
     let message = error_text(embedding.forward(&tensor(&[0.0], &[1])));
@@ -766,6 +773,13 @@ fn dropout_masks_are_fixed_by_the_seed_and_replayable_from_an_offset() {
     first.set_offset(0);
     assert_eq!(a, values(&first.forward_t(&x, true).unwrap()));
     assert_eq!(first.offset(), offset);
+
+    // A generator saved from one layer resumes its stream in another.
+    let saved = first.generator();
+    let next = values(&first.forward_t(&x, true).unwrap());
+    other.set_generator(saved);
+    assert_eq!((other.seed(), other.offset()), (1, offset));
+    assert_eq!(next, values(&other.forward_t(&x, true).unwrap()));
 }
 
 #[test]
@@ -882,4 +896,36 @@ fn sequential_applies_layers_in_order_and_passes_the_mode() {
         values(&Sequential::new().forward_t(&x, true).unwrap()),
         values(&x)
     );
+}
+
+#[test]
+fn second_order_gradients_flow_through_layers() {
+    // A WGAN-GP-style penalty, sum((∂ sum D(x) / ∂x)²), through a critic of Linear, LayerNorm,
+    // Tanh and Linear: its gradient with respect to x (a second derivative of D) against
+    // finite differences of the penalty.
+    let store = store();
+    let root = store.root();
+    let critic = Sequential::new()
+        .add(Linear::new(&root.sub(0), 3, 4).unwrap())
+        .add(LayerNorm::new(&root.sub(1), &[4]).unwrap())
+        .add(Tanh)
+        .add(Linear::new(&root.sub(3), 4, 1).unwrap());
+    let penalty = |t: &[Tensor]| -> kiln_tensor::Result<Tensor> {
+        // The outer check's leaf when it is tracking, else a new leaf to differentiate by.
+        let x = if t[0].is_tracked() {
+            t[0].clone()
+        } else {
+            t[0].track()?
+        };
+        let score = critic
+            .forward_t(&x, true)
+            .map_err(to_tensor_error)?
+            .sum_all()?;
+        let grads = score.backward_with_graph()?;
+        let gradient = grads.get(&x).expect("x is under the score").clone(); // [2, 3]
+        gradient.square()?.sum_all()
+    };
+    GradCheck::default()
+        .check(penalty, &[random(&[2, 3], 17)])
+        .unwrap();
 }

@@ -155,10 +155,10 @@ impl Module for Conv2d {
     }
 }
 
-/// `x [N, in, H, W] → [N, out, OH, OW]`, `OH = (H - 1)·stride - 2·padding + dilation·(kh - 1)
-/// + output_padding + 1` (likewise OW): the transposed convolution (the input-gradient of a
+/// `x [N, in, H, W] → [N, out, OH, OW]`: the transposed convolution (the input-gradient of a
 /// `Conv2d`) with `weight [in, out, kh, kw]` plus `bias [out]`, registered as `weight` then
-/// `bias`.
+/// `bias`. `OH = (H - 1)·stride - 2·padding + dilation·(kh - 1) + output_padding + 1`,
+/// likewise OW.
 #[derive(Debug, Clone)]
 pub struct ConvTranspose2d {
     weight: Var,

@@ -37,24 +37,34 @@ impl Dropout {
         self.p
     }
 
-    fn generator(&self) -> MutexGuard<'_, Generator> {
+    fn lock(&self) -> MutexGuard<'_, Generator> {
         // A poisoned lock means a panic mid-draw; the generator's state is still valid.
         self.generator.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The seed of the mask stream.
     pub fn seed(&self) -> u64 {
-        self.generator().seed()
+        self.lock().seed()
     }
 
     /// Where in the stream the next mask starts (what a checkpoint saves).
     pub fn offset(&self) -> u64 {
-        self.generator().offset()
+        self.lock().offset()
     }
 
     /// Moves the stream to `offset` (what restoring a checkpoint does).
     pub fn set_offset(&self, offset: u64) {
-        self.generator().set_offset(offset);
+        self.lock().set_offset(offset);
+    }
+
+    /// A copy of the generator: its seed and offset.
+    pub fn generator(&self) -> Generator {
+        self.lock().clone()
+    }
+
+    /// Replaces the generator, seed and offset both (e.g. with one saved from another run).
+    pub fn set_generator(&self, generator: Generator) {
+        *self.lock() = generator;
     }
 }
 
@@ -73,7 +83,7 @@ impl ModuleT for Dropout {
         } else {
             DType::F32
         };
-        let uniforms = Tensor::rand(x.shape(), draw_dtype, x.device(), &mut self.generator())?;
+        let uniforms = Tensor::rand(x.shape(), draw_dtype, x.device(), &mut self.lock())?;
         let scale = uniforms
             .ge(&uniforms.scalar_like(self.p)?)? // u8 keep-mask, same shape as x
             .to_dtype(x.dtype())?

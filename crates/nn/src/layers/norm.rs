@@ -155,9 +155,7 @@ struct BatchNorm {
 
 impl BatchNorm {
     /// Registers `weight` and `bias` (if affine), then the buffers `running_mean` (zeros) and
-    /// `running_var` (ones). PyTorch's third buffer, `num_batches_tracked`, is not registered:
-    /// kiln does not use it (it matters only for `momentum=None`), and PyTorch fills it in
-    /// when it loads a state dict without it (`strict=False`).
+    /// `running_var` (ones), as PyTorch does, less `num_batches_tracked` (see [`BatchNorm1d`]).
     fn new(path: &Path, num_features: usize, config: BatchNormConfig) -> Result<BatchNorm> {
         let (weight, bias) = if config.affine {
             (
@@ -201,7 +199,14 @@ impl BatchNorm {
 /// Batch norm over `[N, C]` or `[N, C, L]` → same shape (PyTorch's `nn.BatchNorm1d`): each
 /// channel normalised with the batch's statistics in training (which also updates the running
 /// ones) and with the running statistics in evaluation, then scaled and shifted. See
-/// [`batch_norm`]. State-dict keys: `weight`, `bias`, `running_mean`, `running_var`.
+/// [`batch_norm`].
+///
+/// State-dict keys, in order: `weight`, `bias` (if affine), `running_mean`, `running_var`.
+/// PyTorch's third buffer, `num_batches_tracked`, is not registered: kiln does not use it
+/// (PyTorch reads it only when `momentum=None`), and PyTorch's batch norm fills it in when it
+/// loads a state dict that lacks it and carries no version metadata, as one read with
+/// `safetensors.torch.load_file` does, even with `strict=True`
+/// (`_NormBase._load_from_state_dict`).
 #[derive(Debug, Clone)]
 pub struct BatchNorm1d(BatchNorm);
 
@@ -254,8 +259,9 @@ impl ModuleT for BatchNorm1d {
 }
 
 /// Batch norm over `[N, C, H, W]` → same shape (PyTorch's `nn.BatchNorm2d`), as
-/// [`BatchNorm1d`] with statistics over N, H and W. State-dict keys: `weight`, `bias`,
-/// `running_mean`, `running_var`.
+/// [`BatchNorm1d`] with statistics over N, H and W. State-dict keys, in order: `weight`,
+/// `bias` (if affine), `running_mean`, `running_var` (no `num_batches_tracked`, see
+/// [`BatchNorm1d`]).
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d(BatchNorm);
 

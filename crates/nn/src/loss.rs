@@ -56,10 +56,16 @@ fn log_at_least_minus_100(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `-(y·log p + (1 - y)·log(1 - p))` per element, each log clamped at ≥ -100 as PyTorch does
-/// so p = 0 or 1 gives a finite loss (PyTorch's `F.binary_cross_entropy`). `probabilities`
-/// should lie in [0, 1]: PyTorch checks that and raises; here values outside give NaN (the
-/// check would need the values read back). Where a log is clamped its gradient is zero,
-/// where PyTorch's fused backward divides by max(p·(1 - p), 1e-12); elsewhere the two agree.
+/// so p = 0 or 1 gives a finite loss (PyTorch's `F.binary_cross_entropy`).
+///
+/// Where it differs from PyTorch: `probabilities` should lie in [0, 1], which PyTorch checks
+/// (raising) and kiln does not (values outside give NaN; the check would read the values
+/// back). PyTorch's kernels take the second log as `log1p(-p)`, here `log(1 - p)`, which
+/// differs by the rounding of 1 - p, at most about an ulp of 1 in absolute terms. The
+/// gradient is autograd's, (p - y) / (p·(1 - p)), zero for a clamped log; PyTorch's fused
+/// backward divides by max(p·(1 - p), 1e-12) instead, so the two differ only where
+/// p·(1 - p) < 1e-12. For saturated probabilities use
+/// [`binary_cross_entropy_with_logits`].
 pub fn binary_cross_entropy(
     probabilities: &Tensor,
     targets: &Tensor,

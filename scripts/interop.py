@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The interop check's PyTorch half (`just interop`): loads the checkpoints that
-examples/interop.rs wrote into the equivalent PyTorch modules with
+examples/interop.rs wrote for each of kiln's GANs into the equivalent PyTorch modules with
 `safetensors.torch.load_file` and `load_state_dict(strict=True)`, runs the same inputs, and
 compares with kiln's outputs (evaluation mode, then training mode and the running statistics
 it leaves). Exits non-zero on any mismatch.
@@ -17,27 +17,78 @@ from safetensors.torch import load_file
 TOLERANCE = 1e-4  # max |kiln - torch| / (1 + |torch|), f32
 
 
-def generator():
-    model = nn.Sequential()
-    model.add_module("main", nn.Sequential(
-        nn.Linear(100, 128 * 7 * 7), nn.BatchNorm1d(128 * 7 * 7), nn.ReLU(),
-        nn.Unflatten(1, (128, 7, 7)),
-        nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh()))
-    return model
+def mlp(widths):
+    layers = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i + 2 < len(widths):
+            layers.append(nn.LeakyReLU(0.2))
+    return layers
 
 
-def discriminator():
-    model = nn.Sequential()
-    model.add_module("main", nn.Sequential(
-        nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(64, 128, 4, 2, 1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
-        nn.Flatten(), nn.Linear(128 * 7 * 7, 1)))
-    return model
+class MlpGenerator(nn.Module):
+    """kiln-gan's `gan`/`wgan-gp` generator, and with `classes`, the `cgan` one."""
+
+    def __init__(self, classes=0):
+        super().__init__()
+        if classes:
+            self.label_embedding = nn.Embedding(classes, 10)
+        self.main = nn.Sequential(*mlp([100 + (10 if classes else 0), 256, 512, 1024, 784]), nn.Tanh())
+
+    def forward(self, z, labels):
+        if hasattr(self, "label_embedding"):
+            z = torch.cat([z, self.label_embedding(labels)], 1)
+        return self.main(z).view(-1, 1, 28, 28)
+
+
+class MlpDiscriminator(nn.Module):
+    def __init__(self, classes=0):
+        super().__init__()
+        if classes:
+            self.label_embedding = nn.Embedding(classes, 10)
+        self.main = nn.Sequential(*mlp([784 + (10 if classes else 0), 512, 256, 1]))
+
+    def forward(self, x, labels):
+        x = x.flatten(1)
+        if hasattr(self, "label_embedding"):
+            x = torch.cat([x, self.label_embedding(labels)], 1)
+        return self.main(x)
+
+
+class DcganGenerator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Linear(100, 128 * 7 * 7), nn.BatchNorm1d(128 * 7 * 7), nn.ReLU(),
+            nn.Unflatten(1, (128, 7, 7)),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z, labels):
+        return self.main(z)
+
+
+class DcganDiscriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 128, 4, 2, 1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(128 * 7 * 7, 1))
+
+    def forward(self, x, labels):
+        return self.main(x)
+
+
+MODELS = {
+    "gan": (MlpGenerator, MlpDiscriminator, {}),
+    "dcgan": (DcganGenerator, DcganDiscriminator, None),
+    "cgan": (MlpGenerator, MlpDiscriminator, {"classes": 10}),
+    "wgan-gp": (MlpGenerator, MlpDiscriminator, {}),
+}
 
 
 def main(out):
-    io = load_file(f"{out}/io.safetensors")
     failures = 0
 
     def compare(what, kiln, torch_value):
@@ -45,21 +96,23 @@ def main(out):
         error = ((kiln - torch_value).abs() / (1 + torch_value.abs())).max().item()
         ok = error <= TOLERANCE
         failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {what:56} {tuple(torch_value.shape)!s:18} max rel error {error:.2e}")
+        print(f"  {'ok  ' if ok else 'FAIL'} {what:46} {tuple(torch_value.shape)!s:16} max rel error {error:.1e}")
 
-    for name, make, inputs in [("generator", generator, io["z"]),
-                               ("discriminator", discriminator, io["images"])]:
-        model = make()
-        state = load_file(f"{out}/{name}.safetensors")
-        model.load_state_dict(state, strict=True)
-        print(f"{name}: loaded {len(state)} tensors with strict=True")
-        with torch.no_grad():
-            compare(f"{name} output, eval mode", io[f"{name}.eval"], model.eval()(inputs))
-            compare(f"{name} output, train mode", io[f"{name}.train"], model.train()(inputs))
-            for key, buffer in model.named_buffers():
-                if key.endswith("num_batches_tracked"):
-                    continue
-                compare(f"{name} {key} after the train pass", io[f"{name}.after.{key}"], buffer)
+    for name, (make_generator, make_discriminator, options) in MODELS.items():
+        io = load_file(f"{out}/{name}.io.safetensors")
+        labels = io["labels"].to(torch.int64)
+        networks = [("generator", make_generator(**(options or {})), io["z"]),
+                    ("discriminator", make_discriminator(**(options or {})), io["images"])]
+        for network, model, inputs in networks:
+            state = load_file(f"{out}/{name}.{network}.safetensors")
+            model.load_state_dict(state, strict=True)
+            print(f"{name} {network}: loaded {len(state)} tensors with strict=True")
+            with torch.no_grad():
+                compare("output, eval mode", io[f"{network}.eval"], model.eval()(inputs, labels))
+                compare("output, train mode", io[f"{network}.train"], model.train()(inputs, labels))
+                for key, buffer in model.named_buffers():
+                    if not key.endswith("num_batches_tracked"):
+                        compare(f"{key} after the train pass", io[f"{network}.after.{key}"], buffer)
     print(f"torch {torch.__version__}: {'all match' if failures == 0 else f'{failures} mismatches'}")
     return 1 if failures else 0
 

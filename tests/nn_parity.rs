@@ -18,7 +18,10 @@ use kiln_nn::layers::{
     Sequential, Tanh, Unflatten, UpsampleNearest2d,
 };
 use kiln_nn::loss::{self, Reduction};
-use kiln_nn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
+use kiln_nn::optim::{
+    clip_grad_norm, Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig,
+};
+use kiln_nn::schedule::{CosineAnnealingLr, Schedule, StepLr};
 use kiln_nn::{Module, ModuleT, ParamStore, Path};
 use kiln_tensor::{
     Conv2dOptions, ConvTranspose2dOptions, DType, Device, Pool2dOptions, Tensor, Var,
@@ -614,4 +617,59 @@ fn optimizers() -> Result<()> {
         };
         Box::new(Sgd::new(p, config).unwrap())
     })
+}
+
+// ---- schedules and clipping ----
+
+#[test]
+fn learning_rate_schedules() -> Result<()> {
+    // StepLR(step_size=3, gamma=0.5) and CosineAnnealingLR(T_max=10, eta_min=0.01) from
+    // lr 0.1, read before each of 12 (25) steps: the cosine runs past T_max, where PyTorch's
+    // schedule climbs back up.
+    let exact = Tolerance {
+        atol: 1e-8,
+        rtol: 1e-6,
+    };
+    let lrs = |schedule: &dyn Schedule, n: u64| {
+        let values: Vec<f32> = (0..n).map(|t| schedule.learning_rate(t) as f32).collect();
+        Tensor::from_vec(values, [n as usize], Device::Cpu).unwrap()
+    };
+    let step = StepLr::new(0.1, 3, 0.5)?;
+    assert_close(
+        "StepLR",
+        &lrs(&step, 12),
+        &get("schedule_step_lr", "lrs"),
+        exact,
+    );
+    let cosine = CosineAnnealingLr::new(0.1, 10, 0.01)?;
+    assert_close(
+        "CosineAnnealingLR",
+        &lrs(&cosine, 25),
+        &get("schedule_cosine", "lrs"),
+        exact,
+    );
+    Ok(())
+}
+
+#[test]
+fn gradient_norm_clipping() -> Result<()> {
+    // torch.nn.utils.clip_grad_norm_([a [3, 4], b [5]], max_norm) for max_norm 1 (clips) and
+    // 100 (leaves the gradients alone).
+    for (case, max_norm) in [("clip_grad_norm", 1.0), ("clip_grad_norm_loose", 100.0)] {
+        let a = Var::new(&Tensor::zeros([3, 4], DType::F32, Device::Cpu)?)?;
+        let b = Var::new(&Tensor::zeros([5], DType::F32, Device::Cpu)?)?;
+        // sum(a · ga) + sum(b · gb) has gradients ga and gb.
+        let loss = a
+            .mul(&get(case, "grad_a"))?
+            .sum_all()?
+            .add(&b.mul(&get(case, "grad_b"))?.sum_all()?)?;
+        let mut grads = loss.backward()?;
+        let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+        let total = clip_grad_norm(&mut grads, &params, max_norm)?;
+        let total = Tensor::from_vec(vec![total as f32], [], Device::Cpu)?;
+        assert_close(case, &total, &get(case, "total_norm"), TIGHT);
+        assert_close(case, grads.get(&a).unwrap(), &get(case, "clipped_a"), TIGHT);
+        assert_close(case, grads.get(&b).unwrap(), &get(case, "clipped_b"), TIGHT);
+    }
+    Ok(())
 }

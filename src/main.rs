@@ -1,6 +1,9 @@
-//! The `kiln` command line: what kiln runs on (`kiln info`) and a look at the datasets
-//! (`kiln data info`, `kiln data show`); the training, sampling and bench commands arrive with
-//! the issues that build them.
+//! The `kiln` command line: training the GANs (`kiln train`), sampling from their checkpoints
+//! (`kiln sample`), what kiln runs on (`kiln info`) and a look at the datasets (`kiln data
+//! info`, `kiln data show`).
+
+mod sample;
+mod train;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,7 +12,11 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_data::{Dataset, DatasetKind, Grid, Split};
+use kiln_gan::Architecture;
 use kiln_tensor::Device;
+
+use crate::sample::SampleOptions;
+use crate::train::{Finish, TrainOptions};
 
 /// kiln: a deep-learning engine written from scratch in Rust, and the generative models on it.
 #[derive(Parser)]
@@ -21,6 +28,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a GAN on MNIST (or Fashion-MNIST), leaving a run folder with config.json,
+    /// metrics.jsonl, sample grids per epoch, a loss plot and checkpoints.
+    Train(TrainArgs),
+    /// Draw images from a trained generator's checkpoint.
+    Sample(SampleArgs),
     /// Print the version, the platform, the CPU features detected at run time and the devices.
     Info,
     /// Look at a dataset: its counts, or a PNG grid of its images.
@@ -49,6 +61,107 @@ enum DataCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Which GAN: the MLP GAN, DCGAN, the conditional GAN or WGAN-GP.
+    #[arg(value_enum)]
+    model: ModelArg,
+    #[command(flatten)]
+    source: DataSource,
+    /// Where to train: auto (CUDA if there, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Epochs to train (default 20).
+    #[arg(long, conflicts_with = "steps")]
+    epochs: Option<u64>,
+    /// Steps (batches) to train, instead of whole epochs.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Images per batch (default 64).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Adam's learning rate (default 2e-4; 1e-4 for WGAN-GP).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seeds the weights, the latents and the data order (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The run folder (default runs/MODEL, or runs/MODEL-2, ... if taken).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run of this checkpoint (its folder's checkpoints/latest.safetensors) to
+    /// --epochs/--steps in total, exactly as if it had not stopped.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// No progress bar: a plain log line every 10 seconds instead.
+    #[arg(long)]
+    quiet: bool,
+    /// Write a metrics.jsonl line every this many steps (and at each epoch's end).
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// A checkpoint written by `kiln train` (e.g. runs/gan/checkpoints/latest.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// How many images (default 64, or as many as --latents holds).
+    #[arg(long)]
+    n: Option<usize>,
+    /// The digit to draw (conditional GAN only; default: 0-9 in turn).
+    #[arg(long)]
+    digit: Option<u32>,
+    /// A safetensors file holding the latents, a [N, latent] tensor (named `latents`, or the
+    /// file's only tensor), so samples can be reproduced across tools.
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// Seeds the latents when --latents is not given.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write: FILE.png (a grid), FILE.idx (u8 images [N, 28, 28]) or
+    /// FILE.safetensors (images [N, 1, 28, 28] in [-1, 1], latents and labels).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to run: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModelArg {
+    Gan,
+    Dcgan,
+    Cgan,
+    WganGp,
+}
+
+impl From<ModelArg> for Architecture {
+    fn from(arg: ModelArg) -> Self {
+        match arg {
+            ModelArg::Gan => Architecture::Gan,
+            ModelArg::Dcgan => Architecture::Dcgan,
+            ModelArg::Cgan => Architecture::Cgan,
+            ModelArg::WganGp => Architecture::WganGp,
+        }
+    }
+}
+
+/// `auto` (CUDA when kiln has it and a GPU is there, else the CPU), `cpu`, `cuda`, `cuda:N`.
+fn parse_device(text: &str) -> Result<Device, String> {
+    match text {
+        "auto" => Ok(auto_device()),
+        other => other
+            .parse::<Device>()
+            .map_err(|e| format!("--device {other}: {e} (expected auto, cpu, cuda or cuda:N)")),
+    }
+}
+
+/// The device `--device auto` picks. This build has no CUDA backend, so: the CPU.
+fn auto_device() -> Device {
+    Device::Cpu
 }
 
 #[derive(Args)]
@@ -121,6 +234,16 @@ fn main() -> ExitCode {
     let report = match cli.command {
         Command::Info => Ok(info_report()),
         Command::Data(command) => data_command(command),
+        Command::Sample(args) => sample_command(args),
+        Command::Train(args) => match train_command(args) {
+            Ok(Finish::Completed(summary)) => Ok(summary + "\n"),
+            Ok(Finish::Interrupted(message)) => {
+                eprintln!("{message}");
+                // 128 + SIGINT, what shells report for a program stopped by Ctrl-C.
+                return ExitCode::from(130);
+            }
+            Err(message) => Err(message),
+        },
     };
     let report = match report {
         Ok(report) => report,
@@ -134,6 +257,42 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+fn train_command(args: TrainArgs) -> Result<Finish, String> {
+    if args.log_every == 0 {
+        return Err("--log-every must be at least 1".to_string());
+    }
+    if args.epochs == Some(0) || args.steps == Some(0) {
+        return Err("--epochs and --steps must be at least 1".to_string());
+    }
+    train::train(TrainOptions {
+        architecture: args.model.into(),
+        dataset: args.source.dataset.into(),
+        data_dir: args.source.data_dir,
+        device: parse_device(&args.device)?,
+        epochs: args.epochs,
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        out: args.out,
+        resume: args.resume,
+        quiet: args.quiet,
+        log_every: args.log_every,
+    })
+}
+
+fn sample_command(args: SampleArgs) -> Result<String, String> {
+    sample::sample(SampleOptions {
+        checkpoint: args.checkpoint,
+        n: args.n,
+        digit: args.digit,
+        latents: args.latents,
+        seed: args.seed,
+        out: args.out,
+        device: parse_device(&args.device)?,
+    })
 }
 
 /// Runs a `kiln data` command; returns what to print, or the one-line error.

@@ -2,31 +2,11 @@
 //! the right size; a missing dataset, a bad --n or an unwritable --out is one line on stderr and
 //! a non-zero exit, never a panic.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn kiln(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    // Integration tests run in the package root, where data/mnist is.
-    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
-    command.env_remove("KILN_DATA_DIR");
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    command.output().unwrap()
-}
-
-/// The one stderr line of a failed run.
-fn error_line(output: &Output) -> String {
-    assert!(!output.status.success(), "expected failure: {output:?}");
-    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
-    assert!(
-        stderr.starts_with("error: ") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
-    stderr
-}
+use common::{error_line, kiln};
 
 #[test]
 fn data_show_writes_a_grid_of_digits() {

@@ -238,9 +238,13 @@ fn wgan_gp_penalty_through_a_convolutional_critic() {
     // DCGAN-style critic: Conv(1→2, 3, stride 2, padding 1) → tanh → mean → score, on two
     // 5x5 images. The penalty differentiates through im2col/col2im and the GEMM twice.
     use kiln_tensor::Conv2dOptions;
-    let values: Vec<f64> = (0..50).map(|i| ((i * 37 % 23) as f64 / 11.0) - 1.0).collect();
+    let values: Vec<f64> = (0..50)
+        .map(|i| ((i * 37 % 23) as f64 / 11.0) - 1.0)
+        .collect();
     let x = tensor(&values, &[2, 1, 5, 5]);
-    let weight: Vec<f64> = (0..18).map(|i| ((i * 7 % 13) as f64 / 13.0) - 0.5).collect();
+    let weight: Vec<f64> = (0..18)
+        .map(|i| ((i * 7 % 13) as f64 / 13.0) - 0.5)
+        .collect();
     let options = Conv2dOptions {
         stride: [2, 2],
         padding: [1, 1],

@@ -1,0 +1,374 @@
+//! `kiln train <gan|dcgan|cgan|wgan-gp>`: the loop around a [`GanTrainer`] that a user sees —
+//! the run folder, progress, metrics, sample grids, loss plot and checkpoints — and the rules
+//! that keep a run safe: a NaN stops it without overwriting the last good checkpoint, Ctrl-C
+//! saves one and exits, and `--resume` continues exactly where the checkpoint left off.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Scale, Split};
+use kiln_gan::{Architecture, GanConfig, GanTrainer, StepMetrics};
+use kiln_nn::checkpoint::Checkpoint;
+use kiln_run::{plot, Interrupt, MetricsLog, Progress, RunDir, Throughput};
+use kiln_tensor::Device;
+use serde::Serialize;
+
+/// What `kiln train` was asked to do (the parsed command line).
+pub struct TrainOptions {
+    pub architecture: Architecture,
+    pub dataset: DatasetKind,
+    pub data_dir: Option<PathBuf>,
+    pub device: Device,
+    pub epochs: Option<u64>,
+    pub steps: Option<u64>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub seed: Option<u64>,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub quiet: bool,
+    pub log_every: u64,
+}
+
+/// How a training command ended when it did not fail.
+pub enum Finish {
+    Completed(String),
+    /// Ctrl-C: a checkpoint was written; the message says where and how to resume.
+    Interrupted(String),
+}
+
+/// Epochs when neither --epochs nor --steps is given.
+const DEFAULT_EPOCHS: u64 = 20;
+/// Images in each epoch's sample grid (8 x 8).
+const GRID_IMAGES: usize = 64;
+
+/// config.json: everything that defines the run.
+#[derive(Serialize)]
+struct RunRecord<'a> {
+    kiln_version: &'static str,
+    model: &'a GanConfig,
+    dataset: &'static str,
+    data_dir: String,
+    device: String,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    epochs: f64,
+    resumed_from: Option<String>,
+}
+
+/// One line of metrics.jsonl.
+#[derive(Serialize)]
+struct MetricsRecord {
+    step: u64,
+    epoch: f64,
+    #[serde(flatten)]
+    metrics: StepMetrics,
+    images_per_s: f64,
+    elapsed_s: f64,
+}
+
+pub fn train(options: TrainOptions) -> Result<Finish, String> {
+    let started = Instant::now();
+    check_device(options.device)?;
+    // The checkpoint first: a wrong path or another model's checkpoint fails before any work.
+    let resumed = match &options.resume {
+        Some(path) => Some(resume(&options, path)?),
+        None => None,
+    };
+    let dataset = Dataset::load(options.dataset, Split::Train, options.data_dir.as_deref())
+        .map_err(|e| e.to_string())?;
+    let mut trainer = match resumed {
+        Some(trainer) => trainer,
+        None => {
+            let mut config = GanConfig::new(options.architecture);
+            if let Some(batch_size) = options.batch_size {
+                config.batch_size = batch_size;
+            }
+            if let Some(lr) = options.lr {
+                config.lr = lr;
+            }
+            if let Some(seed) = options.seed {
+                config.seed = seed;
+            }
+            GanTrainer::new(config, options.device).map_err(|e| e.to_string())?
+        }
+    };
+    let config = trainer.config().clone();
+    let loader = Loader::new(
+        &dataset,
+        LoaderOptions {
+            batch_size: config.batch_size,
+            drop_last: true,
+            scale: Scale::MinusOneToOne,
+            seed: config.seed,
+            device: options.device,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let per_epoch = loader.batches_per_epoch() as u64;
+    if per_epoch == 0 {
+        return Err(format!(
+            "--batch-size {} is larger than the {} training images",
+            config.batch_size,
+            dataset.len()
+        ));
+    }
+    let total = match (options.steps, options.epochs) {
+        (Some(steps), _) => steps,
+        (None, epochs) => epochs.unwrap_or(DEFAULT_EPOCHS) * per_epoch,
+    };
+    let start = trainer.steps_done();
+    if start >= total {
+        return Err(format!(
+            "the checkpoint is at step {start}, and this run ends at step {total}: ask for more \
+             --epochs or --steps to continue it"
+        ));
+    }
+
+    let out = run_folder(&options)?;
+    let run = RunDir::create(&out).map_err(|e| e.to_string())?;
+    run.write_config(&RunRecord {
+        kiln_version: env!("CARGO_PKG_VERSION"),
+        model: &config,
+        dataset: options.dataset.name(),
+        data_dir: dataset.dir().display().to_string(),
+        device: options.device.to_string(),
+        steps_per_epoch: per_epoch,
+        total_steps: total,
+        epochs: total as f64 / per_epoch as f64,
+        resumed_from: options.resume.as_ref().map(|p| p.display().to_string()),
+    })
+    .map_err(|e| e.to_string())?;
+    let mut metrics_log = MetricsLog::open(run.metrics_path()).map_err(|e| e.to_string())?;
+    // Lines logged after the checkpoint by the interrupted run are logged again now.
+    metrics_log
+        .truncate_after(start)
+        .map_err(|e| e.to_string())?;
+    let checkpoint_path = run.latest_checkpoint_path();
+    let (fixed_z, fixed_labels) = trainer
+        .fixed_latents(GRID_IMAGES)
+        .map_err(|e| e.to_string())?;
+    let interrupt = Interrupt::install().map_err(|e| e.to_string())?;
+    let mut progress = Progress::new(total, start, options.quiet);
+    progress.println(format!(
+        "training {} on {} ({} images, {per_epoch} steps of {} per epoch) on {}; run folder {}{}",
+        config.architecture,
+        options.dataset.name(),
+        dataset.len(),
+        config.batch_size,
+        options.device,
+        out.display(),
+        if start > 0 {
+            format!(", resuming at step {start}")
+        } else {
+            String::new()
+        }
+    ));
+
+    let mut throughput = Throughput::new();
+    let mut last_saved = (start > 0).then_some(start);
+    let mut last = None;
+    let save = |trainer: &GanTrainer| -> Result<(), String> {
+        trainer
+            .checkpoint()
+            .and_then(|c| c.save(&checkpoint_path))
+            .map_err(|e| e.to_string())
+    };
+    while trainer.steps_done() < total {
+        let epoch = trainer.steps_done() / per_epoch;
+        let skip = (trainer.steps_done() % per_epoch) as usize;
+        for batch in loader.epoch(epoch).skip(skip) {
+            let batch = batch.map_err(|e| e.to_string())?;
+            let metrics = trainer
+                .step(&batch.images, &batch.labels)
+                .map_err(|e| e.to_string())?;
+            let step = trainer.steps_done();
+            throughput.record(config.batch_size as u64);
+            if let Some((name, value)) = metrics.non_finite() {
+                progress.finish();
+                let kept = match last_saved {
+                    Some(saved) => format!(
+                        "the last good checkpoint is {} (step {saved})",
+                        checkpoint_path.display()
+                    ),
+                    None => "no checkpoint had been saved yet".to_string(),
+                };
+                return Err(format!(
+                    "step {step} (epoch {}): {name} is {value}; training stopped and {kept}",
+                    epoch + 1
+                ));
+            }
+            let record = MetricsRecord {
+                step,
+                epoch: step as f64 / per_epoch as f64,
+                metrics,
+                images_per_s: throughput.per_second().unwrap_or(0.0),
+                elapsed_s: started.elapsed().as_secs_f64(),
+            };
+            if step % options.log_every == 0 || step % per_epoch == 0 || step == total {
+                metrics_log.append(&record).map_err(|e| e.to_string())?;
+            }
+            progress.set_message(status(&record, epoch, total.div_ceil(per_epoch)));
+            progress.inc(1);
+            last = Some(record);
+            if interrupt.requested() {
+                save(&trainer)?;
+                progress.finish();
+                return Ok(Finish::Interrupted(format!(
+                    "interrupted at step {step}; checkpoint saved to {}\nresume with: kiln train {} --resume {}",
+                    checkpoint_path.display(),
+                    config.architecture,
+                    checkpoint_path.display()
+                )));
+            }
+            if step == total {
+                break;
+            }
+        }
+        // End of an epoch (or of the run): a sample grid, a checkpoint, the plot.
+        let step = trainer.steps_done();
+        let grid = if step % per_epoch == 0 {
+            run.sample_path((step / per_epoch) as usize)
+        } else {
+            run.samples_dir().join(format!("step_{step:07}.png"))
+        };
+        let images = trainer
+            .sample(&fixed_z, fixed_labels.as_ref())
+            .map_err(|e| e.to_string())?;
+        kiln_data::save_grid(&images, &grid, Scale::MinusOneToOne, 8, 2)
+            .map_err(|e| e.to_string())?;
+        save(&trainer)?;
+        last_saved = Some(step);
+        draw_plot(&run, config.architecture)?;
+        progress.println(format!(
+            "epoch {:.2}: samples {}, checkpoint {}",
+            step as f64 / per_epoch as f64,
+            grid.display(),
+            checkpoint_path.display()
+        ));
+    }
+    progress.finish();
+    let last = last.expect("at least one step ran");
+    let elapsed = started.elapsed().as_secs_f64();
+    let trained = total - start;
+    Ok(Finish::Completed(format!(
+        "done: {} steps ({:.2} epochs) in {} ({:.0} images/s); final {}\nrun folder {}: config.json, metrics.jsonl, {}, samples/, {}",
+        trained,
+        trained as f64 / per_epoch as f64,
+        kiln_run::format_duration(started.elapsed()),
+        (trained * config.batch_size as u64) as f64 / elapsed,
+        losses(&last.metrics),
+        out.display(),
+        file_name(&run.plot_path()),
+        checkpoint_path
+            .strip_prefix(&out)
+            .unwrap_or(&checkpoint_path)
+            .display()
+    )))
+}
+
+/// "epoch 3/20 · loss_d 0.61 · loss_g 1.92 · D(x) 0.71 · D(G(z)) 0.30 · 2400 img/s"
+fn status(record: &MetricsRecord, epoch: u64, epochs: u64) -> String {
+    format!(
+        "epoch {}/{epochs} · {} · {:.0} img/s",
+        epoch + 1,
+        losses(&record.metrics),
+        record.images_per_s
+    )
+}
+
+fn losses(m: &StepMetrics) -> String {
+    let mut parts = vec![format!("loss_d {:.3}", m.loss_d)];
+    if let Some(loss_g) = m.loss_g {
+        parts.push(format!("loss_g {loss_g:.3}"));
+    }
+    match m.gradient_penalty {
+        Some(penalty) => {
+            parts.push(format!("W {:.3}", m.d_real - m.d_fake));
+            parts.push(format!("gp {penalty:.3}"));
+        }
+        None => {
+            parts.push(format!("D(x) {:.2}", m.d_real));
+            parts.push(format!("D(G(z)) {:.2}", m.d_fake));
+        }
+    }
+    parts.join(" · ")
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// The loss plot from the whole metrics file (steps before a resume included).
+fn draw_plot(run: &RunDir, architecture: Architecture) -> Result<(), String> {
+    let series = MetricsLog::read_series(run.metrics_path(), &["loss_d", "loss_g"])
+        .map_err(|e| e.to_string())?;
+    let title = format!("kiln {architecture}: losses");
+    plot::line_plot(run.plot_path(), &title, &series, "step", "loss").map_err(|e| e.to_string())
+}
+
+/// A device the tensors can live on, or the one-line reason it cannot be used.
+fn check_device(device: Device) -> Result<(), String> {
+    kiln_tensor::Tensor::zeros([1], kiln_tensor::DType::F32, device)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The trainer of the checkpoint at `path`, which must hold the model asked for.
+fn resume(options: &TrainOptions, path: &Path) -> Result<GanTrainer, String> {
+    let checkpoint = Checkpoint::load(path).map_err(|e| e.to_string())?;
+    let context = path.display().to_string();
+    let architecture =
+        GanTrainer::architecture_of(&checkpoint, &context).map_err(|e| e.to_string())?;
+    if architecture != options.architecture {
+        return Err(format!(
+            "{context}: holds a {architecture} model, not a {}",
+            options.architecture
+        ));
+    }
+    if options.batch_size.is_some() || options.lr.is_some() || options.seed.is_some() {
+        return Err(
+            "--batch-size, --lr and --seed come from the checkpoint when resuming; leave them out"
+                .to_string(),
+        );
+    }
+    GanTrainer::from_checkpoint(&checkpoint, options.device, &context).map_err(|e| e.to_string())
+}
+
+/// The run folder: --out; or, resuming `runs/x/checkpoints/latest.safetensors`, `runs/x`; or
+/// the first of `runs/<model>`, `runs/<model>-2`, ... that holds no run yet. An explicit --out
+/// holding another run's checkpoint is refused rather than overwritten.
+fn run_folder(options: &TrainOptions) -> Result<PathBuf, String> {
+    let holds_run = |dir: &Path| dir.join("checkpoints").join("latest.safetensors").exists();
+    if let Some(out) = &options.out {
+        if options.resume.is_none() && holds_run(out) {
+            return Err(format!(
+                "{} already holds a run; continue it with --resume {} or pick another --out",
+                out.display(),
+                out.join("checkpoints").join("latest.safetensors").display()
+            ));
+        }
+        return Ok(out.clone());
+    }
+    if let Some(checkpoint) = &options.resume {
+        let folder = checkpoint.parent().filter(|p| p.ends_with("checkpoints"));
+        return match folder.and_then(Path::parent) {
+            Some(run) => Ok(run.to_path_buf()),
+            None => Err(format!(
+                "{} is not inside a run's checkpoints/ folder: say where the run goes with --out",
+                checkpoint.display()
+            )),
+        };
+    }
+    let base = PathBuf::from("runs").join(options.architecture.name());
+    let mut candidate = base.clone();
+    let mut n = 2;
+    while holds_run(&candidate) {
+        candidate = PathBuf::from(format!("{}-{n}", base.display()));
+        n += 1;
+    }
+    Ok(candidate)
+}

@@ -1,0 +1,312 @@
+//! `kiln train` and `kiln sample` run as a user runs them, on the committed MNIST: a short
+//! training leaves the whole run folder; Ctrl-C saves a checkpoint and a resumed run then
+//! logs exactly what an uninterrupted one logs; samples come out as PNG, IDX and safetensors,
+//! reproducibly from a latents file; and bad input is one line on stderr and a failed exit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{command, error_line, kiln};
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// metrics.jsonl without the timing fields, which differ from run to run.
+fn metrics(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let cut = line.find(",\"images_per_s\"").unwrap_or(line.len());
+            line[..cut].to_string()
+        })
+        .collect()
+}
+
+fn train(run: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "gan",
+        "--quiet",
+        "--log-every",
+        "1",
+        "--out",
+        path_str(run),
+    ];
+    args.extend(extra);
+    kiln(&args, &[])
+}
+
+#[test]
+fn a_short_training_leaves_the_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let output = kiln(
+        &[
+            "train",
+            "gan",
+            "--quiet",
+            "--steps",
+            "40",
+            "--out",
+            path_str(&run),
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.starts_with("done: 40 steps"), "{stdout}");
+    for file in [
+        "config.json",
+        "metrics.jsonl",
+        "loss.png",
+        "samples/step_0000040.png",
+        "checkpoints/latest.safetensors",
+    ] {
+        assert!(run.join(file).is_file(), "{file} is missing");
+    }
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(config.contains("\"architecture\": \"gan\"") && config.contains("\"total_steps\": 40"));
+    let lines = metrics(&run);
+    assert_eq!(lines.len(), 4, "steps 10, 20, 30, 40: {lines:?}");
+    assert!(lines[3].starts_with("{\"step\":40,"), "{}", lines[3]);
+    for field in ["loss_d", "loss_g", "d_real", "d_fake"] {
+        assert!(lines[0].contains(field), "{field}: {}", lines[0]);
+    }
+}
+
+/// Sends SIGINT (what Ctrl-C sends) to a training run once it has logged `after` steps.
+fn interrupt_after(run: &Path, total: u64, after: usize) -> Output {
+    let steps = total.to_string();
+    let args = [
+        "train",
+        "gan",
+        "--quiet",
+        "--log-every",
+        "1",
+        "--steps",
+        &steps,
+        "--out",
+        path_str(run),
+    ];
+    let child = command(&args, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |s| s.lines().count())
+        < after
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the run never logged {after} steps"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut");
+    let total = 5000; // far more than are run: the interrupt comes first
+    let output = interrupt_after(&cut, total, 20);
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("checkpoint saved to") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let stopped = metrics(&cut).len() as u64;
+    assert!(stopped >= 20);
+
+    // Resume to 15 steps past the interruption, and run the same steps without a break.
+    let end = (stopped + 15).to_string();
+    let checkpoint = cut.join("checkpoints/latest.safetensors");
+    let resumed = kiln(
+        &[
+            "train",
+            "gan",
+            "--quiet",
+            "--log-every",
+            "1",
+            "--steps",
+            &end,
+            "--resume",
+            path_str(&checkpoint),
+        ],
+        &[],
+    );
+    assert!(resumed.status.success(), "{resumed:?}");
+    let whole = dir.path().join("whole");
+    assert!(train(&whole, &["--steps", &end]).status.success());
+    assert_eq!(
+        metrics(&cut),
+        metrics(&whole),
+        "losses after a resume differ"
+    );
+    assert_eq!(metrics(&whole).len() as u64, stopped + 15);
+}
+
+#[test]
+fn samples_come_out_as_png_idx_and_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert!(train(&run, &["--steps", "5"]).status.success());
+    let checkpoint = run.join("checkpoints/latest.safetensors");
+    let sample = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            path_str(&checkpoint),
+            "--out",
+            path_str(out),
+        ];
+        args.extend(extra);
+        kiln(&args, &[])
+    };
+    let png = dir.path().join("grid.png");
+    let output = sample(&png, &["--n", "16"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.starts_with("wrote 16 samples from the gan at step 5"),
+        "{stdout}"
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let info = decoder.read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (8 * 28 + 9 * 2, 2 * 28 + 3 * 2));
+
+    let idx = dir.path().join("samples.idx");
+    assert!(sample(&idx, &["--n", "10"]).status.success());
+    let array = kiln_data::read_idx(&idx).unwrap();
+    assert_eq!(array.dims(), &[10, 28, 28]);
+
+    // Latents written by one call, fed to another: the same images.
+    let first = dir.path().join("first.safetensors");
+    assert!(sample(&first, &["--n", "6", "--seed", "9"])
+        .status
+        .success());
+    let second = dir.path().join("second.safetensors");
+    assert!(sample(&second, &["--latents", path_str(&first)])
+        .status
+        .success());
+    let images = |path: &PathBuf| {
+        let file = kiln_nn::checkpoint::Checkpoint::load(path).unwrap();
+        file.tensor("images").unwrap().to_vec::<f32>().unwrap()
+    };
+    assert_eq!(images(&first), images(&second));
+    assert_eq!(images(&first).len(), 6 * 784);
+
+    let m = error_line(&sample(&png, &["--digit", "3"]));
+    assert!(m.contains("--digit needs the conditional GAN"), "{m}");
+    let m = error_line(&sample(&dir.path().join("x.jpg"), &[]));
+    assert!(m.contains(".png, .idx or .safetensors"), "{m}");
+}
+
+#[test]
+fn bad_input_is_one_line_and_a_failed_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_arg = path_str(&run);
+
+    let missing = dir.path().join("nowhere");
+    let m = error_line(&kiln(
+        &[
+            "train",
+            "gan",
+            "--data-dir",
+            path_str(&missing),
+            "--out",
+            run_arg,
+        ],
+        &[],
+    ));
+    assert!(m.contains("nowhere"), "{m}");
+
+    // A truncated training-images file.
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().extension().is_some_and(|e| e == "gz") {
+            std::fs::copy(entry.path(), corrupt.join(entry.file_name())).unwrap();
+        }
+    }
+    let images = corrupt.join("train-images-idx3-ubyte.gz");
+    let bytes = std::fs::read(&images).unwrap();
+    std::fs::write(&images, &bytes[..bytes.len() / 2]).unwrap();
+    let m = error_line(&kiln(
+        &[
+            "train",
+            "gan",
+            "--data-dir",
+            path_str(&corrupt),
+            "--out",
+            run_arg,
+        ],
+        &[],
+    ));
+    assert!(m.contains("train-images"), "{m}");
+
+    let m = error_line(&kiln(
+        &["train", "gan", "--device", "tpu", "--out", run_arg],
+        &[],
+    ));
+    assert!(m.contains("--device tpu"), "{m}");
+    let m = error_line(&kiln(
+        &["train", "gan", "--device", "cuda", "--out", run_arg],
+        &[],
+    ));
+    assert!(m.to_lowercase().contains("cuda"), "{m}");
+
+    // A checkpoint of another model.
+    assert!(train(&run, &["--steps", "2"]).status.success());
+    let checkpoint = run.join("checkpoints/latest.safetensors");
+    let m = error_line(&kiln(
+        &["train", "dcgan", "--resume", path_str(&checkpoint)],
+        &[],
+    ));
+    assert!(m.contains("holds a gan model, not a dcgan"), "{m}");
+    // A file that is not a checkpoint.
+    let m = error_line(&kiln(
+        &[
+            "sample",
+            "--checkpoint",
+            path_str(&images),
+            "--out",
+            "x.png",
+        ],
+        &[],
+    ));
+    assert!(m.contains("train-images"), "{m}");
+    // An existing run is not overwritten without --resume.
+    let m = error_line(&train(&run, &["--steps", "2"]));
+    assert!(m.contains("already holds a run"), "{m}");
+    // Resuming past the end.
+    let m = error_line(&kiln(
+        &[
+            "train",
+            "gan",
+            "--steps",
+            "2",
+            "--resume",
+            path_str(&checkpoint),
+        ],
+        &[],
+    ));
+    assert!(m.contains("at step 2"), "{m}");
+}

@@ -1,0 +1,35 @@
+//! What the command-line tests share: running the `kiln` binary as a user would.
+// Each test binary uses its own subset of these.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `kiln args` in the package root (where data/mnist is), with `KILN_DATA_DIR` unset
+/// unless `env` sets it.
+pub fn kiln(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    command(args, env).output().unwrap()
+}
+
+/// The command `kiln` would run, to spawn it.
+pub fn command(args: &[&str], env: &[(&str, &Path)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+    command.env_remove("KILN_DATA_DIR");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+}
+
+/// The one stderr line of a failed run.
+pub fn error_line(output: &Output) -> String {
+    assert!(!output.status.success(), "expected failure: {output:?}");
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(
+        stderr.starts_with("error: ") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    stderr
+}

@@ -1,5 +1,4 @@
 # kiln's everyday commands. Run `just` to list them.
-# train and sample recipes are added by the issues that build those commands.
 
 # List the recipes
 default:
@@ -25,6 +24,18 @@ fmt:
 # Run what CI runs: toolchain versions, lint, then the timed tests
 ci:
     bash .ci/run
+
+# Train a GAN (gan, dcgan, cgan, wgan-gp) on MNIST on the CPU; the run folder is runs/MODEL
+train model="gan" epochs="20":
+    cargo run --release -- train {{model}} --epochs {{epochs}} --device cpu
+
+# Train a GAN on the GPU (needs a CUDA build of kiln: until the CUDA backend lands this says so and exits)
+train-cuda model="gan" epochs="20":
+    cargo run --release -- train {{model}} --epochs {{epochs}} --device cuda
+
+# Draw a grid of 64 samples from a run's latest checkpoint
+sample run="runs/gan" out="samples.png":
+    cargo run --release -- sample --checkpoint {{run}}/checkpoints/latest.safetensors --out {{out}}
 
 # Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads) and elementwise GB/s
 bench:

@@ -155,7 +155,7 @@ fn parse_device(text: &str) -> Result<Device, String> {
         "auto" => Ok(auto_device()),
         other => other
             .parse::<Device>()
-            .map_err(|e| format!("--device {other}: {e} (expected auto, cpu, cuda or cuda:N)")),
+            .map_err(|_| format!("--device {other}: expected auto, cpu, cuda or cuda:N")),
     }
 }
 

@@ -24,6 +24,7 @@ const DEFAULT_SAMPLES: usize = 64;
 
 pub fn sample(options: SampleOptions) -> Result<String, String> {
     let format = OutputFormat::of(&options.out)?;
+    crate::train::check_device(options.device)?;
     let checkpoint = Checkpoint::load(&options.checkpoint).map_err(|e| e.to_string())?;
     let context = options.checkpoint.display().to_string();
     let trainer = GanTrainer::from_checkpoint(&checkpoint, options.device, &context)

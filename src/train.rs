@@ -311,10 +311,14 @@ fn draw_plot(run: &RunDir, architecture: Architecture) -> Result<(), String> {
 }
 
 /// A device the tensors can live on, or the one-line reason it cannot be used.
-fn check_device(device: Device) -> Result<(), String> {
-    kiln_tensor::Tensor::zeros([1], kiln_tensor::DType::F32, device)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+pub(crate) fn check_device(device: Device) -> Result<(), String> {
+    match kiln_tensor::Tensor::zeros([1], kiln_tensor::DType::F32, device) {
+        Ok(_) => Ok(()),
+        Err(kiln_tensor::Error::DeviceUnavailable { reason, .. }) => {
+            Err(format!("--device {device}: {reason}; use --device cpu"))
+        }
+        Err(other) => Err(format!("--device {device}: {other}")),
+    }
 }
 
 /// The trainer of the checkpoint at `path`, which must hold the model asked for.

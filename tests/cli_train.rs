@@ -310,3 +310,33 @@ fn bad_input_is_one_line_and_a_failed_exit() {
     ));
     assert!(m.contains("at step 2"), "{m}");
 }
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert!(train(&run, &["--steps", "3"]).status.success());
+    // Poison the generator's first weight with NaN, as a diverging run would.
+    let path = run.join("checkpoints/latest.safetensors");
+    let mut checkpoint = kiln_nn::checkpoint::Checkpoint::load(&path).unwrap();
+    let weight = checkpoint.tensor("generator.main.0.weight").unwrap().clone();
+    let poisoned = weight.affine(f64::NAN, 0.0).unwrap();
+    checkpoint.insert("generator.main.0.weight", &poisoned).unwrap();
+    checkpoint.save(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let output = kiln(
+        &["train", "gan", "--quiet", "--steps", "10", "--resume", path_str(&path)],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: step 4 (epoch 1): loss_")
+            && last.contains("is NaN; training stopped and the last good checkpoint is")
+            && last.ends_with("(step 3)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the checkpoint was overwritten");
+}

@@ -319,14 +319,27 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     // Poison the generator's first weight with NaN, as a diverging run would.
     let path = run.join("checkpoints/latest.safetensors");
     let mut checkpoint = kiln_nn::checkpoint::Checkpoint::load(&path).unwrap();
-    let weight = checkpoint.tensor("generator.main.0.weight").unwrap().clone();
+    let weight = checkpoint
+        .tensor("generator.main.0.weight")
+        .unwrap()
+        .clone();
     let poisoned = weight.affine(f64::NAN, 0.0).unwrap();
-    checkpoint.insert("generator.main.0.weight", &poisoned).unwrap();
+    checkpoint
+        .insert("generator.main.0.weight", &poisoned)
+        .unwrap();
     checkpoint.save(&path).unwrap();
     let before = std::fs::read(&path).unwrap();
 
     let output = kiln(
-        &["train", "gan", "--quiet", "--steps", "10", "--resume", path_str(&path)],
+        &[
+            "train",
+            "gan",
+            "--quiet",
+            "--steps",
+            "10",
+            "--resume",
+            path_str(&path),
+        ],
         &[],
     );
     assert_eq!(output.status.code(), Some(1), "{output:?}");
@@ -338,5 +351,9 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
             && last.ends_with("(step 3)"),
         "{stderr}"
     );
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the checkpoint was overwritten");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the checkpoint was overwritten"
+    );
 }

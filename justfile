@@ -37,10 +37,12 @@ train-cuda model="gan" epochs="20":
 sample run="runs/gan" out="samples.png":
     cargo run --release -- sample --checkpoint {{run}}/checkpoints/latest.safetensors --out {{out}}
 
-# Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads) and elementwise GB/s
+# Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads), elementwise GB/s,
+# and GAN training steps (images/s)
 bench:
     cargo bench --bench gemm
     cargo bench --bench elementwise
+    cargo bench --bench train_step
 
 # PyTorch's CPU matmul on the GEMM bench's cases, side by side with the last `just bench`
 # (needs `pip install torch`; kiln's own tests never do)

@@ -5,6 +5,7 @@ use std::time::Duration;
 use criterion::{measurement::WallTime, BenchmarkGroup, Criterion};
 
 /// 1 thread, then every logical CPU: each paired with a rayon pool of that size.
+#[allow(dead_code)] // the train_step bench runs on all threads only
 pub fn thread_pools() -> Vec<(usize, rayon::ThreadPool)> {
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     [1, all]

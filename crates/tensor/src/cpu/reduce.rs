@@ -39,6 +39,12 @@ pub(crate) fn reduce<T: FloatDType>(
         ReduceOp::Sum => {
             let mut sums = vec![0f64; out_shape.elem_count()];
             runs.for_each_span(elems, |[i, o], len| {
+                if out_stride == 0 && in_stride == 1 {
+                    // A contiguous run into one output (a bias gradient's sum over H·W):
+                    // the vectorized cascade, not a serial chain of f64 adds.
+                    sums[o] += sum_f64(&data[i..i + len]);
+                    return;
+                }
                 for k in 0..len {
                     sums[o + k * out_stride] += T::math_to_f64(data[i + k * in_stride].to_math());
                 }

@@ -1,0 +1,37 @@
+//! Training-step throughput: `cargo bench --bench train_step`. One `GanTrainer::step` (G makes
+//! a batch, D steps on real and fake, G steps through D, both Adams) on random images, for the
+//! MLP GAN at batch 64 and 256 and DCGAN at batch 64, on all threads. Criterion reports images
+//! per second; benches/reference/torch_gan.py measures PyTorch eager on the same steps.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kiln_gan::{Architecture, GanConfig, GanTrainer};
+use kiln_tensor::{DType, Device, Generator, Tensor};
+
+mod common;
+
+fn train_step(c: &mut Criterion) {
+    let mut group = common::group(c, "train_step_cpu");
+    let mut rng = Generator::new(0);
+    for (architecture, batch) in [
+        (Architecture::Gan, 64),
+        (Architecture::Gan, 256),
+        (Architecture::Dcgan, 64),
+    ] {
+        let mut config = GanConfig::new(architecture);
+        config.batch_size = batch;
+        let mut trainer = GanTrainer::new(config, Device::Cpu).unwrap();
+        let images = Tensor::rand([batch, 1, 28, 28], DType::F32, Device::Cpu, &mut rng)
+            .unwrap()
+            .affine(2.0, -1.0)
+            .unwrap(); // [B, 1, 28, 28] in [-1, 1)
+        let labels = Tensor::zeros([batch], DType::U32, Device::Cpu).unwrap();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("{architecture}_b{batch}"), |b| {
+            b.iter(|| trainer.step(&images, &labels).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use kiln_nn::layers::{
     AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d,
     ConvTranspose2dConfig, Embedding, Flatten, LayerNorm, LeakyReLU, Linear, MaxPool2d, ReLU,
-    Sequential, Tanh, Unflatten, UpsampleNearest2d,
+    Sequential, SiLU, Sigmoid, Tanh, Unflatten, UpsampleNearest2d,
 };
 use kiln_nn::loss::{self, Reduction};
 use kiln_nn::optim::{
@@ -672,4 +672,20 @@ fn gradient_norm_clipping() -> Result<()> {
         assert_close(case, grads.get(&b).unwrap(), &get(case, "clipped_b"), TIGHT);
     }
     Ok(())
+}
+
+#[test]
+fn activations() -> Result<()> {
+    // torch.stack([ReLU()(x), LeakyReLU(0.2)(x), Tanh()(x), Sigmoid()(x), SiLU()(x)]), x [4, 5].
+    check("activations", &["input"], None, TIGHT, |t| {
+        let x = &t[0];
+        let outputs = [
+            ReLU.forward(x)?,
+            LeakyReLU::new(0.2).forward(x)?,
+            Tanh.forward(x)?,
+            Sigmoid.forward(x)?,
+            SiLU.forward(x)?,
+        ];
+        Ok(Tensor::stack(&outputs.iter().collect::<Vec<_>>(), 0)?)
+    })
 }

@@ -17,6 +17,25 @@ use crate::FloatDType;
 /// like the light elementwise kernels (`Work::Light`).
 const PARALLEL_MIN: usize = super::Work::Light.parallel_min();
 
+/// Calls `fill(i, chunk)` for each `chunk_len` chunk `i` of `out`, on rayon's threads when
+/// `parallel`.
+fn for_each_chunk<T: Send>(
+    out: &mut [T],
+    chunk_len: usize,
+    parallel: bool,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if parallel {
+        out.par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, chunk)| fill(i, chunk));
+    } else {
+        out.chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, chunk)| fill(i, chunk));
+    }
+}
+
 /// The output positions `o` in `0..out` whose input coordinate `o·stride + offset - padding`
 /// falls inside `0..size`, for a kernel tap at `offset` (= k·dilation).
 fn valid_range(
@@ -83,15 +102,8 @@ pub(crate) fn im2col<T: Copy + Default + Send + Sync>(image: &[T], g: &Conv2dGeo
             }
         }
     };
-    if cols.len() < PARALLEL_MIN {
-        cols.chunks_mut(row_len)
-            .enumerate()
-            .for_each(|(row, out)| fill_row(row, out));
-    } else {
-        cols.par_chunks_mut(row_len)
-            .enumerate()
-            .for_each(|(row, out)| fill_row(row, out));
-    }
+    let parallel = cols.len() >= PARALLEL_MIN;
+    for_each_chunk(&mut cols, row_len, parallel, fill_row);
     cols
 }
 
@@ -147,17 +159,12 @@ pub(crate) fn col2im<T: FloatDType>(cols: &[T], g: &Conv2dGeometry) -> Vec<T> {
             *out = T::from_math(sum);
         }
     };
-    if cols.len() < PARALLEL_MIN {
-        image
-            .chunks_mut(plane_len)
-            .enumerate()
-            .for_each(|(index, plane)| fill_plane(index, plane));
-    } else {
-        image
-            .par_chunks_mut(plane_len)
-            .enumerate()
-            .for_each(|(index, plane)| fill_plane(index, plane));
-    }
+    for_each_chunk(
+        &mut image,
+        plane_len,
+        cols.len() >= PARALLEL_MIN,
+        fill_plane,
+    );
     image
 }
 
@@ -202,16 +209,11 @@ pub(crate) fn max_pool2d_indices<T: FloatDType>(image: &[T], g: &Conv2dGeometry)
             }
         }
     };
-    if image.len() < PARALLEL_MIN {
-        indices
-            .chunks_mut(positions)
-            .enumerate()
-            .for_each(|(index, out)| fill_plane(index, out));
-    } else {
-        indices
-            .par_chunks_mut(positions)
-            .enumerate()
-            .for_each(|(index, out)| fill_plane(index, out));
-    }
+    for_each_chunk(
+        &mut indices,
+        positions,
+        image.len() >= PARALLEL_MIN,
+        fill_plane,
+    );
     indices
 }

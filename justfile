@@ -25,13 +25,14 @@ fmt:
 ci:
     bash .ci/run
 
-# Train a GAN (gan, dcgan, cgan, wgan-gp) on MNIST on the CPU; the run folder is runs/MODEL
-train model="gan" epochs="20":
-    cargo run --release -- train {{model}} --epochs {{epochs}} --device cpu
+# Train a GAN (gan, dcgan, cgan, wgan-gp) on MNIST on the CPU for its default epochs (20;
+# dcgan 5), or pass e.g. `just train gan --epochs 1`; the run folder is runs/MODEL
+train model="gan" *flags="":
+    cargo run --release -- train {{model}} --device cpu {{flags}}
 
-# Train a GAN on the GPU (needs a CUDA build of kiln: until the CUDA backend lands this says so and exits)
-train-cuda model="gan" epochs="20":
-    cargo run --release -- train {{model}} --epochs {{epochs}} --device cuda
+# The same on the GPU (needs kiln's CUDA backend: until it lands this says so and exits)
+train-cuda model="gan" *flags="":
+    cargo run --release -- train {{model}} --device cuda {{flags}}
 
 # Draw a grid of 64 samples from a run's latest checkpoint
 sample run="runs/gan" out="samples.png":

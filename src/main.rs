@@ -73,7 +73,7 @@ struct TrainArgs {
     /// Where to train: auto (CUDA if there, else CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Epochs to train (default 20).
+    /// Epochs to train (default 20; 5 for dcgan).
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<u64>,
     /// Steps (batches) to train, instead of whole epochs.

@@ -37,8 +37,6 @@ pub enum Finish {
     Interrupted(String),
 }
 
-/// Epochs when neither --epochs nor --steps is given.
-const DEFAULT_EPOCHS: u64 = 20;
 /// Images in each epoch's sample grid (8 x 8).
 const GRID_IMAGES: usize = 64;
 
@@ -115,7 +113,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     }
     let total = match (options.steps, options.epochs) {
         (Some(steps), _) => steps,
-        (None, epochs) => epochs.unwrap_or(DEFAULT_EPOCHS) * per_epoch,
+        (None, epochs) => epochs.unwrap_or(config.architecture.default_epochs()) * per_epoch,
     };
     let start = trainer.steps_done();
     if start >= total {

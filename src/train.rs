@@ -37,6 +37,8 @@ pub enum Finish {
     Interrupted(String),
 }
 
+/// The checkpoint metadata key naming the dataset a run trained on.
+pub(crate) const DATASET_KEY: &str = "kiln.dataset";
 /// Images in each epoch's sample grid (8 x 8).
 const GRID_IMAGES: usize = 64;
 
@@ -166,11 +168,12 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     let mut throughput = Throughput::new();
     let mut last_saved = (start > 0).then_some(start);
     let mut last = None;
+    let dataset_name = options.dataset.name();
     let save = |trainer: &GanTrainer| -> Result<(), String> {
-        trainer
-            .checkpoint()
-            .and_then(|c| c.save(&checkpoint_path))
-            .map_err(|e| e.to_string())
+        let mut checkpoint = trainer.checkpoint().map_err(|e| e.to_string())?;
+        // Which data the run learned, so `kiln eval` compares with the right dataset.
+        checkpoint.set_meta(DATASET_KEY, dataset_name);
+        checkpoint.save(&checkpoint_path).map_err(|e| e.to_string())
     };
     while trainer.steps_done() < total {
         let epoch = trainer.steps_done() / per_epoch;

@@ -1573,3 +1573,16 @@ fn squeeze_and_unsqueeze_are_views_of_strided_data() -> R {
     assert!(row.unsqueeze(0)?.shares_storage_with(&row));
     Ok(())
 }
+
+#[test]
+fn a_transposed_weight_gets_a_row_major_gradient() -> kiln_tensor::Result<()> {
+    // y = x·Wᵀ (a Linear layer): W's gradient gᵀ·x comes back row-major, so optimizer ops on
+    // it stream through memory. Values: x = [[1, 2]], g = ones [1, 3] → dW[i][j] = x[j].
+    let x = Tensor::from_vec(vec![1.0f32, 2.0], [1, 2], Device::Cpu)?;
+    let w = Var::new(&Tensor::zeros([3, 2], DType::F32, Device::Cpu)?)?;
+    let grads = x.matmul(&w.t()?)?.sum_all()?.backward()?;
+    let dw = grads.get(&w).unwrap();
+    assert!(dw.is_contiguous());
+    assert_eq!(dw.to_vec::<f32>()?, vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+    Ok(())
+}

@@ -50,11 +50,31 @@ impl Tensor {
     }
 }
 
-/// Gradients of `lhs @ rhs`: `grad @ rhsᵀ` and `lhsᵀ @ grad`.
+/// Gradients of `lhs @ rhs`: `grad @ rhsᵀ` and `lhsᵀ @ grad`. Each is computed in its
+/// operand's memory order: for an operand that is the transpose of a row-major matrix (a
+/// Linear layer's `Wᵀ`), the gradient is the transpose of a row-major product, so the
+/// transpose's own rule hands `W` a row-major gradient. Otherwise `W` would get a strided
+/// one, and every optimizer op on it would walk memory across rows (MLP GAN training step at
+/// batch 64: 23.9 -> 15.9 ms).
 pub(crate) fn matmul_backward(
     lhs: &Tensor,
     rhs: &Tensor,
     grad: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
-    Ok((grad.matmul(&rhs.t()?)?, lhs.t()?.matmul(grad)?))
+    let lhs_grad = if is_transposed_matrix(lhs)? {
+        rhs.matmul(&grad.t()?)?.t()?
+    } else {
+        grad.matmul(&rhs.t()?)?
+    };
+    let rhs_grad = if is_transposed_matrix(rhs)? {
+        grad.t()?.matmul(lhs)?.t()?
+    } else {
+        lhs.t()?.matmul(grad)?
+    };
+    Ok((lhs_grad, rhs_grad))
+}
+
+/// Whether `x` is a 2-D transposed view of a row-major matrix.
+fn is_transposed_matrix(x: &Tensor) -> Result<bool> {
+    Ok(x.rank() == 2 && !x.is_contiguous() && x.t()?.is_contiguous())
 }

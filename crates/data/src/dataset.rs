@@ -313,6 +313,32 @@ impl Dataset {
         &self.images[index * size..][..size]
     }
 
+    /// Images `start..start + count` and their labels as a dataset of their own (same kind,
+    /// split and directory): a quick subset for short trainings and tests.
+    pub fn subset(&self, start: usize, count: usize) -> Result<Dataset> {
+        let end = start
+            .checked_add(count)
+            .filter(|&end| end <= self.len && count > 0)
+            .ok_or_else(|| {
+                DataError::invalid(
+                    "Dataset::subset",
+                    format!(
+                        "images {start}..{start}+{count} are not a non-empty range of the {} images",
+                        self.len
+                    ),
+                )
+            })?;
+        let size = IMAGE_SIZE * IMAGE_SIZE;
+        Ok(Dataset {
+            kind: self.kind,
+            split: self.split,
+            dir: self.dir.clone(),
+            len: count,
+            images: self.images[start * size..end * size].into(),
+            labels: self.labels[start..end].into(),
+        })
+    }
+
     /// How many images each class has.
     pub fn label_counts(&self) -> [usize; NUM_CLASSES] {
         let mut counts = [0; NUM_CLASSES];

@@ -160,3 +160,21 @@ fn names_parse() {
         "dataset: unknown dataset \"cifar\": expected mnist or fashion-mnist"
     );
 }
+
+#[test]
+fn a_subset_holds_its_images_and_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    write_split(dir.path(), 6, vec![5, 4, 3, 2, 1, 0]);
+    let all = load(dir.path()).unwrap();
+    let part = all.subset(2, 3).unwrap();
+    assert_eq!(part.len(), 3);
+    assert_eq!(part.labels(), &[3, 2, 1]);
+    // Image i is filled with i.
+    assert_eq!(part.image(0), &[2u8; 784][..]);
+    assert_eq!(part.image(2), &[4u8; 784][..]);
+    assert_eq!(part.kind(), all.kind());
+    for (start, count) in [(4, 3), (0, 0), (7, 1)] {
+        let message = all.subset(start, count).unwrap_err().to_string();
+        assert!(message.contains("6 images"), "{message}");
+    }
+}

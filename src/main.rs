@@ -2,6 +2,7 @@
 //! (`kiln sample`), what kiln runs on (`kiln info`) and a look at the datasets (`kiln data
 //! info`, `kiln data show`).
 
+mod eval;
 mod sample;
 mod train;
 
@@ -15,6 +16,7 @@ use kiln_data::{Dataset, DatasetKind, Grid, Split};
 use kiln_gan::Architecture;
 use kiln_tensor::Device;
 
+use crate::eval::EvalOptions;
 use crate::sample::SampleOptions;
 use crate::train::{Finish, TrainOptions};
 
@@ -33,6 +35,10 @@ enum Command {
     Train(TrainArgs),
     /// Draw images from a trained generator's checkpoint.
     Sample(SampleArgs),
+    /// Score generated images (a GAN checkpoint's, or a file's) against the real test set:
+    /// Fréchet distance in kiln's classifier's features, classifier score, class coverage,
+    /// precision and recall.
+    Eval(EvalArgs),
     /// Print the version, the platform, the CPU features detected at run time and the devices.
     Info,
     /// Look at a dataset: its counts, or a PNG grid of its images.
@@ -101,6 +107,12 @@ struct TrainArgs {
     /// Write a metrics.jsonl line every this many steps (and at each epoch's end).
     #[arg(long, default_value_t = 10)]
     log_every: u64,
+    /// Samples kiln-eval scores at the end of the run, into eval.json (0: no evaluation).
+    #[arg(long, default_value_t = 10_000)]
+    eval_samples: usize,
+    /// Also score every this many epochs (into eval/step_NNNNNNN.json).
+    #[arg(long, default_value_t = 0)]
+    eval_every: u64,
 }
 
 #[derive(Args)]
@@ -130,21 +142,58 @@ struct SampleArgs {
     device: String,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Args)]
+struct EvalArgs {
+    /// A GAN checkpoint to draw the samples from.
+    #[arg(long, conflicts_with = "samples", required_unless_present = "samples")]
+    checkpoint: Option<PathBuf>,
+    /// A file of images to score instead: IDX of u8 [N, 28, 28] (raw or .gz), or
+    /// safetensors with `images` [N, 1, 28, 28] in [-1, 1] (what `kiln sample` writes) or u8.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// How many samples (default: 10000 from a checkpoint, all of a file).
+    #[arg(long)]
+    n: Option<usize>,
+    /// The real data to compare with (default: what the checkpoint trained on, else mnist).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetArg>,
+    /// The directory holding the dataset's IDX files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The classifier whose features are compared (default: data/classifiers/DATASET.safetensors).
+    #[arg(long)]
+    classifier: Option<PathBuf>,
+    /// Where to write the scores as JSON (default: the run folder's eval.json for a run's
+    /// checkpoint, else beside the input as NAME.eval.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seeds the latents drawn from a checkpoint.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to run: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ModelArg {
     Gan,
     Dcgan,
     Cgan,
     WganGp,
+    /// kiln-eval's MNIST / Fashion-MNIST classifier (written to data/classifiers/ unless --out).
+    Classifier,
 }
 
-impl From<ModelArg> for Architecture {
-    fn from(arg: ModelArg) -> Self {
-        match arg {
-            ModelArg::Gan => Architecture::Gan,
-            ModelArg::Dcgan => Architecture::Dcgan,
-            ModelArg::Cgan => Architecture::Cgan,
-            ModelArg::WganGp => Architecture::WganGp,
+impl ModelArg {
+    /// The GAN this names (`None` for the classifier).
+    fn architecture(self) -> Option<Architecture> {
+        match self {
+            ModelArg::Gan => Some(Architecture::Gan),
+            ModelArg::Dcgan => Some(Architecture::Dcgan),
+            ModelArg::Cgan => Some(Architecture::Cgan),
+            ModelArg::WganGp => Some(Architecture::WganGp),
+            ModelArg::Classifier => None,
         }
     }
 }
@@ -235,6 +284,7 @@ fn main() -> ExitCode {
         Command::Info => Ok(info_report()),
         Command::Data(command) => data_command(command),
         Command::Sample(args) => sample_command(args),
+        Command::Eval(args) => eval_command(args),
         Command::Train(args) => match train_command(args) {
             Ok(Finish::Completed(summary)) => Ok(summary + "\n"),
             Ok(Finish::Interrupted(message)) => {
@@ -266,8 +316,11 @@ fn train_command(args: TrainArgs) -> Result<Finish, String> {
     if args.epochs == Some(0) || args.steps == Some(0) {
         return Err("--epochs and --steps must be at least 1".to_string());
     }
+    let Some(architecture) = args.model.architecture() else {
+        return classifier_command(args).map(Finish::Completed);
+    };
     train::train(TrainOptions {
-        architecture: args.model.into(),
+        architecture,
         dataset: args.source.dataset.into(),
         data_dir: args.source.data_dir,
         device: parse_device(&args.device)?,
@@ -280,6 +333,68 @@ fn train_command(args: TrainArgs) -> Result<Finish, String> {
         resume: args.resume,
         quiet: args.quiet,
         log_every: args.log_every,
+        eval_samples: args.eval_samples,
+        eval_every: args.eval_every,
+    })
+}
+
+/// `kiln train classifier`: trains kiln-eval's classifier with its default settings (or
+/// --epochs, --batch-size, --lr, --seed) and writes it, by default over the committed one.
+fn classifier_command(args: TrainArgs) -> Result<String, String> {
+    use kiln_eval::classifier::{train, TrainConfig};
+    let kind = DatasetKind::from(args.source.dataset);
+    if parse_device(&args.device)? != Device::Cpu {
+        return Err("the classifier trains on the CPU only: use --device cpu".to_string());
+    }
+    if args.steps.is_some() || args.resume.is_some() {
+        return Err("the classifier trains for whole --epochs and does not resume".to_string());
+    }
+    let mut config = TrainConfig::default_for(kind);
+    config.quiet = args.quiet;
+    if let Some(epochs) = args.epochs {
+        config.epochs = epochs as usize;
+    }
+    if let Some(batch_size) = args.batch_size {
+        config.batch_size = batch_size;
+    }
+    if let Some(lr) = args.lr {
+        config.lr = lr;
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from("data/classifiers").join(format!("{}.safetensors", kind.name()))
+    });
+    let load = |split| {
+        Dataset::load(kind, split, args.source.data_dir.as_deref()).map_err(|e| e.to_string())
+    };
+    let (train_set, test_set) = (load(Split::Train)?, load(Split::Test)?);
+    let (classifier, report) = train(&config, &train_set, &test_set).map_err(|e| e.to_string())?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    classifier.save(&out).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "trained the {kind} classifier for {} epochs in {:.0} s: test accuracy {:.2}%; wrote {}",
+        config.epochs,
+        report.seconds,
+        report.test_accuracy.last().copied().unwrap_or(0.0) * 100.0,
+        out.display()
+    ))
+}
+
+fn eval_command(args: EvalArgs) -> Result<String, String> {
+    eval::eval(EvalOptions {
+        checkpoint: args.checkpoint,
+        samples: args.samples,
+        n: args.n,
+        dataset: args.dataset.map(DatasetKind::from),
+        data_dir: args.data_dir,
+        classifier: args.classifier,
+        json: args.json,
+        seed: args.seed,
+        device: parse_device(&args.device)?,
     })
 }
 

@@ -28,6 +28,10 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     pub quiet: bool,
     pub log_every: u64,
+    /// Samples scored by kiln-eval at the end of the run (0: no evaluation).
+    pub eval_samples: usize,
+    /// Also score every this many epochs (0: only at the end).
+    pub eval_every: u64,
 }
 
 /// How a training command ended when it did not fail.
@@ -247,6 +251,14 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
             grid.display(),
             checkpoint_path.display()
         ));
+        let epoch_done = step % per_epoch == 0;
+        let scheduled = options.eval_every > 0
+            && epoch_done
+            && (step / per_epoch).is_multiple_of(options.eval_every);
+        if options.eval_samples > 0 && (scheduled || step == total) {
+            let line = score(&trainer, &options, &run, step, per_epoch);
+            progress.println(line);
+        }
     }
     progress.finish();
     let last = last.expect("at least one step ran");
@@ -267,6 +279,49 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
             .display()
     )))
 }
+
+/// Scores the generator with kiln-eval (`options.eval_samples` samples against the test
+/// split), writes `eval.json` (and, between epochs, `eval/step_NNNNNNN.json`) into the run
+/// folder, and returns a line for the log. A failure to evaluate (no classifier for the
+/// dataset, say) is reported in that line, not as an error: the training itself succeeded.
+fn score(
+    trainer: &GanTrainer,
+    options: &TrainOptions,
+    run: &RunDir,
+    step: u64,
+    per_epoch: u64,
+) -> String {
+    let result = crate::eval::generate(trainer, options.eval_samples, EVAL_SEED, options.device)
+        .and_then(|images| {
+            crate::eval::evaluate(&images, options.dataset, options.data_dir.as_deref(), None)
+        })
+        .and_then(|mut report| {
+            report.source = format!("the generator at step {step}");
+            let path = run.path().join("eval.json");
+            crate::eval::write_json(&report, &path)?;
+            let history = run.path().join("eval").join(format!("step_{step:07}.json"));
+            std::fs::create_dir_all(run.path().join("eval"))
+                .map_err(|e| format!("{}: {e}", history.display()))?;
+            crate::eval::write_json(&report, &history)?;
+            Ok(report)
+        });
+    match result {
+        Ok(report) => format!(
+            "eval at epoch {:.2}: Fréchet distance {:.3}, classifier score {:.3}, {} of 10 classes >= 5%, precision {:.3}, recall {:.3} ({} samples; eval.json)",
+            step as f64 / per_epoch as f64,
+            report.frechet_distance,
+            report.classifier_score,
+            report.coverage.classes_at_least_5_percent,
+            report.precision_recall.precision,
+            report.precision_recall.recall,
+            report.samples
+        ),
+        Err(message) => format!("eval skipped: {message}"),
+    }
+}
+
+/// The latents' seed for evaluation samples: fixed, so scores of two runs compare.
+const EVAL_SEED: u64 = 0x5EED;
 
 /// "epoch 3/20 · loss_d 0.61 · loss_g 1.92 · D(x) 0.71 · D(G(z)) 0.30 · 2400 img/s"
 fn status(record: &MetricsRecord, epoch: u64, epochs: u64) -> String {

@@ -38,6 +38,21 @@ train-cuda model="gan" *flags="":
 sample run="runs/gan" out="samples.png":
     cargo run --release -- sample --checkpoint {{run}}/checkpoints/latest.safetensors --out {{out}}
 
+# Score generated images: a run's latest checkpoint (10,000 samples) against the test set
+eval run="runs/gan":
+    cargo run --release -- eval --checkpoint {{run}}/checkpoints/latest.safetensors
+
+# The README's reference scores: MNIST training images, uniform noise and blank images
+eval-reference out="target/reference":
+    cargo run --release --example reference_sets -- {{out}}
+    cargo run --release -- eval --samples data/mnist/train-images-idx3-ubyte.gz --n 10000 --json {{out}}/train.eval.json
+    cargo run --release -- eval --samples {{out}}/noise.idx --json {{out}}/noise.eval.json
+    cargo run --release -- eval --samples {{out}}/blank.idx --json {{out}}/blank.eval.json
+
+# Retrain kiln-eval's classifier for mnist or fashion-mnist (overwrites data/classifiers/DATASET.safetensors)
+train-classifier dataset="mnist":
+    cargo run --release -- train classifier --dataset {{dataset}}
+
 # Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads), elementwise GB/s,
 # and GAN training steps (images/s)
 bench:

@@ -34,6 +34,8 @@ fn train(run: &Path, extra: &[&str]) -> Output {
         "--quiet",
         "--log-every",
         "1",
+        "--eval-samples",
+        "0",
         "--out",
         path_str(run),
     ];
@@ -52,6 +54,8 @@ fn a_short_training_leaves_the_run_folder() {
             "--quiet",
             "--steps",
             "40",
+            "--eval-samples",
+            "300",
             "--out",
             path_str(&run),
         ],
@@ -66,11 +70,25 @@ fn a_short_training_leaves_the_run_folder() {
         "loss.png",
         "samples/step_0000040.png",
         "checkpoints/latest.safetensors",
+        "eval.json",
+        "eval/step_0000040.json",
     ] {
         assert!(run.join(file).is_file(), "{file} is missing");
     }
     let config = std::fs::read_to_string(run.join("config.json")).unwrap();
     assert!(config.contains("\"architecture\": \"gan\"") && config.contains("\"total_steps\": 40"));
+    // The run ends with kiln-eval's scores of 300 samples.
+    let eval = std::fs::read_to_string(run.join("eval.json")).unwrap();
+    for field in [
+        "\"samples\": 300",
+        "frechet_distance",
+        "classifier_score",
+        "precision",
+    ] {
+        assert!(eval.contains(field), "{field}: {eval}");
+    }
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("eval at epoch"), "{stderr}");
     let lines = metrics(&run);
     assert_eq!(lines.len(), 4, "steps 10, 20, 30, 40: {lines:?}");
     assert!(lines[3].starts_with("{\"step\":40,"), "{}", lines[3]);
@@ -144,6 +162,8 @@ fn ctrl_c_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run() {
             "1",
             "--steps",
             &end,
+            "--eval-samples",
+            "0",
             "--resume",
             path_str(&checkpoint),
         ],

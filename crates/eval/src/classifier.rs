@@ -115,6 +115,7 @@ impl Classifier {
         checkpoint.save(path)
     }
 
+    /// Its parameters, by PyTorch name.
     pub fn store(&self) -> &ParamStore {
         &self.store
     }

@@ -6,12 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{error_line, kiln};
+use common::{error_line, kiln, path_str};
 use kiln_data::{write_idx, Encoding, IdxArray, IdxData};
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// Runs `kiln eval` on `args` and returns the JSON it wrote.
 fn eval(args: &[&str], json: &Path) -> serde_json::Value {

@@ -9,11 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{command, error_line, kiln};
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use common::{command, error_line, kiln, path_str};
 
 /// metrics.jsonl without the timing fields, which differ from run to run.
 fn metrics(run: &Path) -> Vec<String> {

@@ -22,6 +22,11 @@ pub fn command(args: &[&str], env: &[(&str, &Path)]) -> Command {
     command
 }
 
+/// A path as the `&str` an argument list takes (test paths are UTF-8).
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
 /// The one stderr line of a failed run.
 pub fn error_line(output: &Output) -> String {
     assert!(!output.status.success(), "expected failure: {output:?}");

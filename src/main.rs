@@ -31,7 +31,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a GAN on MNIST (or Fashion-MNIST), leaving a run folder with config.json,
-    /// metrics.jsonl, sample grids per epoch, a loss plot and checkpoints.
+    /// metrics.jsonl, sample grids per epoch, a loss plot, checkpoints and eval.json; or
+    /// retrain kiln-eval's classifier (`kiln train classifier`).
     Train(TrainArgs),
     /// Draw images from a trained generator's checkpoint.
     Sample(SampleArgs),
@@ -71,7 +72,8 @@ enum DataCommand {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Which GAN: the MLP GAN, DCGAN, the conditional GAN or WGAN-GP.
+    /// What to train: a GAN (the MLP GAN, DCGAN, the conditional GAN, WGAN-GP) or kiln-eval's
+    /// classifier.
     #[arg(value_enum)]
     model: ModelArg,
     #[command(flatten)]

@@ -1,13 +1,13 @@
 //! `kiln eval`: scores a set of generated images — from a GAN checkpoint or from any file of
 //! 28x28 images — in the feature space of kiln's committed MNIST (or Fashion-MNIST)
 //! classifier, against the dataset's test split. Prints a table and writes JSON. `kiln train`
-//! calls [`evaluate`] at the end of a run.
+//! scores its runs with the same [`Evaluator`].
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_data::{Dataset, DatasetKind, Split};
-use kiln_eval::classifier::Classifier;
+use kiln_eval::classifier::{dataset_images, Classifier};
 use kiln_eval::frechet::{frechet_distance_of_features, Features};
 use kiln_eval::scores::{
     class_coverage_of_probabilities, classifier_score, precision_recall, Coverage, PrecisionRecall,
@@ -88,59 +88,82 @@ pub fn eval(options: EvalOptions) -> Result<String, String> {
         _ => return Err("give one of --checkpoint or --samples".to_string()),
     };
     let json = options.json.clone().unwrap_or(json);
-    let mut report = evaluate(
-        &images,
+    let evaluator = Evaluator::new(
         dataset,
         options.data_dir.as_deref(),
         options.classifier.as_deref(),
+        images.device(),
     )?;
+    let mut report = evaluator.score(&images)?;
     report.source = source;
     report.seconds = started.elapsed().as_secs_f64();
     write_json(&report, &json)?;
     Ok(format!("{}wrote {}\n", table(&report), json.display()))
 }
 
-/// Scores `images [N, 1, 28, 28]` in [-1, 1] against `dataset`'s test split with its
-/// classifier (`classifier`, or the committed one for the dataset).
-pub fn evaluate(
-    images: &Tensor,
+/// The real side of a comparison, prepared once and reused for every set scored against it
+/// (a run scoring itself every few epochs loads the classifier and featurises the test split
+/// once): `dataset`'s classifier (`classifier`, or the committed one) and its features of the
+/// test split.
+pub struct Evaluator {
     dataset: DatasetKind,
-    data_dir: Option<&Path>,
-    classifier: Option<&Path>,
-) -> Result<EvalReport, String> {
-    let started = Instant::now();
-    let classifier_path = match classifier {
-        Some(path) => path.to_path_buf(),
-        None => committed_classifier(dataset)?,
-    };
-    let classifier = Classifier::load(&classifier_path).map_err(|e| e.to_string())?;
-    let test = Dataset::load(dataset, Split::Test, data_dir).map_err(|e| e.to_string())?;
-    let real = test
-        .images_tensor(0, test.len(), images.device())
-        .and_then(|t| Ok(t.to_dtype(DType::F32)?.affine(1.0 / 127.5, -1.0)?))
-        .map_err(|e| e.to_string())?; // [10000, 1, 28, 28] in [-1, 1]
-    let real_features = features(&classifier, &real)?;
-    let fake_features = features(&classifier, images)?;
-    let probabilities = classifier
-        .probabilities(images)
-        .and_then(|p| Ok(p.to_dtype(DType::F64)?.to_vec::<f64>()?))
-        .map_err(|e| e.to_string())?;
-    let classes = 10;
-    Ok(EvalReport {
-        source: String::new(),
-        samples: images.dims()[0],
-        dataset: dataset.name(),
-        reference: format!("{} test split ({} images)", dataset.name(), test.len()),
-        classifier: classifier_path.display().to_string(),
-        frechet_distance: frechet_distance_of_features(&real_features, &fake_features)
-            .map_err(|e| e.to_string())?,
-        classifier_score: classifier_score(&probabilities, classes).map_err(|e| e.to_string())?,
-        coverage: class_coverage_of_probabilities(&probabilities, classes)
-            .map_err(|e| e.to_string())?,
-        precision_recall: precision_recall(&real_features, &fake_features, DEFAULT_NEIGHBOURS)
-            .map_err(|e| e.to_string())?,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    classifier: Classifier,
+    classifier_path: PathBuf,
+    real_features: Features,
+    reference: String,
+}
+
+impl Evaluator {
+    pub fn new(
+        dataset: DatasetKind,
+        data_dir: Option<&Path>,
+        classifier: Option<&Path>,
+        device: Device,
+    ) -> Result<Evaluator, String> {
+        let classifier_path = match classifier {
+            Some(path) => path.to_path_buf(),
+            None => committed_classifier(dataset)?,
+        };
+        let classifier = Classifier::load(&classifier_path).map_err(|e| e.to_string())?;
+        let test = Dataset::load(dataset, Split::Test, data_dir).map_err(|e| e.to_string())?;
+        let real = dataset_images(&test, device).map_err(|e| e.to_string())?; // [10000, 1, 28, 28]
+        Ok(Evaluator {
+            real_features: features(&classifier, &real)?,
+            reference: format!("{} test split ({} images)", dataset.name(), test.len()),
+            dataset,
+            classifier,
+            classifier_path,
+        })
+    }
+
+    /// Scores `images [N, 1, 28, 28]` in [-1, 1] against the test split.
+    pub fn score(&self, images: &Tensor) -> Result<EvalReport, String> {
+        let started = Instant::now();
+        let fake_features = features(&self.classifier, images)?;
+        let probabilities = self
+            .classifier
+            .probabilities(images)
+            .and_then(|p| Ok(p.to_dtype(DType::F64)?.to_vec::<f64>()?))
+            .map_err(|e| e.to_string())?;
+        let classes = 10;
+        let real = &self.real_features;
+        Ok(EvalReport {
+            source: String::new(),
+            samples: images.dims()[0],
+            dataset: self.dataset.name(),
+            reference: self.reference.clone(),
+            classifier: self.classifier_path.display().to_string(),
+            frechet_distance: frechet_distance_of_features(real, &fake_features)
+                .map_err(|e| e.to_string())?,
+            classifier_score: classifier_score(&probabilities, classes)
+                .map_err(|e| e.to_string())?,
+            coverage: class_coverage_of_probabilities(&probabilities, classes)
+                .map_err(|e| e.to_string())?,
+            precision_recall: precision_recall(real, &fake_features, DEFAULT_NEIGHBOURS)
+                .map_err(|e| e.to_string())?,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 /// The classifier committed for `dataset`: data/classifiers/<name>.safetensors, looked up
@@ -183,7 +206,7 @@ fn sample_checkpoint(path: &Path, options: &EvalOptions) -> Result<(Tensor, Data
         .map_err(|e| e.to_string())?;
     let trained_on = match checkpoint.meta(DATASET_KEY) {
         Some(name) => Some(
-            dataset_named(name)
+            DatasetKind::from_name(name)
                 .ok_or_else(|| format!("{context}: trained on an unknown dataset `{name}`"))?,
         ),
         None => None,
@@ -241,30 +264,13 @@ pub fn generate(
     Tensor::cat(&batches.iter().collect::<Vec<_>>(), 0).map_err(|e| e.to_string())
 }
 
-fn dataset_named(name: &str) -> Option<DatasetKind> {
-    [DatasetKind::Mnist, DatasetKind::FashionMnist]
-        .into_iter()
-        .find(|kind| kind.name() == name)
-}
-
 /// Images from a file: IDX of u8 `[N, 28, 28]` (raw or gzip), or safetensors holding an
 /// `images` tensor `[N, 1, 28, 28]` or `[N, 28, 28]` — floats in [-1, 1] (as `kiln sample`
 /// writes) or u8. The first `n` if given. Returned as `[N, 1, 28, 28]` f32 in [-1, 1].
 fn read_images(path: &Path, n: Option<usize>) -> Result<Tensor, String> {
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
     let images = if is_safetensors {
-        let file = Checkpoint::load(path).map_err(|e| e.to_string())?;
-        let images = match (file.get("images"), file.tensors()) {
-            (Some(images), _) => images.clone(),
-            (None, [(_, only)]) => only.clone(),
-            (None, entries) => {
-                return Err(format!(
-                    "{}: expected an `images` entry (or a single tensor), found {} entries",
-                    path.display(),
-                    entries.len()
-                ))
-            }
-        };
+        let images = crate::sample::entry_or_only(path, "images")?;
         let scaled = match images.dtype() {
             DType::U8 => images
                 .to_dtype(DType::F32)

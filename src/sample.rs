@@ -143,20 +143,24 @@ impl OutputFormat {
     }
 }
 
+/// The tensor `name` of the safetensors file at `path`, or its only tensor if it has no entry
+/// of that name (so files written by other tools, with other names, still work).
+pub(crate) fn entry_or_only(path: &std::path::Path, name: &str) -> Result<Tensor, String> {
+    let file = Checkpoint::load(path).map_err(|e| e.to_string())?;
+    match (file.get(name), file.tensors()) {
+        (Some(tensor), _) => Ok(tensor.clone()),
+        (None, [(_, only)]) => Ok(only.clone()),
+        (None, entries) => Err(format!(
+            "{}: expected a `{name}` entry (or a single tensor), found {} entries",
+            path.display(),
+            entries.len()
+        )),
+    }
+}
+
 /// Latents `[N, latent_dim]` from a safetensors file: its `latents` entry, or its only entry.
 fn read_latents(path: &std::path::Path, latent_dim: usize) -> Result<Tensor, String> {
-    let file = Checkpoint::load(path).map_err(|e| e.to_string())?;
-    let tensor = match (file.get("latents"), file.tensors()) {
-        (Some(tensor), _) => tensor.clone(),
-        (None, [(_, only)]) => only.clone(),
-        (None, entries) => {
-            return Err(format!(
-                "{}: expected a `latents` entry (or a single tensor), found {} entries",
-                path.display(),
-                entries.len()
-            ))
-        }
-    };
+    let tensor = entry_or_only(path, "latents")?;
     let fits = tensor.rank() == 2 && tensor.dims()[1] == latent_dim && tensor.dims()[0] > 0;
     if !fits || !tensor.dtype().is_float() {
         return Err(format!(

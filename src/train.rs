@@ -13,6 +13,8 @@ use kiln_run::{plot, Interrupt, MetricsLog, Progress, RunDir, Throughput};
 use kiln_tensor::Device;
 use serde::Serialize;
 
+use crate::eval::Evaluator;
+
 /// What `kiln train` was asked to do (the parsed command line).
 pub struct TrainOptions {
     pub architecture: Architecture,
@@ -170,6 +172,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     ));
 
     let mut throughput = Throughput::new();
+    let mut evaluator = None;
     let mut last_saved = (start > 0).then_some(start);
     let mut last = None;
     let dataset_name = options.dataset.name();
@@ -256,7 +259,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
             && epoch_done
             && (step / per_epoch).is_multiple_of(options.eval_every);
         if options.eval_samples > 0 && (scheduled || step == total) {
-            let line = score(&trainer, &options, &run, step, per_epoch);
+            let line = score(&trainer, &options, &run, (step, per_epoch), &mut evaluator);
             progress.println(line);
         }
     }
@@ -282,18 +285,29 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
 
 /// Scores the generator with kiln-eval (`options.eval_samples` samples against the test
 /// split), writes `eval.json` (and, between epochs, `eval/step_NNNNNNN.json`) into the run
-/// folder, and returns a line for the log. A failure to evaluate (no classifier for the
-/// dataset, say) is reported in that line, not as an error: the training itself succeeded.
+/// folder, and returns a line for the log. The evaluator (classifier and test-split
+/// features) is made on the first call and kept in `evaluator` for later ones. A failure to
+/// evaluate (no classifier for the dataset, say) is reported in that line, not as an error:
+/// the training itself succeeded.
 fn score(
     trainer: &GanTrainer,
     options: &TrainOptions,
     run: &RunDir,
-    step: u64,
-    per_epoch: u64,
+    (step, per_epoch): (u64, u64),
+    evaluator: &mut Option<Evaluator>,
 ) -> String {
     let result = crate::eval::generate(trainer, options.eval_samples, EVAL_SEED, options.device)
         .and_then(|images| {
-            crate::eval::evaluate(&images, options.dataset, options.data_dir.as_deref(), None)
+            if evaluator.is_none() {
+                let data_dir = options.data_dir.as_deref();
+                *evaluator = Some(Evaluator::new(
+                    options.dataset,
+                    data_dir,
+                    None,
+                    options.device,
+                )?);
+            }
+            evaluator.as_ref().expect("made above").score(&images)
         })
         .and_then(|mut report| {
             report.source = format!("the generator at step {step}");

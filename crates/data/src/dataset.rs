@@ -37,6 +37,13 @@ impl DatasetKind {
         }
     }
 
+    /// The kind whose [`DatasetKind::name`] is `name`.
+    pub fn from_name(name: &str) -> Option<DatasetKind> {
+        [DatasetKind::Mnist, DatasetKind::FashionMnist]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+
     /// What each label means.
     pub fn class_names(self) -> [&'static str; NUM_CLASSES] {
         match self {

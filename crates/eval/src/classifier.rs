@@ -92,7 +92,7 @@ impl Classifier {
             ));
         }
         let dataset = match checkpoint.meta(DATASET_KEY) {
-            Some(name) => dataset_named(name).ok_or_else(|| {
+            Some(name) => DatasetKind::from_name(name).ok_or_else(|| {
                 NnError::mismatch(&context, format!("trained on an unknown dataset `{name}`"))
             })?,
             None => return Err(NnError::mismatch(&context, "no `kiln.dataset` metadata")),
@@ -200,12 +200,6 @@ fn argmax(row: &[f32]) -> usize {
             }
         })
         .0
-}
-
-fn dataset_named(name: &str) -> Option<DatasetKind> {
-    [DatasetKind::Mnist, DatasetKind::FashionMnist]
-        .into_iter()
-        .find(|kind| kind.name() == name)
 }
 
 /// All of `dataset`'s images, `[N, 1, 28, 28]` f32 in [-1, 1].

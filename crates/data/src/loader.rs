@@ -18,6 +18,18 @@ pub enum Scale {
     ZeroToOne,
 }
 
+impl Scale {
+    /// u8 `pixels` (any shape) as f32 in this range. Divisions, not multiplications by 1/255
+    /// or 1/127.5, so that 0 and 255 land exactly on the ends of the range.
+    pub fn to_float(self, pixels: &Tensor) -> Result<Tensor> {
+        let values = pixels.to_dtype(DType::F32)?; // 0..255
+        Ok(match self {
+            Scale::ZeroToOne => values.div(&values.scalar_like(255.0)?)?,
+            Scale::MinusOneToOne => values.div(&values.scalar_like(127.5)?)?.add_scalar(-1.0)?,
+        })
+    }
+}
+
 /// How a [`Loader`] batches.
 #[derive(Debug, Clone)]
 pub struct LoaderOptions {
@@ -152,15 +164,8 @@ impl Loader {
             .collect();
         let device = self.options.device;
         let batch = indices.len();
-        // [B, 1, 28, 28] u8 -> f32 0..255
-        let images = Tensor::from_vec(pixels, [batch, 1, IMAGE_SIZE, IMAGE_SIZE], device)?
-            .to_dtype(DType::F32)?;
-        // Divisions, not multiplications by 1/255 or 1/127.5, so that 0 and 255 land exactly on
-        // the ends of the range.
-        let images = match self.options.scale {
-            Scale::ZeroToOne => images.div(&images.scalar_like(255.0)?)?,
-            Scale::MinusOneToOne => images.div(&images.scalar_like(127.5)?)?.add_scalar(-1.0)?,
-        };
+        let pixels = Tensor::from_vec(pixels, [batch, 1, IMAGE_SIZE, IMAGE_SIZE], device)?;
+        let images = self.options.scale.to_float(&pixels)?; // [B, 1, 28, 28] f32
         Ok(Batch {
             images,
             labels: Tensor::from_vec(labels, [batch], device)?,

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Scale};
-use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::checkpoint::{Checkpoint, MODEL_KEY};
 use kiln_nn::layers::{
     Conv2d, Conv2dConfig, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential,
 };
@@ -31,7 +31,6 @@ const DROPOUT: f64 = 0.3;
 /// Images per forward pass when scoring many (keeps memory flat for 10,000 images).
 const EVAL_BATCH: usize = 1000;
 
-const MODEL_KEY: &str = "kiln.model";
 const MODEL_NAME: &str = "classifier";
 const DATASET_KEY: &str = "kiln.dataset";
 const ACCURACY_KEY: &str = "kiln.test_accuracy";

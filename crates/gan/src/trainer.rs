@@ -11,10 +11,11 @@
 //!   ε ~ U(0, 1) per image; every `critic_steps`-th call G also takes a step on -mean C(G(z)).
 //!   The penalty's gradient runs through `backward_with_graph` (second derivatives).
 
-use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::checkpoint::{Checkpoint, CONFIG_KEY, MODEL_KEY};
 use kiln_nn::loss::{binary_cross_entropy_with_logits, Reduction};
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::NnError;
+use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
 use serde::Serialize;
 
@@ -49,19 +50,8 @@ impl StepMetrics {
     }
 }
 
-/// Metadata keys of a GAN checkpoint.
-const MODEL_KEY: &str = "kiln.model";
-const CONFIG_KEY: &str = "kiln.config";
+/// The checkpoint name of the noise generator.
 const NOISE: &str = "noise";
-
-/// Independent Philox streams for the parts of a run, all derived from the run's seed.
-fn stream_seed(seed: u64, stream: u64) -> u64 {
-    // SplitMix64's finaliser: nearby seeds give unrelated streams.
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// The two networks, their optimizers and the noise stream of one GAN run.
 pub struct GanTrainer {

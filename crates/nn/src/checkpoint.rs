@@ -6,7 +6,8 @@
 //!
 //! Metadata keys (the safetensors `__metadata__`, all values strings): `step` (decimal u64),
 //! `generator.<name>.seed` and `generator.<name>.offset` (decimal u64), and whatever the caller
-//! sets with [`Checkpoint::set_meta`].
+//! sets with [`Checkpoint::set_meta`]; kiln's trainers name their model under [`MODEL_KEY`]
+//! and store its configuration as JSON under [`CONFIG_KEY`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -18,6 +19,11 @@ use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
 
 use crate::optim::Optimizer;
 use crate::{NnError, ParamStore, Result};
+
+/// The metadata key naming the model a checkpoint holds (`gan`, `vae`, `classifier`, ...).
+pub const MODEL_KEY: &str = "kiln.model";
+/// The metadata key of the model's configuration, as JSON.
+pub const CONFIG_KEY: &str = "kiln.config";
 
 /// Ordered named tensors plus string metadata: the contents of one safetensors file.
 #[derive(Clone, Default)]

@@ -277,6 +277,16 @@ pub fn words_for(kind: Distribution, dtype_bits: Bits, n: usize) -> u64 {
     }
 }
 
+/// The seed of independent stream number `stream` of a run seeded with `seed` (weights,
+/// noise, fixed sample latents, ... each get their own): SplitMix64's finaliser over the two,
+/// so nearby seeds and stream numbers give unrelated streams.
+pub fn stream_seed(seed: u64, stream: u64) -> u64 {
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A seeded generator: (seed, offset), advancing the offset by the words each draw uses, so successive draws
 /// read disjoint, consecutive parts of the stream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

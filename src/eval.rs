@@ -1,24 +1,27 @@
-//! `kiln eval`: scores a set of generated images — from a GAN checkpoint or from any file of
-//! 28x28 images — in the feature space of kiln's committed MNIST (or Fashion-MNIST)
-//! classifier, against the dataset's test split. Prints a table and writes JSON. `kiln train`
-//! scores its runs with the same [`Evaluator`].
+//! `kiln eval`: scores a set of generated images — from a GAN or VAE checkpoint or from any
+//! file of 28x28 images — in the feature space of kiln's committed MNIST (or Fashion-MNIST)
+//! classifier, against the dataset's test split; a VAE also by its test negative ELBO, its
+//! reconstructions (MSE, PSNR, SSIM) and, if asked, an importance-weighted estimate of its
+//! test log-likelihood. Prints a table and writes JSON. `kiln train` scores its runs with the
+//! same [`Evaluator`].
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_data::{Dataset, DatasetKind, Split};
+use kiln_data::{Dataset, DatasetKind, Scale, Split};
 use kiln_eval::classifier::{dataset_images, Classifier};
 use kiln_eval::frechet::{frechet_distance_of_features, Features};
 use kiln_eval::scores::{
     class_coverage_of_probabilities, classifier_score, precision_recall, Coverage, PrecisionRecall,
     DEFAULT_NEIGHBOURS,
 };
-use kiln_gan::GanTrainer;
-use kiln_nn::checkpoint::Checkpoint;
-use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
+use kiln_eval::similarity::{psnr, ssim_batch};
+use kiln_tensor::{no_grad, DType, Device, Tensor};
+use kiln_vae::{ElboReport, VaeTrainer};
 use serde::Serialize;
 
-use crate::train::DATASET_KEY;
+use crate::models::Model;
+use crate::train::{DATASET_KEY, TEST_ELBO_SEED};
 
 /// What `kiln eval` was asked to do.
 pub struct EvalOptions {
@@ -31,12 +34,16 @@ pub struct EvalOptions {
     pub json: Option<PathBuf>,
     pub seed: u64,
     pub device: Device,
+    /// k of the importance-weighted log-likelihood of a VAE (0: not computed).
+    pub importance_samples: usize,
+    /// Test images the importance-weighted estimate averages over (default: all).
+    pub importance_images: Option<usize>,
 }
 
 /// Samples drawn from a checkpoint when --n is not given.
 pub const DEFAULT_SAMPLES: usize = 10_000;
-/// Latents per generator call while sampling.
-const SAMPLE_BATCH: usize = 500;
+/// The seed of the importance-weighted estimate's draws.
+const IMPORTANCE_SEED: u64 = 0x1AE;
 
 /// The scores of one set of images, as written to JSON.
 #[derive(Debug, Serialize)]
@@ -55,15 +62,66 @@ pub struct EvalReport {
     pub coverage: Coverage,
     /// Improved precision and recall (k = 3) in the classifier's feature space.
     pub precision_recall: PrecisionRecall,
+    /// A VAE's own measures, on the test split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vae: Option<VaeScores>,
+    pub seconds: f64,
+}
+
+/// What a VAE is measured by besides its samples, on the test split of its dataset.
+#[derive(Debug, Serialize)]
+pub struct VaeScores {
+    /// The negative ELBO in nats per image, one reparameterised sample per image.
+    pub test: ElboReport,
+    /// Reconstructions (the decoder's mean at the posterior mean) against their inputs.
+    pub reconstruction: Reconstruction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub importance_weighted: Option<ImportanceWeighted>,
+}
+
+/// Reconstruction error in [0, 1] pixels (data range 1); PSNR and SSIM are means over images.
+#[derive(Debug, Serialize)]
+pub struct Reconstruction {
+    pub images: usize,
+    pub mse: f64,
+    pub psnr: f64,
+    pub ssim: f64,
+}
+
+/// The importance-weighted estimate of the test negative log-likelihood (Burda et al.).
+#[derive(Debug, Serialize)]
+pub struct ImportanceWeighted {
+    pub samples: usize,
+    pub images: usize,
+    /// -log p(x) in nats per image (an upper bound that tightens with more samples).
+    pub nll: f64,
     pub seconds: f64,
 }
 
 pub fn eval(options: EvalOptions) -> Result<String, String> {
     crate::train::check_device(options.device)?;
     let started = Instant::now();
-    let (images, source, dataset, json) = match (&options.checkpoint, &options.samples) {
+    let (mut report, json) = match (&options.checkpoint, &options.samples) {
         (Some(checkpoint), None) => {
-            let (images, dataset) = sample_checkpoint(checkpoint, &options)?;
+            let (model, trained_on) = load_model(checkpoint, options.device)?;
+            if options.importance_samples > 0 && !matches!(model, Model::Vae(_)) {
+                return Err(format!(
+                    "--iw-samples: {} holds a {} model, which has no likelihood to estimate (the VAEs do)",
+                    checkpoint.display(),
+                    model.kind()
+                ));
+            }
+            let dataset = options.dataset.or(trained_on).unwrap_or(DatasetKind::Mnist);
+            let evaluator = Evaluator::new(
+                dataset,
+                options.data_dir.as_deref(),
+                options.classifier.as_deref(),
+                options.device,
+            )?;
+            let n = options.n.unwrap_or(DEFAULT_SAMPLES);
+            let importance = (options.importance_samples, options.importance_images);
+            let mut report = evaluator.score_model(&model, n, options.seed, importance)?;
+            report.source = checkpoint.display().to_string();
             // A run's checkpoint (runs/x/checkpoints/latest.safetensors) → runs/x/eval.json.
             let run = checkpoint
                 .parent()
@@ -73,29 +131,26 @@ pub fn eval(options: EvalOptions) -> Result<String, String> {
                 Some(run) => run.join("eval.json"),
                 None => checkpoint.with_extension("eval.json"),
             };
-            (images, checkpoint.display().to_string(), dataset, json)
+            (report, json)
         }
         (None, Some(file)) => {
+            if options.importance_samples > 0 {
+                return Err("--iw-samples needs a VAE --checkpoint, not --samples".to_string());
+            }
             let images = read_images(file, options.n)?;
-            let dataset = options.dataset.unwrap_or(DatasetKind::Mnist);
-            (
-                images,
-                file.display().to_string(),
-                dataset,
-                file.with_extension("eval.json"),
-            )
+            let evaluator = Evaluator::new(
+                options.dataset.unwrap_or(DatasetKind::Mnist),
+                options.data_dir.as_deref(),
+                options.classifier.as_deref(),
+                images.device(),
+            )?;
+            let mut report = evaluator.score(&images)?;
+            report.source = file.display().to_string();
+            (report, file.with_extension("eval.json"))
         }
         _ => return Err("give one of --checkpoint or --samples".to_string()),
     };
     let json = options.json.clone().unwrap_or(json);
-    let evaluator = Evaluator::new(
-        dataset,
-        options.data_dir.as_deref(),
-        options.classifier.as_deref(),
-        images.device(),
-    )?;
-    let mut report = evaluator.score(&images)?;
-    report.source = source;
     report.seconds = started.elapsed().as_secs_f64();
     write_json(&report, &json)?;
     Ok(format!("{}wrote {}\n", table(&report), json.display()))
@@ -107,6 +162,9 @@ pub fn eval(options: EvalOptions) -> Result<String, String> {
 /// test split.
 pub struct Evaluator {
     dataset: DatasetKind,
+    /// The test split, for a VAE's ELBO and reconstructions.
+    test: Dataset,
+    device: Device,
     classifier: Classifier,
     classifier_path: PathBuf,
     real_features: Features,
@@ -130,6 +188,8 @@ impl Evaluator {
         Ok(Evaluator {
             real_features: features(&classifier, &real)?,
             reference: format!("{} test split ({} images)", dataset.name(), test.len()),
+            test,
+            device,
             dataset,
             classifier,
             classifier_path,
@@ -161,9 +221,98 @@ impl Evaluator {
                 .map_err(|e| e.to_string())?,
             precision_recall: precision_recall(real, &fake_features, DEFAULT_NEIGHBOURS)
                 .map_err(|e| e.to_string())?,
+            vae: None,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+
+    /// Scores `samples` images drawn from `model` (latents from the Philox stream `seed`);
+    /// for a VAE also its test ELBO, its reconstructions and, when `importance.0` > 0, the
+    /// importance-weighted log-likelihood with that many samples over the first
+    /// `importance.1` test images (default all).
+    pub fn score_model(
+        &self,
+        model: &Model,
+        samples: usize,
+        seed: u64,
+        importance: (usize, Option<usize>),
+    ) -> Result<EvalReport, String> {
+        if samples < 2 * DEFAULT_NEIGHBOURS {
+            return Err(format!(
+                "--n {samples}: score at least {} samples",
+                2 * DEFAULT_NEIGHBOURS
+            ));
+        }
+        let images = model.generate(samples, seed, self.device)?;
+        let mut report = self.score(&images)?;
+        if let Model::Vae(trainer) = model {
+            report.vae = Some(self.vae_scores(trainer, importance)?);
+        }
+        Ok(report)
+    }
+
+    fn vae_scores(
+        &self,
+        trainer: &VaeTrainer,
+        (samples, images): (usize, Option<usize>),
+    ) -> Result<VaeScores, String> {
+        let test = split_images(&self.test, Scale::ZeroToOne, self.device)?; // [N, 1, 28, 28]
+        let n = test.dims()[0];
+        let elbo = trainer
+            .evaluate(&test, TEST_ELBO_SEED)
+            .map_err(|e| e.to_string())?;
+        let reconstructions = trainer.reconstruct(&test).map_err(|e| e.to_string())?;
+        let importance_weighted = match (samples, images) {
+            (0, _) => None,
+            (samples, images) => {
+                let images = images.unwrap_or(n);
+                if images == 0 || images > n {
+                    return Err(format!(
+                        "--iw-images {images}: the test split has {n} images; ask for 1 to {n}"
+                    ));
+                }
+                let started = Instant::now();
+                let subset = test.narrow(0, 0, images).map_err(|e| e.to_string())?;
+                let nll = trainer
+                    .importance_weighted_nll(&subset, samples, IMPORTANCE_SEED)
+                    .map_err(|e| e.to_string())?;
+                Some(ImportanceWeighted {
+                    samples,
+                    images,
+                    nll: nll.iter().sum::<f64>() / images as f64,
+                    seconds: started.elapsed().as_secs_f64(),
+                })
+            }
+        };
+        let (x, y) = (pixels(&test)?, pixels(&reconstructions)?);
+        let size = x.len() / n;
+        let mut psnr_total = 0.0;
+        for (a, b) in x.chunks(size).zip(y.chunks(size)) {
+            psnr_total += psnr(a, b, 1.0).map_err(|e| e.to_string())?;
+        }
+        Ok(VaeScores {
+            test: elbo,
+            reconstruction: Reconstruction {
+                images: n,
+                mse: kiln_eval::similarity::mse(&x, &y).map_err(|e| e.to_string())?,
+                psnr: psnr_total / n as f64,
+                ssim: ssim_batch(&x, &y, n, 28, 28, 1.0).map_err(|e| e.to_string())?,
+            },
+            importance_weighted,
+        })
+    }
+}
+
+fn pixels(images: &Tensor) -> Result<Vec<f32>, String> {
+    images.to_vec::<f32>().map_err(|e| e.to_string())
+}
+
+/// All of `dataset`'s images, `[N, 1, 28, 28]` f32 in `scale` (as the loader makes them).
+pub fn split_images(dataset: &Dataset, scale: Scale, device: Device) -> Result<Tensor, String> {
+    dataset
+        .images_tensor(0, dataset.len(), device)
+        .and_then(|pixels| scale.to_float(&pixels))
+        .map_err(|e| e.to_string())
 }
 
 /// The classifier committed for `dataset`: data/classifiers/<name>.safetensors, looked up
@@ -197,71 +346,16 @@ fn features(classifier: &Classifier, images: &Tensor) -> Result<Features, String
     Features::from_f32(rows, dim, &values).map_err(|e| e.to_string())
 }
 
-/// `n` samples from a GAN checkpoint (seeded latents; the conditional GAN cycles through the
-/// digits) and the dataset its run trained on.
-fn sample_checkpoint(path: &Path, options: &EvalOptions) -> Result<(Tensor, DatasetKind), String> {
-    let checkpoint = Checkpoint::load(path).map_err(|e| e.to_string())?;
-    let context = path.display().to_string();
-    let trainer = GanTrainer::from_checkpoint(&checkpoint, options.device, &context)
-        .map_err(|e| e.to_string())?;
+/// The run a checkpoint holds and the dataset it trained on (if it says).
+pub fn load_model(path: &Path, device: Device) -> Result<(Model, Option<DatasetKind>), String> {
+    let (model, checkpoint) = Model::load(path, device)?;
     let trained_on = match checkpoint.meta(DATASET_KEY) {
-        Some(name) => Some(
-            DatasetKind::from_name(name)
-                .ok_or_else(|| format!("{context}: trained on an unknown dataset `{name}`"))?,
-        ),
+        Some(name) => Some(DatasetKind::from_name(name).ok_or_else(|| {
+            format!("{}: trained on an unknown dataset `{name}`", path.display())
+        })?),
         None => None,
     };
-    let dataset = options.dataset.or(trained_on).unwrap_or(DatasetKind::Mnist);
-    let n = options.n.unwrap_or(DEFAULT_SAMPLES);
-    let images = generate(&trainer, n, options.seed, options.device)?;
-    Ok((images, dataset))
-}
-
-/// `n` images `[n, 1, 28, 28]` from a trainer's generator: latents from the Philox stream
-/// `seed`, and for the conditional GAN the digits 0, 1, .., 9, 0, .. in turn.
-pub fn generate(
-    trainer: &GanTrainer,
-    n: usize,
-    seed: u64,
-    device: Device,
-) -> Result<Tensor, String> {
-    if n < 2 * DEFAULT_NEIGHBOURS {
-        return Err(format!(
-            "--n {n}: score at least {} samples",
-            2 * DEFAULT_NEIGHBOURS
-        ));
-    }
-    let mut generator = Generator::new(seed);
-    let latent_dim = trainer.config().latent_dim;
-    let mut batches = Vec::new();
-    for start in (0..n).step_by(SAMPLE_BATCH) {
-        let size = SAMPLE_BATCH.min(n - start);
-        let z = Tensor::randn(
-            [size, latent_dim],
-            0.0,
-            1.0,
-            DType::F32,
-            device,
-            &mut generator,
-        )
-        .map_err(|e| e.to_string())?;
-        let labels = trainer
-            .config()
-            .architecture
-            .is_conditional()
-            .then(|| {
-                let digits = (start..start + size).map(|i| (i % 10) as u32).collect();
-                Tensor::from_vec(digits, [size], device)
-            })
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        batches.push(
-            trainer
-                .sample(&z, labels.as_ref())
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Tensor::cat(&batches.iter().collect::<Vec<_>>(), 0).map_err(|e| e.to_string())
+    Ok((model, trained_on))
 }
 
 /// Images from a file: IDX of u8 `[N, 28, 28]` (raw or gzip), or safetensors holding an
@@ -338,7 +432,7 @@ pub fn table(report: &EvalReport) -> String {
         .enumerate()
         .map(|(class, f)| format!("{class}:{:.0}%", f * 100.0))
         .collect();
-    let rows = [
+    let mut rows = vec![
         (
             "samples",
             format!("{} from {}", report.samples, report.source),
@@ -369,8 +463,35 @@ pub fn table(report: &EvalReport) -> String {
             ),
         ),
         ("class histogram", histogram.join(" ")),
-        ("time", format!("{:.1} s", report.seconds)),
     ];
+    if let Some(vae) = &report.vae {
+        let test = &vae.test;
+        rows.push((
+            "test -ELBO",
+            format!(
+                "{:.2} nats (reconstruction {:.2}, KL {:.2}; {} images)",
+                test.neg_elbo, test.reconstruction, test.kl, test.images
+            ),
+        ));
+        if let Some(iw) = &vae.importance_weighted {
+            rows.push((
+                "test -log p(x)",
+                format!(
+                    "{:.2} nats (importance-weighted, k = {}; {} images)",
+                    iw.nll, iw.samples, iw.images
+                ),
+            ));
+        }
+        let r = &vae.reconstruction;
+        rows.push((
+            "reconstructions",
+            format!(
+                "MSE {:.5}, PSNR {:.2} dB, SSIM {:.4} ({} images)",
+                r.mse, r.psnr, r.ssim, r.images
+            ),
+        ));
+    }
+    rows.push(("time", format!("{:.1} s", report.seconds)));
     rows.iter()
         .map(|(label, value)| format!("{label:<20}{value}\n"))
         .collect()

@@ -1,8 +1,11 @@
-//! The `kiln` command line: training the GANs (`kiln train`), sampling from their checkpoints
-//! (`kiln sample`), what kiln runs on (`kiln info`) and a look at the datasets (`kiln data
-//! info`, `kiln data show`).
+//! The `kiln` command line: training the GANs and VAEs (`kiln train`), sampling from their
+//! checkpoints (`kiln sample`), scoring them (`kiln eval`), a VAE's reconstructions and latent
+//! space (`kiln reconstruct`, `kiln interpolate`, `kiln manifold`), what kiln runs on (`kiln
+//! info`) and a look at the datasets (`kiln data info`, `kiln data show`).
 
 mod eval;
+mod latent;
+mod models;
 mod sample;
 mod train;
 
@@ -15,10 +18,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_data::{Dataset, DatasetKind, Grid, Split};
 use kiln_gan::Architecture;
 use kiln_tensor::Device;
+use kiln_vae::{Likelihood, VaeArchitecture};
 
 use crate::eval::EvalOptions;
+use crate::latent::LatentOptions;
+use crate::models::ModelKind;
 use crate::sample::SampleOptions;
-use crate::train::{Finish, TrainOptions};
+use crate::train::{Finish, TrainOptions, VaeOptions};
 
 /// kiln: a deep-learning engine written from scratch in Rust, and the generative models on it.
 #[derive(Parser)]
@@ -30,16 +36,52 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a GAN on MNIST (or Fashion-MNIST), leaving a run folder with config.json,
+    /// Train a GAN or VAE on MNIST (or Fashion-MNIST), leaving a run folder with config.json,
     /// metrics.jsonl, sample grids per epoch, a loss plot, checkpoints and eval.json; or
     /// retrain kiln-eval's classifier (`kiln train classifier`).
     Train(TrainArgs),
-    /// Draw images from a trained generator's checkpoint.
+    /// Draw images from a trained GAN's or VAE's checkpoint (a VAE: the decoder's mean at
+    /// latents from the prior).
     Sample(SampleArgs),
-    /// Score generated images (a GAN checkpoint's, or a file's) against the real test set:
+    /// Score generated images (a checkpoint's, or a file's) against the real test set:
     /// Fréchet distance in kiln's classifier's features, classifier score, class coverage,
-    /// precision and recall.
+    /// precision and recall; for a VAE also its test negative ELBO, reconstruction
+    /// MSE/PSNR/SSIM and, with --iw-samples, an importance-weighted log-likelihood.
     Eval(EvalArgs),
+    /// Write a PNG of a VAE's reconstructions: each row of test images above the row of
+    /// their reconstructions.
+    Reconstruct {
+        #[command(flatten)]
+        source: LatentArgs,
+        /// How many test images (from the first).
+        #[arg(long, default_value_t = 32)]
+        n: usize,
+    },
+    /// Write a PNG of walks through a VAE's latent space: rows of images decoded along the
+    /// straight line between two test images' latents (by default 8 rows, from the first
+    /// test 0 to the first 1, the first 1 to the first 2, ...).
+    Interpolate {
+        #[command(flatten)]
+        source: LatentArgs,
+        /// The test image (index) to start from; with --to, one walk.
+        #[arg(long, requires = "to")]
+        from: Option<usize>,
+        /// The test image (index) to end at.
+        #[arg(long, requires = "from")]
+        to: Option<usize>,
+        /// Images per walk, both ends included.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
+    /// Write a PNG of a 2-D-latent VAE's decoder over the latent plane (Kingma & Welling's
+    /// manifold): a grid of latents spaced by prior probability.
+    Manifold {
+        #[command(flatten)]
+        source: LatentArgs,
+        /// Images per side of the grid.
+        #[arg(long, default_value_t = 20)]
+        size: usize,
+    },
     /// Print the version, the platform, the CPU features detected at run time and the devices.
     Info,
     /// Look at a dataset: its counts, or a PNG grid of its images.
@@ -72,8 +114,8 @@ enum DataCommand {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// What to train: a GAN (the MLP GAN, DCGAN, the conditional GAN, WGAN-GP) or kiln-eval's
-    /// classifier.
+    /// What to train: a GAN (the MLP GAN, DCGAN, the conditional GAN, WGAN-GP), a VAE (the
+    /// MLP VAE, the convolutional VAE) or kiln-eval's classifier.
     #[arg(value_enum)]
     model: ModelArg,
     #[command(flatten)]
@@ -81,16 +123,16 @@ struct TrainArgs {
     /// Where to train: auto (CUDA if there, else CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Epochs to train (default 20; 5 for dcgan).
+    /// Epochs to train (default 20; 5 for dcgan; 10 for the VAEs).
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<u64>,
     /// Steps (batches) to train, instead of whole epochs.
     #[arg(long)]
     steps: Option<u64>,
-    /// Images per batch (default 64).
+    /// Images per batch (default 64; 128 for the VAEs).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Adam's learning rate (default 2e-4; 1e-4 for WGAN-GP).
+    /// Adam's learning rate (default 2e-4; 1e-4 for WGAN-GP; 1e-3 for the VAEs).
     #[arg(long)]
     lr: Option<f64>,
     /// Seeds the weights, the latents and the data order (default 0).
@@ -115,6 +157,44 @@ struct TrainArgs {
     /// Also score every this many epochs (into eval/step_NNNNNNN.json).
     #[arg(long, default_value_t = 0)]
     eval_every: u64,
+    /// VAEs: the size of the latent z (default 20; 2 gives `kiln manifold` a plane).
+    #[arg(long)]
+    latent_dim: Option<usize>,
+    /// VAEs: p(x|z), Bernoulli (binary cross-entropy; default) or Gaussian with a learned σ.
+    #[arg(long, value_enum)]
+    likelihood: Option<LikelihoodArg>,
+    /// VAEs: β of the β-VAE objective, reconstruction + β·KL (default 1: the ELBO).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// VAEs: steps over which the KL weight rises linearly to β (default 0: none).
+    #[arg(long)]
+    kl_warmup_steps: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LikelihoodArg {
+    Bernoulli,
+    Gaussian,
+}
+
+/// The checkpoint and data of `kiln reconstruct`, `interpolate` and `manifold`.
+#[derive(Args)]
+struct LatentArgs {
+    /// A VAE checkpoint written by `kiln train vae|conv-vae`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The test split to take images from (default: what the checkpoint trained on).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetArg>,
+    /// The directory holding the dataset's IDX files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The PNG file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to run: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -146,7 +226,7 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// A GAN checkpoint to draw the samples from.
+    /// A GAN or VAE checkpoint to draw the samples from.
     #[arg(long, conflicts_with = "samples", required_unless_present = "samples")]
     checkpoint: Option<PathBuf>,
     /// A file of images to score instead: IDX of u8 [N, 28, 28] (raw or .gz), or
@@ -175,6 +255,14 @@ struct EvalArgs {
     /// Where to run: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// VAEs: also estimate the test log-likelihood by importance weighting with this many
+    /// samples per image (1000 is the literature's k; it costs k decoder passes per image).
+    #[arg(long, default_value_t = 0)]
+    iw_samples: usize,
+    /// VAEs: the test images (from the first) the importance-weighted estimate averages over
+    /// (default: all).
+    #[arg(long, requires = "iw_samples")]
+    iw_images: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,18 +271,22 @@ enum ModelArg {
     Dcgan,
     Cgan,
     WganGp,
+    Vae,
+    ConvVae,
     /// kiln-eval's MNIST / Fashion-MNIST classifier (written to data/classifiers/ unless --out).
     Classifier,
 }
 
 impl ModelArg {
-    /// The GAN this names (`None` for the classifier).
-    fn architecture(self) -> Option<Architecture> {
+    /// The GAN or VAE this names (`None` for the classifier).
+    fn model(self) -> Option<ModelKind> {
         match self {
-            ModelArg::Gan => Some(Architecture::Gan),
-            ModelArg::Dcgan => Some(Architecture::Dcgan),
-            ModelArg::Cgan => Some(Architecture::Cgan),
-            ModelArg::WganGp => Some(Architecture::WganGp),
+            ModelArg::Gan => Some(ModelKind::Gan(Architecture::Gan)),
+            ModelArg::Dcgan => Some(ModelKind::Gan(Architecture::Dcgan)),
+            ModelArg::Cgan => Some(ModelKind::Gan(Architecture::Cgan)),
+            ModelArg::WganGp => Some(ModelKind::Gan(Architecture::WganGp)),
+            ModelArg::Vae => Some(ModelKind::Vae(VaeArchitecture::Vae)),
+            ModelArg::ConvVae => Some(ModelKind::Vae(VaeArchitecture::ConvVae)),
             ModelArg::Classifier => None,
         }
     }
@@ -287,6 +379,19 @@ fn main() -> ExitCode {
         Command::Data(command) => data_command(command),
         Command::Sample(args) => sample_command(args),
         Command::Eval(args) => eval_command(args),
+        Command::Reconstruct { source, n } => {
+            latent_options(source).and_then(|options| latent::reconstruct(options, n))
+        }
+        Command::Interpolate {
+            source,
+            from,
+            to,
+            steps,
+        } => latent_options(source)
+            .and_then(|options| latent::interpolate(options, from.zip(to), steps)),
+        Command::Manifold { source, size } => {
+            latent_options(source).and_then(|options| latent::manifold(options, size))
+        }
         Command::Train(args) => match train_command(args) {
             Ok(Finish::Completed(summary)) => Ok(summary + "\n"),
             Ok(Finish::Interrupted(message)) => {
@@ -318,11 +423,26 @@ fn train_command(args: TrainArgs) -> Result<Finish, String> {
     if args.epochs == Some(0) || args.steps == Some(0) {
         return Err("--epochs and --steps must be at least 1".to_string());
     }
-    let Some(architecture) = args.model.architecture() else {
+    let vae = VaeOptions {
+        latent_dim: args.latent_dim,
+        likelihood: args.likelihood.map(|l| match l {
+            LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
+            LikelihoodArg::Gaussian => Likelihood::Gaussian,
+        }),
+        beta: args.beta,
+        kl_warmup_steps: args.kl_warmup_steps,
+    };
+    let Some(model) = args.model.model() else {
+        if vae.any() {
+            return Err(
+                "--latent-dim, --likelihood, --beta and --kl-warmup-steps are settings of the VAEs, not of the classifier"
+                    .to_string(),
+            );
+        }
         return classifier_command(args).map(Finish::Completed);
     };
     train::train(TrainOptions {
-        architecture,
+        model,
         dataset: args.source.dataset.into(),
         data_dir: args.source.data_dir,
         device: parse_device(&args.device)?,
@@ -337,6 +457,17 @@ fn train_command(args: TrainArgs) -> Result<Finish, String> {
         log_every: args.log_every,
         eval_samples: args.eval_samples,
         eval_every: args.eval_every,
+        vae,
+    })
+}
+
+fn latent_options(args: LatentArgs) -> Result<LatentOptions, String> {
+    Ok(LatentOptions {
+        checkpoint: args.checkpoint,
+        dataset: args.dataset.map(DatasetKind::from),
+        data_dir: args.data_dir,
+        out: args.out,
+        device: parse_device(&args.device)?,
     })
 }
 
@@ -397,6 +528,8 @@ fn eval_command(args: EvalArgs) -> Result<String, String> {
         json: args.json,
         seed: args.seed,
         device: parse_device(&args.device)?,
+        importance_samples: args.iw_samples,
+        importance_images: args.iw_images,
     })
 }
 

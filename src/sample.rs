@@ -1,13 +1,15 @@
-//! `kiln sample`: images from a trained generator's checkpoint, from fresh latents (seeded) or
+//! `kiln sample`: images from a trained generator's (GAN's or VAE decoder's) checkpoint, from
+//! latents drawn from the prior N(0, I) (seeded) or
 //! from a latents file (so another tool can be fed the same latents), written as a PNG grid, an
 //! IDX file of u8 images (what `kiln eval --samples` and MNIST tools read) or safetensors.
 
 use std::path::PathBuf;
 
 use kiln_data::{IdxArray, IdxData, Scale};
-use kiln_gan::GanTrainer;
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
+
+use crate::models::Model;
 
 pub struct SampleOptions {
     pub checkpoint: PathBuf,
@@ -25,12 +27,9 @@ const DEFAULT_SAMPLES: usize = 64;
 pub fn sample(options: SampleOptions) -> Result<String, String> {
     let format = OutputFormat::of(&options.out)?;
     crate::train::check_device(options.device)?;
-    let checkpoint = Checkpoint::load(&options.checkpoint).map_err(|e| e.to_string())?;
+    let (model, _) = Model::load(&options.checkpoint, options.device)?;
     let context = options.checkpoint.display().to_string();
-    let trainer = GanTrainer::from_checkpoint(&checkpoint, options.device, &context)
-        .map_err(|e| e.to_string())?;
-    let config = trainer.config();
-    let latent_dim = config.latent_dim;
+    let latent_dim = model.latent_dim();
 
     let z = match &options.latents {
         Some(path) => {
@@ -62,11 +61,11 @@ pub fn sample(options: SampleOptions) -> Result<String, String> {
         }
     };
     let n = z.dims()[0];
-    let labels = match (config.architecture.is_conditional(), options.digit) {
+    let labels = match (model.is_conditional(), options.digit) {
         (false, Some(_)) => {
             return Err(format!(
                 "--digit needs the conditional GAN (cgan); {context} holds a {}",
-                config.architecture
+                model.kind()
             ))
         }
         (false, None) => None,
@@ -76,9 +75,7 @@ pub fn sample(options: SampleOptions) -> Result<String, String> {
             Some(Tensor::from_vec(labels, [n], options.device).map_err(|e| e.to_string())?)
         }
     };
-    let images = trainer
-        .sample(&z, labels.as_ref())
-        .map_err(|e| e.to_string())?; // [n, 1, 28, 28] in [-1, 1]
+    let images = model.sample(&z, labels.as_ref())?; // [n, 1, 28, 28] in [-1, 1]
     match format {
         OutputFormat::Png => {
             kiln_data::save_grid(&images, &options.out, Scale::MinusOneToOne, 8, 2)
@@ -116,8 +113,8 @@ pub fn sample(options: SampleOptions) -> Result<String, String> {
     };
     Ok(format!(
         "wrote {what} from the {} at step {} ({}) to {}\n",
-        config.architecture,
-        trainer.steps_done(),
+        model.kind(),
+        model.steps_done(),
         options.checkpoint.display(),
         options.out.display()
     ))

@@ -1,23 +1,27 @@
-//! `kiln train <gan|dcgan|cgan|wgan-gp>`: the loop around a [`GanTrainer`] that a user sees —
-//! the run folder, progress, metrics, sample grids, loss plot and checkpoints — and the rules
-//! that keep a run safe: a NaN stops it without overwriting the last good checkpoint, Ctrl-C
-//! saves one and exits, and `--resume` continues exactly where the checkpoint left off.
+//! `kiln train <gan|dcgan|cgan|wgan-gp|vae|conv-vae>`: the loop around a [`Model`] that a
+//! user sees — the run folder, progress, metrics, sample grids, loss plot and checkpoints —
+//! and the rules that keep a run safe: a NaN stops it without overwriting the last good
+//! checkpoint, Ctrl-C saves one and exits, and `--resume` continues exactly where the
+//! checkpoint left off. One loop for every model; a VAE run also logs its test negative
+//! ELBO at each epoch's end.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Scale, Split};
-use kiln_gan::{Architecture, GanConfig, GanTrainer, StepMetrics};
+use kiln_gan::{GanConfig, GanTrainer};
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_run::{plot, Interrupt, MetricsLog, Progress, RunDir, Throughput};
-use kiln_tensor::Device;
+use kiln_tensor::{Device, Tensor};
+use kiln_vae::{ElboReport, Likelihood, VaeConfig, VaeTrainer};
 use serde::Serialize;
 
 use crate::eval::Evaluator;
+use crate::models::{Model, ModelKind, StepMetrics};
 
 /// What `kiln train` was asked to do (the parsed command line).
 pub struct TrainOptions {
-    pub architecture: Architecture,
+    pub model: ModelKind,
     pub dataset: DatasetKind,
     pub data_dir: Option<PathBuf>,
     pub device: Device,
@@ -34,6 +38,27 @@ pub struct TrainOptions {
     pub eval_samples: usize,
     /// Also score every this many epochs (0: only at the end).
     pub eval_every: u64,
+    /// Settings only the VAEs have.
+    pub vae: VaeOptions,
+}
+
+/// `kiln train vae|conv-vae`'s own settings (`None`: the model's default).
+#[derive(Default)]
+pub struct VaeOptions {
+    pub latent_dim: Option<usize>,
+    pub likelihood: Option<Likelihood>,
+    pub beta: Option<f64>,
+    pub kl_warmup_steps: Option<u64>,
+}
+
+impl VaeOptions {
+    /// Whether any was given.
+    pub fn any(&self) -> bool {
+        self.latent_dim.is_some()
+            || self.likelihood.is_some()
+            || self.beta.is_some()
+            || self.kl_warmup_steps.is_some()
+    }
 }
 
 /// How a training command ended when it did not fail.
@@ -47,12 +72,15 @@ pub enum Finish {
 pub(crate) const DATASET_KEY: &str = "kiln.dataset";
 /// Images in each epoch's sample grid (8 x 8).
 const GRID_IMAGES: usize = 64;
+/// The seed of the reparameterisation noise a VAE's test ELBO is measured with: fixed, so the
+/// figures of two epochs or two runs compare.
+pub(crate) const TEST_ELBO_SEED: u64 = 0x7E57;
 
 /// config.json: everything that defines the run.
 #[derive(Serialize)]
-struct RunRecord<'a> {
+struct RunRecord {
     kiln_version: &'static str,
-    model: &'a GanConfig,
+    model: serde_json::Value,
     dataset: &'static str,
     data_dir: String,
     device: String,
@@ -60,6 +88,16 @@ struct RunRecord<'a> {
     total_steps: u64,
     epochs: f64,
     resumed_from: Option<String>,
+}
+
+/// The line metrics.jsonl gets at a VAE epoch's end: the negative ELBO of the test split.
+#[derive(Serialize)]
+struct TestRecord {
+    step: u64,
+    epoch: f64,
+    test_neg_elbo: f64,
+    test_reconstruction: f64,
+    test_kl: f64,
 }
 
 /// One line of metrics.jsonl.
@@ -76,37 +114,32 @@ struct MetricsRecord {
 pub fn train(options: TrainOptions) -> Result<Finish, String> {
     let started = Instant::now();
     check_device(options.device)?;
+    if options.vae.any() && !matches!(options.model, ModelKind::Vae(_)) {
+        return Err(format!(
+            "--latent-dim, --likelihood, --beta and --kl-warmup-steps are settings of the VAEs, not of {}",
+            options.model
+        ));
+    }
     // The checkpoint first: a wrong path or another model's checkpoint fails before any work.
-    let resumed = match &options.resume {
-        Some(path) => Some(resume(&options, path)?),
-        None => None,
+    let mut model = match &options.resume {
+        Some(path) => resume(&options, path)?,
+        None => new_model(&options)?,
     };
     let dataset = Dataset::load(options.dataset, Split::Train, options.data_dir.as_deref())
         .map_err(|e| e.to_string())?;
-    let mut trainer = match resumed {
-        Some(trainer) => trainer,
-        None => {
-            let mut config = GanConfig::new(options.architecture);
-            if let Some(batch_size) = options.batch_size {
-                config.batch_size = batch_size;
-            }
-            if let Some(lr) = options.lr {
-                config.lr = lr;
-            }
-            if let Some(seed) = options.seed {
-                config.seed = seed;
-            }
-            GanTrainer::new(config, options.device).map_err(|e| e.to_string())?
-        }
+    // A VAE measures its test negative ELBO at every epoch's end.
+    let test_images = match model {
+        Model::Vae(_) => Some(test_split(&options, Scale::ZeroToOne)?),
+        Model::Gan(_) => None,
     };
-    let config = trainer.config().clone();
+    let batch_size = model.batch_size();
     let loader = Loader::new(
         &dataset,
         LoaderOptions {
-            batch_size: config.batch_size,
-            drop_last: true,
-            scale: Scale::MinusOneToOne,
-            seed: config.seed,
+            batch_size,
+            drop_last: model.drop_last(),
+            scale: model.scale(),
+            seed: model.seed(),
             device: options.device,
         },
     )
@@ -114,16 +147,15 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     let per_epoch = loader.batches_per_epoch() as u64;
     if per_epoch == 0 {
         return Err(format!(
-            "--batch-size {} is larger than the {} training images",
-            config.batch_size,
+            "--batch-size {batch_size} is larger than the {} training images",
             dataset.len()
         ));
     }
     let total = match (options.steps, options.epochs) {
         (Some(steps), _) => steps,
-        (None, epochs) => epochs.unwrap_or(config.architecture.default_epochs()) * per_epoch,
+        (None, epochs) => epochs.unwrap_or(options.model.default_epochs()) * per_epoch,
     };
-    let start = trainer.steps_done();
+    let start = model.steps_done();
     if start >= total {
         return Err(format!(
             "the checkpoint is at step {start}, and this run ends at step {total}: ask for more \
@@ -135,7 +167,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     let run = RunDir::create(&out).map_err(|e| e.to_string())?;
     run.write_config(&RunRecord {
         kiln_version: env!("CARGO_PKG_VERSION"),
-        model: &config,
+        model: model.config_json()?,
         dataset: options.dataset.name(),
         data_dir: dataset.dir().display().to_string(),
         device: options.device.to_string(),
@@ -151,17 +183,14 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
         .truncate_after(start)
         .map_err(|e| e.to_string())?;
     let checkpoint_path = run.latest_checkpoint_path();
-    let (fixed_z, fixed_labels) = trainer
-        .fixed_latents(GRID_IMAGES)
-        .map_err(|e| e.to_string())?;
+    let (fixed_z, fixed_labels) = model.fixed_latents(GRID_IMAGES)?;
     let interrupt = Interrupt::install().map_err(|e| e.to_string())?;
     let mut progress = Progress::new(total, start, options.quiet);
     progress.println(format!(
-        "training {} on {} ({} images, {per_epoch} steps of {} per epoch) on {}; run folder {}{}",
-        config.architecture,
+        "training {} on {} ({} images, {per_epoch} steps of {batch_size} per epoch) on {}; run folder {}{}",
+        options.model,
         options.dataset.name(),
         dataset.len(),
-        config.batch_size,
         options.device,
         out.display(),
         if start > 0 {
@@ -176,22 +205,20 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     let mut last_saved = (start > 0).then_some(start);
     let mut last = None;
     let dataset_name = options.dataset.name();
-    let save = |trainer: &GanTrainer| -> Result<(), String> {
-        let mut checkpoint = trainer.checkpoint().map_err(|e| e.to_string())?;
+    let save = |model: &Model| -> Result<(), String> {
+        let mut checkpoint = model.checkpoint()?;
         // Which data the run learned, so `kiln eval` compares with the right dataset.
         checkpoint.set_meta(DATASET_KEY, dataset_name);
         checkpoint.save(&checkpoint_path).map_err(|e| e.to_string())
     };
-    while trainer.steps_done() < total {
-        let epoch = trainer.steps_done() / per_epoch;
-        let skip = (trainer.steps_done() % per_epoch) as usize;
+    while model.steps_done() < total {
+        let epoch = model.steps_done() / per_epoch;
+        let skip = (model.steps_done() % per_epoch) as usize;
         for batch in loader.epoch(epoch).skip(skip) {
             let batch = batch.map_err(|e| e.to_string())?;
-            let metrics = trainer
-                .step(&batch.images, &batch.labels)
-                .map_err(|e| e.to_string())?;
-            let step = trainer.steps_done();
-            throughput.record(config.batch_size as u64);
+            let metrics = model.step(&batch)?;
+            let step = model.steps_done();
+            throughput.record(batch_size as u64);
             if let Some((name, value)) = metrics.non_finite() {
                 progress.finish();
                 let kept = match last_saved {
@@ -220,12 +247,12 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
             progress.inc(1);
             last = Some(record);
             if interrupt.requested() {
-                save(&trainer)?;
+                save(&model)?;
                 progress.finish();
                 return Ok(Finish::Interrupted(format!(
                     "interrupted at step {step}; checkpoint saved to {}\nresume with: kiln train {} --resume {}",
                     checkpoint_path.display(),
-                    config.architecture,
+                    options.model,
                     checkpoint_path.display()
                 )));
             }
@@ -233,24 +260,37 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
                 break;
             }
         }
-        // End of an epoch (or of the run): a sample grid, a checkpoint, the plot.
-        let step = trainer.steps_done();
+        // End of an epoch (or of the run): the test ELBO, a sample grid, a checkpoint, the plot.
+        let step = model.steps_done();
+        let epochs_done = step as f64 / per_epoch as f64;
+        if let (Model::Vae(trainer), Some(test)) = (&model, &test_images) {
+            let report = trainer
+                .evaluate(test, TEST_ELBO_SEED)
+                .map_err(|e| e.to_string())?;
+            metrics_log
+                .append(&TestRecord {
+                    step,
+                    epoch: epochs_done,
+                    test_neg_elbo: report.neg_elbo,
+                    test_reconstruction: report.reconstruction,
+                    test_kl: report.kl,
+                })
+                .map_err(|e| e.to_string())?;
+            progress.println(format!("epoch {epochs_done:.2}: {}", test_line(&report)));
+        }
         let grid = if step % per_epoch == 0 {
             run.sample_path((step / per_epoch) as usize)
         } else {
             run.samples_dir().join(format!("step_{step:07}.png"))
         };
-        let images = trainer
-            .sample(&fixed_z, fixed_labels.as_ref())
-            .map_err(|e| e.to_string())?;
+        let images = model.sample(&fixed_z, fixed_labels.as_ref())?;
         kiln_data::save_grid(&images, &grid, Scale::MinusOneToOne, 8, 2)
             .map_err(|e| e.to_string())?;
-        save(&trainer)?;
+        save(&model)?;
         last_saved = Some(step);
-        draw_plot(&run, config.architecture)?;
+        draw_plot(&run, &model)?;
         progress.println(format!(
-            "epoch {:.2}: samples {}, checkpoint {}",
-            step as f64 / per_epoch as f64,
+            "epoch {epochs_done:.2}: samples {}, checkpoint {}",
             grid.display(),
             checkpoint_path.display()
         ));
@@ -259,7 +299,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
             && epoch_done
             && (step / per_epoch).is_multiple_of(options.eval_every);
         if options.eval_samples > 0 && (scheduled || step == total) {
-            let line = score(&trainer, &options, &run, (step, per_epoch), &mut evaluator);
+            let line = score(&model, &options, &run, (step, per_epoch), &mut evaluator);
             progress.println(line);
         }
     }
@@ -272,8 +312,8 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
         trained,
         trained as f64 / per_epoch as f64,
         kiln_run::format_duration(started.elapsed()),
-        (trained * config.batch_size as u64) as f64 / elapsed,
-        losses(&last.metrics),
+        (trained * batch_size as u64) as f64 / elapsed,
+        last.metrics.losses(),
         out.display(),
         file_name(&run.plot_path()),
         checkpoint_path
@@ -283,53 +323,108 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     )))
 }
 
-/// Scores the generator with kiln-eval (`options.eval_samples` samples against the test
-/// split), writes `eval.json` (and, between epochs, `eval/step_NNNNNNN.json`) into the run
-/// folder, and returns a line for the log. The evaluator (classifier and test-split
-/// features) is made on the first call and kept in `evaluator` for later ones. A failure to
-/// evaluate (no classifier for the dataset, say) is reported in that line, not as an error:
-/// the training itself succeeded.
+/// "test -ELBO 127.05 nats (reconstruction 107.97, KL 19.08) over 10000 images"
+pub(crate) fn test_line(report: &ElboReport) -> String {
+    format!(
+        "test -ELBO {:.2} nats (reconstruction {:.2}, KL {:.2}) over {} images",
+        report.neg_elbo, report.reconstruction, report.kl, report.images
+    )
+}
+
+/// The test split of the run's dataset as one tensor `[N, 1, 28, 28]` in `scale`.
+fn test_split(options: &TrainOptions, scale: Scale) -> Result<Tensor, String> {
+    let test = Dataset::load(options.dataset, Split::Test, options.data_dir.as_deref())
+        .map_err(|e| e.to_string())?;
+    crate::eval::split_images(&test, scale, options.device)
+}
+
+/// A fresh run of the model asked for, with the command line's settings over its defaults.
+fn new_model(options: &TrainOptions) -> Result<Model, String> {
+    let model = match options.model {
+        ModelKind::Gan(architecture) => {
+            let mut config = GanConfig::new(architecture);
+            if let Some(batch_size) = options.batch_size {
+                config.batch_size = batch_size;
+            }
+            if let Some(lr) = options.lr {
+                config.lr = lr;
+            }
+            if let Some(seed) = options.seed {
+                config.seed = seed;
+            }
+            GanTrainer::new(config, options.device).map(Model::Gan)
+        }
+        ModelKind::Vae(architecture) => {
+            let mut config = VaeConfig::new(architecture);
+            let vae = &options.vae;
+            config.batch_size = options.batch_size.unwrap_or(config.batch_size);
+            config.lr = options.lr.unwrap_or(config.lr);
+            config.seed = options.seed.unwrap_or(config.seed);
+            config.latent_dim = vae.latent_dim.unwrap_or(config.latent_dim);
+            config.likelihood = vae.likelihood.unwrap_or(config.likelihood);
+            config.beta = vae.beta.unwrap_or(config.beta);
+            config.kl_warmup_steps = vae.kl_warmup_steps.unwrap_or(config.kl_warmup_steps);
+            VaeTrainer::new(config, options.device).map(Model::Vae)
+        }
+    };
+    model.map_err(|e| e.to_string())
+}
+
+/// Scores the model with kiln-eval (`options.eval_samples` samples against the test split;
+/// for a VAE also its test ELBO and reconstructions), writes `eval.json` (and, between
+/// epochs, `eval/step_NNNNNNN.json`) into the run folder, and returns a line for the log.
+/// The evaluator (classifier and test-split features) is made on the first call and kept in
+/// `evaluator` for later ones. A failure to evaluate (no classifier for the dataset, say) is
+/// reported in that line, not as an error: the training itself succeeded.
 fn score(
-    trainer: &GanTrainer,
+    model: &Model,
     options: &TrainOptions,
     run: &RunDir,
     (step, per_epoch): (u64, u64),
     evaluator: &mut Option<Evaluator>,
 ) -> String {
-    let result = crate::eval::generate(trainer, options.eval_samples, EVAL_SEED, options.device)
-        .and_then(|images| {
-            if evaluator.is_none() {
-                let data_dir = options.data_dir.as_deref();
-                *evaluator = Some(Evaluator::new(
-                    options.dataset,
-                    data_dir,
-                    None,
-                    options.device,
-                )?);
-            }
-            evaluator.as_ref().expect("made above").score(&images)
-        })
-        .and_then(|mut report| {
-            report.source = format!("the generator at step {step}");
-            let path = run.path().join("eval.json");
-            crate::eval::write_json(&report, &path)?;
-            let history = run.path().join("eval").join(format!("step_{step:07}.json"));
-            std::fs::create_dir_all(run.path().join("eval"))
-                .map_err(|e| format!("{}: {e}", history.display()))?;
-            crate::eval::write_json(&report, &history)?;
-            Ok(report)
-        });
+    let result = (|| {
+        if evaluator.is_none() {
+            let data_dir = options.data_dir.as_deref();
+            *evaluator = Some(Evaluator::new(
+                options.dataset,
+                data_dir,
+                None,
+                options.device,
+            )?);
+        }
+        let evaluator = evaluator.as_ref().expect("made above");
+        let mut report =
+            evaluator.score_model(model, options.eval_samples, EVAL_SEED, (0, None))?;
+        report.source = format!("the {} at step {step}", options.model);
+        let path = run.path().join("eval.json");
+        crate::eval::write_json(&report, &path)?;
+        let history = run.path().join("eval").join(format!("step_{step:07}.json"));
+        std::fs::create_dir_all(run.path().join("eval"))
+            .map_err(|e| format!("{}: {e}", history.display()))?;
+        crate::eval::write_json(&report, &history)?;
+        Ok::<_, String>(report)
+    })();
     match result {
-        Ok(report) => format!(
-            "eval at epoch {:.2}: Fréchet distance {:.3}, classifier score {:.3}, {} of 10 classes >= 5%, precision {:.3}, recall {:.3} ({} samples; eval.json)",
-            step as f64 / per_epoch as f64,
-            report.frechet_distance,
-            report.classifier_score,
-            report.coverage.classes_at_least_5_percent,
-            report.precision_recall.precision,
-            report.precision_recall.recall,
-            report.samples
-        ),
+        Ok(report) => {
+            let mut line = format!(
+                "eval at epoch {:.2}: Fréchet distance {:.3}, classifier score {:.3}, {} of 10 classes >= 5%, precision {:.3}, recall {:.3}",
+                step as f64 / per_epoch as f64,
+                report.frechet_distance,
+                report.classifier_score,
+                report.coverage.classes_at_least_5_percent,
+                report.precision_recall.precision,
+                report.precision_recall.recall,
+            );
+            if let Some(vae) = &report.vae {
+                let r = &vae.reconstruction;
+                line += &format!(
+                    "; reconstructions MSE {:.5}, PSNR {:.2} dB, SSIM {:.4}",
+                    r.mse, r.psnr, r.ssim
+                );
+            }
+            line + &format!(" ({} samples; eval.json)", report.samples)
+        }
         Err(message) => format!("eval skipped: {message}"),
     }
 }
@@ -342,27 +437,9 @@ fn status(record: &MetricsRecord, epoch: u64, epochs: u64) -> String {
     format!(
         "epoch {}/{epochs} · {} · {:.0} img/s",
         epoch + 1,
-        losses(&record.metrics),
+        record.metrics.losses(),
         record.images_per_s
     )
-}
-
-fn losses(m: &StepMetrics) -> String {
-    let mut parts = vec![format!("loss_d {:.3}", m.loss_d)];
-    if let Some(loss_g) = m.loss_g {
-        parts.push(format!("loss_g {loss_g:.3}"));
-    }
-    match m.gradient_penalty {
-        Some(penalty) => {
-            parts.push(format!("W {:.3}", m.d_real - m.d_fake));
-            parts.push(format!("gp {penalty:.3}"));
-        }
-        None => {
-            parts.push(format!("D(x) {:.2}", m.d_real));
-            parts.push(format!("D(G(z)) {:.2}", m.d_fake));
-        }
-    }
-    parts.join(" · ")
 }
 
 fn file_name(path: &Path) -> String {
@@ -373,11 +450,10 @@ fn file_name(path: &Path) -> String {
 }
 
 /// The loss plot from the whole metrics file (steps before a resume included).
-fn draw_plot(run: &RunDir, architecture: Architecture) -> Result<(), String> {
-    let series = MetricsLog::read_series(run.metrics_path(), &["loss_d", "loss_g"])
-        .map_err(|e| e.to_string())?;
-    let title = format!("kiln {architecture}: losses");
-    plot::line_plot(run.plot_path(), &title, &series, "step", "loss").map_err(|e| e.to_string())
+fn draw_plot(run: &RunDir, model: &Model) -> Result<(), String> {
+    let (fields, title, y_label) = model.plot();
+    let series = MetricsLog::read_series(run.metrics_path(), fields).map_err(|e| e.to_string())?;
+    plot::line_plot(run.plot_path(), &title, &series, "step", y_label).map_err(|e| e.to_string())
 }
 
 /// A device the tensors can live on, or the one-line reason it cannot be used.
@@ -391,25 +467,28 @@ pub(crate) fn check_device(device: Device) -> Result<(), String> {
     }
 }
 
-/// The trainer of the checkpoint at `path`, which must hold the model asked for.
-fn resume(options: &TrainOptions, path: &Path) -> Result<GanTrainer, String> {
+/// The run of the checkpoint at `path`, which must hold the model asked for.
+fn resume(options: &TrainOptions, path: &Path) -> Result<Model, String> {
     let checkpoint = Checkpoint::load(path).map_err(|e| e.to_string())?;
     let context = path.display().to_string();
-    let architecture =
-        GanTrainer::architecture_of(&checkpoint, &context).map_err(|e| e.to_string())?;
-    if architecture != options.architecture {
+    let kind = ModelKind::of_checkpoint(&checkpoint, &context)?;
+    if kind != options.model {
         return Err(format!(
-            "{context}: holds a {architecture} model, not a {}",
-            options.architecture
+            "{context}: holds a {kind} model, not a {}",
+            options.model
         ));
     }
-    if options.batch_size.is_some() || options.lr.is_some() || options.seed.is_some() {
+    if options.batch_size.is_some()
+        || options.lr.is_some()
+        || options.seed.is_some()
+        || options.vae.any()
+    {
         return Err(
-            "--batch-size, --lr and --seed come from the checkpoint when resuming; leave them out"
+            "--batch-size, --lr, --seed and the model's settings come from the checkpoint when resuming; leave them out"
                 .to_string(),
         );
     }
-    GanTrainer::from_checkpoint(&checkpoint, options.device, &context).map_err(|e| e.to_string())
+    Model::from_checkpoint(&checkpoint, options.device, &context)
 }
 
 /// The run folder: --out; or, resuming `runs/x/checkpoints/latest.safetensors`, `runs/x`; or
@@ -437,7 +516,7 @@ fn run_folder(options: &TrainOptions) -> Result<PathBuf, String> {
             )),
         };
     }
-    let base = PathBuf::from("runs").join(options.architecture.name());
+    let base = PathBuf::from("runs").join(options.model.name());
     let mut candidate = base.clone();
     let mut n = 2;
     while holds_run(&candidate) {

@@ -9,19 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{command, error_line, kiln, path_str};
-
-/// metrics.jsonl without the timing fields, which differ from run to run.
-fn metrics(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let cut = line.find(",\"images_per_s\"").unwrap_or(line.len());
-            line[..cut].to_string()
-        })
-        .collect()
-}
+use common::{command, error_line, kiln, metrics, path_str};
 
 fn train(run: &Path, extra: &[&str]) -> Output {
     let mut args = vec![

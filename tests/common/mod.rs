@@ -38,3 +38,15 @@ pub fn error_line(output: &Output) -> String {
     );
     stderr
 }
+
+/// A run folder's metrics.jsonl lines, without the timing fields, which differ from run to run.
+pub fn metrics(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let cut = line.find(",\"images_per_s\"").unwrap_or(line.len());
+            line[..cut].to_string()
+        })
+        .collect()
+}

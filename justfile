@@ -25,8 +25,9 @@ fmt:
 ci:
     bash .ci/run
 
-# Train a GAN (gan, dcgan, cgan, wgan-gp) on MNIST on the CPU for its default epochs (20;
-# dcgan 5), or pass e.g. `just train gan --epochs 1`; the run folder is runs/MODEL
+# Train a GAN (gan, dcgan, cgan, wgan-gp) or a VAE (vae, conv-vae) on MNIST on the CPU for its
+# default epochs (20; dcgan 5; the VAEs 10), or pass e.g. `just train gan --epochs 1`; the run
+# folder is runs/MODEL
 train model="gan" *flags="":
     cargo run --release -- train {{model}} --device cpu {{flags}}
 
@@ -37,6 +38,20 @@ train-cuda model="gan" *flags="":
 # Draw a grid of 64 samples from a run's latest checkpoint
 sample run="runs/gan" out="samples.png":
     cargo run --release -- sample --checkpoint {{run}}/checkpoints/latest.safetensors --out {{out}}
+
+# A VAE run's reconstructions and latent walks, as PNGs in its folder
+vae-views run="runs/vae":
+    cargo run --release -- reconstruct --checkpoint {{run}}/checkpoints/latest.safetensors --out {{run}}/reconstructions.png
+    cargo run --release -- interpolate --checkpoint {{run}}/checkpoints/latest.safetensors --out {{run}}/interpolation.png
+
+# Train a VAE with a 2-D latent and draw its decoder over the latent plane (runs/vae-2d)
+manifold epochs="10":
+    cargo run --release -- train vae --latent-dim 2 --epochs {{epochs}} --out runs/vae-2d
+    cargo run --release -- manifold --checkpoint runs/vae-2d/checkpoints/latest.safetensors --out runs/vae-2d/manifold.png
+
+# PyTorch's VAE example on the committed MNIST, to compare with `just train vae` (needs torch)
+torch-vae:
+    ${PYTHON:-python3} benches/reference/torch_vae.py
 
 # Score generated images: a run's latest checkpoint (10,000 samples) against the test set
 eval run="runs/gan":
@@ -83,8 +98,8 @@ fuzz seconds="600":
     mkdir -p fuzz/corpus/idx_reader
     RUSTC_BOOTSTRAP=1 cargo fuzz run idx_reader fuzz/corpus/idx_reader fuzz/seeds -- -max_total_time={{seconds}} -print_final_stats=1
 
-# Save kiln's DCGAN checkpoints and check that PyTorch loads them (strict) and computes the
-# same outputs (needs `pip install torch safetensors`; set PYTHON to pick the interpreter)
+# Save kiln's GAN and VAE checkpoints and check that PyTorch loads them (strict) and computes
+# the same outputs (needs `pip install torch safetensors`; set PYTHON to pick the interpreter)
 interop out="target/interop":
     cargo run --release --example interop -- {{out}}
     ${PYTHON:-python3} scripts/interop.py {{out}}

@@ -3,7 +3,9 @@
 examples/interop.rs wrote for each of kiln's GANs into the equivalent PyTorch modules with
 `safetensors.torch.load_file` and `load_state_dict(strict=True)`, runs the same inputs, and
 compares with kiln's outputs (evaluation mode, then training mode and the running statistics
-it leaves). Exits non-zero on any mismatch.
+it leaves); then the same for kiln's two VAEs (the posterior, the decoder, and the negative
+ELBO's two terms computed as PyTorch's VAE example computes its loss). Exits non-zero on any
+mismatch.
 
 Usage: python scripts/interop.py OUT_DIR
 """
@@ -12,6 +14,7 @@ import sys
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 TOLERANCE = 1e-4  # max |kiln - torch| / (1 + |torch|), f32
@@ -80,6 +83,73 @@ class DcganDiscriminator(nn.Module):
         return self.main(x)
 
 
+class MlpVae(nn.Module):
+    """kiln-vae's `vae`: the model of PyTorch's VAE example (its decoder returns logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 400)
+        self.fc21 = nn.Linear(400, 20)
+        self.fc22 = nn.Linear(400, 20)
+        self.fc3 = nn.Linear(20, 400)
+        self.fc4 = nn.Linear(400, 784)
+
+    def encode(self, x):
+        h = F.relu(self.fc1(x.flatten(1)))
+        return self.fc21(h), self.fc22(h)
+
+    def decode(self, z):
+        return self.fc4(F.relu(self.fc3(z))).view(-1, 1, 28, 28)
+
+    def reconstruction(self, logits, x):
+        bce = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none")
+        return bce.flatten(1).sum(1)
+
+
+class ConvVae(nn.Module):
+    """kiln-vae's `conv-vae` with the Gaussian likelihood (one learned log σ)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(),
+                                     nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Flatten())
+        self.fc_mu = nn.Linear(64 * 7 * 7, 20)
+        self.fc_logvar = nn.Linear(64 * 7 * 7, 20)
+        self.decoder = nn.Sequential(nn.Linear(20, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
+                                     nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
+                                     nn.ConvTranspose2d(32, 1, 4, 2, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1))
+
+    def encode(self, x):
+        h = self.encoder(x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def reconstruction(self, logits, x):
+        normal = torch.distributions.Normal(torch.sigmoid(logits), self.log_scale.exp())
+        return -normal.log_prob(x).flatten(1).sum(1)
+
+
+def check_vae(name, make, out, compare):
+    io = load_file(f"{out}/{name}.io.safetensors")
+    model = make()
+    state = load_file(f"{out}/{name}.model.safetensors")
+    model.load_state_dict(state, strict=True)
+    print(f"{name}: loaded {len(state)} tensors with strict=True")
+    with torch.no_grad():
+        x = io["images"]
+        mu, logvar = model.encode(x)
+        compare("posterior mean", io["mu"], mu)
+        compare("posterior log variance", io["logvar"], logvar)
+        compare("decoder logits at the mean", io["logits"], model.decode(mu))
+        z = mu + torch.exp(0.5 * logvar) * io["epsilon"]
+        compare("-log p(x|z) per image", io["reconstruction"], model.reconstruction(model.decode(z), x))
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), 1)
+        compare("KL(q(z|x) || p(z)) per image", io["kl"], kl)
+
+
 MODELS = {
     "gan": (MlpGenerator, MlpDiscriminator, {}),
     "dcgan": (DcganGenerator, DcganDiscriminator, None),
@@ -113,6 +183,8 @@ def main(out):
                 for key, buffer in model.named_buffers():
                     if not key.endswith("num_batches_tracked"):
                         compare(f"{key} after the train pass", io[f"{network}.after.{key}"], buffer)
+    for name, make in [("vae", MlpVae), ("conv-vae", ConvVae)]:
+        check_vae(name, make, out, compare)
     print(f"torch {torch.__version__}: {'all match' if failures == 0 else f'{failures} mismatches'}")
     return 1 if failures else 0
 

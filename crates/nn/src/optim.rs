@@ -230,14 +230,3 @@ fn check_step_count(key: &str, value: &Tensor, context: &str) -> Result<Tensor> 
         )),
     }
 }
-
-/// PyTorch's `lerp`: `start + weight (end - start)`, computed from the nearer end as
-/// PyTorch does, so that `weight` near 1 lands on `end`.
-fn lerp(start: &Tensor, end: &Tensor, weight: f64) -> Result<Tensor> {
-    let difference = end.sub(start)?;
-    Ok(if weight.abs() < 0.5 {
-        start.add(&difference.mul_scalar(weight)?)?
-    } else {
-        end.sub(&difference.mul_scalar(1.0 - weight)?)?
-    })
-}

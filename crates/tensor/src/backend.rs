@@ -6,7 +6,9 @@
 //! contiguous, row-major, offset 0. Shapes are validated by the tensor layer before a call;
 //! a backend checks only what depends on data (index values).
 
-use crate::{BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp};
+use crate::{
+    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp,
+};
 
 pub trait BackendStorage: Sized + Send + Sync {
     fn dtype(&self) -> DType;
@@ -93,4 +95,20 @@ pub trait BackendStorage: Sized + Send + Sync {
         source_layout: &Layout,
         dim: usize,
     ) -> Result<Self>;
+
+    /// One fused Adam/AdamW step of a parameter (`self`) with its gradient and its moments,
+    /// all four of one shape and dtype: the new `(parameter, exp_avg, exp_avg_sq)`, each equal
+    /// bit for bit to the unfused composition of kiln's ops (see [`AdamStep`]).
+    #[allow(clippy::too_many_arguments)]
+    fn adam_step(
+        &self,
+        layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+        exp_avg: &Self,
+        exp_avg_layout: &Layout,
+        exp_avg_sq: &Self,
+        exp_avg_sq_layout: &Layout,
+        step: &AdamStep,
+    ) -> Result<(Self, Self, Self)>;
 }

@@ -40,6 +40,7 @@ pub use error::{Error, Result};
 pub use layout::Layout;
 pub use op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 pub use ops::conv::{Conv2dGeometry, Conv2dOptions, ConvTranspose2dOptions, Pool2dOptions};
+pub use ops::optim::AdamStep;
 pub use rng::Generator;
 pub use shape::Shape;
 pub use storage::Storage;

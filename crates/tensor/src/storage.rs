@@ -3,7 +3,9 @@
 
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
-use crate::{BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp};
+use crate::{
+    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp,
+};
 
 #[derive(Debug, Clone)]
 pub enum Storage {
@@ -53,6 +55,36 @@ impl Storage {
     forward!(im2col(g: &Conv2dGeometry) with);
     forward!(col2im(g: &Conv2dGeometry) with);
     forward!(max_pool2d_indices(g: &Conv2dGeometry) with);
+
+    /// See [`BackendStorage::adam_step`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn adam_step(
+        &self,
+        layout: &Layout,
+        grad: &Storage,
+        grad_layout: &Layout,
+        exp_avg: &Storage,
+        exp_avg_layout: &Layout,
+        exp_avg_sq: &Storage,
+        exp_avg_sq_layout: &Layout,
+        step: &AdamStep,
+    ) -> Result<(Storage, Storage, Storage)> {
+        match (self, grad, exp_avg, exp_avg_sq) {
+            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
+                let (p, m, v) = p.adam_step(
+                    layout,
+                    g,
+                    grad_layout,
+                    m,
+                    exp_avg_layout,
+                    v,
+                    exp_avg_sq_layout,
+                    step,
+                )?;
+                Ok((Storage::Cpu(p), Storage::Cpu(m), Storage::Cpu(v)))
+            }
+        }
+    }
 
     pub(crate) fn cat(parts: &[(&Storage, &Layout)], dim: usize) -> Result<Storage> {
         let cpu_parts: Vec<_> = parts

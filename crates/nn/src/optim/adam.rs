@@ -2,11 +2,11 @@
 //! `torch.optim.Adam`'s and `torch.optim.AdamW`'s single-tensor updates, which differ only in
 //! where the weight decay goes, so one implementation serves both.
 
-use kiln_tensor::{no_grad, Gradients, Tensor, Var};
+use kiln_tensor::{no_grad, AdamStep, Gradients, Tensor, Var};
 
 use super::{
-    check_distinct_names, check_hyperparameter, gradients_of, lerp, sort_state, step_tensor,
-    Optimizer, StateKind,
+    check_distinct_names, check_hyperparameter, gradients_of, sort_state, step_tensor, Optimizer,
+    StateKind,
 };
 use crate::Result;
 
@@ -227,30 +227,20 @@ impl Core {
                     None => (0.0, param.zeros_like()?, param.zeros_like()?),
                 };
                 let step = step + 1.0;
-                let mut value = param.as_tensor().clone();
-                let mut grad = grad.clone();
-                if weight_decay != 0.0 {
-                    if decoupled {
-                        value = value.mul_scalar(1.0 - lr * weight_decay)?;
-                    } else {
-                        grad = grad.add(&value.mul_scalar(weight_decay)?)?;
-                    }
-                }
-                let exp_avg = lerp(&exp_avg, &grad, 1.0 - beta1)?;
-                // PyTorch's addcmul order: v * beta2 + ((1 - beta2) * g) * g.
-                let exp_avg_sq = exp_avg_sq
-                    .mul_scalar(beta2)?
-                    .add(&grad.mul_scalar(1.0 - beta2)?.mul(&grad)?)?;
-                // The scalars in f64 (Python floats in PyTorch), rounded once to the dtype.
-                let bias_correction1 = 1.0 - beta1.powf(step);
-                let bias_correction2 = 1.0 - beta2.powf(step);
-                let step_size = lr / bias_correction1;
-                let denom = exp_avg_sq
-                    .sqrt()?
-                    .div(&value.scalar_like(bias_correction2.sqrt())?)?
-                    .add_scalar(eps)?;
-                // addcdiv: p + ((-step_size) * m) / denom.
-                let value = value.add(&exp_avg.mul_scalar(-step_size)?.div(&denom)?)?;
+                // One fused pass; bit for bit the op-by-op update (crates/nn/tests/optim.rs).
+                let (value, exp_avg, exp_avg_sq) = param.adam_step(
+                    grad,
+                    &exp_avg,
+                    &exp_avg_sq,
+                    &AdamStep {
+                        lr,
+                        betas: (beta1, beta2),
+                        eps,
+                        weight_decay,
+                        decoupled,
+                        step,
+                    },
+                )?;
                 param.set(&value)?;
                 *slot = Some(State {
                     step: step_tensor(step)?,

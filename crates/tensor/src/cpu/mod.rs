@@ -7,6 +7,7 @@ mod elementwise;
 pub(crate) mod gemm;
 mod index;
 mod matmul;
+mod optim;
 mod reduce;
 
 use half::{bf16, f16};
@@ -17,8 +18,8 @@ use rayon::prelude::*;
 use crate::backend::BackendStorage;
 use crate::layout::Runs;
 use crate::{
-    BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType, Layout, ReduceOp, Result,
-    UnaryOp, WithDType,
+    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType, Layout, ReduceOp,
+    Result, UnaryOp, WithDType,
 };
 
 /// A tensor's elements in host memory.
@@ -683,5 +684,59 @@ impl BackendStorage for CpuStorage {
             let source = self.same_typed("scatter_add", source)?;
             index::scatter_add(data, layout, &indices, source, source_layout, dim)
         }))
+    }
+
+    fn adam_step(
+        &self,
+        layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+        exp_avg: &Self,
+        exp_avg_layout: &Layout,
+        exp_avg_sq: &Self,
+        exp_avg_sq_layout: &Layout,
+        step: &AdamStep,
+    ) -> Result<(Self, Self, Self)> {
+        fn typed<T: FloatDType>(
+            (param, layout): (&[T], &Layout),
+            rest: [(&CpuStorage, &Layout); 3],
+            step: &AdamStep,
+        ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+            let [grad, exp_avg, exp_avg_sq] = rest.map(|(storage, layout)| {
+                let data = storage.as_slice::<T>().ok_or(Error::DTypeMismatch {
+                    op: "adam_step",
+                    lhs: T::DTYPE,
+                    rhs: storage.dtype(),
+                })?;
+                Ok(index::row_major(data, layout))
+            });
+            let (p, m, v) = optim::adam_step(
+                &index::row_major(param, layout),
+                &grad?,
+                &exp_avg?,
+                &exp_avg_sq?,
+                step,
+            );
+            Ok((
+                CpuStorage::from_vec(p),
+                CpuStorage::from_vec(m),
+                CpuStorage::from_vec(v),
+            ))
+        }
+        let rest = [
+            (grad, grad_layout),
+            (exp_avg, exp_avg_layout),
+            (exp_avg_sq, exp_avg_sq_layout),
+        ];
+        match self {
+            CpuStorage::F16(p) => typed((p, layout), rest, step),
+            CpuStorage::BF16(p) => typed((p, layout), rest, step),
+            CpuStorage::F32(p) => typed((p, layout), rest, step),
+            CpuStorage::F64(p) => typed((p, layout), rest, step),
+            other => Err(Error::UnsupportedDType {
+                op: "adam_step",
+                dtype: other.dtype(),
+            }),
+        }
     }
 }

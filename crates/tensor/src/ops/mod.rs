@@ -6,5 +6,6 @@ pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod matmul;
+pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod view;

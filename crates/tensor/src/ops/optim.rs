@@ -1,0 +1,72 @@
+//! The fused optimizer update: one Adam/AdamW step of a parameter as a single kernel, so an
+//! optimizer makes one pass (and one launch, on a GPU) per parameter instead of eleven. Not
+//! differentiable: optimizers run it outside the graph, on detached values.
+
+use crate::{Error, Result, Tensor};
+
+/// The hyperparameters of one Adam (or AdamW) step, as `torch.optim.Adam` / `AdamW` take
+/// them, and the step's number `t` (from 1). The update, in PyTorch's order, each line one of
+/// kiln's elementwise ops (the fused kernel rounds where they would store):
+///
+/// ```text
+/// p = p · (1 - lr·λ)                 (AdamW, λ = weight_decay ≠ 0)
+/// g = g + λ·p                        (Adam, λ ≠ 0)
+/// m = lerp(m, g, 1 - β1)             (m + (g - m)·w if |w| < ½, else g - (g - m)·(1 - w))
+/// v = v·β2 + ((1 - β2)·g)·g
+/// denom = √v / √(1 - β2^t) + eps
+/// p = p + (-(lr / (1 - β1^t))·m) / denom
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// AdamW's decay of the parameter instead of Adam's L2 term in the gradient.
+    pub decoupled: bool,
+    /// `t`, the parameter's step count including this step.
+    pub step: f64,
+}
+
+impl Tensor {
+    /// One fused Adam/AdamW step of the parameter values `self` with `grad` and the moments
+    /// `exp_avg` (m) and `exp_avg_sq` (v), all of one shape, float dtype and device: the new
+    /// `(parameter, exp_avg, exp_avg_sq)`, untracked. See [`AdamStep`].
+    pub fn adam_step(
+        &self,
+        grad: &Tensor,
+        exp_avg: &Tensor,
+        exp_avg_sq: &Tensor,
+        step: &AdamStep,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "adam_step";
+        self.float_only(OP)?;
+        for other in [grad, exp_avg, exp_avg_sq] {
+            self.same_dtype(OP, other)?;
+            self.same_device(OP, other)?;
+            if other.shape() != self.shape() {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    expected: self.shape().clone(),
+                    got: other.shape().clone(),
+                });
+            }
+        }
+        let (p, m, v) = self.storage().adam_step(
+            self.layout(),
+            &grad.storage(),
+            grad.layout(),
+            &exp_avg.storage(),
+            exp_avg.layout(),
+            &exp_avg_sq.storage(),
+            exp_avg_sq.layout(),
+            step,
+        )?;
+        let shape = self.shape().clone();
+        Ok((
+            Tensor::from_storage(p, shape.clone(), None),
+            Tensor::from_storage(m, shape.clone(), None),
+            Tensor::from_storage(v, shape, None),
+        ))
+    }
+}

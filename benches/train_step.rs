@@ -1,11 +1,14 @@
 //! Training-step throughput: `cargo bench --bench train_step`. One `GanTrainer::step` (G makes
 //! a batch, D steps on real and fake, G steps through D, both Adams) on random images, for the
-//! MLP GAN at batch 64 and 256 and DCGAN at batch 64, on all threads. Criterion reports images
-//! per second; benches/reference/torch_gan.py measures PyTorch eager on the same steps.
+//! MLP GAN at batch 64 and 256 and DCGAN at batch 64; and one `VaeTrainer::step` (encode,
+//! reparameterise, decode, ELBO, Adam) of the MLP VAE and the convolutional VAE at batch 128;
+//! on all threads. Criterion reports images per second; benches/reference/torch_gan.py and
+//! torch_vae.py measure PyTorch eager on the same steps.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_gan::{Architecture, GanConfig, GanTrainer};
 use kiln_tensor::{DType, Device, Generator, Tensor};
+use kiln_vae::{VaeArchitecture, VaeConfig, VaeTrainer};
 
 mod common;
 
@@ -28,6 +31,16 @@ fn train_step(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("{architecture}_b{batch}"), |b| {
             b.iter(|| trainer.step(&images, &labels).unwrap())
+        });
+    }
+    for architecture in VaeArchitecture::ALL {
+        let config = VaeConfig::new(architecture);
+        let batch = config.batch_size;
+        let mut trainer = VaeTrainer::new(config, Device::Cpu).unwrap();
+        let images = Tensor::rand([batch, 1, 28, 28], DType::F32, Device::Cpu, &mut rng).unwrap(); // [B, 1, 28, 28] in [0, 1)
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("{architecture}_b{batch}"), |b| {
+            b.iter(|| trainer.step(&images).unwrap())
         });
     }
     group.finish();

@@ -4,9 +4,11 @@ the same model (784 → 400 → 20, 20 → 400 → 784), loss (binary cross-entr
 pixels + KL), Adam(1e-3), batch 128 and 10 epochs, so its per-epoch test loss and wall time
 sit beside `kiln train vae`'s. The only changes: the IDX files are read from data/mnist
 instead of torchvision's download, and each epoch's wall time is printed (and, with --json,
-every figure is written as JSON lines).
+every figure is written as JSON lines). `--model conv` trains kiln's `conv-vae` instead (the
+same loss and optimizer), to compare with `kiln train conv-vae`.
 
-Usage: python benches/reference/torch_vae.py [--epochs 10] [--seed 1] [--threads N] [--json F]
+Usage: python benches/reference/torch_vae.py [--model mlp|conv] [--epochs 10] [--seed 1]
+                                             [--threads N] [--json F]
 """
 
 import argparse
@@ -59,6 +61,27 @@ class VAE(nn.Module):
         return self.decode(z), mu, logvar
 
 
+class ConvVAE(VAE):
+    """kiln-vae's `conv-vae`: strided convolutions 28 → 14 → 7 and back, latent 20."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.encoder = nn.Sequential(nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(),
+                                     nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Flatten())
+        self.fc_mu = nn.Linear(64 * 7 * 7, 20)
+        self.fc_logvar = nn.Linear(64 * 7 * 7, 20)
+        self.decoder = nn.Sequential(nn.Linear(20, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
+                                     nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
+                                     nn.ConvTranspose2d(32, 1, 4, 2, 1))
+
+    def encode(self, x):
+        h = self.encoder(x.view(-1, 1, 28, 28))
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode(self, z):
+        return torch.sigmoid(self.decoder(z)).view(-1, 784)
+
+
 def loss_function(recon_x, x, mu, logvar):
     bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
     kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
@@ -67,6 +90,7 @@ def loss_function(recon_x, x, mu, logvar):
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["mlp", "conv"], default="mlp")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
@@ -79,7 +103,7 @@ def main():
     test = torch.utils.data.TensorDataset(idx_images("t10k-images-idx3-ubyte.gz"))
     train_loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test, batch_size=128, shuffle=False)
-    model = VAE()
+    model = VAE() if args.model == "mlp" else ConvVAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     out = open(args.json, "w") if args.json else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

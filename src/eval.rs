@@ -15,7 +15,7 @@ use kiln_eval::scores::{
     class_coverage_of_probabilities, classifier_score, precision_recall, Coverage, PrecisionRecall,
     DEFAULT_NEIGHBOURS,
 };
-use kiln_eval::similarity::{psnr, ssim_batch};
+use kiln_eval::similarity::{mse, psnr, ssim_batch};
 use kiln_tensor::{no_grad, DType, Device, Tensor};
 use kiln_vae::{ElboReport, VaeTrainer};
 use serde::Serialize;
@@ -86,6 +86,25 @@ pub struct Reconstruction {
     pub mse: f64,
     pub psnr: f64,
     pub ssim: f64,
+}
+
+impl Reconstruction {
+    /// How close `reconstructions` are to `images`, both `[N, 1, 28, 28]` in [0, 1].
+    pub fn measure(images: &Tensor, reconstructions: &Tensor) -> Result<Reconstruction, String> {
+        let n = images.dims()[0];
+        let (x, y) = (pixels(images)?, pixels(reconstructions)?);
+        let size = x.len() / n;
+        let mut psnr_total = 0.0;
+        for (a, b) in x.chunks(size).zip(y.chunks(size)) {
+            psnr_total += psnr(a, b, 1.0).map_err(|e| e.to_string())?;
+        }
+        Ok(Reconstruction {
+            images: n,
+            mse: mse(&x, &y).map_err(|e| e.to_string())?,
+            psnr: psnr_total / n as f64,
+            ssim: ssim_batch(&x, &y, n, 28, 28, 1.0).map_err(|e| e.to_string())?,
+        })
+    }
 }
 
 /// The importance-weighted estimate of the test negative log-likelihood (Burda et al.).
@@ -284,20 +303,9 @@ impl Evaluator {
                 })
             }
         };
-        let (x, y) = (pixels(&test)?, pixels(&reconstructions)?);
-        let size = x.len() / n;
-        let mut psnr_total = 0.0;
-        for (a, b) in x.chunks(size).zip(y.chunks(size)) {
-            psnr_total += psnr(a, b, 1.0).map_err(|e| e.to_string())?;
-        }
         Ok(VaeScores {
             test: elbo,
-            reconstruction: Reconstruction {
-                images: n,
-                mse: kiln_eval::similarity::mse(&x, &y).map_err(|e| e.to_string())?,
-                psnr: psnr_total / n as f64,
-                ssim: ssim_batch(&x, &y, n, 28, 28, 1.0).map_err(|e| e.to_string())?,
-            },
+            reconstruction: Reconstruction::measure(&test, &reconstructions)?,
             importance_weighted,
         })
     }

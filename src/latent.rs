@@ -6,11 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use kiln_data::{Dataset, DatasetKind, Scale, Split};
-use kiln_eval::similarity::{mse, psnr, ssim_batch};
 use kiln_tensor::{no_grad, Device, Tensor};
 use kiln_vae::{latent, VaeTrainer};
 
-use crate::eval::load_model;
+use crate::eval::{load_model, Reconstruction};
 use crate::models::Model;
 
 /// Where the images come from and the grid goes, for all three commands.
@@ -26,8 +25,12 @@ pub struct LatentOptions {
 /// Tiles per row of every grid here.
 const COLUMNS: usize = 8;
 
-/// The VAE of `options.checkpoint` (or the one-line reason it is none) and its test split.
-fn vae_and_test(options: &LatentOptions, command: &str) -> Result<(VaeTrainer, Dataset), String> {
+/// The VAE of `options.checkpoint` (or the one-line reason it is none) and the dataset it
+/// trained on, if the checkpoint says.
+fn load_vae(
+    options: &LatentOptions,
+    command: &str,
+) -> Result<(VaeTrainer, Option<DatasetKind>), String> {
     crate::train::check_device(options.device)?;
     if options.out.extension().is_none_or(|e| e != "png") {
         return Err(format!(
@@ -46,6 +49,13 @@ fn vae_and_test(options: &LatentOptions, command: &str) -> Result<(VaeTrainer, D
             ))
         }
     };
+    Ok((trainer, trained_on))
+}
+
+/// The VAE of `options.checkpoint` and the test split of `--dataset` (default: the one it
+/// trained on).
+fn vae_and_test(options: &LatentOptions, command: &str) -> Result<(VaeTrainer, Dataset), String> {
+    let (trainer, trained_on) = load_vae(options, command)?;
     let kind = options.dataset.or(trained_on).unwrap_or(DatasetKind::Mnist);
     let test =
         Dataset::load(kind, Split::Test, options.data_dir.as_deref()).map_err(|e| e.to_string())?;
@@ -94,20 +104,13 @@ pub fn reconstruct(options: LatentOptions, n: usize) -> Result<String, String> {
     }
     let grid = Tensor::cat(&rows.iter().collect::<Vec<_>>(), 0).map_err(|e| e.to_string())?;
     save(&grid, &options.out)?;
-    let x = images.to_vec::<f32>().map_err(|e| e.to_string())?;
-    let y = reconstructions.to_vec::<f32>().map_err(|e| e.to_string())?;
-    let error = mse(&x, &y).map_err(|e| e.to_string())?;
-    let mean_psnr = x
-        .chunks(784)
-        .zip(y.chunks(784))
-        .map(|(a, b)| psnr(a, b, 1.0))
-        .sum::<Result<f64, _>>()
-        .map_err(|e| e.to_string())?
-        / n as f64;
-    let similarity = ssim_batch(&x, &y, n, 28, 28, 1.0).map_err(|e| e.to_string())?;
+    let scores = Reconstruction::measure(&images, &reconstructions)?;
     Ok(format!(
-        "wrote {n} test images above their reconstructions to {}: MSE {error:.5}, PSNR {mean_psnr:.2} dB, SSIM {similarity:.4}\n",
-        options.out.display()
+        "wrote {n} test images above their reconstructions to {}: MSE {:.5}, PSNR {:.2} dB, SSIM {:.4}\n",
+        options.out.display(),
+        scores.mse,
+        scores.psnr,
+        scores.ssim
     ))
 }
 
@@ -179,7 +182,7 @@ pub fn interpolate(
 /// `kiln manifold`: for a VAE with a 2-D latent, the decoder's mean images over a
 /// `size` x `size` grid of the latent plane spaced by prior probability.
 pub fn manifold(options: LatentOptions, size: usize) -> Result<String, String> {
-    let (trainer, _) = vae_and_test(&options, "manifold")?;
+    let (trainer, _) = load_vae(&options, "manifold")?;
     let latent_dim = trainer.config().latent_dim;
     if latent_dim != 2 {
         return Err(format!(

@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use kiln_nn::layers::{
     AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d,
-    ConvTranspose2dConfig, Embedding, Flatten, LayerNorm, LeakyReLU, Linear, MaxPool2d, ReLU,
-    Sequential, SiLU, Sigmoid, Tanh, Unflatten, UpsampleNearest2d,
+    ConvTranspose2dConfig, Embedding, Flatten, GroupNorm, LayerNorm, LeakyReLU, Linear, MaxPool2d,
+    ReLU, Sequential, SiLU, Sigmoid, Tanh, Unflatten, UpsampleNearest2d,
 };
 use kiln_nn::loss::{self, Reduction};
 use kiln_nn::optim::{
@@ -390,6 +390,20 @@ fn layer_norm() -> Result<()> {
     })?;
     let norm = norm.unwrap();
     check("layer_norm", &["input"], Some(&store), TIGHT, |t| {
+        Ok(norm.forward(&t[0])?)
+    })
+}
+
+#[test]
+fn group_norm() -> Result<()> {
+    // nn.GroupNorm(2, 6) on [3, 6, 4, 5], weight and bias randomized.
+    let mut norm = None;
+    let store = store_for("group_norm", |p| {
+        norm = Some(GroupNorm::new(p, 2, 6)?);
+        Ok(())
+    })?;
+    let norm = norm.unwrap();
+    check("group_norm", &["input"], Some(&store), TIGHT, |t| {
         Ok(norm.forward(&t[0])?)
     })
 }

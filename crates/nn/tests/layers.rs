@@ -4,10 +4,10 @@
 //! the normalisations in f64 (kiln_tensor::gradcheck against finite differences).
 
 use kiln_nn::layers::{
-    batch_norm, layer_norm, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormConfig, Conv2d,
-    Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Dropout, Embedding, Flatten, LayerNorm,
-    LayerNormConfig, LeakyReLU, Linear, LinearConfig, MaxPool2d, ReLU, RunningStats, Sequential,
-    SiLU, Sigmoid, Tanh, Unflatten, UpsampleNearest2d,
+    batch_norm, group_norm, layer_norm, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormConfig,
+    Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Dropout, Embedding, Flatten,
+    GroupNorm, LayerNorm, LayerNormConfig, LeakyReLU, Linear, LinearConfig, MaxPool2d, ReLU,
+    RunningStats, Sequential, SiLU, Sigmoid, Tanh, Unflatten, UpsampleNearest2d,
 };
 use kiln_nn::{Init, Kind, Module, ModuleT, ParamStore};
 use kiln_tensor::gradcheck::GradCheck;
@@ -648,6 +648,58 @@ fn layer_norm_normalises_each_sample_over_trailing_dims() {
     );
 }
 
+// ---- group norm ----
+
+#[test]
+fn group_norm_normalises_each_sample_over_its_groups_channels_and_positions() {
+    let store = store();
+    let gn = GroupNorm::new(&store.root(), 2, 4).unwrap();
+    set(gn.weight(), &[1.0, 2.0, 3.0, 4.0]);
+    set(gn.bias(), &[0.0, 1.0, 0.0, -1.0]);
+    // [1, 4, 2]: group 0 is channels 0 and 1 (values 1, 2, 3, 4), group 1 channels 2 and 3
+    // (values 0, 0, 6, 2).
+    let x = tensor(&[1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 6.0, 2.0], &[1, 4, 2]);
+    let y = gn.forward(&x).unwrap();
+    let (a, b) = (
+        normalize(&[1.0, 2.0, 3.0, 4.0]),
+        normalize(&[0.0, 0.0, 6.0, 2.0]),
+    );
+    let expected = [
+        a[0],
+        a[1],
+        2.0 * a[2] + 1.0,
+        2.0 * a[3] + 1.0,
+        3.0 * b[0],
+        3.0 * b[1],
+        4.0 * b[2] - 1.0,
+        4.0 * b[3] - 1.0,
+    ];
+    assert_close(&values(&y), &expected, 1e-12);
+
+    // One group is layer norm over (C, *) without the affine terms; here checked against it.
+    let x = random(&[2, 3, 2, 2], 20);
+    let one_group = group_norm(&x, 1, None, None, 1e-5).unwrap();
+    let layer = layer_norm(&x, &[3, 2, 2], None, None, 1e-5).unwrap();
+    assert_close(&values(&one_group), &values(&layer), 1e-12);
+
+    for (result, wanted) in [
+        (
+            error_text(GroupNorm::new(&store.root().sub("bad"), 3, 4).map(|_| ())),
+            "4 channels do not split into 3 groups",
+        ),
+        (
+            error_text(gn.forward(&tensor(&[0.0; 6], &[1, 3, 2]))),
+            "expected input [N, 4, *], got [1, 3, 2]",
+        ),
+        (
+            error_text(group_norm(&x, 0, None, None, 1e-5)),
+            "3 channels do not split into 0 groups",
+        ),
+    ] {
+        assert!(result.contains(wanted), "{result}");
+    }
+}
+
 // ---- gradient checks (f64, autograd against central differences) ----
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -724,6 +776,31 @@ fn layer_norm_gradients_match_finite_differences() {
         .check(
             |t| layer_norm(&t[0], &[2, 4], Some(&t[1]), Some(&t[2]), 1e-5).map_err(to_tensor_error),
             &inputs,
+        )
+        .unwrap();
+}
+
+#[test]
+fn group_norm_gradients_match_finite_differences() {
+    let inputs = [
+        random(&[2, 6, 3, 2], 21),
+        random(&[6], 22),
+        random(&[6], 23),
+    ];
+    GradCheck::default()
+        .check(
+            |t| group_norm(&t[0], 3, Some(&t[1]), Some(&t[2]), 1e-5).map_err(to_tensor_error),
+            &inputs,
+        )
+        .unwrap();
+}
+
+#[test]
+fn silu_gradient_matches_finite_differences() {
+    GradCheck::default()
+        .check(
+            |t| SiLU.forward(&t[0]).map_err(to_tensor_error),
+            &[random(&[3, 5], 24).mul_scalar(3.0).unwrap()],
         )
         .unwrap();
 }

@@ -23,8 +23,8 @@ pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::{Linear, LinearConfig};
 pub use norm::{
-    batch_norm, layer_norm, BatchNorm1d, BatchNorm2d, BatchNormConfig, LayerNorm, LayerNormConfig,
-    RunningStats,
+    batch_norm, group_norm, layer_norm, BatchNorm1d, BatchNorm2d, BatchNormConfig, GroupNorm,
+    LayerNorm, LayerNormConfig, RunningStats,
 };
 pub use pool::{AvgPool2d, MaxPool2d, UpsampleNearest2d};
 pub use reshape::{Flatten, Unflatten};

@@ -1,6 +1,7 @@
-//! Normalisation: batch norm (per channel, over the batch and any spatial dims) and layer norm
-//! (per sample, over its trailing dims), as PyTorch defines them, with functional forms
-//! ([`batch_norm`], [`layer_norm`]) beside the layers. Not for group or instance norm.
+//! Normalisation: batch norm (per channel, over the batch and any spatial dims), layer norm
+//! (per sample, over its trailing dims) and group norm (per sample and group of channels), as
+//! PyTorch defines them, with functional forms ([`batch_norm`], [`layer_norm`],
+//! [`group_norm`]) beside the layers.
 
 use kiln_tensor::{no_grad, Tensor, Var};
 
@@ -448,6 +449,126 @@ impl Module for LayerNorm {
             &self.normalized_shape,
             self.weight.as_deref(),
             self.bias.as_deref(),
+            self.eps,
+        )
+    }
+}
+
+/// PyTorch's `F.group_norm`: `x [N, C, *]` → same shape, the C channels split into
+/// `num_groups` groups of C / num_groups channels and each sample's group normalised over its
+/// channels and positions together, `(x - mean) / √(var + eps)` with the variance biased, then
+/// scaled by `weight [C]` and shifted by `bias [C]` per channel (each optional). One group is
+/// layer norm over (C, *); C groups is instance norm.
+pub fn group_norm(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    const OP: &str = "group_norm";
+    let dims = x.dims();
+    if dims.len() < 2 {
+        return Err(NnError::invalid(
+            OP,
+            format!("expected input [N, C, *], got {}", x.shape()),
+        ));
+    }
+    let (n, channels) = (dims[0], dims[1]);
+    if num_groups == 0 || channels % num_groups != 0 {
+        return Err(NnError::invalid(
+            OP,
+            format!("{channels} channels do not split into {num_groups} groups"),
+        ));
+    }
+    for (name, tensor) in [("weight", weight), ("bias", bias)] {
+        if let Some(tensor) = tensor.filter(|t| t.dims() != [channels]) {
+            return Err(NnError::invalid(
+                OP,
+                format!("{name} should be [{channels}], got {}", tensor.shape()),
+            ));
+        }
+    }
+    let grouped = x.reshape([n, num_groups, x.elem_count() / (n * num_groups).max(1)])?; // [N, G, C/G·*]
+    let mean = grouped.mean(&[2], true)?; // [N, G, 1]
+    let centered = grouped.sub(&mean)?;
+    let var = centered.square()?.mean(&[2], true)?; // [N, G, 1]
+    let mut y = centered.div(&var.add_scalar(eps)?.sqrt()?)?.reshape(dims)?; // [N, C, *]
+                                                                             // weight and bias [C] → [C, 1, .., 1], broadcast over N and the positions.
+    let per_channel: Vec<usize> = std::iter::once(channels)
+        .chain(std::iter::repeat_n(1, dims.len() - 2))
+        .collect();
+    if let Some(weight) = weight {
+        y = y.mul(&weight.reshape(per_channel.as_slice())?)?;
+    }
+    if let Some(bias) = bias {
+        y = y.add(&bias.reshape(per_channel.as_slice())?)?;
+    }
+    Ok(y)
+}
+
+/// Group norm over `[N, C, *]` (PyTorch's `nn.GroupNorm`, eps 1e-5, affine): see
+/// [`group_norm`]. Registers `weight` (ones) then `bias` (zeros), both `[C]`.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    num_groups: usize,
+    num_channels: usize,
+    weight: Var,
+    bias: Var,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(path: &Path, num_groups: usize, num_channels: usize) -> Result<GroupNorm> {
+        if num_groups == 0 || num_channels % num_groups != 0 {
+            return Err(NnError::invalid(
+                "GroupNorm",
+                format!("{num_channels} channels do not split into {num_groups} groups"),
+            ));
+        }
+        Ok(GroupNorm {
+            num_groups,
+            num_channels,
+            weight: path.parameter("weight", &[num_channels], Init::Constant(1.0))?,
+            bias: path.parameter("bias", &[num_channels], Init::Constant(0.0))?,
+            eps: 1e-5,
+        })
+    }
+
+    pub fn num_groups(&self) -> usize {
+        self.num_groups
+    }
+
+    pub fn num_channels(&self) -> usize {
+        self.num_channels
+    }
+
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Var {
+        &self.bias
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() < 2 || x.dims()[1] != self.num_channels {
+            return Err(NnError::invalid(
+                "GroupNorm",
+                format!(
+                    "expected input [N, {}, *], got {}",
+                    self.num_channels,
+                    x.shape()
+                ),
+            ));
+        }
+        group_norm(
+            x,
+            self.num_groups,
+            Some(&self.weight),
+            Some(&self.bias),
             self.eps,
         )
     }

@@ -475,7 +475,7 @@ pub fn group_norm(
         ));
     }
     let (n, channels) = (dims[0], dims[1]);
-    if num_groups == 0 || channels % num_groups != 0 {
+    if num_groups == 0 || !channels.is_multiple_of(num_groups) {
         return Err(NnError::invalid(
             OP,
             format!("{channels} channels do not split into {num_groups} groups"),
@@ -520,7 +520,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(path: &Path, num_groups: usize, num_channels: usize) -> Result<GroupNorm> {
-        if num_groups == 0 || num_channels % num_groups != 0 {
+        if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
             return Err(NnError::invalid(
                 "GroupNorm",
                 format!("{num_channels} channels do not split into {num_groups} groups"),
@@ -529,8 +529,8 @@ impl GroupNorm {
         Ok(GroupNorm {
             num_groups,
             num_channels,
-            weight: path.parameter("weight", &[num_channels], Init::Constant(1.0))?,
-            bias: path.parameter("bias", &[num_channels], Init::Constant(0.0))?,
+            weight: path.parameter("weight", [num_channels], Init::Constant(1.0))?,
+            bias: path.parameter("bias", [num_channels], Init::Constant(0.0))?,
             eps: 1e-5,
         })
     }

@@ -2,12 +2,15 @@
 //! kernels share one loop (`fill`/`map1`/`map2`/`map3`), split over rayon's threads above
 //! measured sizes (`Work`); the matrix product is the packed SIMD GEMM in `gemm.rs`.
 
+mod allocator;
 mod conv;
 mod elementwise;
 pub(crate) mod gemm;
 mod index;
 mod matmul;
 mod optim;
+
+pub use allocator::tune_allocator;
 mod reduce;
 
 use half::{bf16, f16};

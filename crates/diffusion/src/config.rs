@@ -31,17 +31,17 @@ pub struct DdpmConfig {
 
 impl Default for DdpmConfig {
     /// Ho et al.'s schedule (T = 1000, β linear from 1e-4 to 0.02), loss and optimiser (Adam
-    /// 2e-4, batch 128); a U-Net of 32, 64 and 64 channels, small enough to train on a CPU,
-    /// and an EMA decay of 0.999 for runs of thousands rather than hundreds of thousands of
-    /// steps.
+    /// 2e-4); a U-Net of 16, 32 and 64 channels (400k parameters) and batch 64, so that the
+    /// default run (2 epochs, 1876 steps) trains on a 2-core CPU in about 20 minutes; and
+    /// an EMA decay of 0.999 for runs of thousands rather than hundreds of thousands of steps.
     fn default() -> Self {
         DdpmConfig {
-            channels: [32, 64, 64],
+            channels: [16, 32, 64],
             groups: 8,
             timesteps: 1000,
             beta_start: 1e-4,
             beta_end: 0.02,
-            batch_size: 128,
+            batch_size: 64,
             lr: 2e-4,
             ema_decay: 0.999,
             seed: 0,
@@ -51,16 +51,12 @@ impl Default for DdpmConfig {
 
 impl DdpmConfig {
     /// Epochs `kiln train ddpm` runs when not told.
-    pub const DEFAULT_EPOCHS: u64 = 3;
+    pub const DEFAULT_EPOCHS: u64 = 2;
 
     /// Errors for settings no run could use.
     pub fn validate(&self) -> Result<(), String> {
         let problems = [
             (self.channels.contains(&0), "channels must be at least 1"),
-            (
-                self.groups == 0 || self.channels.iter().any(|c| c % self.groups != 0),
-                "every level's channels must divide into the group norm's groups",
-            ),
             (
                 self.timesteps == 0,
                 "there must be at least 1 diffusion step",
@@ -79,10 +75,17 @@ impl DdpmConfig {
                 "the EMA decay must be in [0, 1)",
             ),
         ];
-        match problems.iter().find(|(bad, _)| *bad) {
-            Some((_, message)) => Err(message.to_string()),
-            None => Ok(()),
+        if let Some((_, message)) = problems.iter().find(|(bad, _)| *bad) {
+            return Err(message.to_string());
         }
+        let [c0, c1, c2] = self.channels;
+        if self.groups == 0 || self.channels.iter().any(|c| c % self.groups != 0) {
+            return Err(format!(
+                "every level's channels ({c0}, {c1}, {c2}) must divide into the group norm's {} groups",
+                self.groups
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@
 //! al.'s "simple" loss), then move the weights' exponential moving average towards the new
 //! weights. Samples and the test loss use the average.
 
-use kiln_nn::checkpoint::{Checkpoint, CONFIG_KEY, MODEL_KEY};
+use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::loss::{mse_loss, Reduction};
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::NnError;
@@ -277,10 +277,7 @@ impl DdpmTrainer {
         checkpoint.insert_optimizer("optimizer", &self.optimizer)?;
         checkpoint.insert_generator(NOISE, &self.noise);
         checkpoint.set_step(self.step);
-        checkpoint.set_meta(MODEL_KEY, MODEL_NAME);
-        let config = serde_json::to_string(&self.config)
-            .map_err(|e| NnError::invalid("checkpoint", format!("config: {e}")))?;
-        checkpoint.set_meta(CONFIG_KEY, config);
+        checkpoint.set_model(MODEL_NAME, &self.config)?;
         Ok(checkpoint)
     }
 
@@ -290,26 +287,14 @@ impl DdpmTrainer {
         device: Device,
         context: &str,
     ) -> Result<DdpmTrainer> {
-        match checkpoint.meta(MODEL_KEY) {
-            Some(MODEL_NAME) => {}
-            Some(other) => {
-                return Err(NnError::mismatch(
-                    context,
-                    format!("holds a `{other}` model, not a DDPM"),
-                ))
-            }
-            None => {
-                return Err(NnError::mismatch(
-                    context,
-                    "not a kiln DDPM checkpoint (no `kiln.model` metadata)",
-                ))
-            }
+        let name = checkpoint.model_name(context, "DDPM")?;
+        if name != MODEL_NAME {
+            return Err(NnError::mismatch(
+                context,
+                format!("holds a `{name}` model, not a DDPM"),
+            ));
         }
-        let json = checkpoint
-            .meta(CONFIG_KEY)
-            .ok_or_else(|| NnError::mismatch(context, "no `kiln.config` metadata"))?;
-        let config: DdpmConfig = serde_json::from_str(json)
-            .map_err(|e| NnError::mismatch(context, format!("unreadable configuration: {e}")))?;
+        let config: DdpmConfig = checkpoint.model_config(context)?;
         let mut trainer = DdpmTrainer::new(config, device)?;
         checkpoint.load_store("model", trainer.model.store())?;
         checkpoint.load_store("ema", trainer.ema.store())?;

@@ -11,7 +11,7 @@
 //!   ε ~ U(0, 1) per image; every `critic_steps`-th call G also takes a step on -mean C(G(z)).
 //!   The penalty's gradient runs through `backward_with_graph` (second derivatives).
 
-use kiln_nn::checkpoint::{Checkpoint, CONFIG_KEY, MODEL_KEY};
+use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::loss::{binary_cross_entropy_with_logits, Reduction};
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::NnError;
@@ -282,21 +282,13 @@ impl GanTrainer {
         checkpoint.insert_optimizer("discriminator_optimizer", &self.discriminator_optimizer)?;
         checkpoint.insert_generator(NOISE, &self.noise);
         checkpoint.set_step(self.step);
-        checkpoint.set_meta(MODEL_KEY, self.config.architecture.name());
-        let config = serde_json::to_string(&self.config)
-            .map_err(|e| NnError::invalid("checkpoint", format!("config: {e}")))?;
-        checkpoint.set_meta(CONFIG_KEY, config);
+        checkpoint.set_model(self.config.architecture.name(), &self.config)?;
         Ok(checkpoint)
     }
 
     /// The architecture a checkpoint holds, or an error if it is not a kiln GAN checkpoint.
     pub fn architecture_of(checkpoint: &Checkpoint, context: &str) -> Result<Architecture> {
-        let name = checkpoint.meta(MODEL_KEY).ok_or_else(|| {
-            NnError::mismatch(
-                context,
-                "not a kiln GAN checkpoint (no `kiln.model` metadata)",
-            )
-        })?;
+        let name = checkpoint.model_name(context, "GAN")?;
         Architecture::from_name(name).ok_or_else(|| {
             NnError::mismatch(
                 context,
@@ -312,11 +304,7 @@ impl GanTrainer {
         context: &str,
     ) -> Result<GanTrainer> {
         Self::architecture_of(checkpoint, context)?;
-        let json = checkpoint
-            .meta(CONFIG_KEY)
-            .ok_or_else(|| NnError::mismatch(context, "no `kiln.config` metadata"))?;
-        let config: GanConfig = serde_json::from_str(json)
-            .map_err(|e| NnError::mismatch(context, format!("unreadable configuration: {e}")))?;
+        let config: GanConfig = checkpoint.model_config(context)?;
         let mut trainer = GanTrainer::new(config, device)?;
         trainer.restore(checkpoint, context)?;
         Ok(trainer)

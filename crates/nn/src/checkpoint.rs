@@ -149,6 +149,36 @@ impl Checkpoint {
         self.metadata.get(key).map(String::as_str)
     }
 
+    /// Names the model this checkpoint holds ([`MODEL_KEY`]) and records its configuration as
+    /// JSON ([`CONFIG_KEY`]).
+    pub fn set_model<C: serde::Serialize>(&mut self, name: &str, config: &C) -> Result<()> {
+        let json = serde_json::to_string(config)
+            .map_err(|e| NnError::invalid("checkpoint", format!("config: {e}")))?;
+        self.set_meta(MODEL_KEY, name);
+        self.set_meta(CONFIG_KEY, json);
+        Ok(())
+    }
+
+    /// The name of the model this checkpoint holds, or the error that it is not a kiln `what`
+    /// checkpoint (no [`MODEL_KEY`]); `context` (usually the file) heads the message.
+    pub fn model_name(&self, context: &str, what: &str) -> Result<&str> {
+        self.meta(MODEL_KEY).ok_or_else(|| {
+            NnError::mismatch(
+                context,
+                format!("not a kiln {what} checkpoint (no `{MODEL_KEY}` metadata)"),
+            )
+        })
+    }
+
+    /// The model's configuration recorded by [`Checkpoint::set_model`].
+    pub fn model_config<C: serde::de::DeserializeOwned>(&self, context: &str) -> Result<C> {
+        let json = self
+            .meta(CONFIG_KEY)
+            .ok_or_else(|| NnError::mismatch(context, format!("no `{CONFIG_KEY}` metadata")))?;
+        serde_json::from_str(json)
+            .map_err(|e| NnError::mismatch(context, format!("unreadable configuration: {e}")))
+    }
+
     /// Records the training step (metadata `step`).
     pub fn set_step(&mut self, step: u64) {
         self.set_meta("step", step.to_string());

@@ -7,7 +7,7 @@
 //! of -log p(x|z) + w·KL(q(z|x) ‖ N(0, I)), where w is β (1 for the ELBO) ramped up over the
 //! warm-up steps. Losses are in nats per image, as PyTorch's example reports them.
 
-use kiln_nn::checkpoint::{Checkpoint, CONFIG_KEY, MODEL_KEY};
+use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::NnError;
 use kiln_tensor::rng::stream_seed;
@@ -272,21 +272,13 @@ impl VaeTrainer {
         checkpoint.insert_optimizer("optimizer", &self.optimizer)?;
         checkpoint.insert_generator(NOISE, &self.noise);
         checkpoint.set_step(self.step);
-        checkpoint.set_meta(MODEL_KEY, self.config.architecture.name());
-        let config = serde_json::to_string(&self.config)
-            .map_err(|e| NnError::invalid("checkpoint", format!("config: {e}")))?;
-        checkpoint.set_meta(CONFIG_KEY, config);
+        checkpoint.set_model(self.config.architecture.name(), &self.config)?;
         Ok(checkpoint)
     }
 
     /// The architecture a checkpoint holds, or an error if it is not a kiln VAE checkpoint.
     pub fn architecture_of(checkpoint: &Checkpoint, context: &str) -> Result<VaeArchitecture> {
-        let name = checkpoint.meta(MODEL_KEY).ok_or_else(|| {
-            NnError::mismatch(
-                context,
-                "not a kiln VAE checkpoint (no `kiln.model` metadata)",
-            )
-        })?;
+        let name = checkpoint.model_name(context, "VAE")?;
         VaeArchitecture::from_name(name).ok_or_else(|| {
             NnError::mismatch(
                 context,
@@ -302,11 +294,7 @@ impl VaeTrainer {
         context: &str,
     ) -> Result<VaeTrainer> {
         Self::architecture_of(checkpoint, context)?;
-        let json = checkpoint
-            .meta(CONFIG_KEY)
-            .ok_or_else(|| NnError::mismatch(context, "no `kiln.config` metadata"))?;
-        let config: VaeConfig = serde_json::from_str(json)
-            .map_err(|e| NnError::mismatch(context, format!("unreadable configuration: {e}")))?;
+        let config: VaeConfig = checkpoint.model_config(context)?;
         let mut trainer = VaeTrainer::new(config, device)?;
         checkpoint.load_store("model", trainer.model.store())?;
         checkpoint.load_optimizer("optimizer", &mut trainer.optimizer)?;

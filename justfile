@@ -25,9 +25,9 @@ fmt:
 ci:
     bash .ci/run
 
-# Train a GAN (gan, dcgan, cgan, wgan-gp) or a VAE (vae, conv-vae) on MNIST on the CPU for its
-# default epochs (20; dcgan 5; the VAEs 10), or pass e.g. `just train gan --epochs 1`; the run
-# folder is runs/MODEL
+# Train a GAN (gan, dcgan, cgan, wgan-gp), a VAE (vae, conv-vae), the DDPM (ddpm) or the
+# PixelCNN (pixelcnn) on MNIST on the CPU for its default epochs (20; dcgan 5; the VAEs 10;
+# ddpm 2; pixelcnn 1), or pass e.g. `just train gan --epochs 1`; the run folder is runs/MODEL
 train model="gan" *flags="":
     cargo run --release -- train {{model}} --device cpu {{flags}}
 
@@ -35,9 +35,10 @@ train model="gan" *flags="":
 train-cuda model="gan" *flags="":
     cargo run --release -- train {{model}} --device cuda {{flags}}
 
-# Draw a grid of 64 samples from a run's latest checkpoint
-sample run="runs/gan" out="samples.png":
-    cargo run --release -- sample --checkpoint {{run}}/checkpoints/latest.safetensors --out {{out}}
+# Draw a grid of 64 samples from a run's latest checkpoint (a DDPM: add e.g. `--sampler ddpm`
+# or `--steps 100`)
+sample run="runs/gan" out="samples.png" *flags="":
+    cargo run --release -- sample --checkpoint {{run}}/checkpoints/latest.safetensors --out {{out}} {{flags}}
 
 # A VAE run's reconstructions and latent walks, as PNGs in its folder
 vae-views run="runs/vae":
@@ -53,7 +54,13 @@ manifold epochs="10":
 torch-vae:
     ${PYTHON:-python3} benches/reference/torch_vae.py
 
-# Score generated images: a run's latest checkpoint (10,000 samples) against the test set
+# PyTorch's training steps of kiln's DDPM U-Net and PixelCNN, images/s beside `just bench`'s
+torch-steps:
+    ${PYTHON:-python3} benches/reference/torch_ddpm_pixelcnn.py --model ddpm
+    ${PYTHON:-python3} benches/reference/torch_ddpm_pixelcnn.py --model pixelcnn
+
+# Score generated images: a run's latest checkpoint (10,000 samples; the DDPM 2,000, the
+# PixelCNN 1,000) against the test set
 eval run="runs/gan":
     cargo run --release -- eval --checkpoint {{run}}/checkpoints/latest.safetensors
 
@@ -69,7 +76,7 @@ train-classifier dataset="mnist":
     cargo run --release -- train classifier --dataset {{dataset}}
 
 # Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads), elementwise GB/s,
-# and GAN training steps (images/s)
+# and every model's training step (images/s)
 bench:
     cargo bench --bench gemm
     cargo bench --bench elementwise

@@ -21,7 +21,10 @@ pub fn thread_pools() -> Vec<(usize, rayon::ThreadPool)> {
 }
 
 /// A benchmark group with short, fixed timing, so a full run of many cases takes minutes.
+/// Also sets the allocator up as the `kiln` binary does (`tune_allocator`), so the figures are
+/// the ones a training run sees.
 pub fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    kiln_tensor::cpu::tune_allocator();
     let mut group = c.benchmark_group(name);
     group
         .warm_up_time(Duration::from_millis(300))

@@ -2,10 +2,14 @@
 //! a batch, D steps on real and fake, G steps through D, both Adams) on random images, for the
 //! MLP GAN at batch 64 and 256 and DCGAN at batch 64; and one `VaeTrainer::step` (encode,
 //! reparameterise, decode, ELBO, Adam) of the MLP VAE and the convolutional VAE at batch 128;
-//! on all threads. Criterion reports images per second; benches/reference/torch_gan.py and
-//! torch_vae.py measure PyTorch eager on the same steps.
+//! one `DdpmTrainer::step` (noise, U-Net, ε MSE, Adam, EMA) and one `PixelCnnTrainer::step`
+//! (binarize, masked convolutions, NLL, Adam) at their default sizes and batch 128; on all
+//! threads. Criterion reports images per second; benches/reference/torch_gan.py,
+//! torch_vae.py and torch_ddpm_pixelcnn.py measure PyTorch eager on the same steps.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kiln_autoregressive::{PixelCnnConfig, PixelCnnTrainer};
+use kiln_diffusion::{DdpmConfig, DdpmTrainer};
 use kiln_gan::{Architecture, GanConfig, GanTrainer};
 use kiln_tensor::{DType, Device, Generator, Tensor};
 use kiln_vae::{VaeArchitecture, VaeConfig, VaeTrainer};
@@ -43,6 +47,25 @@ fn train_step(c: &mut Criterion) {
             b.iter(|| trainer.step(&images).unwrap())
         });
     }
+    let images = Tensor::rand([128, 1, 28, 28], DType::F32, Device::Cpu, &mut rng).unwrap(); // [B, 1, 28, 28] in [0, 1)
+    let mut ddpm = DdpmTrainer::new(DdpmConfig::default(), Device::Cpu).unwrap();
+    let batch = ddpm.config().batch_size;
+    let signed = images
+        .narrow(0, 0, batch)
+        .unwrap()
+        .affine(2.0, -1.0)
+        .unwrap(); // in [-1, 1)
+    group.throughput(Throughput::Elements(batch as u64));
+    group.bench_function(format!("ddpm_b{batch}"), |b| {
+        b.iter(|| ddpm.step(&signed).unwrap())
+    });
+    let mut pixelcnn = PixelCnnTrainer::new(PixelCnnConfig::new(), Device::Cpu).unwrap();
+    let batch = pixelcnn.config().batch_size;
+    let grey = images.narrow(0, 0, batch).unwrap();
+    group.throughput(Throughput::Elements(batch as u64));
+    group.bench_function(format!("pixelcnn_b{batch}"), |b| {
+        b.iter(|| pixelcnn.step(&grey).unwrap())
+    });
     group.finish();
 }
 

@@ -1,14 +1,16 @@
-//! `kiln eval`: scores a set of generated images — from a GAN or VAE checkpoint or from any
+//! `kiln eval`: scores a set of generated images — from any model's checkpoint or from any
 //! file of 28x28 images — in the feature space of kiln's committed MNIST (or Fashion-MNIST)
 //! classifier, against the dataset's test split; a VAE also by its test negative ELBO, its
 //! reconstructions (MSE, PSNR, SSIM) and, if asked, an importance-weighted estimate of its
-//! test log-likelihood. Prints a table and writes JSON. `kiln train` scores its runs with the
-//! same [`Evaluator`].
+//! test log-likelihood; a PixelCNN by its exact test negative log-likelihood. Prints a table
+//! and writes JSON. `kiln train` scores its runs with the same [`Evaluator`].
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kiln_autoregressive::NllReport;
 use kiln_data::{Dataset, DatasetKind, Scale, Split};
+use kiln_diffusion::Sampler;
 use kiln_eval::classifier::{dataset_images, Classifier};
 use kiln_eval::frechet::{frechet_distance_of_features, Features};
 use kiln_eval::scores::{
@@ -21,7 +23,7 @@ use kiln_vae::{ElboReport, VaeTrainer};
 use serde::Serialize;
 
 use crate::models::Model;
-use crate::train::{DATASET_KEY, TEST_ELBO_SEED};
+use crate::train::{DATASET_KEY, TEST_BINARIZE_SEED, TEST_ELBO_SEED};
 
 /// What `kiln eval` was asked to do.
 pub struct EvalOptions {
@@ -38,10 +40,24 @@ pub struct EvalOptions {
     pub importance_samples: usize,
     /// Test images the importance-weighted estimate averages over (default: all).
     pub importance_images: Option<usize>,
+    /// How a DDPM draws its samples.
+    pub sampler: crate::sample::SamplerChoice,
+    /// No progress bar while sampling.
+    pub quiet: bool,
 }
 
-/// Samples drawn from a checkpoint when --n is not given.
-pub const DEFAULT_SAMPLES: usize = 10_000;
+/// How [`Evaluator::score_model`] draws and scores a model's samples.
+pub struct ModelScoring {
+    pub samples: usize,
+    /// The Philox stream of the samples' randomness.
+    pub seed: u64,
+    /// How a DDPM draws them.
+    pub sampler: Sampler,
+    /// k of a VAE's importance-weighted estimate (0: none) and the test images it covers.
+    pub importance: (usize, Option<usize>),
+    /// No progress bar while sampling.
+    pub quiet: bool,
+}
 /// The seed of the importance-weighted estimate's draws.
 const IMPORTANCE_SEED: u64 = 0x1AE;
 
@@ -62,9 +78,16 @@ pub struct EvalReport {
     pub coverage: Coverage,
     /// Improved precision and recall (k = 3) in the classifier's feature space.
     pub precision_recall: PrecisionRecall,
+    /// How a DDPM's samples were drawn (its sampler and steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<String>,
     /// A VAE's own measures, on the test split.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vae: Option<VaeScores>,
+    /// A PixelCNN's exact negative log-likelihood of the test split (binarized once, with a
+    /// fixed seed, for the Bernoulli model), in nats per image and bits per dimension.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pixelcnn: Option<NllReport>,
     pub seconds: f64,
 }
 
@@ -137,9 +160,14 @@ pub fn eval(options: EvalOptions) -> Result<String, String> {
                 options.classifier.as_deref(),
                 options.device,
             )?;
-            let n = options.n.unwrap_or(DEFAULT_SAMPLES);
-            let importance = (options.importance_samples, options.importance_images);
-            let mut report = evaluator.score_model(&model, n, options.seed, importance)?;
+            let settings = ModelScoring {
+                samples: options.n.unwrap_or(model.kind().default_eval_samples()),
+                seed: options.seed,
+                sampler: options.sampler.resolve(&model)?,
+                importance: (options.importance_samples, options.importance_images),
+                quiet: options.quiet,
+            };
+            let mut report = evaluator.score_model(&model, &settings)?;
             report.source = checkpoint.display().to_string();
             // A run's checkpoint (runs/x/checkpoints/latest.safetensors) → runs/x/eval.json.
             let run = checkpoint
@@ -240,32 +268,53 @@ impl Evaluator {
                 .map_err(|e| e.to_string())?,
             precision_recall: precision_recall(real, &fake_features, DEFAULT_NEIGHBOURS)
                 .map_err(|e| e.to_string())?,
+            sampler: None,
             vae: None,
+            pixelcnn: None,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
 
-    /// Scores `samples` images drawn from `model` (latents from the Philox stream `seed`);
-    /// for a VAE also its test ELBO, its reconstructions and, when `importance.0` > 0, the
-    /// importance-weighted log-likelihood with that many samples over the first
-    /// `importance.1` test images (default all).
+    /// Scores `settings.samples` images drawn from `model` (randomness from the Philox stream
+    /// `settings.seed`; a DDPM's through `settings.sampler`); for a VAE also its test ELBO,
+    /// its reconstructions and, when `settings.importance.0` > 0, the importance-weighted
+    /// log-likelihood with that many samples over the first `settings.importance.1` test
+    /// images (default all); for a PixelCNN its test negative log-likelihood.
     pub fn score_model(
         &self,
         model: &Model,
-        samples: usize,
-        seed: u64,
-        importance: (usize, Option<usize>),
+        settings: &ModelScoring,
     ) -> Result<EvalReport, String> {
+        let samples = settings.samples;
         if samples < 2 * DEFAULT_NEIGHBOURS {
             return Err(format!(
                 "--n {samples}: score at least {} samples",
                 2 * DEFAULT_NEIGHBOURS
             ));
         }
-        let images = model.generate(samples, seed, self.device)?;
+        let mut on_step =
+            crate::sample::sampling_progress(settings.quiet, format!("drawing {samples} samples"));
+        let images = model.generate(
+            samples,
+            settings.seed,
+            self.device,
+            settings.sampler,
+            &mut on_step,
+        )?;
         let mut report = self.score(&images)?;
-        if let Model::Vae(trainer) = model {
-            report.vae = Some(self.vae_scores(trainer, importance)?);
+        match model {
+            Model::Vae(trainer) => {
+                report.vae = Some(self.vae_scores(trainer, settings.importance)?)
+            }
+            Model::Ddpm(_) => report.sampler = Some(settings.sampler.to_string()),
+            Model::PixelCnn(trainer) => {
+                let test = split_images(&self.test, Scale::ZeroToOne, self.device)?;
+                let nll = trainer
+                    .evaluate(&test, TEST_BINARIZE_SEED)
+                    .map_err(|e| e.to_string())?;
+                report.pixelcnn = Some(nll);
+            }
+            Model::Gan(_) => {}
         }
         Ok(report)
     }
@@ -496,6 +545,18 @@ pub fn table(report: &EvalReport) -> String {
             format!(
                 "MSE {:.5}, PSNR {:.2} dB, SSIM {:.4} ({} images)",
                 r.mse, r.psnr, r.ssim, r.images
+            ),
+        ));
+    }
+    if let Some(sampler) = &report.sampler {
+        rows.insert(1, ("drawn by", sampler.clone()));
+    }
+    if let Some(test) = &report.pixelcnn {
+        rows.push((
+            "test NLL",
+            format!(
+                "{:.2} nats ({:.4} bits/dim; {} images)",
+                test.nll, test.bits_per_dim, test.images
             ),
         ));
     }

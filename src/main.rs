@@ -1,5 +1,6 @@
-//! The `kiln` command line: training the GANs and VAEs (`kiln train`), sampling from their
-//! checkpoints (`kiln sample`), scoring them (`kiln eval`), a VAE's reconstructions and latent
+//! The `kiln` command line: training the GANs, VAEs, the DDPM and the PixelCNN (`kiln
+//! train`), sampling from their checkpoints (`kiln sample`), scoring them (`kiln eval`), a
+//! VAE's reconstructions and latent
 //! space (`kiln reconstruct`, `kiln interpolate`, `kiln manifold`), what kiln runs on (`kiln
 //! info`) and a look at the datasets (`kiln data info`, `kiln data show`).
 
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_autoregressive::PixelLikelihood;
 use kiln_data::{Dataset, DatasetKind, Grid, Split};
 use kiln_gan::Architecture;
 use kiln_tensor::Device;
@@ -23,7 +25,7 @@ use kiln_vae::{Likelihood, VaeArchitecture};
 use crate::eval::EvalOptions;
 use crate::latent::LatentOptions;
 use crate::models::ModelKind;
-use crate::sample::SampleOptions;
+use crate::sample::{SampleOptions, SamplerChoice};
 use crate::train::{Finish, TrainOptions, VaeOptions};
 
 /// kiln: a deep-learning engine written from scratch in Rust, and the generative models on it.
@@ -115,7 +117,7 @@ enum DataCommand {
 #[derive(Args)]
 struct TrainArgs {
     /// What to train: a GAN (the MLP GAN, DCGAN, the conditional GAN, WGAN-GP), a VAE (the
-    /// MLP VAE, the convolutional VAE) or kiln-eval's classifier.
+    /// MLP VAE, the convolutional VAE), the DDPM, the PixelCNN or kiln-eval's classifier.
     #[arg(value_enum)]
     model: ModelArg,
     #[command(flatten)]
@@ -123,7 +125,7 @@ struct TrainArgs {
     /// Where to train: auto (CUDA if there, else CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Epochs to train (default 20; 5 for dcgan; 10 for the VAEs).
+    /// Epochs to train (default 20; 5 for dcgan; 10 for the VAEs; 2 for ddpm; 1 for pixelcnn).
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<u64>,
     /// Steps (batches) to train, instead of whole epochs.
@@ -132,7 +134,8 @@ struct TrainArgs {
     /// Images per batch (default 64; 128 for the VAEs).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Adam's learning rate (default 2e-4; 1e-4 for WGAN-GP; 1e-3 for the VAEs).
+    /// Adam's learning rate (default 2e-4; 1e-4 for WGAN-GP; 1e-3 for the VAEs and the
+    /// PixelCNN).
     #[arg(long)]
     lr: Option<f64>,
     /// Seeds the weights, the latents and the data order (default 0).
@@ -151,16 +154,23 @@ struct TrainArgs {
     /// Write a metrics.jsonl line every this many steps (and at each epoch's end).
     #[arg(long, default_value_t = 10)]
     log_every: u64,
-    /// Samples kiln-eval scores at the end of the run, into eval.json (0: no evaluation).
-    #[arg(long, default_value_t = 10_000)]
-    eval_samples: usize,
+    /// Samples kiln-eval scores at the end of the run, into eval.json (0: no evaluation;
+    /// default 10000, 2000 for the DDPM, 1000 for the PixelCNN).
+    #[arg(long)]
+    eval_samples: Option<usize>,
     /// Also score every this many epochs (into eval/step_NNNNNNN.json).
     #[arg(long, default_value_t = 0)]
     eval_every: u64,
+    /// DDPM: the U-Net's channels at 28, 14 and 7 pixels, e.g. 16,32,64 (the default).
+    /// PixelCNN: its hidden channels, e.g. 32 (the default).
+    #[arg(long, value_delimiter = ',')]
+    channels: Option<Vec<usize>>,
     /// VAEs: the size of the latent z (default 20; 2 gives `kiln manifold` a plane).
     #[arg(long)]
     latent_dim: Option<usize>,
     /// VAEs: p(x|z), Bernoulli (binary cross-entropy; default) or Gaussian with a learned σ.
+    /// PixelCNN: each pixel Bernoulli on binarized images (default) or categorical over the
+    /// 256 grey levels.
     #[arg(long, value_enum)]
     likelihood: Option<LikelihoodArg>,
     /// VAEs: β of the β-VAE objective, reconstruction + β·KL (default 1: the ELBO).
@@ -175,6 +185,43 @@ struct TrainArgs {
 enum LikelihoodArg {
     Bernoulli,
     Gaussian,
+    Categorical,
+}
+
+/// The DDPM's samplers, for `--sampler`.
+#[derive(Clone, Copy, ValueEnum)]
+enum SamplerArg {
+    /// Ho et al.'s ancestral sampler, all T steps.
+    Ddpm,
+    /// DDIM over --steps steps (default 50), deterministic at --eta 0 (the default).
+    Ddim,
+}
+
+/// The DDPM's sampler options, shared by `kiln sample` and `kiln eval`.
+#[derive(Args)]
+struct SamplerArgs {
+    /// DDPM: the sampler, ddim (default) or ddpm (ancestral, 1000 steps).
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerArg>,
+    /// DDPM with DDIM: network evaluations per sample (default 50; 1 to T).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// DDPM with DDIM: η, the noise added at each step (default 0: deterministic).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// No progress bar while sampling.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl SamplerArgs {
+    fn choice(&self) -> SamplerChoice {
+        SamplerChoice {
+            ancestral: self.sampler.map(|s| matches!(s, SamplerArg::Ddpm)),
+            steps: self.steps,
+            eta: self.eta,
+        }
+    }
 }
 
 /// The checkpoint and data of `kiln reconstruct`, `interpolate` and `manifold`.
@@ -222,18 +269,21 @@ struct SampleArgs {
     /// Where to run: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    sampler: SamplerArgs,
 }
 
 #[derive(Args)]
 struct EvalArgs {
-    /// A GAN or VAE checkpoint to draw the samples from.
+    /// A checkpoint written by `kiln train` to draw the samples from.
     #[arg(long, conflicts_with = "samples", required_unless_present = "samples")]
     checkpoint: Option<PathBuf>,
     /// A file of images to score instead: IDX of u8 [N, 28, 28] (raw or .gz), or
     /// safetensors with `images` [N, 1, 28, 28] in [-1, 1] (what `kiln sample` writes) or u8.
     #[arg(long)]
     samples: Option<PathBuf>,
-    /// How many samples (default: 10000 from a checkpoint, all of a file).
+    /// How many samples (default: all of a file; from a checkpoint 10000, or 2000 for the DDPM
+    /// and 1000 for the PixelCNN).
     #[arg(long)]
     n: Option<usize>,
     /// The real data to compare with (default: what the checkpoint trained on, else mnist).
@@ -263,6 +313,8 @@ struct EvalArgs {
     /// (default: all).
     #[arg(long, requires = "iw_samples")]
     iw_images: Option<usize>,
+    #[command(flatten)]
+    sampler: SamplerArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -273,12 +325,14 @@ enum ModelArg {
     WganGp,
     Vae,
     ConvVae,
+    Ddpm,
+    Pixelcnn,
     /// kiln-eval's MNIST / Fashion-MNIST classifier (written to data/classifiers/ unless --out).
     Classifier,
 }
 
 impl ModelArg {
-    /// The GAN or VAE this names (`None` for the classifier).
+    /// The model this names (`None` for the classifier).
     fn model(self) -> Option<ModelKind> {
         match self {
             ModelArg::Gan => Some(ModelKind::Gan(Architecture::Gan)),
@@ -287,6 +341,8 @@ impl ModelArg {
             ModelArg::WganGp => Some(ModelKind::Gan(Architecture::WganGp)),
             ModelArg::Vae => Some(ModelKind::Vae(VaeArchitecture::Vae)),
             ModelArg::ConvVae => Some(ModelKind::Vae(VaeArchitecture::ConvVae)),
+            ModelArg::Ddpm => Some(ModelKind::Ddpm),
+            ModelArg::Pixelcnn => Some(ModelKind::PixelCnn),
             ModelArg::Classifier => None,
         }
     }
@@ -350,6 +406,7 @@ impl From<SplitArg> for Split {
 }
 
 fn main() -> ExitCode {
+    kiln_tensor::cpu::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version are not errors: let clap print them to stdout and exit 0.
@@ -423,19 +480,27 @@ fn train_command(args: TrainArgs) -> Result<Finish, String> {
     if args.epochs == Some(0) || args.steps == Some(0) {
         return Err("--epochs and --steps must be at least 1".to_string());
     }
+    let model = args.model.model();
+    // --likelihood bernoulli is both the VAEs' and the PixelCNN's; the rest belong to one.
+    let (likelihood, pixel_likelihood) = match (args.likelihood, model) {
+        (None, _) => (None, None),
+        (Some(LikelihoodArg::Bernoulli), Some(ModelKind::PixelCnn)) => {
+            (None, Some(PixelLikelihood::Bernoulli))
+        }
+        (Some(LikelihoodArg::Categorical), _) => (None, Some(PixelLikelihood::Categorical)),
+        (Some(LikelihoodArg::Bernoulli), _) => (Some(Likelihood::Bernoulli), None),
+        (Some(LikelihoodArg::Gaussian), _) => (Some(Likelihood::Gaussian), None),
+    };
     let vae = VaeOptions {
         latent_dim: args.latent_dim,
-        likelihood: args.likelihood.map(|l| match l {
-            LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
-            LikelihoodArg::Gaussian => Likelihood::Gaussian,
-        }),
+        likelihood,
         beta: args.beta,
         kl_warmup_steps: args.kl_warmup_steps,
     };
-    let Some(model) = args.model.model() else {
-        if vae.any() {
+    let Some(model) = model else {
+        if vae.any() || pixel_likelihood.is_some() {
             return Err(
-                "--latent-dim, --likelihood, --beta and --kl-warmup-steps are settings of the VAEs, not of the classifier"
+                "--latent-dim, --likelihood, --beta and --kl-warmup-steps are settings of the VAEs and the PixelCNN, not of the classifier"
                     .to_string(),
             );
         }
@@ -458,6 +523,8 @@ fn train_command(args: TrainArgs) -> Result<Finish, String> {
         eval_samples: args.eval_samples,
         eval_every: args.eval_every,
         vae,
+        pixel_likelihood,
+        channels: args.channels,
     })
 }
 
@@ -530,6 +597,8 @@ fn eval_command(args: EvalArgs) -> Result<String, String> {
         device: parse_device(&args.device)?,
         importance_samples: args.iw_samples,
         importance_images: args.iw_images,
+        sampler: args.sampler.choice(),
+        quiet: args.sampler.quiet,
     })
 }
 
@@ -542,6 +611,8 @@ fn sample_command(args: SampleArgs) -> Result<String, String> {
         seed: args.seed,
         out: args.out,
         device: parse_device(&args.device)?,
+        sampler: args.sampler.choice(),
+        quiet: args.sampler.quiet,
     })
 }
 

@@ -1,13 +1,17 @@
-//! The models `kiln` trains, samples and scores, behind one face: [`Model`] is a run of either
-//! family — kiln-gan's [`GanTrainer`] or kiln-vae's [`VaeTrainer`] — fresh or loaded from a
+//! The models `kiln` trains, samples and scores, behind one face: [`Model`] is a run of any
+//! family — kiln-gan's [`GanTrainer`], kiln-vae's [`VaeTrainer`], kiln-diffusion's
+//! [`DdpmTrainer`] or kiln-autoregressive's [`PixelCnnTrainer`] — fresh or loaded from a
 //! checkpoint, so the training loop, `kiln sample` and `kiln eval` are written once. What is
 //! particular to a family stays in its crate; this only dispatches.
 
 use std::path::Path;
 
+use kiln_autoregressive::PixelCnnTrainer;
 use kiln_data::{Batch, Scale};
+use kiln_diffusion::{DdpmTrainer, Sampler};
 use kiln_gan::{Architecture, GanTrainer};
 use kiln_nn::checkpoint::{Checkpoint, MODEL_KEY};
+use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{DType, Device, Generator, Tensor};
 use kiln_vae::{VaeArchitecture, VaeTrainer};
 use serde::Serialize;
@@ -17,6 +21,8 @@ use serde::Serialize;
 pub enum ModelKind {
     Gan(Architecture),
     Vae(VaeArchitecture),
+    Ddpm,
+    PixelCnn,
 }
 
 impl ModelKind {
@@ -24,6 +30,8 @@ impl ModelKind {
         match self {
             ModelKind::Gan(architecture) => architecture.name(),
             ModelKind::Vae(architecture) => architecture.name(),
+            ModelKind::Ddpm => kiln_diffusion::MODEL_NAME,
+            ModelKind::PixelCnn => kiln_autoregressive::MODEL_NAME,
         }
     }
 
@@ -31,6 +39,11 @@ impl ModelKind {
         Architecture::from_name(name)
             .map(ModelKind::Gan)
             .or_else(|| VaeArchitecture::from_name(name).map(ModelKind::Vae))
+            .or_else(|| {
+                [ModelKind::Ddpm, ModelKind::PixelCnn]
+                    .into_iter()
+                    .find(|k| k.name() == name)
+            })
     }
 
     /// Epochs `kiln train` runs when not told.
@@ -38,6 +51,19 @@ impl ModelKind {
         match self {
             ModelKind::Gan(architecture) => architecture.default_epochs(),
             ModelKind::Vae(architecture) => architecture.default_epochs(),
+            ModelKind::Ddpm => kiln_diffusion::DdpmConfig::DEFAULT_EPOCHS,
+            ModelKind::PixelCnn => kiln_autoregressive::PixelCnnConfig::default_epochs(),
+        }
+    }
+
+    /// Samples `kiln train` scores at the end of a run when not told: 10,000 (the test
+    /// split's size) where sampling is cheap; fewer for the DDPM (50 U-Net passes a sample)
+    /// and the PixelCNN (784 passes a sample).
+    pub fn default_eval_samples(self) -> usize {
+        match self {
+            ModelKind::Gan(_) | ModelKind::Vae(_) => 10_000,
+            ModelKind::Ddpm => DDPM_EVAL_SAMPLES,
+            ModelKind::PixelCnn => PIXELCNN_EVAL_SAMPLES,
         }
     }
 
@@ -57,10 +83,17 @@ impl std::fmt::Display for ModelKind {
     }
 }
 
+/// See [`ModelKind::default_eval_samples`].
+pub const DDPM_EVAL_SAMPLES: usize = 2_000;
+pub const PIXELCNN_EVAL_SAMPLES: usize = 1_000;
+
 /// One run of a model: its networks, optimizers, noise streams and step count.
 pub enum Model {
     Gan(GanTrainer),
     Vae(VaeTrainer),
+    /// Boxed: two U-Nets held inline make it ten times the size of the others.
+    Ddpm(Box<DdpmTrainer>),
+    PixelCnn(PixelCnnTrainer),
 }
 
 /// What one training step measured, as metrics.jsonl records it (the family's own fields).
@@ -69,6 +102,8 @@ pub enum Model {
 pub enum StepMetrics {
     Gan(kiln_gan::StepMetrics),
     Vae(kiln_vae::StepMetrics),
+    Ddpm(kiln_diffusion::StepMetrics),
+    PixelCnn(kiln_autoregressive::StepMetrics),
 }
 
 impl StepMetrics {
@@ -77,11 +112,14 @@ impl StepMetrics {
         match self {
             StepMetrics::Gan(metrics) => metrics.non_finite(),
             StepMetrics::Vae(metrics) => metrics.non_finite(),
+            StepMetrics::Ddpm(metrics) => metrics.non_finite(),
+            StepMetrics::PixelCnn(metrics) => metrics.non_finite(),
         }
     }
 
     /// The losses for a progress message or summary:
-    /// "loss_d 0.612 · loss_g 1.920 · D(x) 0.71 · D(G(z)) 0.30", "-ELBO 127.1 · rec 108.0 · KL 19.1".
+    /// "loss_d 0.612 · loss_g 1.920 · D(x) 0.71 · D(G(z)) 0.30", "-ELBO 127.1 · rec 108.0 · KL 19.1",
+    /// "ε MSE 0.0412", "NLL 92.31 nats · 0.170 bits/dim".
     pub fn losses(&self) -> String {
         let mut parts = Vec::new();
         match self {
@@ -109,6 +147,11 @@ impl StepMetrics {
                     parts.push(format!("KL weight {:.3}", m.kl_weight));
                 }
             }
+            StepMetrics::Ddpm(m) => parts.push(format!("ε MSE {:.4}", m.loss)),
+            StepMetrics::PixelCnn(m) => {
+                parts.push(format!("NLL {:.2} nats", m.nll));
+                parts.push(format!("{:.3} bits/dim", m.bits_per_dim));
+            }
         }
         parts.join(" · ")
     }
@@ -128,6 +171,11 @@ impl Model {
             ModelKind::Vae(_) => {
                 VaeTrainer::from_checkpoint(checkpoint, device, context).map(Model::Vae)
             }
+            ModelKind::Ddpm => DdpmTrainer::from_checkpoint(checkpoint, device, context)
+                .map(|t| Model::Ddpm(Box::new(t))),
+            ModelKind::PixelCnn => {
+                PixelCnnTrainer::from_checkpoint(checkpoint, device, context).map(Model::PixelCnn)
+            }
         };
         model.map_err(|e| e.to_string())
     }
@@ -143,6 +191,8 @@ impl Model {
         match self {
             Model::Gan(trainer) => ModelKind::Gan(trainer.config().architecture),
             Model::Vae(trainer) => ModelKind::Vae(trainer.config().architecture),
+            Model::Ddpm(_) => ModelKind::Ddpm,
+            Model::PixelCnn(_) => ModelKind::PixelCnn,
         }
     }
 
@@ -151,6 +201,8 @@ impl Model {
         match self {
             Model::Gan(trainer) => serde_json::to_value(trainer.config()),
             Model::Vae(trainer) => serde_json::to_value(trainer.config()),
+            Model::Ddpm(trainer) => serde_json::to_value(trainer.config()),
+            Model::PixelCnn(trainer) => serde_json::to_value(trainer.config()),
         }
         .map_err(|e| e.to_string())
     }
@@ -159,6 +211,8 @@ impl Model {
         match self {
             Model::Gan(trainer) => trainer.config().batch_size,
             Model::Vae(trainer) => trainer.config().batch_size,
+            Model::Ddpm(trainer) => trainer.config().batch_size,
+            Model::PixelCnn(trainer) => trainer.config().batch_size,
         }
     }
 
@@ -167,20 +221,23 @@ impl Model {
         match self {
             Model::Gan(trainer) => trainer.config().seed,
             Model::Vae(trainer) => trainer.config().seed,
+            Model::Ddpm(trainer) => trainer.config().seed,
+            Model::PixelCnn(trainer) => trainer.config().seed,
         }
     }
 
     /// Whether an epoch leaves out its last, smaller batch: the GANs do (batch norm, and
-    /// their published loops); the VAEs use every image, as PyTorch's example does.
+    /// their published loops); the others use every image, as PyTorch's VAE example does.
     pub fn drop_last(&self) -> bool {
         matches!(self, Model::Gan(_))
     }
 
-    /// The pixel range the model trains on: a GAN's tanh range, a VAE's probabilities.
+    /// The pixel range the model trains on: a GAN's tanh range and the DDPM's (Ho et al.'s
+    /// data scaling), the VAE's and PixelCNN's probabilities.
     pub fn scale(&self) -> Scale {
         match self {
-            Model::Gan(_) => Scale::MinusOneToOne,
-            Model::Vae(_) => Scale::ZeroToOne,
+            Model::Gan(_) | Model::Ddpm(_) => Scale::MinusOneToOne,
+            Model::Vae(_) | Model::PixelCnn(_) => Scale::ZeroToOne,
         }
     }
 
@@ -188,13 +245,19 @@ impl Model {
         match self {
             Model::Gan(trainer) => trainer.steps_done(),
             Model::Vae(trainer) => trainer.steps_done(),
+            Model::Ddpm(trainer) => trainer.steps_done(),
+            Model::PixelCnn(trainer) => trainer.steps_done(),
         }
     }
 
-    pub fn latent_dim(&self) -> usize {
+    /// The size of the latent a sample is drawn from: the GANs' and VAEs'; `None` for the
+    /// DDPM (its "latent" is a whole noise image, and more noise joins it on the way) and
+    /// the PixelCNN (which draws pixel by pixel).
+    pub fn latent_dim(&self) -> Option<usize> {
         match self {
-            Model::Gan(trainer) => trainer.config().latent_dim,
-            Model::Vae(trainer) => trainer.config().latent_dim,
+            Model::Gan(trainer) => Some(trainer.config().latent_dim),
+            Model::Vae(trainer) => Some(trainer.config().latent_dim),
+            Model::Ddpm(_) | Model::PixelCnn(_) => None,
         }
     }
 
@@ -210,6 +273,8 @@ impl Model {
                 .step(&batch.images, &batch.labels)
                 .map(StepMetrics::Gan),
             Model::Vae(trainer) => trainer.step(&batch.images).map(StepMetrics::Vae),
+            Model::Ddpm(trainer) => trainer.step(&batch.images).map(StepMetrics::Ddpm),
+            Model::PixelCnn(trainer) => trainer.step(&batch.images).map(StepMetrics::PixelCnn),
         }
         .map_err(|e| e.to_string())
     }
@@ -228,6 +293,16 @@ impl Model {
                 format!("kiln {kind}: negative ELBO per image"),
                 "nats",
             ),
+            Model::Ddpm(_) => (
+                &["loss", "test_loss"],
+                format!("kiln {kind}: noise-prediction error"),
+                "MSE",
+            ),
+            Model::PixelCnn(_) => (
+                &["nll", "test_nll"],
+                format!("kiln {kind}: negative log-likelihood per image"),
+                "nats",
+            ),
         }
     }
 
@@ -235,39 +310,83 @@ impl Model {
         match self {
             Model::Gan(trainer) => trainer.checkpoint(),
             Model::Vae(trainer) => trainer.checkpoint(),
+            Model::Ddpm(trainer) => trainer.checkpoint(),
+            Model::PixelCnn(trainer) => trainer.checkpoint(),
         }
         .map_err(|e| e.to_string())
     }
 
-    /// The latents (and for the conditional GAN, digits 0, 1, .., 9, 0, ..) every epoch's
-    /// sample grid is drawn from: the same for the whole run, resumed or not.
-    pub fn fixed_latents(&self, n: usize) -> Result<(Tensor, Option<Tensor>), String> {
-        match self {
-            Model::Gan(trainer) => trainer.fixed_latents(n),
-            Model::Vae(trainer) => trainer.fixed_latents(n).map(|z| (z, None)),
-        }
-        .map_err(|e| e.to_string())
+    /// The `n` images `[n, 1, 28, 28]` in [-1, 1] of every epoch's sample grid: drawn from
+    /// the same latents (and for the conditional GAN, digits 0, 1, .., 9, 0, ..; for the DDPM
+    /// the same x_T through the default deterministic DDIM; for the PixelCNN the same
+    /// uniforms) for the whole run, resumed or not, so the grids show the model changing.
+    pub fn grid_images(&self, n: usize) -> Result<Tensor, String> {
+        let images = match self {
+            Model::Gan(trainer) => {
+                let (z, labels) = trainer.fixed_latents(n).map_err(|e| e.to_string())?;
+                return self.sample(&z, labels.as_ref());
+            }
+            Model::Vae(trainer) => {
+                let z = trainer.fixed_latents(n).map_err(|e| e.to_string())?;
+                return self.sample(&z, None);
+            }
+            Model::Ddpm(trainer) => trainer.fixed_latents(n).and_then(|x_t| {
+                let mut generator = Generator::new(stream_seed(trainer.config().seed, 5));
+                trainer.sample(&x_t, Sampler::DEFAULT, &mut generator, &mut |_, _| {})
+            }),
+            Model::PixelCnn(trainer) => trainer
+                .sample(n, stream_seed(trainer.config().seed, 4), &mut |_, _| {})
+                .and_then(|images| Ok(images.affine(2.0, -1.0)?)),
+        };
+        images.map_err(|e| e.to_string())
     }
 
     /// Images `[N, 1, 28, 28]` in [-1, 1] from `latents [N, latent_dim]` (and digits for the
-    /// conditional GAN): the generator's output, or the VAE decoder's mean image.
+    /// conditional GAN): the generator's output, or the VAE decoder's mean image. Only for
+    /// models with a [`Model::latent_dim`].
     pub fn sample(&self, latents: &Tensor, labels: Option<&Tensor>) -> Result<Tensor, String> {
         match self {
             Model::Gan(trainer) => trainer.sample(latents, labels),
             Model::Vae(trainer) => trainer.sample(latents).and_then(|images| {
                 Ok(images.affine(2.0, -1.0)?) // [0, 1] → [-1, 1]
             }),
+            Model::Ddpm(_) | Model::PixelCnn(_) => {
+                return Err(format!("the {} draws samples without latents", self.kind()))
+            }
         }
         .map_err(|e| e.to_string())
     }
 
-    /// `n` images `[n, 1, 28, 28]` in [-1, 1] drawn from the model: latents from N(0, I) in
-    /// the Philox stream `seed`, and for the conditional GAN the digits 0, 1, .., 9, 0, ..
-    pub fn generate(&self, n: usize, seed: u64, device: Device) -> Result<Tensor, String> {
+    /// `n` images `[n, 1, 28, 28]` in [-1, 1] drawn from the model with randomness from the
+    /// Philox stream `seed`: latents from N(0, I) (and for the conditional GAN the digits 0,
+    /// 1, .., 9, 0, ..); the DDPM's x_T and noise, through `sampler`; the PixelCNN's
+    /// uniforms. `on_step(done, total)` follows the DDPM's and PixelCNN's network passes.
+    pub fn generate(
+        &self,
+        n: usize,
+        seed: u64,
+        device: Device,
+        sampler: Sampler,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor, String> {
+        match self {
+            Model::Ddpm(trainer) => {
+                return trainer
+                    .generate(n, sampler, seed, on_step)
+                    .map_err(|e| e.to_string())
+            }
+            Model::PixelCnn(trainer) => {
+                return trainer
+                    .sample(n, seed, on_step)
+                    .and_then(|images| Ok(images.affine(2.0, -1.0)?))
+                    .map_err(|e| e.to_string())
+            }
+            Model::Gan(_) | Model::Vae(_) => {}
+        }
         /// Latents per call while sampling.
         const BATCH: usize = 500;
         let mut generator = Generator::new(seed);
-        let latent_dim = self.latent_dim();
+        let latent_dim = self.latent_dim().expect("GANs and VAEs have latents");
         let mut batches = Vec::new();
         for start in (0..n).step_by(BATCH) {
             let size = BATCH.min(n - start);

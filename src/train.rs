@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kiln_autoregressive::{PixelCnnConfig, PixelCnnTrainer, PixelLikelihood};
 use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Scale, Split};
+use kiln_diffusion::{DdpmConfig, DdpmTrainer};
 use kiln_gan::{GanConfig, GanTrainer};
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_run::{plot, Interrupt, MetricsLog, Progress, RunDir, Throughput};
@@ -34,12 +36,17 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     pub quiet: bool,
     pub log_every: u64,
-    /// Samples scored by kiln-eval at the end of the run (0: no evaluation).
-    pub eval_samples: usize,
+    /// Samples scored by kiln-eval at the end of the run (0: no evaluation; default: the
+    /// model's [`ModelKind::default_eval_samples`]).
+    pub eval_samples: Option<usize>,
     /// Also score every this many epochs (0: only at the end).
     pub eval_every: u64,
     /// Settings only the VAEs have.
     pub vae: VaeOptions,
+    /// The PixelCNN's pixel distribution (`--likelihood bernoulli|categorical`).
+    pub pixel_likelihood: Option<PixelLikelihood>,
+    /// The DDPM's U-Net widths (3) or the PixelCNN's hidden channels (1).
+    pub channels: Option<Vec<usize>>,
 }
 
 /// `kiln train vae|conv-vae`'s own settings (`None`: the model's default).
@@ -95,10 +102,78 @@ struct RunRecord {
 struct TestRecord {
     step: u64,
     epoch: f64,
-    test_neg_elbo: f64,
-    test_reconstruction: f64,
-    test_kl: f64,
+    #[serde(flatten)]
+    metrics: TestMetrics,
 }
+
+/// What a model measures on the test split at each epoch's end (a GAN: nothing).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TestMetrics {
+    Vae {
+        test_neg_elbo: f64,
+        test_reconstruction: f64,
+        test_kl: f64,
+    },
+    Ddpm {
+        test_loss: f64,
+    },
+    PixelCnn {
+        test_nll: f64,
+        test_bits_per_dim: f64,
+    },
+}
+
+/// The test split's measure of `model` at an epoch's end, and its line for the terminal.
+fn test_metrics(model: &Model, test: &Tensor) -> Result<(TestMetrics, String), String> {
+    let error = |e: kiln_nn::NnError| e.to_string();
+    Ok(match model {
+        Model::Gan(_) => unreachable!("GANs have no test split measure"),
+        Model::Vae(trainer) => {
+            let report = trainer.evaluate(test, TEST_ELBO_SEED).map_err(error)?;
+            let metrics = TestMetrics::Vae {
+                test_neg_elbo: report.neg_elbo,
+                test_reconstruction: report.reconstruction,
+                test_kl: report.kl,
+            };
+            (metrics, test_line(&report))
+        }
+        Model::Ddpm(trainer) => {
+            let report = trainer.evaluate(test, TEST_LOSS_SEED).map_err(error)?;
+            let line = format!(
+                "test noise-prediction MSE {:.4} (averaged weights) over {} images",
+                report.loss, report.images
+            );
+            (
+                TestMetrics::Ddpm {
+                    test_loss: report.loss,
+                },
+                line,
+            )
+        }
+        Model::PixelCnn(trainer) => {
+            let report = trainer.evaluate(test, TEST_BINARIZE_SEED).map_err(error)?;
+            let metrics = TestMetrics::PixelCnn {
+                test_nll: report.nll,
+                test_bits_per_dim: report.bits_per_dim,
+            };
+            (metrics, pixelcnn_test_line(&report))
+        }
+    })
+}
+
+pub(crate) fn pixelcnn_test_line(report: &kiln_autoregressive::NllReport) -> String {
+    format!(
+        "test NLL {:.2} nats ({:.4} bits/dim) over {} images",
+        report.nll, report.bits_per_dim, report.images
+    )
+}
+
+/// The seed of the DDPM's test loss draws (steps and noise).
+pub(crate) const TEST_LOSS_SEED: u64 = 0x7E58;
+/// The seed of the test split's binarization for the Bernoulli PixelCNN: one fixed draw,
+/// as binarized MNIST is one fixed set.
+pub(crate) const TEST_BINARIZE_SEED: u64 = 0xB1A;
 
 /// One line of metrics.jsonl.
 #[derive(Serialize)]
@@ -116,7 +191,26 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     check_device(options.device)?;
     if options.vae.any() && !matches!(options.model, ModelKind::Vae(_)) {
         return Err(format!(
-            "--latent-dim, --likelihood, --beta and --kl-warmup-steps are settings of the VAEs, not of {}",
+            "--latent-dim, --likelihood {{bernoulli|gaussian}}, --beta and --kl-warmup-steps are settings of the VAEs, not of {}",
+            options.model
+        ));
+    }
+    let channels_problem = match (&options.channels, options.model) {
+        (None, _) => None,
+        (Some(c), ModelKind::Ddpm) => (c.len() != 3)
+            .then(|| "--channels takes three numbers for the DDPM, e.g. 16,32,64".to_string()),
+        (Some(c), ModelKind::PixelCnn) => (c.len() != 1)
+            .then(|| "--channels takes one number for the PixelCNN, e.g. 32".to_string()),
+        (Some(_), other) => Some(format!(
+            "--channels is a setting of the DDPM and the PixelCNN, not of {other}"
+        )),
+    };
+    if let Some(problem) = channels_problem {
+        return Err(problem);
+    }
+    if options.pixel_likelihood.is_some() && options.model != ModelKind::PixelCnn {
+        return Err(format!(
+            "--likelihood categorical is a setting of the PixelCNN, not of {}",
             options.model
         ));
     }
@@ -129,8 +223,8 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
         .map_err(|e| e.to_string())?;
     // A VAE measures its test negative ELBO at every epoch's end.
     let test_images = match model {
-        Model::Vae(_) => Some(test_split(&options, Scale::ZeroToOne)?),
         Model::Gan(_) => None,
+        _ => Some(test_split(&options, model.scale())?),
     };
     let batch_size = model.batch_size();
     let loader = Loader::new(
@@ -183,7 +277,6 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
         .truncate_after(start)
         .map_err(|e| e.to_string())?;
     let checkpoint_path = run.latest_checkpoint_path();
-    let (fixed_z, fixed_labels) = model.fixed_latents(GRID_IMAGES)?;
     let interrupt = Interrupt::install().map_err(|e| e.to_string())?;
     let mut progress = Progress::new(total, start, options.quiet);
     progress.println(format!(
@@ -200,6 +293,9 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
         }
     ));
 
+    let eval_samples = options
+        .eval_samples
+        .unwrap_or(options.model.default_eval_samples());
     let mut throughput = Throughput::new();
     let mut evaluator = None;
     let mut last_saved = (start > 0).then_some(start);
@@ -263,27 +359,23 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
         // End of an epoch (or of the run): the test ELBO, a sample grid, a checkpoint, the plot.
         let step = model.steps_done();
         let epochs_done = step as f64 / per_epoch as f64;
-        if let (Model::Vae(trainer), Some(test)) = (&model, &test_images) {
-            let report = trainer
-                .evaluate(test, TEST_ELBO_SEED)
-                .map_err(|e| e.to_string())?;
+        if let Some(test) = &test_images {
+            let (metrics, line) = test_metrics(&model, test)?;
             metrics_log
                 .append(&TestRecord {
                     step,
                     epoch: epochs_done,
-                    test_neg_elbo: report.neg_elbo,
-                    test_reconstruction: report.reconstruction,
-                    test_kl: report.kl,
+                    metrics,
                 })
                 .map_err(|e| e.to_string())?;
-            progress.println(format!("epoch {epochs_done:.2}: {}", test_line(&report)));
+            progress.println(format!("epoch {epochs_done:.2}: {line}"));
         }
         let grid = if step % per_epoch == 0 {
             run.sample_path((step / per_epoch) as usize)
         } else {
             run.samples_dir().join(format!("step_{step:07}.png"))
         };
-        let images = model.sample(&fixed_z, fixed_labels.as_ref())?;
+        let images = model.grid_images(GRID_IMAGES)?;
         kiln_data::save_grid(&images, &grid, Scale::MinusOneToOne, 8, 2)
             .map_err(|e| e.to_string())?;
         save(&model)?;
@@ -298,8 +390,14 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
         let scheduled = options.eval_every > 0
             && epoch_done
             && (step / per_epoch).is_multiple_of(options.eval_every);
-        if options.eval_samples > 0 && (scheduled || step == total) {
-            let line = score(&model, &options, &run, (step, per_epoch), &mut evaluator);
+        if eval_samples > 0 && (scheduled || step == total) {
+            let line = score(
+                &model,
+                &options,
+                &run,
+                (step, per_epoch, eval_samples),
+                &mut evaluator,
+            );
             progress.println(line);
         }
     }
@@ -366,6 +464,27 @@ fn new_model(options: &TrainOptions) -> Result<Model, String> {
             config.kl_warmup_steps = vae.kl_warmup_steps.unwrap_or(config.kl_warmup_steps);
             VaeTrainer::new(config, options.device).map(Model::Vae)
         }
+        ModelKind::Ddpm => {
+            let mut config = DdpmConfig::default();
+            config.batch_size = options.batch_size.unwrap_or(config.batch_size);
+            config.lr = options.lr.unwrap_or(config.lr);
+            config.seed = options.seed.unwrap_or(config.seed);
+            if let Some([c0, c1, c2]) = options.channels.as_deref() {
+                config.channels = [*c0, *c1, *c2];
+            }
+            DdpmTrainer::new(config, options.device).map(|t| Model::Ddpm(Box::new(t)))
+        }
+        ModelKind::PixelCnn => {
+            let mut config = PixelCnnConfig::new();
+            config.batch_size = options.batch_size.unwrap_or(config.batch_size);
+            config.lr = options.lr.unwrap_or(config.lr);
+            config.seed = options.seed.unwrap_or(config.seed);
+            config.likelihood = options.pixel_likelihood.unwrap_or(config.likelihood);
+            if let Some([hidden]) = options.channels.as_deref() {
+                config.hidden_channels = *hidden;
+            }
+            PixelCnnTrainer::new(config, options.device).map(Model::PixelCnn)
+        }
     };
     model.map_err(|e| e.to_string())
 }
@@ -380,7 +499,7 @@ fn score(
     model: &Model,
     options: &TrainOptions,
     run: &RunDir,
-    (step, per_epoch): (u64, u64),
+    (step, per_epoch, samples): (u64, u64, usize),
     evaluator: &mut Option<Evaluator>,
 ) -> String {
     let result = (|| {
@@ -394,8 +513,14 @@ fn score(
             )?);
         }
         let evaluator = evaluator.as_ref().expect("made above");
-        let mut report =
-            evaluator.score_model(model, options.eval_samples, EVAL_SEED, (0, None))?;
+        let settings = crate::eval::ModelScoring {
+            samples,
+            seed: EVAL_SEED,
+            sampler: kiln_diffusion::Sampler::DEFAULT,
+            importance: (0, None),
+            quiet: true,
+        };
+        let mut report = evaluator.score_model(model, &settings)?;
         report.source = format!("the {} at step {step}", options.model);
         let path = run.path().join("eval.json");
         crate::eval::write_json(&report, &path)?;
@@ -423,7 +548,14 @@ fn score(
                     r.mse, r.psnr, r.ssim
                 );
             }
-            line + &format!(" ({} samples; eval.json)", report.samples)
+            if let Some(test) = &report.pixelcnn {
+                line += &format!("; {}", pixelcnn_test_line(test));
+            }
+            let how = report
+                .sampler
+                .as_ref()
+                .map_or(String::new(), |sampler| format!(", {sampler}"));
+            line + &format!(" ({} samples{how}; eval.json)", report.samples)
         }
         Err(message) => format!("eval skipped: {message}"),
     }
@@ -482,6 +614,8 @@ fn resume(options: &TrainOptions, path: &Path) -> Result<Model, String> {
         || options.lr.is_some()
         || options.seed.is_some()
         || options.vae.any()
+        || options.pixel_likelihood.is_some()
+        || options.channels.is_some()
     {
         return Err(
             "--batch-size, --lr, --seed and the model's settings come from the checkpoint when resuming; leave them out"

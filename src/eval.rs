@@ -147,8 +147,12 @@ pub fn eval(options: EvalOptions) -> Result<String, String> {
         (Some(checkpoint), None) => {
             let (model, trained_on) = load_model(checkpoint, options.device)?;
             if options.importance_samples > 0 && !matches!(model, Model::Vae(_)) {
+                let why = match model {
+                    Model::PixelCnn(_) => "whose likelihood is exact: kiln eval reports its test NLL without --iw-samples",
+                    _ => "which has no likelihood to estimate (the VAEs do)",
+                };
                 return Err(format!(
-                    "--iw-samples: {} holds a {} model, which has no likelihood to estimate (the VAEs do)",
+                    "--iw-samples: {} holds a {} model, {why}",
                     checkpoint.display(),
                     model.kind()
                 ));

@@ -38,17 +38,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a GAN or VAE on MNIST (or Fashion-MNIST), leaving a run folder with config.json,
-    /// metrics.jsonl, sample grids per epoch, a loss plot, checkpoints and eval.json; or
-    /// retrain kiln-eval's classifier (`kiln train classifier`).
+    /// Train a GAN, VAE, the DDPM or the PixelCNN on MNIST (or Fashion-MNIST), leaving a run
+    /// folder with config.json, metrics.jsonl, sample grids per epoch, a loss plot,
+    /// checkpoints and eval.json; or retrain kiln-eval's classifier (`kiln train classifier`).
     Train(TrainArgs),
-    /// Draw images from a trained GAN's or VAE's checkpoint (a VAE: the decoder's mean at
-    /// latents from the prior).
+    /// Draw images from a trained model's checkpoint (a VAE: the decoder's mean at latents
+    /// from the prior; the DDPM: --sampler ddim (default) or ddpm; the PixelCNN: pixel by
+    /// pixel).
     Sample(SampleArgs),
     /// Score generated images (a checkpoint's, or a file's) against the real test set:
     /// Fréchet distance in kiln's classifier's features, classifier score, class coverage,
     /// precision and recall; for a VAE also its test negative ELBO, reconstruction
-    /// MSE/PSNR/SSIM and, with --iw-samples, an importance-weighted log-likelihood.
+    /// MSE/PSNR/SSIM and, with --iw-samples, an importance-weighted log-likelihood; for the
+    /// PixelCNN its exact test negative log-likelihood.
     Eval(EvalArgs),
     /// Write a PNG of a VAE's reconstructions: each row of test images above the row of
     /// their reconstructions.

@@ -308,6 +308,17 @@ fn a_short_pixelcnn_training_measures_its_test_likelihood_and_samples() {
         error_line(&refused).trim_end(),
         "error: --sampler, --steps and --eta choose how the DDPM samples; this checkpoint holds a pixelcnn"
     );
+    let refused = kiln(
+        &[
+            "eval",
+            "--checkpoint",
+            path_str(&checkpoint),
+            "--iw-samples",
+            "5",
+        ],
+        &[],
+    );
+    assert!(error_line(&refused).contains("whose likelihood is exact"));
 }
 
 #[test]

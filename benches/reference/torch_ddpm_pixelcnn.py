@@ -45,6 +45,9 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
+    """kiln's U-Net under kiln's names: a kiln DDPM checkpoint's `model.` (or `ema.`) tensors
+    load into it with strict=True."""
+
     def __init__(self, channels=(16, 32, 64), groups=8):
         super().__init__()
         c0, c1, c2 = channels
@@ -84,24 +87,37 @@ class MaskedConv2d(nn.Conv2d):
         c = kernel // 2
         mask[:c] = 1
         mask[c, : c + (1 if mask_type == "B" else 0)] = 1
-        self.register_buffer("mask", mask[None, None])
+        self.register_buffer("mask", mask[None, None], persistent=False)
 
     def forward(self, x):
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
 
+class ResidualBlock(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.conv1 = nn.Conv2d(h, h // 2, 1)
+        self.conv2 = MaskedConv2d(h // 2, h // 2, 3, "B")
+        self.conv3 = nn.Conv2d(h // 2, h, 1)
+
+    def forward(self, x):
+        return x + self.conv3(F.relu(self.conv2(F.relu(self.conv1(F.relu(x))))))
+
+
 class PixelCnn(nn.Module):
+    """kiln's PixelCNN under kiln's names: a kiln checkpoint's `model.` tensors load into it
+    with strict=True (the masks are not stored; kiln keeps the masked weights at zero)."""
+
     def __init__(self, h=32, blocks=5):
         super().__init__()
         self.input_conv = MaskedConv2d(1, h, 7, "A")
-        self.blocks = nn.ModuleList([nn.ModuleList([nn.Conv2d(h, h // 2, 1), MaskedConv2d(h // 2, h // 2, 3, "B"),
-                                                    nn.Conv2d(h // 2, h, 1)]) for _ in range(blocks)])
+        self.blocks = nn.ModuleList([ResidualBlock(h) for _ in range(blocks)])
         self.output = nn.Sequential(nn.ReLU(), nn.Conv2d(h, h, 1), nn.ReLU(), nn.Conv2d(h, 1, 1))
 
     def forward(self, x):
         h = self.input_conv(x)
-        for conv1, conv2, conv3 in self.blocks:
-            h = h + conv3(F.relu(conv2(F.relu(conv1(F.relu(h))))))
+        for block in self.blocks:
+            h = block(h)
         return self.output(h)
 
 

@@ -9,7 +9,7 @@
 
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
-use kiln_nn::NnError;
+use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
 use serde::Serialize;
@@ -126,14 +126,14 @@ impl PixelCnnTrainer {
 
     /// One training step on a batch of grey `images [B, 1, 28, 28]` in [0, 1].
     pub fn step(&mut self, images: &Tensor) -> Result<StepMetrics> {
-        check_images("step", images)?;
+        image_count("step", images, IMAGE_SHAPE)?;
         let mut binarization = self.binarization.clone();
         let targets = self.targets(images, &mut binarization)?;
         let loss = self.model.nll_per_image(&targets)?.mean_all()?;
         self.optimizer.step(&loss.backward()?)?;
         self.binarization = binarization;
         self.step += 1;
-        let nll = scalar(&loss)?;
+        let nll = loss.to_f64()?;
         Ok(StepMetrics {
             nll,
             bits_per_dim: bits_per_dim(nll),
@@ -143,14 +143,14 @@ impl PixelCnnTrainer {
     /// The exact -log p(x) of grey `images [N, 1, 28, 28]` in [0, 1]. Bernoulli pixels: of the
     /// images binarized once from the Philox stream `seed`, so the figure is repeatable.
     pub fn evaluate(&self, images: &Tensor, seed: u64) -> Result<NllReport> {
-        let n = check_images("evaluate", images)?;
+        let n = image_count("evaluate", images, IMAGE_SHAPE)?;
         let mut generator = Generator::new(seed);
         let mut total = 0.0;
         no_grad(|| -> Result<()> {
             for start in (0..n).step_by(EVAL_BATCH) {
                 let size = EVAL_BATCH.min(n - start);
                 let targets = self.targets(&images.narrow(0, start, size)?, &mut generator)?;
-                total += scalar(&self.model.nll_per_image(&targets)?.sum_all()?)?;
+                total += self.model.nll_per_image(&targets)?.sum_all()?.to_f64()?;
             }
             Ok(())
         })?;
@@ -286,19 +286,4 @@ fn inverse_cdf(logits: &[f64], u: f64) -> usize {
         }
     }
     logits.len() - 1
-}
-
-/// The number of images in `images`, which must be `[N, 1, 28, 28]` with N ≥ 1.
-fn check_images(op: &'static str, images: &Tensor) -> Result<usize> {
-    match images.dims() {
-        [n, rest @ ..] if *n > 0 && rest == IMAGE_SHAPE => Ok(*n),
-        _ => Err(NnError::invalid(
-            op,
-            format!("expected images [N, 1, 28, 28], got {}", images.shape()),
-        )),
-    }
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }

@@ -10,7 +10,7 @@
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::loss::{mse_loss, Reduction};
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
-use kiln_nn::NnError;
+use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor, Var};
 use serde::Serialize;
@@ -150,7 +150,7 @@ impl DdpmTrainer {
 
     /// One training step on a batch of `images [B, 1, 28, 28]` in [-1, 1].
     pub fn step(&mut self, images: &Tensor) -> Result<StepMetrics> {
-        let batch = check_images("step", images)?;
+        let batch = image_count("step", images, IMAGE_SHAPE)?;
         let mut generator = self.noise.clone();
         let (t, noise) = self.draw(batch, &mut generator)?;
         let loss = Self::loss(&self.model, &self.schedule, images, &t, &noise)?;
@@ -159,7 +159,7 @@ impl DdpmTrainer {
         self.noise = generator;
         self.step += 1;
         Ok(StepMetrics {
-            loss: scalar(&loss)?,
+            loss: loss.to_f64()?,
         })
     }
 
@@ -186,7 +186,7 @@ impl DdpmTrainer {
     /// The training loss of `images [N, 1, 28, 28]` in [-1, 1] under the averaged weights,
     /// with steps and noise from the Philox stream `seed` so the figure is repeatable.
     pub fn evaluate(&self, images: &Tensor, seed: u64) -> Result<LossReport> {
-        let n = check_images("evaluate", images)?;
+        let n = image_count("evaluate", images, IMAGE_SHAPE)?;
         let mut generator = Generator::new(seed);
         let mut total = 0.0;
         no_grad(|| -> Result<()> {
@@ -195,7 +195,7 @@ impl DdpmTrainer {
                 let (t, noise) = self.draw(size, &mut generator)?;
                 let batch = images.narrow(0, start, size)?;
                 let loss = Self::loss(&self.ema, &self.schedule, &batch, &t, &noise)?;
-                total += scalar(&loss)? * size as f64;
+                total += loss.to_f64()? * size as f64;
             }
             Ok(())
         })?;
@@ -222,7 +222,7 @@ impl DdpmTrainer {
         generator: &mut Generator,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
-        let n = check_images("sample", x_t)?;
+        let n = image_count("sample", x_t, IMAGE_SHAPE)?;
         let timesteps = self.config.timesteps;
         sampler
             .validate(timesteps)
@@ -308,19 +308,4 @@ impl DdpmTrainer {
 /// d·a + (1 - d)·b.
 fn lerp(a: &Var, b: &Var, d: f64) -> Result<Tensor> {
     Ok(a.mul_scalar(d)?.add(&b.mul_scalar(1.0 - d)?)?)
-}
-
-/// The number of images in `images`, which must be `[N, 1, 28, 28]` with N ≥ 1.
-fn check_images(op: &'static str, images: &Tensor) -> Result<usize> {
-    match images.dims() {
-        [n, rest @ ..] if *n > 0 && rest == IMAGE_SHAPE => Ok(*n),
-        _ => Err(NnError::invalid(
-            op,
-            format!("expected images [N, 1, 28, 28], got {}", images.shape()),
-        )),
-    }
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }

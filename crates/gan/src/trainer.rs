@@ -174,10 +174,10 @@ impl GanTrainer {
         self.generator_optimizer.step(&loss_g.backward()?)?;
 
         Ok(StepMetrics {
-            loss_d: scalar(&loss_d)?,
-            loss_g: Some(scalar(&loss_g)?),
-            d_real: scalar(&real_logits.sigmoid()?.mean_all()?)?,
-            d_fake: scalar(&fake_logits.sigmoid()?.mean_all()?)?,
+            loss_d: loss_d.to_f64()?,
+            loss_g: Some(loss_g.to_f64()?),
+            d_real: real_logits.sigmoid()?.mean_all()?.to_f64()?,
+            d_fake: fake_logits.sigmoid()?.mean_all()?.to_f64()?,
             gradient_penalty: None,
         })
     }
@@ -220,14 +220,14 @@ impl GanTrainer {
                 .mean_all()?
                 .neg()?;
             self.generator_optimizer.step(&loss.backward()?)?;
-            loss_g = Some(scalar(&loss)?);
+            loss_g = Some(loss.to_f64()?);
         }
         Ok(StepMetrics {
-            loss_d: scalar(&loss_d)?,
+            loss_d: loss_d.to_f64()?,
             loss_g,
-            d_real: scalar(&real_scores.mean_all()?)?,
-            d_fake: scalar(&fake_scores.mean_all()?)?,
-            gradient_penalty: Some(scalar(&penalty)?),
+            d_real: real_scores.mean_all()?.to_f64()?,
+            d_fake: fake_scores.mean_all()?.to_f64()?,
+            gradient_penalty: Some(penalty.to_f64()?),
         })
     }
 
@@ -330,8 +330,4 @@ impl GanTrainer {
         self.step = checkpoint.step()?;
         Ok(())
     }
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }

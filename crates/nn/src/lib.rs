@@ -16,3 +16,25 @@ pub use error::{NnError, Result};
 pub use init::{Fan, Init, Nonlinearity};
 pub use module::{Module, ModuleT};
 pub use store::{Entry, Kind, ParamStore, Path};
+
+/// The number of images in `images`, which must be `[N, *image]` (`image` = [C, H, W]) with
+/// N ≥ 1; otherwise an error of `op` naming the shape expected and the one given.
+pub fn image_count(
+    op: &'static str,
+    images: &kiln_tensor::Tensor,
+    image: [usize; 3],
+) -> Result<usize> {
+    match images.dims() {
+        [n, rest @ ..] if *n > 0 && rest == image => Ok(*n),
+        _ => Err(NnError::invalid(
+            op,
+            format!(
+                "expected images [N, {}, {}, {}], got {}",
+                image[0],
+                image[1],
+                image[2],
+                images.shape()
+            ),
+        )),
+    }
+}

@@ -363,6 +363,11 @@ impl Tensor {
         Ok(self.to_vec::<T>()?[0])
     }
 
+    /// The value of a one-element tensor of any dtype, as f64 (a loss to log, say).
+    pub fn to_f64(&self) -> Result<f64> {
+        self.to_dtype(DType::F64)?.to_scalar::<f64>()
+    }
+
     // ---- history ----
 
     /// The same values with no history: gradients do not flow through it.

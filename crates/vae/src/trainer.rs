@@ -9,7 +9,7 @@
 
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
-use kiln_nn::NnError;
+use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
 use serde::Serialize;
@@ -133,9 +133,9 @@ impl VaeTrainer {
         self.optimizer.step(&loss.backward()?)?;
         self.noise = noise;
         self.step += 1;
-        let (reconstruction, kl) = (scalar(&reconstruction)?, scalar(&kl)?);
+        let (reconstruction, kl) = (reconstruction.to_f64()?, kl.to_f64()?);
         Ok(StepMetrics {
-            loss: scalar(&loss)?,
+            loss: loss.to_f64()?,
             neg_elbo: reconstruction + kl,
             reconstruction,
             kl,
@@ -171,7 +171,7 @@ impl VaeTrainer {
     /// image (as PyTorch's example measures its test loss), from the Philox stream `seed` so
     /// the figure is repeatable; KL weight 1 whatever β.
     pub fn evaluate(&self, images: &Tensor, seed: u64) -> Result<ElboReport> {
-        let n = check_images("evaluate", images)?;
+        let n = image_count("evaluate", images, IMAGE_SHAPE)?;
         let mut generator = Generator::new(seed);
         let (mut reconstruction, mut kl) = (0.0, 0.0);
         no_grad(|| -> Result<()> {
@@ -181,8 +181,8 @@ impl VaeTrainer {
                 let epsilon =
                     self.standard_normal([size, self.config.latent_dim], &mut generator)?;
                 let terms = self.model.elbo_terms(&batch, &epsilon)?;
-                reconstruction += scalar(&terms.reconstruction.sum_all()?)?;
-                kl += scalar(&terms.kl.sum_all()?)?;
+                reconstruction += terms.reconstruction.sum_all()?.to_f64()?;
+                kl += terms.kl.sum_all()?.to_f64()?;
             }
             Ok(())
         })?;
@@ -206,7 +206,7 @@ impl VaeTrainer {
         samples: usize,
         seed: u64,
     ) -> Result<Vec<f64>> {
-        let n = check_images("importance_weighted_nll", images)?;
+        let n = image_count("importance_weighted_nll", images, IMAGE_SHAPE)?;
         if samples == 0 {
             return Err(NnError::invalid(
                 "importance_weighted_nll",
@@ -302,19 +302,4 @@ impl VaeTrainer {
         trainer.step = checkpoint.step()?;
         Ok(trainer)
     }
-}
-
-/// The number of images in `images`, which must be `[N, 1, 28, 28]` with N ≥ 1.
-fn check_images(op: &'static str, images: &Tensor) -> Result<usize> {
-    match images.dims() {
-        [n, rest @ ..] if *n > 0 && rest == IMAGE_SHAPE => Ok(*n),
-        _ => Err(NnError::invalid(
-            op,
-            format!("expected images [N, 1, 28, 28], got {}", images.shape()),
-        )),
-    }
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }

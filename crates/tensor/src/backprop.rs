@@ -147,6 +147,7 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
         }
         Op::Copy(x) => vec![(x.clone(), grad.clone())],
         Op::ToDType(x) => vec![(x.clone(), grad.to_dtype(x.dtype())?)],
+        Op::ToDevice(x) => vec![(x.clone(), grad.to_device(x.device())?)],
         Op::Cat(parts, dim) => parts
             .iter()
             .cloned()

@@ -52,6 +52,10 @@ pub enum Error {
         device: Device,
         reason: String,
     },
+    /// The CUDA driver or compiler failed (an out-of-memory, a launch failure, a kernel that
+    /// did not compile, with NVRTC's log).
+    #[error("{op}: CUDA: {message}")]
+    Cuda { op: &'static str, message: String },
     /// Anything else a caller got wrong, with a sentence saying what.
     #[error("{op}: {message}")]
     Invalid { op: &'static str, message: String },

@@ -20,6 +20,7 @@
 mod backend;
 mod backprop;
 pub mod cpu;
+pub mod cuda;
 mod device;
 mod dtype;
 mod error;

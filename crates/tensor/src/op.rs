@@ -69,6 +69,8 @@ pub(crate) enum Op {
     Narrow(Tensor, usize, usize),
     Copy(Tensor),
     ToDType(Tensor),
+    /// Moved to another device; the gradient moves back.
+    ToDevice(Tensor),
     Cat(Vec<Tensor>, usize),
     IndexSelect(Tensor, Tensor, usize),
     IndexAdd(Tensor, Tensor, Tensor, usize),
@@ -95,6 +97,7 @@ impl Op {
             | Op::Narrow(x, _, _)
             | Op::Copy(x)
             | Op::ToDType(x)
+            | Op::ToDevice(x)
             | Op::Softmax(x, _)
             | Op::LogSoftmax(x, _)
             | Op::Im2Col(x, _)

@@ -322,6 +322,17 @@ impl Generator {
         start
     }
 
+    /// The offset a device draw of `n` elements of `dtype` starts at, advancing past it exactly
+    /// as the host draw of the same tensor would (f16/bf16 draw f32 words).
+    pub(crate) fn advance_for(&mut self, kind: Distribution, dtype: crate::DType, n: usize) -> u64 {
+        let bits = if dtype == crate::DType::F64 {
+            Bits::B64
+        } else {
+            Bits::B32
+        };
+        self.advance(kind, bits, n)
+    }
+
     /// `n` uniforms in [0, 1), see [`fill_uniform_f32`].
     pub fn uniform_f32(&mut self, n: usize) -> Vec<f32> {
         let mut out = vec![0.0; n];

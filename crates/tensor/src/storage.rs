@@ -3,13 +3,24 @@
 
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
+use crate::cuda::CudaStorage;
 use crate::{
     AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp,
 };
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+/// The error for operands on different backends, which the tensor layer rules out first.
+fn mixed(op: &'static str, lhs: &Storage, rhs: &Storage) -> crate::Error {
+    crate::Error::DeviceMismatch {
+        op,
+        lhs: lhs.device(),
+        rhs: rhs.device(),
+    }
 }
 
 /// Forwards a primitive with storage operands to their backend. All operands are on one
@@ -21,6 +32,14 @@ macro_rules! forward {
                 (Storage::Cpu(s), $(Storage::Cpu($other)),*) => {
                     s.$name(layout, $($other, $other_layout,)* $($arg),*).map(Storage::Cpu)
                 }
+                (Storage::Cuda(s), $(Storage::Cuda($other)),*) => {
+                    s.$name(layout, $($other, $other_layout,)* $($arg),*).map(Storage::Cuda)
+                }
+                #[allow(unreachable_patterns)]
+                (_, $($other),*) => {
+                    let others: &[&Storage] = &[$($other),*];
+                    Err(mixed(stringify!($name), self, others.first().copied().unwrap_or(self)))
+                }
             }
         }
     };
@@ -30,12 +49,14 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(s) => s.device(),
+            Storage::Cuda(s) => s.device(),
         }
     }
 
@@ -83,16 +104,64 @@ impl Storage {
                 )?;
                 Ok((Storage::Cpu(p), Storage::Cpu(m), Storage::Cpu(v)))
             }
+            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
+                let (p, m, v) = p.adam_step(
+                    layout,
+                    g,
+                    grad_layout,
+                    m,
+                    exp_avg_layout,
+                    v,
+                    exp_avg_sq_layout,
+                    step,
+                )?;
+                Ok((Storage::Cuda(p), Storage::Cuda(m), Storage::Cuda(v)))
+            }
+            (p, g, _, _) => Err(mixed("adam_step", p, g)),
         }
     }
 
     pub(crate) fn cat(parts: &[(&Storage, &Layout)], dim: usize) -> Result<Storage> {
-        let cpu_parts: Vec<_> = parts
-            .iter()
-            .map(|(storage, layout)| match storage {
-                Storage::Cpu(s) => (s, *layout),
-            })
-            .collect();
-        CpuStorage::cat(&cpu_parts, dim).map(Storage::Cpu)
+        match parts.first() {
+            Some((Storage::Cuda(_), _)) => {
+                let cuda_parts = parts
+                    .iter()
+                    .map(|(storage, layout)| match storage {
+                        Storage::Cuda(s) => Ok((s, *layout)),
+                        other => Err(mixed("cat", parts[0].0, other)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                CudaStorage::cat(&cuda_parts, dim).map(Storage::Cuda)
+            }
+            _ => {
+                let cpu_parts = parts
+                    .iter()
+                    .map(|(storage, layout)| match storage {
+                        Storage::Cpu(s) => Ok((s, *layout)),
+                        other => Err(mixed("cat", parts[0].0, other)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                CpuStorage::cat(&cpu_parts, dim).map(Storage::Cpu)
+            }
+        }
+    }
+
+    /// These elements moved to `device` (all of the buffer, whatever the layout).
+    pub(crate) fn to_device(&self, device: Device) -> Result<Storage> {
+        match (self, device) {
+            (Storage::Cpu(s), Device::Cpu) => Ok(Storage::Cpu(s.clone())),
+            (Storage::Cpu(s), Device::Cuda(ordinal)) => {
+                CudaStorage::from_cpu(&crate::cuda::device(ordinal)?, s).map(Storage::Cuda)
+            }
+            (Storage::Cuda(s), Device::Cpu) => s.to_cpu().map(Storage::Cpu),
+            (Storage::Cuda(s), Device::Cuda(ordinal)) if s.cuda_device().ordinal() == ordinal => {
+                s.try_clone().map(Storage::Cuda)
+            }
+            (Storage::Cuda(s), Device::Cuda(ordinal)) => {
+                // Between devices through the host: simple, and not on any hot path.
+                let host = s.to_cpu()?;
+                CudaStorage::from_cpu(&crate::cuda::device(ordinal)?, &host).map(Storage::Cuda)
+            }
+        }
     }
 }

@@ -6,9 +6,11 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
+use crate::cuda::CudaStorage;
 use crate::op::Op;
-use crate::rng::Generator;
+use crate::rng::{Distribution, Generator};
 use crate::storage::Storage;
 use crate::{DType, Device, Error, Layout, Result, Shape, WithDType};
 
@@ -98,14 +100,18 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Fails with `DeviceUnavailable` for devices this build cannot use.
-fn check_device(op: &'static str, device: Device) -> Result<()> {
+/// The CUDA device behind `device`, set up on first use; `DeviceUnavailable` (naming `op`
+/// and why: no driver, no such device) when it cannot be used. `None` for the CPU.
+fn cuda_device(op: &'static str, device: Device) -> Result<Option<Arc<crate::cuda::CudaDevice>>> {
     match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda(_) => Err(Error::DeviceUnavailable {
-            op,
-            device,
-            reason: "this build of kiln has no CUDA backend yet".into(),
+        Device::Cpu => Ok(None),
+        Device::Cuda(ordinal) => crate::cuda::device(ordinal).map(Some).map_err(|e| match e {
+            Error::DeviceUnavailable { device, reason, .. } => Error::DeviceUnavailable {
+                op,
+                device,
+                reason,
+            },
+            other => other,
         }),
     }
 }
@@ -164,7 +170,7 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        check_device("from_vec", device)?;
+        let cuda = cuda_device("from_vec", device)?;
         if data.len() != shape.checked_elem_count("from_vec", 1)? {
             return Err(Error::invalid(
                 "from_vec",
@@ -175,7 +181,11 @@ impl Tensor {
                 ),
             ));
         }
-        let storage = Storage::Cpu(CpuStorage::from_vec(data));
+        let host = CpuStorage::from_vec(data);
+        let storage = match cuda {
+            None => Storage::Cpu(host),
+            Some(cuda) => Storage::Cuda(CudaStorage::from_cpu(&cuda, &host)?),
+        };
         Ok(Tensor::from_storage(storage, shape, None))
     }
 
@@ -200,9 +210,12 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        check_device("full", device)?;
+        let cuda = cuda_device("full", device)?;
         let len = shape.checked_elem_count("full", dtype.size_in_bytes())?;
-        let storage = Storage::Cpu(CpuStorage::full(value, len, dtype));
+        let storage = match cuda {
+            None => Storage::Cpu(CpuStorage::full(value, len, dtype)),
+            Some(cuda) => Storage::Cuda(CudaStorage::full(&cuda, value, len, dtype)?),
+        };
         Ok(Tensor::from_storage(storage, shape, None))
     }
 
@@ -241,8 +254,14 @@ impl Tensor {
         generator: &mut Generator,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        check_device("rand", device)?;
+        let cuda = cuda_device("rand", device)?;
         let n = shape.checked_elem_count("rand", 8)?;
+        if let (Some(cuda), true) = (cuda, dtype.is_float()) {
+            // The same words of the same stream as the CPU draw below.
+            let offset = generator.advance_for(Distribution::Uniform, dtype, n);
+            let storage = crate::cuda::rng::uniform(&cuda, dtype, n, generator.seed(), offset)?;
+            return Ok(Tensor::from_storage(Storage::Cuda(storage), shape, None));
+        }
         match dtype {
             DType::F64 => Tensor::from_vec(generator.uniform_f64(n), shape, device),
             DType::F32 | DType::F16 | DType::BF16 => {
@@ -262,8 +281,14 @@ impl Tensor {
         generator: &mut Generator,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        check_device("randn", device)?;
+        let cuda = cuda_device("randn", device)?;
         let n = shape.checked_elem_count("randn", 8)?;
+        if let (Some(cuda), true) = (cuda, dtype.is_float()) {
+            let offset = generator.advance_for(Distribution::Normal, dtype, n);
+            let storage =
+                crate::cuda::rng::normal(&cuda, dtype, n, mean, std, generator.seed(), offset)?;
+            return Ok(Tensor::from_storage(Storage::Cuda(storage), shape, None));
+        }
         match dtype {
             DType::F64 => Tensor::from_vec(generator.normal_f64(n, mean, std), shape, device),
             DType::F32 | DType::F16 | DType::BF16 => Tensor::from_vec(
@@ -342,10 +367,26 @@ impl Tensor {
             });
         }
         let storage = self.storage();
-        let Storage::Cpu(cpu) = &*storage;
+        let host;
+        let cpu = match &*storage {
+            Storage::Cpu(cpu) => cpu,
+            Storage::Cuda(cuda) => {
+                // Only the elements the layout selects cross the bus.
+                let selected = if self.is_contiguous() && self.layout().offset() == 0 {
+                    cuda.to_cpu()?
+                } else {
+                    cuda.copy_strided(self.layout())?.to_cpu()?
+                };
+                host = selected;
+                &host
+            }
+        };
         let data = cpu
             .as_slice::<T>()
             .expect("dtype checked against the storage above");
+        if matches!(&*storage, Storage::Cuda(_)) {
+            return Ok(data[..self.elem_count()].to_vec());
+        }
         Ok(match self.layout().contiguous_range() {
             Some(range) => data[range].to_vec(),
             None => crate::cpu::map1(data, self.layout(), |x| x),

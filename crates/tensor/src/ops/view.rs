@@ -2,7 +2,7 @@
 //! broadcast, narrow, squeeze/unsqueeze), plus `contiguous`/`copy`, and their backward rules.
 
 use crate::op::Op;
-use crate::{Error, Result, Shape, Tensor};
+use crate::{Device, Error, Result, Shape, Tensor};
 
 impl Tensor {
     /// The same elements in `shape`. A view when the data is contiguous; otherwise the data
@@ -116,6 +116,24 @@ impl Tensor {
         let storage = self.storage().copy_strided(self.layout())?;
         let record = Tensor::record(&[self], || Op::Copy(self.clone()));
         Ok(Tensor::from_storage(storage, self.shape().clone(), record))
+    }
+
+    /// The same values on `device` (a contiguous copy; the tensor itself when it is already
+    /// there). Differentiable: the gradient is moved back. Reading a CUDA tensor back waits for
+    /// the work that makes it.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let source = if self.is_contiguous() && self.layout().offset() == 0 {
+            self.storage().to_device(device)?
+        } else {
+            self.storage()
+                .copy_strided(self.layout())?
+                .to_device(device)?
+        };
+        let record = Tensor::record(&[self], || Op::ToDevice(self.clone()));
+        Ok(Tensor::from_storage(source, self.shape().clone(), record))
     }
 
     /// Sums a broadcast result back to `shape` (the gradient of `broadcast_as`).

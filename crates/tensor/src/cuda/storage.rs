@@ -1,0 +1,274 @@
+//! `CudaStorage`: a tensor's elements in device memory, and the backend trait implemented over
+//! the kernels of the sibling modules (one module per kernel file, each function's CPU
+//! reference named in its docs).
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+
+use super::{conv, driver_error, elementwise, index, matmul, optim, reduce, CudaDevice};
+use crate::backend::BackendStorage;
+use crate::cpu::CpuStorage;
+use crate::{
+    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp,
+    WithDType,
+};
+
+/// `len` elements of `dtype` in one device buffer (untyped: kernels know the element type from
+/// their name), ordered on the device's stream.
+pub struct CudaStorage {
+    pub(crate) buffer: CudaSlice<u8>,
+    pub(crate) dtype: DType,
+    pub(crate) len: usize,
+    pub(crate) device: Arc<CudaDevice>,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({:?}, {} x {})", self.device, self.len, self.dtype)
+    }
+}
+
+/// The bytes of a slice of plain numbers.
+fn as_bytes<T: WithDType>(data: &[T]) -> &[u8] {
+    // Safety: every WithDType is a plain number type without padding or invalid bit patterns.
+    unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) }
+}
+
+impl CudaStorage {
+    pub(crate) fn new(
+        buffer: CudaSlice<u8>,
+        dtype: DType,
+        len: usize,
+        device: Arc<CudaDevice>,
+    ) -> CudaStorage {
+        CudaStorage {
+            buffer,
+            dtype,
+            len,
+            device,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn cuda_device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+
+    /// A device copy of host storage (queued on the stream; the host data is copied out before
+    /// this returns).
+    pub fn from_cpu(device: &Arc<CudaDevice>, cpu: &CpuStorage) -> Result<CudaStorage> {
+        fn upload<T: WithDType>(device: &Arc<CudaDevice>, data: &[T]) -> Result<CudaStorage> {
+            let mut storage = device.alloc(T::DTYPE, data.len())?;
+            if !data.is_empty() {
+                let bytes = as_bytes(data);
+                let mut target = storage.buffer.slice_mut(..bytes.len());
+                device
+                    .stream()
+                    .memcpy_htod(bytes, &mut target)
+                    .map_err(driver_error("to_device"))?;
+            }
+            Ok(storage)
+        }
+        match cpu {
+            CpuStorage::U8(v) => upload(device, v),
+            CpuStorage::U32(v) => upload(device, v),
+            CpuStorage::F16(v) => upload(device, v),
+            CpuStorage::BF16(v) => upload(device, v),
+            CpuStorage::F32(v) => upload(device, v),
+            CpuStorage::F64(v) => upload(device, v),
+        }
+    }
+
+    /// The elements copied back to the host (waits for the work that makes them).
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
+        fn download<T: WithDType>(storage: &CudaStorage) -> Result<Vec<T>> {
+            let mut data = vec![T::default(); storage.len];
+            if storage.len > 0 {
+                // Safety: as `as_bytes`; the buffer holds `len` elements of T.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        data.as_mut_ptr() as *mut u8,
+                        storage.len * std::mem::size_of::<T>(),
+                    )
+                };
+                let source = storage.buffer.slice(..bytes.len());
+                let stream = storage.device.stream();
+                stream
+                    .memcpy_dtoh(&source, bytes)
+                    .map_err(driver_error("to_device"))?;
+                stream.synchronize().map_err(driver_error("to_device"))?;
+            }
+            Ok(data)
+        }
+        Ok(match self.dtype {
+            DType::U8 => CpuStorage::U8(download(self)?),
+            DType::U32 => CpuStorage::U32(download(self)?),
+            DType::F16 => CpuStorage::F16(download(self)?),
+            DType::BF16 => CpuStorage::BF16(download(self)?),
+            DType::F32 => CpuStorage::F32(download(self)?),
+            DType::F64 => CpuStorage::F64(download(self)?),
+        })
+    }
+
+    /// Every element `value` rounded to `dtype` (see `CpuStorage::full`).
+    pub fn full(
+        device: &Arc<CudaDevice>,
+        value: f64,
+        len: usize,
+        dtype: DType,
+    ) -> Result<CudaStorage> {
+        elementwise::fill(device, value, len, dtype)
+    }
+
+    /// A device copy of these elements (the same values in a new buffer).
+    pub fn try_clone(&self) -> Result<CudaStorage> {
+        elementwise::copy_strided(self, &Layout::contiguous([self.len]))
+    }
+}
+
+impl BackendStorage for CudaStorage {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn device(&self) -> Device {
+        Device::Cuda(self.device.ordinal())
+    }
+
+    fn copy_strided(&self, layout: &Layout) -> Result<Self> {
+        elementwise::copy_strided(self, layout)
+    }
+
+    fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Self> {
+        elementwise::to_dtype(self, layout, dtype)
+    }
+
+    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self> {
+        elementwise::unary(self, layout, op)
+    }
+
+    fn binary(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        op: BinaryOp,
+    ) -> Result<Self> {
+        elementwise::binary(self, layout, rhs, rhs_layout, op)
+    }
+
+    fn compare(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self> {
+        elementwise::compare(self, layout, rhs, rhs_layout, op)
+    }
+
+    fn where_cond(
+        &self,
+        layout: &Layout,
+        on_true: &Self,
+        true_layout: &Layout,
+        on_false: &Self,
+        false_layout: &Layout,
+    ) -> Result<Self> {
+        elementwise::where_cond(self, layout, on_true, true_layout, on_false, false_layout)
+    }
+
+    fn reduce(&self, layout: &Layout, op: ReduceOp, dims: &[usize]) -> Result<Self> {
+        reduce::reduce(self, layout, op, dims)
+    }
+
+    fn softmax(&self, layout: &Layout, dim: usize, log: bool) -> Result<Self> {
+        reduce::softmax(self, layout, dim, log)
+    }
+
+    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+        matmul::matmul(self, layout, rhs, rhs_layout)
+    }
+
+    fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        conv::im2col(self, layout, g)
+    }
+
+    fn col2im(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        conv::col2im(self, layout, g)
+    }
+
+    fn max_pool2d_indices(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        conv::max_pool2d_indices(self, layout, g)
+    }
+
+    fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {
+        index::cat(parts, dim)
+    }
+
+    fn index_select(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        index::index_select(self, layout, index, index_layout, dim)
+    }
+
+    fn index_add(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        source: &Self,
+        source_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        index::index_add(self, layout, index, index_layout, source, source_layout, dim)
+    }
+
+    fn gather(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        index::gather(self, layout, index, index_layout, dim)
+    }
+
+    fn scatter_add(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        source: &Self,
+        source_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        index::scatter_add(self, layout, index, index_layout, source, source_layout, dim)
+    }
+
+    fn adam_step(
+        &self,
+        layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+        exp_avg: &Self,
+        exp_avg_layout: &Layout,
+        exp_avg_sq: &Self,
+        exp_avg_sq_layout: &Layout,
+        step: &AdamStep,
+    ) -> Result<(Self, Self, Self)> {
+        optim::adam_step(
+            (self, layout),
+            (grad, grad_layout),
+            (exp_avg, exp_avg_layout),
+            (exp_avg_sq, exp_avg_sq_layout),
+            step,
+        )
+    }
+}

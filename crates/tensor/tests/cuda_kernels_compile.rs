@@ -1,0 +1,47 @@
+//! Every kernels/*.cu source compiles with NVRTC, to a cubin, for the archs kiln targets
+//! (Ampere sm_80, Hopper sm_90). This needs only libnvrtc, not a GPU, so it runs on any machine
+//! that has the library (e.g. from the `nvidia-cuda-nvrtc` wheel on `LD_LIBRARY_PATH`); it says
+//! it skipped otherwise, and `KILN_REQUIRE_CUDA=1` makes a missing library a failure.
+
+use kiln_tensor::cuda::registry::{self, ALL};
+use kiln_tensor::cuda::Arch;
+
+#[test]
+fn every_kernel_source_compiles_for_sm80_and_sm90() {
+    if let Err(reason) = registry::nvrtc_availability() {
+        assert!(
+            std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "KILN_REQUIRE_CUDA=1 but {reason}"
+        );
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let version = registry::nvrtc_version().expect("nvrtc version");
+    eprintln!("NVRTC {}.{}", version.0, version.1);
+    for arch in [Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }] {
+        for source in ALL {
+            let cubin = registry::compile(source, arch)
+                .unwrap_or_else(|e| panic!("{}", e));
+            // An ELF image: a cubin, not PTX text.
+            assert_eq!(&cubin[..4], b"\x7fELF", "{}.cu for sm_{arch}", source.name);
+        }
+    }
+}
+
+#[test]
+fn a_compile_error_carries_the_nvrtc_log() {
+    if registry::nvrtc_availability().is_err() {
+        eprintln!("skipped: no libnvrtc");
+        return;
+    }
+    let broken = registry::KernelSource {
+        name: "broken",
+        code: "extern \"C\" __global__ void k(float* out) { out[0] = undeclared_name; }",
+    };
+    let message = registry::compile(&broken, Arch { major: 9, minor: 0 })
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("broken.cu failed to compile for sm_90"), "{message}");
+    assert!(message.contains("undeclared_name"), "{message}");
+    assert!(!message.contains('\n'), "one line: {message}");
+}

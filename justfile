@@ -31,7 +31,7 @@ ci:
 train model="gan" *flags="":
     cargo run --release -- train {{model}} --device cpu {{flags}}
 
-# The same on the GPU (needs kiln's CUDA backend: until it lands this says so and exits)
+# The same on the GPU (cuda:0; without a usable GPU it says why in one line and exits)
 train-cuda model="gan" *flags="":
     cargo run --release -- train {{model}} --device cuda {{flags}}
 
@@ -114,3 +114,9 @@ interop out="target/interop":
 # Remake the PyTorch parity fixtures in tests/fixtures (needs torch and safetensors)
 fixtures:
     ${PYTHON:-python3} tests/fixtures/make_fixtures.py
+
+# Build the CUDA test binaries, the elementwise bench and kiln, stripped, into target/gpu/ for
+# a GPU machine without Rust; there, `scripts/gpu-check.sh run` runs them with
+# KILN_REQUIRE_CUDA=1 and compute-sanitizer
+gpu-build:
+    bash scripts/gpu-check.sh build

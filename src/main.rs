@@ -360,9 +360,12 @@ fn parse_device(text: &str) -> Result<Device, String> {
     }
 }
 
-/// The device `--device auto` picks. This build has no CUDA backend, so: the CPU.
+/// The device `--device auto` picks: `cuda:0` when the CUDA driver sees a GPU, else the CPU.
 fn auto_device() -> Device {
-    Device::Cpu
+    match kiln_tensor::cuda::availability() {
+        Ok(()) => Device::Cuda(0),
+        Err(_) => Device::Cpu,
+    }
 }
 
 #[derive(Args)]
@@ -699,22 +702,64 @@ fn info_report() -> String {
     let logical_cpus = std::thread::available_parallelism()
         .map_or_else(|err| format!("unknown ({err})"), |n| n.to_string());
 
-    [
-        ("kiln version", env!("CARGO_PKG_VERSION").to_string()),
+    let mut facts = vec![
         (
-            "target",
+            "kiln version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        (
+            "target".to_string(),
             format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
         ),
-        ("CPU features", feature_line),
-        ("logical CPUs", logical_cpus),
-        (
-            "devices",
-            "CPU; CUDA: not built into this version (CPU only)".to_string(),
-        ),
-    ]
-    .iter()
-    .map(|(label, value)| format!("{:<19}{value}\n", format!("{label}:")))
-    .collect()
+        ("CPU features".to_string(), feature_line),
+        ("logical CPUs".to_string(), logical_cpus),
+    ];
+    facts.extend(cuda_facts());
+    facts
+        .iter()
+        .map(|(label, value)| format!("{:<19}{value}\n", format!("{label}:")))
+        .collect()
+}
+
+/// `kiln info`'s CUDA lines: the driver and each device (name, compute capability, memory),
+/// NVRTC and the kernel cache; or the one line saying why CUDA cannot be used.
+fn cuda_facts() -> Vec<(String, String)> {
+    use kiln_tensor::cuda;
+    let info = match cuda::info() {
+        Ok(info) => info,
+        Err(reason) => return vec![("CUDA".into(), format!("unavailable: {reason}"))],
+    };
+    let (major, minor) = info.driver_version;
+    let mut facts = vec![(
+        "CUDA".to_string(),
+        format!("driver {major}.{minor}, {} device(s)", info.devices.len()),
+    )];
+    for device in &info.devices {
+        facts.push((
+            format!("cuda:{}", device.ordinal),
+            format!(
+                "{}, compute capability {}.{}, {:.1} GiB, {} SMs",
+                device.name,
+                device.arch.major,
+                device.arch.minor,
+                device.total_memory as f64 / (1u64 << 30) as f64,
+                device.multiprocessors
+            ),
+        ));
+    }
+    facts.push((
+        "NVRTC".into(),
+        match cuda::registry::nvrtc_version() {
+            Ok((major, minor)) => format!("{major}.{minor}"),
+            Err(e) => format!("unavailable: {e}"),
+        },
+    ));
+    facts.push((
+        "kernel cache".into(),
+        cuda::registry::cache_dir()
+            .map_or_else(|| "none (no HOME)".into(), |dir| dir.display().to_string()),
+    ));
+    facts
 }
 
 /// The CPU features that matter to kiln's kernels, each with whether this CPU has it.
@@ -748,7 +793,9 @@ mod tests {
     fn info_report_is_one_labelled_line_per_fact() {
         let report = info_report();
         let lines: Vec<&str> = report.lines().collect();
-        assert_eq!(lines.len(), 5, "{report}");
+        // Five lines without a GPU (the last says why there is no CUDA); more with one.
+        assert!(lines.len() >= 5, "{report}");
+        assert!(lines[4].starts_with("CUDA:"), "{report}");
         for line in &lines {
             let (label, value) = line.split_once(':').expect(line);
             assert!(!label.is_empty() && !value.trim().is_empty(), "{line}");

@@ -272,7 +272,7 @@ fn bad_input_is_one_line_and_a_failed_exit() {
     ));
     assert!(m.contains("--device tpu"), "{m}");
     let m = error_line(&kiln(
-        &["train", "gan", "--device", "cuda", "--out", run_arg],
+        &["train", "gan", "--device", "cuda:1000", "--out", run_arg],
         &[],
     ));
     assert!(m.to_lowercase().contains("cuda"), "{m}");

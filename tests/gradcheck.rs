@@ -3,10 +3,15 @@
 //! values and random views of the input (plain, transposed, narrowed, broadcast), so the
 //! strided kernels and the view ops' backward rules are checked under every op.
 //! Values whose op has a kink (abs, relu, clamp, max) are kept away from it.
+//!
+//! With a GPU, every case also runs on CUDA in f32 and must give the CPU's f32 values and
+//! gradients (`cuda_agrees`): the same properties check the CUDA kernels and autograd there.
+//! Without one the CUDA half is skipped (said once), unless `KILN_REQUIRE_CUDA=1`.
 
 use kiln_tensor::gradcheck::GradCheck;
 use kiln_tensor::{
-    Conv2dOptions, ConvTranspose2dOptions, DType, Device, Pool2dOptions, Result, Tensor,
+    Conv2dOptions, ConvTranspose2dOptions, DType, Device, Generator, Pool2dOptions, Result, Tensor,
+    Var,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -128,7 +133,8 @@ fn away_from(kinks: &'static [f64], margin: f64) -> impl Strategy<Value = f64> +
     })
 }
 
-/// Checks autograd against finite differences for `f` of the viewed inputs.
+/// Checks autograd against finite differences for `f` of the viewed inputs, and, with a GPU,
+/// CUDA against the CPU.
 fn check(
     inputs: &[&Input],
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
@@ -146,7 +152,83 @@ fn check(
             },
             &sources,
         )
-        .map_err(TestCaseError::fail)
+        .map_err(TestCaseError::fail)?;
+    cuda_agrees(inputs, &f)
+}
+
+/// `cuda:0` when it can be used. Without it, says once that the CUDA half of these properties
+/// is skipped; with `KILN_REQUIRE_CUDA=1`, fails instead.
+fn gpu() -> Option<Device> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    match kiln_tensor::cuda::availability() {
+        Ok(()) => Some(Device::Cuda(0)),
+        Err(reason) => {
+            assert!(
+                std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
+                "KILN_REQUIRE_CUDA=1 but CUDA is unavailable: {reason}"
+            );
+            SAID.call_once(|| eprintln!("gradcheck: CUDA half skipped: {reason}"));
+            None
+        }
+    }
+}
+
+/// The values of `f` at the viewed inputs in f32 on `device`, and the gradient of
+/// `sum(f * w)` (fixed weights `w`) with respect to each input, `None` where there is none.
+type ValuesAndGradients = (Vec<f32>, Vec<Option<Vec<f32>>>);
+
+fn f32_run(
+    inputs: &[&Input],
+    f: &impl Fn(&[Tensor]) -> Result<Tensor>,
+    device: Device,
+) -> Result<ValuesAndGradients> {
+    let vars = inputs
+        .iter()
+        .map(|i| Var::new(&i.source().to_dtype(DType::F32)?.to_device(device)?))
+        .collect::<Result<Vec<_>>>()?;
+    let viewed = inputs
+        .iter()
+        .zip(&vars)
+        .map(|(i, v)| i.view(v))
+        .collect::<Result<Vec<_>>>()?;
+    let out = f(&viewed)?;
+    let weights = Tensor::rand(out.shape(), DType::F32, Device::Cpu, &mut Generator::new(7))?
+        .to_device(device)?;
+    let grads = out.mul(&weights)?.sum_all()?.backward()?;
+    let gradients = vars
+        .iter()
+        .map(|v| grads.get(v).map(|g| g.to_vec::<f32>()).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    Ok((out.to_vec::<f32>()?, gradients))
+}
+
+/// CUDA gives the CPU's f32 values and gradients, to f32 rounding (the kernels may sum in
+/// another order).
+fn cuda_agrees(
+    inputs: &[&Input],
+    f: &impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> std::result::Result<(), TestCaseError> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let fail = |device: Device| move |e| TestCaseError::fail(format!("on {device}: {e}"));
+    let (cpu_values, cpu_grads) = f32_run(inputs, f, Device::Cpu).map_err(fail(Device::Cpu))?;
+    let (gpu_values, gpu_grads) = f32_run(inputs, f, gpu).map_err(fail(gpu))?;
+    let close = |what: String, a: &[f32], b: &[f32]| {
+        prop_assert_eq!(a.len(), b.len(), "{}", what);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-4 + 1e-4 * x.abs();
+            prop_assert!(ok, "{}: element {}: cpu {} vs cuda {}", what, i, x, y);
+        }
+        Ok(())
+    };
+    close("values".into(), &cpu_values, &gpu_values)?;
+    for (k, (a, b)) in cpu_grads.iter().zip(&gpu_grads).enumerate() {
+        match (a, b) {
+            (Some(a), Some(b)) => close(format!("gradient of input {k}"), a, b)?,
+            (None, None) => {}
+            _ => prop_assert!(false, "input {}: a gradient on one device only", k),
+        }
+    }
+    Ok(())
 }
 
 /// A shape that broadcasts to `shape`: some dims set to 1, some leading dims dropped.
@@ -308,7 +390,7 @@ proptest! {
                 .broadcast_with("test", &b_shape.clone().into())?;
             let last = shape.dims().last().copied().unwrap_or(1);
             let mask: Vec<u8> = mask_bits[..last].iter().map(|&m| m as u8).collect();
-            let condition = Tensor::from_vec(mask, [last], Device::Cpu)?;
+            let condition = Tensor::from_vec(mask, [last], t[0].device())?;
             Tensor::where_cond(&condition, &t[0], &t[1])
         })?;
     }
@@ -500,7 +582,7 @@ proptest! {
         let size = x.shape[dim] as u32;
         let picks: Vec<u32> = picks.iter().map(|p| p % size).collect();
         let index = u32_index(picks.clone(), vec![picks.len()]);
-        check(&[&x], |t| t[0].index_select(dim, &index))?;
+        check(&[&x], |t| t[0].index_select(dim, &index.to_device(t[0].device())?))?;
     }
 
     #[test]
@@ -512,7 +594,7 @@ proptest! {
         let n: usize = source_shape.iter().product();
         let source = Input { shape: source_shape, view: View::Plain, values: source_values[..n].to_vec() };
         let index = u32_index(picks.clone(), vec![picks.len()]);
-        check(&[&x, &source], |t| t[0].index_add(dim, &index, &t[1]))?;
+        check(&[&x, &source], |t| t[0].index_add(dim, &index.to_device(t[0].device())?, &t[1]))?;
     }
 
     #[test]
@@ -523,7 +605,7 @@ proptest! {
         let n: usize = index_shape.iter().product();
         let size = x.shape[dim] as u32;
         let index = u32_index(picks[..n].iter().map(|p| p % size).collect(), index_shape);
-        check(&[&x], |t| t[0].gather(dim, &index))?;
+        check(&[&x], |t| t[0].gather(dim, &index.to_device(t[0].device())?))?;
     }
 
     #[test]
@@ -534,7 +616,7 @@ proptest! {
         let size = x.shape[dim] as u32;
         let index = u32_index(picks[..n].iter().map(|p| p % size).collect(), index_shape.clone());
         let source = Input { shape: index_shape, view: View::Plain, values: source_values[..n].to_vec() };
-        check(&[&x, &source], |t| t[0].scatter_add(dim, &index, &t[1]))?;
+        check(&[&x, &source], |t| t[0].scatter_add(dim, &index.to_device(t[0].device())?, &t[1]))?;
     }
 }
 
@@ -673,6 +755,7 @@ proptest! {
         check(&[&x, &w, &b], |t| {
             let hidden = t[0].matmul(&t[1])?.add(&t[2])?.leaky_relu(0.2)?; // [3, 4]
             let logits = hidden.sum(&[1], true)?; // [3, 1]
+            let y = y.to_device(t[0].device())?.to_dtype(t[0].dtype())?;
             logits.softplus()?.sub(&logits.mul(&y)?)?.mean_all()
         })?;
     }

@@ -106,11 +106,9 @@ fn cuda_device(op: &'static str, device: Device) -> Result<Option<Arc<crate::cud
     match device {
         Device::Cpu => Ok(None),
         Device::Cuda(ordinal) => crate::cuda::device(ordinal).map(Some).map_err(|e| match e {
-            Error::DeviceUnavailable { device, reason, .. } => Error::DeviceUnavailable {
-                op,
-                device,
-                reason,
-            },
+            Error::DeviceUnavailable { device, reason, .. } => {
+                Error::DeviceUnavailable { op, device, reason }
+            }
             other => other,
         }),
     }

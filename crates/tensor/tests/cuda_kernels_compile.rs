@@ -20,8 +20,7 @@ fn every_kernel_source_compiles_for_sm80_and_sm90() {
     eprintln!("NVRTC {}.{}", version.0, version.1);
     for arch in [Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }] {
         for source in ALL {
-            let cubin = registry::compile(source, arch)
-                .unwrap_or_else(|e| panic!("{}", e));
+            let cubin = registry::compile(source, arch).unwrap_or_else(|e| panic!("{}", e));
             // An ELF image: a cubin, not PTX text.
             assert_eq!(&cubin[..4], b"\x7fELF", "{}.cu for sm_{arch}", source.name);
         }
@@ -41,7 +40,10 @@ fn a_compile_error_carries_the_nvrtc_log() {
     let message = registry::compile(&broken, Arch { major: 9, minor: 0 })
         .unwrap_err()
         .to_string();
-    assert!(message.contains("broken.cu failed to compile for sm_90"), "{message}");
+    assert!(
+        message.contains("broken.cu failed to compile for sm_90"),
+        "{message}"
+    );
     assert!(message.contains("undeclared_name"), "{message}");
     assert!(!message.contains('\n'), "one line: {message}");
 }

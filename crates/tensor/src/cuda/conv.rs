@@ -1,7 +1,177 @@
-//! PLACEHOLDER (being written): im2col/col2im/max-pool kernels, kernels/conv.cu.
-use super::CudaStorage;
-use crate::{Conv2dGeometry, Layout, Result};
+//! The host side of kernels/conv.cu: `im2col`, `col2im` and `max_pool2d_indices`, each one
+//! launch of a kernel picked by dtype (CPU reference: `cpu::conv`). Not for the convolutions
+//! themselves, which `ops/conv.rs` builds from these and the matrix product.
 
-pub(super) fn im2col(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> { todo!() }
-pub(super) fn col2im(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> { todo!() }
-pub(super) fn max_pool2d_indices(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> { todo!() }
+use cudarc::driver::{DeviceRepr, PushKernelArg};
+
+use super::{driver_error, registry, CudaStorage, StridedArg};
+use crate::{Conv2dGeometry, DType, Error, Layout, Result, Shape};
+
+/// `Conv2dGeometry` as the kernels take it (`struct Geometry` in kernels/conv.cu, field for
+/// field).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct GeometryArg {
+    batch: u64,
+    channels: u64,
+    height: u64,
+    width: u64,
+    kernel_h: u64,
+    kernel_w: u64,
+    stride_h: u64,
+    stride_w: u64,
+    padding_h: u64,
+    padding_w: u64,
+    dilation_h: u64,
+    dilation_w: u64,
+    out_height: u64,
+    out_width: u64,
+}
+
+// Safety: plain old data with the C layout the kernels declare.
+unsafe impl DeviceRepr for GeometryArg {}
+
+impl GeometryArg {
+    /// The geometry, once the divisors the kernels use are known to be nonzero (the op layer
+    /// rejects zero strides, dilations and kernels; a direct backend call might not).
+    fn new(op: &'static str, g: &Conv2dGeometry) -> Result<GeometryArg> {
+        if g.stride.contains(&0) || g.dilation.contains(&0) || g.kernel.contains(&0) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "kernel {:?}, stride {:?} and dilation {:?} must be positive",
+                    g.kernel, g.stride, g.dilation
+                ),
+            ));
+        }
+        let u = |x: usize| x as u64;
+        Ok(GeometryArg {
+            batch: u(g.batch),
+            channels: u(g.channels),
+            height: u(g.height),
+            width: u(g.width),
+            kernel_h: u(g.kernel[0]),
+            kernel_w: u(g.kernel[1]),
+            stride_h: u(g.stride[0]),
+            stride_w: u(g.stride[1]),
+            padding_h: u(g.padding[0]),
+            padding_w: u(g.padding[1]),
+            dilation_h: u(g.dilation[0]),
+            dilation_w: u(g.dilation[1]),
+            out_height: u(g.out_height),
+            out_width: u(g.out_width),
+        })
+    }
+}
+
+/// The layout argument for reading `storage` through `layout`, once the layout is known to
+/// have `shape` and every element it reaches to lie inside the buffer, so that no kernel
+/// reads out of bounds whatever a caller passes. Shared by the sibling modules of this file.
+pub(super) fn checked_input(
+    op: &'static str,
+    storage: &CudaStorage,
+    layout: &Layout,
+    shape: &Shape,
+) -> Result<StridedArg> {
+    if layout.shape() != shape {
+        return Err(Error::ShapeMismatch {
+            op,
+            expected: shape.clone(),
+            got: layout.shape().clone(),
+        });
+    }
+    StridedArg::for_storage(op, storage, layout)
+}
+
+/// One launch of `{kernel}_{dtype}`: every kernel of conv.cu takes `(out, input,
+/// input_layout, geometry)` and writes `out_len` elements of `out_dtype`, one thread each.
+/// `input` must have `expected_shape`.
+fn launch(
+    op: &'static str,
+    kernel: &str,
+    (input, layout): (&CudaStorage, &Layout),
+    expected_shape: &Shape,
+    g: &Conv2dGeometry,
+    (out_dtype, out_len): (DType, usize),
+) -> Result<CudaStorage> {
+    let layout_arg = checked_input(op, input, layout, expected_shape)?;
+    let geometry = GeometryArg::new(op, g)?;
+    let device = input.device.clone();
+    let mut out = device.alloc(out_dtype, out_len)?;
+    if out_len == 0 {
+        return Ok(out);
+    }
+    let function = device.function(
+        &registry::CONV,
+        &format!("{kernel}_{}", input.dtype.as_str()),
+    )?;
+    let mut builder = device.stream().launch_builder(&function);
+    builder
+        .arg(&mut out.buffer)
+        .arg(&input.buffer)
+        .arg(&layout_arg)
+        .arg(&geometry);
+    // Safety: the arguments match `{kernel}_{dtype}(T* out, const T* input, Strided layout,
+    // Geometry g)` in kernels/conv.cu; `out` holds `out_len` elements, the layout stays inside
+    // the input (checked above).
+    unsafe { builder.launch(device.launch_config_for(out_len)) }.map_err(driver_error(op))?;
+    Ok(out)
+}
+
+/// `[N, C, H, W]` (any layout, any dtype) unfolded into contiguous columns
+/// `[C·kh·kw, N·OH·OW]`. Reference: `cpu::conv::im2col`.
+pub(super) fn im2col(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> {
+    let len = g.columns_shape().elem_count();
+    launch(
+        "im2col",
+        "im2col",
+        (s, layout),
+        &g.image_shape(),
+        g,
+        (s.dtype, len),
+    )
+}
+
+/// Columns `[C·kh·kw, N·OH·OW]` (any layout, float dtypes) folded into a contiguous
+/// `[N, C, H, W]`, overlapping taps summed. Reference: `cpu::conv::col2im`.
+pub(super) fn col2im(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> {
+    if !s.dtype.is_float() {
+        return Err(Error::UnsupportedDType {
+            op: "col2im",
+            dtype: s.dtype,
+        });
+    }
+    let len = g.image_shape().elem_count();
+    launch(
+        "col2im",
+        "col2im",
+        (s, layout),
+        &g.columns_shape(),
+        g,
+        (s.dtype, len),
+    )
+}
+
+/// For each window of `[N, C, H, W]` (any layout, float dtypes), the `u32` index `ih·W + iw`
+/// of its maximum, contiguous `[N·C, OH·OW]`. Reference: `cpu::conv::max_pool2d_indices`.
+pub(super) fn max_pool2d_indices(
+    s: &CudaStorage,
+    layout: &Layout,
+    g: &Conv2dGeometry,
+) -> Result<CudaStorage> {
+    if !s.dtype.is_float() {
+        return Err(Error::UnsupportedDType {
+            op: "max_pool2d",
+            dtype: s.dtype,
+        });
+    }
+    let len = g.batch * g.channels * g.out_height * g.out_width;
+    launch(
+        "max_pool2d",
+        "max_pool2d_indices",
+        (s, layout),
+        &g.image_shape(),
+        g,
+        (DType::U32, len),
+    )
+}

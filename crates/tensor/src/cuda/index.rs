@@ -1,9 +1,370 @@
-//! PLACEHOLDER (being written): cat and indexing kernels, kernels/index.cu.
-use super::CudaStorage;
-use crate::{Layout, Result};
+//! Concatenation and indexing on CUDA (cat, index_select/index_add, gather/scatter_add), with
+//! the kernels of kernels/index.cu; the CPU references are in src/cpu/index.rs. Shapes are
+//! checked by the tensor layer; index values are checked here, against the data.
 
-pub(super) fn cat(parts: &[(&CudaStorage, &Layout)], dim: usize) -> Result<CudaStorage> { todo!() }
-pub(super) fn index_select(s: &CudaStorage, layout: &Layout, index: &CudaStorage, index_layout: &Layout, dim: usize) -> Result<CudaStorage> { todo!() }
-pub(super) fn index_add(s: &CudaStorage, layout: &Layout, index: &CudaStorage, index_layout: &Layout, source: &CudaStorage, source_layout: &Layout, dim: usize) -> Result<CudaStorage> { todo!() }
-pub(super) fn gather(s: &CudaStorage, layout: &Layout, index: &CudaStorage, index_layout: &Layout, dim: usize) -> Result<CudaStorage> { todo!() }
-pub(super) fn scatter_add(s: &CudaStorage, layout: &Layout, index: &CudaStorage, index_layout: &Layout, source: &CudaStorage, source_layout: &Layout, dim: usize) -> Result<CudaStorage> { todo!() }
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::{driver_error, registry, CudaStorage, StridedArg};
+use crate::{DType, Error, Layout, Result};
+
+/// Joins `parts` along `dim` into a contiguous result: one strided copy per part into its slab
+/// of the output. CPU reference: `cpu::index::cat`.
+pub(super) fn cat(parts: &[(&CudaStorage, &Layout)], dim: usize) -> Result<CudaStorage> {
+    let (first, first_layout) = parts
+        .first()
+        .ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
+    if let Some((other, _)) = parts.iter().find(|(part, _)| part.dtype != first.dtype) {
+        return Err(Error::DTypeMismatch {
+            op: "cat",
+            lhs: first.dtype,
+            rhs: other.dtype,
+        });
+    }
+    let mut out_dims = first_layout.dims().to_vec();
+    out_dims[dim] = parts.iter().map(|(_, layout)| layout.dims()[dim]).sum();
+    let out_layout = Layout::contiguous(out_dims);
+    let device = first.device.clone();
+    let mut out = device.alloc(first.dtype, out_layout.elem_count())?;
+    let function = device.function(&registry::INDEX, &format!("copy_{}", first.dtype.as_str()))?;
+    let mut start = 0;
+    for (part, layout) in parts {
+        let len = layout.dims()[dim];
+        let n = layout.elem_count();
+        if n > 0 {
+            let source = StridedArg::new("cat", layout)?;
+            let target = StridedArg::new("cat", &out_layout.narrow(dim, start, len)?)?;
+            let n64 = n as u64;
+            let mut launch = device.stream().launch_builder(&function);
+            launch
+                .arg(&mut out.buffer)
+                .arg(&part.buffer)
+                .arg(&source)
+                .arg(&target)
+                .arg(&n64);
+            // Safety: the arguments match copy_T in kernels/index.cu; both layouts have the
+            // part's shape, one over the part's storage and one inside the output.
+            unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error("cat"))?;
+        }
+        start += len;
+    }
+    Ok(out)
+}
+
+/// The storage offset of row-major element `position` of `layout`.
+fn element_offset(layout: &Layout, mut position: usize) -> usize {
+    let mut offset = layout.offset();
+    for (&dim, &stride) in layout.dims().iter().zip(layout.strides()).rev() {
+        offset += (position % dim) * stride;
+        position /= dim;
+    }
+    offset
+}
+
+/// Checks that `index` is u32 and each of its values is below `size` (the extent of `dim`),
+/// with the CPU's errors (`CpuStorage::indices`), naming the first offending index in
+/// row-major order. Costs a synchronisation: the position of the first bad index is read
+/// back (one word, then the index there if any).
+fn check_indices(
+    index: &CudaStorage,
+    index_layout: &Layout,
+    op: &'static str,
+    dim: usize,
+    size: usize,
+) -> Result<()> {
+    if index.dtype != DType::U32 {
+        return Err(Error::invalid(
+            op,
+            format!("indices must be u32, got {}", index.dtype),
+        ));
+    }
+    let n = index_layout.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let device = index.device.clone();
+    let stream = device.stream();
+    let mut first_bad: CudaSlice<u64> = stream
+        .clone_htod(&[u64::MAX][..])
+        .map_err(driver_error(op))?;
+    let layout = StridedArg::new(op, index_layout)?;
+    let (n64, size64) = (n as u64, size as u64);
+    let function = device.function(&registry::INDEX, "check_indices")?;
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&index.buffer)
+        .arg(&layout)
+        .arg(&n64)
+        .arg(&size64)
+        .arg(&mut first_bad);
+    // Safety: the arguments match check_indices in kernels/index.cu; it reads the elements of
+    // `index_layout` and writes the one word of `first_bad`.
+    unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(op))?;
+    let position = stream.clone_dtoh(&first_bad).map_err(driver_error(op))?;
+    stream.synchronize().map_err(driver_error(op))?;
+    let position = position[0];
+    if position == u64::MAX {
+        return Ok(());
+    }
+    let offset = element_offset(index_layout, position as usize) * 4;
+    let mut bytes = [0u8; 4];
+    stream
+        .memcpy_dtoh(&index.buffer.slice(offset..offset + 4), &mut bytes[..])
+        .map_err(driver_error(op))?;
+    stream.synchronize().map_err(driver_error(op))?;
+    Err(Error::IndexOutOfRange {
+        op,
+        index: u32::from_ne_bytes(bytes) as usize,
+        dim,
+        size,
+    })
+}
+
+/// A view of `layout` with dims `dims` (no larger than `layout`'s outside `dim`) whose element
+/// at a position is the element of `layout` at that position with 0 along `dim` (stride 0
+/// there): kernels add `index * stride of dim` to it. Needs `layout.dims()[dim] >= 1`.
+fn positions(layout: &Layout, dim: usize, dims: &[usize]) -> Result<Layout> {
+    let mut view = layout.narrow(dim, 0, 1)?;
+    for (d, &size) in dims.iter().enumerate() {
+        if d != dim {
+            view = view.narrow(d, 0, size)?;
+        }
+    }
+    view.broadcast_as(&dims.into())
+}
+
+/// out[i] = data[positions(i) + index[(i / inner) % index_len] * stride of dim], `n` elements:
+/// index_select and gather (kernels/index.cu select_T).
+#[allow(clippy::too_many_arguments)]
+fn select(
+    op: &'static str,
+    s: &CudaStorage,
+    layout: &Layout,
+    index: &CudaStorage,
+    index_layout: &Layout,
+    dim: usize,
+    out_dims: &[usize],
+    inner: usize,
+    index_len: usize,
+) -> Result<CudaStorage> {
+    let n: usize = out_dims.iter().product();
+    let device = s.device.clone();
+    let mut out = device.alloc(s.dtype, n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let positions = StridedArg::new(op, &positions(layout, dim, out_dims)?)?;
+    let index_arg = StridedArg::new(op, index_layout)?;
+    let dim_stride = layout.strides()[dim] as u64;
+    let (inner64, index_len64, n64) = (inner as u64, index_len as u64, n as u64);
+    let function = device.function(&registry::INDEX, &format!("select_{}", s.dtype.as_str()))?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(&mut out.buffer)
+        .arg(&s.buffer)
+        .arg(&positions)
+        .arg(&dim_stride)
+        .arg(&index.buffer)
+        .arg(&index_arg)
+        .arg(&inner64)
+        .arg(&index_len64)
+        .arg(&n64);
+    // Safety: the arguments match select_T in kernels/index.cu; the indices were checked
+    // against the extent of `dim`, so every read is an element of `layout`.
+    unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(op))?;
+    Ok(out)
+}
+
+/// Slices `index[j]` of `dim`: the output has the index's length in place of `dim`. CPU
+/// reference: `cpu::index::index_select`.
+pub(super) fn index_select(
+    s: &CudaStorage,
+    layout: &Layout,
+    index: &CudaStorage,
+    index_layout: &Layout,
+    dim: usize,
+) -> Result<CudaStorage> {
+    check_indices(index, index_layout, "index_select", dim, layout.dims()[dim])?;
+    let index_len = index_layout.elem_count();
+    let mut out_dims = layout.dims().to_vec();
+    out_dims[dim] = index_len;
+    let inner = layout.dims()[dim + 1..].iter().product();
+    select(
+        "index_select",
+        s,
+        layout,
+        index,
+        index_layout,
+        dim,
+        &out_dims,
+        inner,
+        index_len,
+    )
+}
+
+/// out[..i..] = data[..index[..i..]..] along `dim`, with the index's shape. CPU reference:
+/// `cpu::index::gather`.
+pub(super) fn gather(
+    s: &CudaStorage,
+    layout: &Layout,
+    index: &CudaStorage,
+    index_layout: &Layout,
+    dim: usize,
+) -> Result<CudaStorage> {
+    check_indices(index, index_layout, "gather", dim, layout.dims()[dim])?;
+    let n = index_layout.elem_count();
+    select(
+        "gather",
+        s,
+        layout,
+        index,
+        index_layout,
+        dim,
+        index_layout.dims(),
+        1,
+        n,
+    )
+}
+
+/// A contiguous copy of `data` with each element of `source` added at
+/// `positions(i) + index[(i / inner) % index_len] * stride of dim`: index_add and scatter_add.
+/// The sums are made in the math type (f32 for the half types, in a scratch buffer rounded to
+/// the dtype at the end), as on the CPU, but by atomics in no fixed order.
+#[allow(clippy::too_many_arguments)]
+fn add_at(
+    op: &'static str,
+    s: &CudaStorage,
+    layout: &Layout,
+    index: &CudaStorage,
+    index_layout: &Layout,
+    source: &CudaStorage,
+    source_layout: &Layout,
+    dim: usize,
+    inner: usize,
+    index_len: usize,
+) -> Result<CudaStorage> {
+    check_indices(index, index_layout, op, dim, layout.dims()[dim])?;
+    let suffix = match s.dtype {
+        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => s.dtype.as_str(),
+        dtype => return Err(Error::UnsupportedDType { op, dtype }),
+    };
+    if source.dtype != s.dtype {
+        return Err(Error::DTypeMismatch {
+            op,
+            lhs: s.dtype,
+            rhs: source.dtype,
+        });
+    }
+    let device = s.device.clone();
+    let n = layout.elem_count();
+    let mut out = device.alloc(s.dtype, n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let accumulate = |acc: &mut CudaStorage| -> Result<()> {
+        let n64 = n as u64;
+        let data = StridedArg::new(op, layout)?;
+        let function = device.function(&registry::INDEX, &format!("to_accumulator_{suffix}"))?;
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(&mut acc.buffer)
+            .arg(&s.buffer)
+            .arg(&data)
+            .arg(&n64);
+        // Safety: the arguments match to_accumulator_T in kernels/index.cu; it writes
+        // acc[0..n] from the elements of `layout`.
+        unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(op))?;
+        let count = source_layout.elem_count();
+        if count == 0 {
+            return Ok(());
+        }
+        let contiguous = Layout::contiguous(layout.shape().clone());
+        let targets = StridedArg::new(op, &positions(&contiguous, dim, source_layout.dims())?)?;
+        let source_arg = StridedArg::new(op, source_layout)?;
+        let index_arg = StridedArg::new(op, index_layout)?;
+        let dim_stride = contiguous.strides()[dim] as u64;
+        let (inner64, index_len64, count64) = (inner as u64, index_len as u64, count as u64);
+        let function = device.function(&registry::INDEX, &format!("add_at_{suffix}"))?;
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(&mut acc.buffer)
+            .arg(&source.buffer)
+            .arg(&source_arg)
+            .arg(&targets)
+            .arg(&dim_stride)
+            .arg(&index.buffer)
+            .arg(&index_arg)
+            .arg(&inner64)
+            .arg(&index_len64)
+            .arg(&count64);
+        // Safety: the arguments match add_at_T in kernels/index.cu; the indices were checked
+        // against the extent of `dim`, so every target is inside acc[0..n].
+        unsafe { launch.launch(device.launch_config_for(count)) }.map_err(driver_error(op))?;
+        Ok(())
+    };
+    if matches!(s.dtype, DType::F32 | DType::F64) {
+        accumulate(&mut out)?;
+        return Ok(out);
+    }
+    let mut acc = device.alloc(DType::F32, n)?;
+    accumulate(&mut acc)?;
+    let n64 = n as u64;
+    let function = device.function(&registry::INDEX, &format!("from_accumulator_{suffix}"))?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(&mut out.buffer).arg(&acc.buffer).arg(&n64);
+    // Safety: the arguments match from_accumulator_T in kernels/index.cu (n elements each).
+    unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(op))?;
+    Ok(out)
+}
+
+/// `data` with slice j of `source` added to slice `index[j]` of `dim`. CPU reference:
+/// `cpu::index::index_add`.
+pub(super) fn index_add(
+    s: &CudaStorage,
+    layout: &Layout,
+    index: &CudaStorage,
+    index_layout: &Layout,
+    source: &CudaStorage,
+    source_layout: &Layout,
+    dim: usize,
+) -> Result<CudaStorage> {
+    let inner = source_layout.dims()[dim + 1..].iter().product();
+    let index_len = index_layout.elem_count();
+    add_at(
+        "index_add",
+        s,
+        layout,
+        index,
+        index_layout,
+        source,
+        source_layout,
+        dim,
+        inner,
+        index_len,
+    )
+}
+
+/// `data` with source[..i..] added at [..index[..i..]..] along `dim`. CPU reference:
+/// `cpu::index::scatter_add`.
+pub(super) fn scatter_add(
+    s: &CudaStorage,
+    layout: &Layout,
+    index: &CudaStorage,
+    index_layout: &Layout,
+    source: &CudaStorage,
+    source_layout: &Layout,
+    dim: usize,
+) -> Result<CudaStorage> {
+    let count = source_layout.elem_count();
+    add_at(
+        "scatter_add",
+        s,
+        layout,
+        index,
+        index_layout,
+        source,
+        source_layout,
+        dim,
+        1,
+        count,
+    )
+}

@@ -178,9 +178,10 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
         return Err(unavailable(
             "cuda",
             which,
-            format!("the CUDA driver sees {count} device(s), so the last is cuda:{}", {
-                count.saturating_sub(1)
-            }),
+            format!(
+                "the CUDA driver sees {count} device(s), so the last is cuda:{}",
+                { count.saturating_sub(1) }
+            ),
         ));
     }
     let mut devices = DEVICES
@@ -251,8 +252,8 @@ impl CudaDevice {
             .ok_or_else(|| Error::invalid("cuda alloc", format!("{len} elements overflow")))?;
         // Safety: the buffer is only read after a kernel or copy has written it. One byte at
         // least, so that an empty tensor still has a valid pointer to pass.
-        let buffer: CudaSlice<u8> = unsafe { self.stream.alloc(bytes.max(1)) }
-            .map_err(driver_error("cuda alloc"))?;
+        let buffer: CudaSlice<u8> =
+            unsafe { self.stream.alloc(bytes.max(1)) }.map_err(driver_error("cuda alloc"))?;
         Ok(CudaStorage::new(buffer, dtype, len, self.clone()))
     }
 
@@ -391,10 +392,36 @@ impl StridedArg {
         Ok(arg)
     }
 
-    /// A contiguous layout of `len` elements from offset 0.
-    pub(crate) fn contiguous(len: usize) -> StridedArg {
-        StridedArg::new("contiguous", &Layout::contiguous([len]))
-            .expect("one dim always fits")
+    /// As [`StridedArg::new`], after checking that every element `layout` reaches lies inside
+    /// `storage`, so that no kernel can read past a buffer whatever layout it is handed.
+    pub(crate) fn for_storage(
+        op: &'static str,
+        storage: &CudaStorage,
+        layout: &Layout,
+    ) -> Result<StridedArg> {
+        if layout.elem_count() > 0 {
+            let last = layout
+                .dims()
+                .iter()
+                .zip(layout.strides())
+                .fold(layout.offset(), |end, (&dim, &stride)| {
+                    end.saturating_add((dim - 1).saturating_mul(stride))
+                });
+            if last >= storage.len {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "layout {:?} with strides {:?} from offset {} reaches element {last} of a buffer of {} {} elements",
+                        layout.dims(),
+                        layout.strides(),
+                        layout.offset(),
+                        storage.len,
+                        storage.dtype
+                    ),
+                ));
+            }
+        }
+        StridedArg::new(op, layout)
     }
 }
 
@@ -446,11 +473,7 @@ mod tests {
             .permute(&[2, 1, 0, 3])?
             .narrow(0, 1, 2)?;
         let arg = StridedArg::new("t", &layout)?;
-        let expected = crate::cpu::map1(
-            &(0..60u32).collect::<Vec<_>>(),
-            &layout,
-            |x| x as u64,
-        );
+        let expected = crate::cpu::map1(&(0..60u32).collect::<Vec<_>>(), &layout, |x| x as u64);
         let got: Vec<u64> = (0..layout.elem_count() as u64)
             .map(|i| offset(&arg, i))
             .collect();

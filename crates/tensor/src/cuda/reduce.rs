@@ -1,6 +1,221 @@
-//! PLACEHOLDER (being written): reductions and softmax, kernels/reduce.cu.
-use super::CudaStorage;
-use crate::{Layout, ReduceOp, Result};
+//! Reductions (sum, max over any set of dims) and softmax along one dim on CUDA, with the
+//! kernels of kernels/reduce.cu; the CPU references are in src/cpu/reduce.rs. Not for the
+//! reductions inside other ops (conv, optimisers), which keep their own.
 
-pub(super) fn reduce(s: &CudaStorage, layout: &Layout, op: ReduceOp, dims: &[usize]) -> Result<CudaStorage> { todo!() }
-pub(super) fn softmax(s: &CudaStorage, layout: &Layout, dim: usize, log: bool) -> Result<CudaStorage> { todo!() }
+use std::sync::Arc;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::{driver_error, registry, CudaDevice, CudaStorage, StridedArg};
+use crate::{DType, Error, Layout, ReduceOp, Result};
+
+/// Threads a block; kernels/reduce.cu's block-wide combine assumes exactly this many.
+const BLOCK: u32 = 256;
+
+/// How a reduction kernel's groups are laid out: `lanes` threads share one output (1, a warp,
+/// or a block), `splits` blocks share each output's elements (more than 1: partials, then a
+/// join), and the grid.
+struct Plan {
+    lanes: u32,
+    splits: u32,
+    config: LaunchConfig,
+}
+
+/// The innermost (merged) stride of a kernel layout: 1 when neighbouring elements are
+/// neighbours in memory.
+fn inner_stride(arg: &StridedArg) -> u64 {
+    match arg.rank {
+        0 => 1,
+        rank => arg.strides[rank as usize - 1],
+    }
+}
+
+impl Plan {
+    /// `outputs` reductions of `count` elements each. A warp or block per output when its
+    /// elements are contiguous (coalesced reads along the reduction); a thread per output when
+    /// the outputs are contiguous and the reduced elements are not (a bias gradient's sum over
+    /// the batch: neighbouring threads read neighbouring columns); and when that leaves the GPU
+    /// idle (few outputs), `splits` blocks per output, each thread still taking 32 or more.
+    fn new(
+        device: &Arc<CudaDevice>,
+        outputs: usize,
+        count: usize,
+        kept: &StridedArg,
+        reduced: &StridedArg,
+        may_split: bool,
+    ) -> Plan {
+        let columns = inner_stride(reduced) != 1 && inner_stride(kept) == 1 && outputs >= 32;
+        let lanes: u32 = if count < 32 || columns {
+            1
+        } else if count < 4096 {
+            32
+        } else {
+            BLOCK
+        };
+        let mut config = device.launch_config_for(outputs * lanes as usize);
+        let full = device.launch_config_for(usize::MAX).grid_dim.0 as usize;
+        let blocks = config.grid_dim.0 as usize;
+        let splits = if may_split && blocks < full {
+            (full / blocks)
+                .min(count / (lanes as usize * 32))
+                .clamp(1, 1024)
+        } else {
+            1
+        };
+        config.grid_dim.1 = splits as u32;
+        Plan {
+            lanes,
+            splits: splits as u32,
+            config,
+        }
+    }
+}
+
+fn float_kernel_suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => Ok(dtype.as_str()),
+        other => Err(Error::UnsupportedDType { op, dtype: other }),
+    }
+}
+
+/// `layout` without the dims in `dims` (sorted), keeping the other dims' strides and the
+/// offset.
+fn without_dims(layout: &Layout, dims: &[usize]) -> Layout {
+    dims.iter()
+        .rev()
+        .fold(layout.clone(), |layout, &d| layout.squeeze(d))
+}
+
+/// Sum or max over `dims` (sorted, distinct), keepdim: the output has the input's shape with
+/// those dims 1, contiguous. CPU reference: `cpu::reduce::reduce` (f64 sums, NaN-winning max;
+/// an empty reduction is 0 or -inf).
+pub(super) fn reduce(
+    s: &CudaStorage,
+    layout: &Layout,
+    op: ReduceOp,
+    dims: &[usize],
+) -> Result<CudaStorage> {
+    let suffix = float_kernel_suffix("reduce", s.dtype)?;
+    let (name, partial_dtype) = match op {
+        ReduceOp::Sum => ("sum", DType::F64),
+        ReduceOp::Max if s.dtype == DType::F64 => ("max", DType::F64),
+        ReduceOp::Max => ("max", DType::F32),
+    };
+    let kept_dims: Vec<usize> = (0..layout.dims().len())
+        .filter(|d| !dims.contains(d))
+        .collect();
+    // Output o (row-major over the kept dims, which is the keepdim output's order) starts at
+    // strided_offset(kept, o); its elements are strided_offset(reduced, j) further on.
+    let kept_layout = without_dims(layout, dims);
+    let reduced_layout = without_dims(layout, &kept_dims);
+    let (outputs, count) = (kept_layout.elem_count(), reduced_layout.elem_count());
+    let device = s.device.clone();
+    let mut out = device.alloc(s.dtype, outputs)?;
+    if outputs == 0 {
+        return Ok(out);
+    }
+    let kept = StridedArg::new("reduce", &kept_layout)?;
+    let reduced = StridedArg {
+        offset: 0,
+        ..StridedArg::new("reduce", &reduced_layout)?
+    };
+    let plan = Plan::new(&device, outputs, count, &kept, &reduced, true);
+    let (outputs64, count64) = (outputs as u64, count as u64);
+    if plan.splits == 1 {
+        let function = device.function(&registry::REDUCE, &format!("{name}_{suffix}"))?;
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(&mut out.buffer)
+            .arg(&s.buffer)
+            .arg(&kept)
+            .arg(&reduced)
+            .arg(&outputs64)
+            .arg(&count64)
+            .arg(&plan.lanes);
+        // Safety: the arguments match `{name}_{suffix}` in kernels/reduce.cu; the kernel reads
+        // only the elements of `layout` and writes out[0..outputs].
+        unsafe { launch.launch(plan.config) }.map_err(driver_error("reduce"))?;
+        return Ok(out);
+    }
+    // Pass 1: partial[o * splits + s], in the accumulator type.
+    let mut partial = device.alloc(partial_dtype, outputs * plan.splits as usize)?;
+    let function = device.function(&registry::REDUCE, &format!("{name}_split_{suffix}"))?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(&mut partial.buffer)
+        .arg(&s.buffer)
+        .arg(&kept)
+        .arg(&reduced)
+        .arg(&outputs64)
+        .arg(&count64)
+        .arg(&plan.lanes);
+    // Safety: as above; the kernel writes partial[0..outputs * splits] (grid.y = splits).
+    unsafe { launch.launch(plan.config) }.map_err(driver_error("reduce"))?;
+    // Pass 2: each output's partials are one contiguous run of `splits`.
+    let partials = Layout::contiguous([outputs, plan.splits as usize]);
+    let join_kept = StridedArg::new("reduce", &partials.squeeze(1))?;
+    let join_reduced = StridedArg::new("reduce", &partials.squeeze(0))?;
+    let splits = plan.splits as usize;
+    let join = Plan::new(&device, outputs, splits, &join_kept, &join_reduced, false);
+    let splits64 = splits as u64;
+    let function = device.function(&registry::REDUCE, &format!("{name}_join_{suffix}"))?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(&mut out.buffer)
+        .arg(&partial.buffer)
+        .arg(&join_kept)
+        .arg(&join_reduced)
+        .arg(&outputs64)
+        .arg(&splits64)
+        .arg(&join.lanes);
+    // Safety: as above, reading partial[0..outputs * splits] and writing out[0..outputs].
+    unsafe { launch.launch(join.config) }.map_err(driver_error("reduce"))?;
+    Ok(out)
+}
+
+/// Softmax (or log-softmax) along `dim`, max-subtracted; the output is contiguous in the
+/// input's dim order. CPU reference: `cpu::reduce::softmax`.
+pub(super) fn softmax(
+    s: &CudaStorage,
+    layout: &Layout,
+    dim: usize,
+    log: bool,
+) -> Result<CudaStorage> {
+    let op = if log { "log_softmax" } else { "softmax" };
+    let suffix = float_kernel_suffix("softmax", s.dtype)?;
+    let device = s.device.clone();
+    let mut out = device.alloc(s.dtype, layout.elem_count())?;
+    if layout.elem_count() == 0 {
+        return Ok(out);
+    }
+    // Row r starts at strided_offset(rows, r) and steps by the dim's stride, in the input and
+    // in the contiguous output alike.
+    let row_len = layout.dims()[dim];
+    let rows_layout = layout.squeeze(dim);
+    let out_layout = Layout::contiguous(layout.shape().clone());
+    let rows = StridedArg::new(op, &rows_layout)?;
+    let out_rows = StridedArg::new(op, &out_layout.squeeze(dim))?;
+    let in_stride = layout.strides()[dim] as u64;
+    let out_stride = out_layout.strides()[dim] as u64;
+    let row_count = rows_layout.elem_count();
+    // A warp a row, a block for long rows.
+    let lanes: u32 = if row_len <= 1024 { 32 } else { BLOCK };
+    let (row_count64, row_len64) = (row_count as u64, row_len as u64);
+    let function = device.function(&registry::REDUCE, &format!("{op}_{suffix}"))?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(&mut out.buffer)
+        .arg(&s.buffer)
+        .arg(&rows)
+        .arg(&in_stride)
+        .arg(&out_rows)
+        .arg(&out_stride)
+        .arg(&row_count64)
+        .arg(&row_len64)
+        .arg(&lanes);
+    // Safety: the arguments match `{op}_{suffix}` in kernels/reduce.cu; it reads the elements
+    // of `layout` and writes each of the output's elements once.
+    unsafe { launch.launch(device.launch_config_for(row_count * lanes as usize)) }
+        .map_err(driver_error(op))?;
+    Ok(out)
+}

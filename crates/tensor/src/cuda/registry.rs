@@ -113,7 +113,12 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// The file in `dir` a compiled `source` is cached in.
-fn cache_file(dir: &std::path::Path, source: &KernelSource, arch: Arch, nvrtc: (u32, u32)) -> PathBuf {
+fn cache_file(
+    dir: &std::path::Path,
+    source: &KernelSource,
+    arch: Arch,
+    nvrtc: (u32, u32),
+) -> PathBuf {
     let version = format!("{}.{}", nvrtc.0, nvrtc.1);
     let options = options(arch).join(" ");
     let key = fnv1a(&[
@@ -169,7 +174,9 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::create_dir_all(dir)?;
     let temporary = dir.join(format!(
         ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("kernel"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("kernel"),
         std::process::id()
     ));
     std::fs::write(&temporary, bytes)?;
@@ -187,11 +194,14 @@ pub fn compile(source: &KernelSource, arch: Arch) -> Result<Vec<u8>> {
         op: "nvrtc",
         message: format!("{}.cu: {what} failed: {e:?}", source.name),
     };
-    let code = CString::new(format!("{PRELUDE}\n#line 1 \"{}.cu\"\n{}", source.name, source.code))
-        .map_err(|_| Error::Cuda {
-            op: "nvrtc",
-            message: format!("{}.cu contains a NUL byte", source.name),
-        })?;
+    let code = CString::new(format!(
+        "{PRELUDE}\n#line 1 \"{}.cu\"\n{}",
+        source.name, source.code
+    ))
+    .map_err(|_| Error::Cuda {
+        op: "nvrtc",
+        message: format!("{}.cu contains a NUL byte", source.name),
+    })?;
     let name = CString::new(format!("{}.cu", source.name)).expect("kernel names have no NUL");
     let program = result::create_program(&code, Some(&name)).map_err(|e| failed("create", e))?;
     let output = (|| {

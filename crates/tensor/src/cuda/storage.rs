@@ -25,7 +25,11 @@ pub struct CudaStorage {
 
 impl std::fmt::Debug for CudaStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaStorage({:?}, {} x {})", self.device, self.len, self.dtype)
+        write!(
+            f,
+            "CudaStorage({:?}, {} x {})",
+            self.device, self.len, self.dtype
+        )
     }
 }
 
@@ -227,7 +231,15 @@ impl BackendStorage for CudaStorage {
         source_layout: &Layout,
         dim: usize,
     ) -> Result<Self> {
-        index::index_add(self, layout, index, index_layout, source, source_layout, dim)
+        index::index_add(
+            self,
+            layout,
+            index,
+            index_layout,
+            source,
+            source_layout,
+            dim,
+        )
     }
 
     fn gather(
@@ -249,7 +261,15 @@ impl BackendStorage for CudaStorage {
         source_layout: &Layout,
         dim: usize,
     ) -> Result<Self> {
-        index::scatter_add(self, layout, index, index_layout, source, source_layout, dim)
+        index::scatter_add(
+            self,
+            layout,
+            index,
+            index_layout,
+            source,
+            source_layout,
+            dim,
+        )
     }
 
     fn adam_step(

@@ -39,7 +39,10 @@ pub fn assert_close(what: &str, cpu: &Tensor, gpu: &Tensor, atol: f64, rtol: f64
         let ok = (x.is_nan() && y.is_nan())
             || x == y
             || (x.is_finite() && y.is_finite() && (x - y).abs() <= atol + rtol * x.abs());
-        assert!(ok, "{what}: element {i}: cpu {x} vs cuda {y} (atol {atol}, rtol {rtol})");
+        assert!(
+            ok,
+            "{what}: element {i}: cpu {x} vs cuda {y} (atol {atol}, rtol {rtol})"
+        );
     }
 }
 
@@ -64,7 +67,9 @@ pub fn parity(
 /// generator of its own), as a tensor of `dtype` on `device`.
 pub fn random(shape: &[usize], dtype: DType, device: Device, seed: u64, scale: f64) -> Tensor {
     let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let data: Vec<f64> = (0..n)
         .map(|_| {
             state = state
@@ -86,3 +91,17 @@ pub const FLOAT_DTYPES: [(DType, f64); 4] = [
     (DType::F16, 1e-3),
     (DType::BF16, 8e-3),
 ];
+
+/// Every dtype kiln has.
+pub const ALL_DTYPES: [DType; 6] = [
+    DType::U8,
+    DType::U32,
+    DType::F16,
+    DType::BF16,
+    DType::F32,
+    DType::F64,
+];
+
+/// More elements than one wave of blocks on any current GPU (an H100 runs 132 SMs x 8 blocks
+/// x 256 threads = 270336 threads at once, see `launch_config_for`), and odd.
+pub const OVER_A_WAVE: usize = (1 << 20) + 3;

@@ -48,6 +48,13 @@ run() {
     local logs=${OUT:-$dir/logs}
     mkdir -p "$logs"
     export KILN_REQUIRE_CUDA=1 KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-kernels}
+    # libnvrtc: the toolkit's, else the one in NVIDIA's Python wheels (PyTorch's).
+    for lib in /usr/local/cuda/lib64 \
+        "$(python3 -c 'import glob, nvidia; print(sorted(glob.glob(nvidia.__path__[0] + "/cu[0-9]*/lib"))[-1])' 2>/dev/null)"; do
+        if [ -n "$lib" ] && [ -d "$lib" ]; then
+            export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        fi
+    done
     local failed=0
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$logs/nvidia-smi.txt" || true
     "$dir/kiln" info | tee "$logs/info.txt" || failed=1

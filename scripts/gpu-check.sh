@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks, in two halves, for a GPU machine that has the CUDA toolkit but no Rust:
 #
-#   scripts/gpu-check.sh build   # here: build the CUDA test binaries, the elementwise bench and
-#                                # kiln, stripped, into target/gpu/ (carry that folder over)
+#   scripts/gpu-check.sh build   # here: build the CUDA test binaries, the elementwise and gemm
+#                                # benches and kiln, stripped, into target/gpu/ (carry it over)
 #   scripts/gpu-check.sh run     # there: run them all with KILN_REQUIRE_CUDA=1, then
 #                                # compute-sanitizer memcheck and racecheck over the CUDA tests;
 #                                # logs go to $OUT (or target/gpu/logs)
@@ -16,12 +16,13 @@ build() {
     cp target/release/kiln "$dir/kiln"
     # Test and bench executables, by target name, from cargo's JSON messages.
     local tests=(cuda_tensor cuda_elementwise cuda_reduce cuda_index cuda_conv_matmul
-        cuda_rng_optim cuda_kernels_compile)
+        cuda_rng_optim cuda_gemm cuda_kernels_compile)
     local json
     json=$( { cargo test --release -p kiln-tensor --no-run --message-format=json;
               cargo test --release --test gradcheck --no-run --message-format=json;
-              cargo bench --bench elementwise --no-run --message-format=json; } 2>/dev/null)
-    for name in "${tests[@]}" gradcheck elementwise; do
+              cargo bench --bench elementwise --no-run --message-format=json;
+              cargo bench --bench gemm --no-run --message-format=json; } 2>/dev/null)
+    for name in "${tests[@]}" gradcheck elementwise gemm; do
         local path
         path=$(printf '%s\n' "$json" | python3 -c '
 import json, sys
@@ -86,7 +87,9 @@ run() {
         echo "compute-sanitizer not found" && failed=1
     fi
     echo "== elementwise bench (CUDA part)"
-    "$dir/elementwise" --bench 2>&1 | tee "$logs/bench-elementwise.txt" | grep -i -E "cuda|GB/s" || true
+    "$dir/elementwise" --bench cuda 2>&1 | tee "$logs/bench-elementwise.txt" | tail -8 || true
+    echo "== gemm bench (CUDA part, against cuBLAS)"
+    "$dir/gemm" --bench cuda 2>&1 | tee "$logs/bench-gemm.txt" | tail -40 || true
     return $failed
 }
 

@@ -127,6 +127,11 @@ struct TrainArgs {
     /// Where to train: auto (CUDA if there, else CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// How f32 matrix products run on CUDA: fp32 (full f32, the default), tf32 or bf16
+    /// (tensor cores with inputs rounded to TF32 or bf16, f32 accumulation). The CPU always
+    /// computes in f32.
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    precision: kiln_tensor::MatmulPrecision,
     /// Epochs to train (default 20; 5 for dcgan; 10 for the VAEs; 2 for ddpm; 1 for pixelcnn).
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<u64>,
@@ -350,6 +355,12 @@ impl ModelArg {
     }
 }
 
+/// `fp32`, `tf32` or `bf16`.
+fn parse_precision(text: &str) -> Result<kiln_tensor::MatmulPrecision, String> {
+    text.parse()
+        .map_err(|_| format!("--precision {text}: expected fp32, tf32 or bf16"))
+}
+
 /// `auto` (CUDA when kiln has it and a GPU is there, else the CPU), `cpu`, `cuda`, `cuda:N`.
 fn parse_device(text: &str) -> Result<Device, String> {
     match text {
@@ -479,6 +490,7 @@ fn main() -> ExitCode {
 }
 
 fn train_command(args: TrainArgs) -> Result<Finish, String> {
+    kiln_tensor::set_matmul_precision(args.precision);
     if args.log_every == 0 {
         return Err("--log-every must be at least 1".to_string());
     }

@@ -492,6 +492,31 @@ proptest! {
     }
 
     #[test]
+    fn matmul_bias_act(
+        (a, b, ta, tb) in matmul_operands(1),
+        bias_values in vec(any_value(), 5),
+        with_bias in any::<bool>(),
+        activation in 0usize..5,
+        slope in 0.0..0.5f64,
+    ) {
+        let activation = [
+            kiln_tensor::Activation::Identity,
+            kiln_tensor::Activation::Relu,
+            kiln_tensor::Activation::LeakyRelu(slope),
+            kiln_tensor::Activation::Tanh,
+            kiln_tensor::Activation::Sigmoid,
+        ][activation];
+        let n = if tb { b.shape[b.shape.len() - 2] } else { b.shape[b.shape.len() - 1] };
+        let bias = Input { shape: vec![n], view: View::Plain, values: bias_values[..n].to_vec() };
+        let inputs: Vec<&Input> = if with_bias { vec![&a, &b, &bias] } else { vec![&a, &b] };
+        check(&inputs, |t| {
+            let a = if ta { t[0].t()? } else { t[0].clone() };
+            let b = if tb { t[1].t()? } else { t[1].clone() };
+            a.matmul_bias_act(&b, t.get(2), activation)
+        })?;
+    }
+
+    #[test]
     fn matmul_broadcast_batch(batch in 1usize..=3, m in 1usize..=4, k in 1usize..=4, n in 1usize..=4,
                               a in vec(any_value(), 48), b in vec(any_value(), 16)) {
         // [batch, m, k] x [k, n]: the right operand is shared by every batch entry.

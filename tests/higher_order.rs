@@ -3,7 +3,7 @@
 //! (kiln_tensor::gradcheck), never kiln's own output.
 
 use kiln_tensor::gradcheck::GradCheck;
-use kiln_tensor::{Device, Result, Tensor, Var};
+use kiln_tensor::{Activation, Device, Result, Tensor, Var};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -260,4 +260,41 @@ fn wgan_gp_penalty_through_a_convolutional_critic() {
     GradCheck::default()
         .check(|p| penalty(&p[0]), &[tensor(&weight, &[2, 1, 3, 3])])
         .unwrap();
+}
+
+/// The WGAN-GP penalty of the same critic written with the fused `matmul_bias_act` (the hidden
+/// layer with `activation`, the output layer with none), differentiated with respect to the
+/// critic's weights, against finite differences: the fused op's backward rule must itself be
+/// differentiable, curvature of tanh and sigmoid included.
+fn check_fused_gradient_penalty(activation: Activation) {
+    let x = tensor(
+        &[
+            0.3, -1.2, 0.8, 1.5, 0.1, -0.4, -0.9, 0.6, 1.1, 0.2, -0.3, -1.4,
+        ],
+        &[4, 3],
+    );
+    let penalty = |p: &[Tensor]| -> Result<Tensor> {
+        let x = leaf(&x)?;
+        let hidden = x.matmul_bias_act(&p[0], Some(&p[1]), activation)?; // [4, 4]
+        let scores = hidden.matmul_bias_act(&p[2], Some(&p[3]), Activation::Identity)?; // [4, 1]
+        let input_grad = grad_with_graph(&scores.sum_all()?, &x)?; // [4, 3]
+        let norms = input_grad.square()?.sum(&[1], false)?.sqrt()?; // [4]
+        norms.add_scalar(-1.0)?.square()?.mean_all()
+    };
+    GradCheck::default()
+        .check(penalty, &critic_params())
+        .unwrap_or_else(|e| panic!("{activation:?}: {e}"));
+}
+
+#[test]
+fn fused_layers_have_second_derivatives() {
+    for activation in [
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::LeakyRelu(0.2),
+        Activation::Relu,
+        Activation::Identity,
+    ] {
+        check_fused_gradient_penalty(activation);
+    }
 }

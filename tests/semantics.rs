@@ -5,7 +5,7 @@
 //! copied from kiln's own output. Gradients here are the hand-derivable basics; the finite
 //! difference checks of every backward rule are in `tests/gradcheck.rs`.
 
-use kiln_tensor::{no_grad, DType, Device, Error, Tensor, Var};
+use kiln_tensor::{no_grad, Activation, DType, Device, Error, MatmulPrecision, Tensor, Var};
 use proptest::prelude::*;
 
 type R = kiln_tensor::Result<()>;
@@ -1590,5 +1590,72 @@ fn a_transposed_weight_gets_a_row_major_gradient() -> kiln_tensor::Result<()> {
     let dw = grads.get(&w).unwrap();
     assert!(dw.is_contiguous());
     assert_eq!(dw.to_vec::<f32>()?, vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+    Ok(())
+}
+
+// ---- fused matrix product ----
+
+#[test]
+fn matmul_bias_act_is_the_composition() -> R {
+    let x = Tensor::from_vec(
+        (0..6).map(|v| v as f32 * 0.5 - 1.0).collect(),
+        [2, 3],
+        Device::Cpu,
+    )?;
+    let w = Tensor::from_vec(
+        (0..12).map(|v| 0.3 - v as f32 * 0.1).collect(),
+        [3, 4],
+        Device::Cpu,
+    )?;
+    let b = Tensor::from_vec(vec![0.5f32, -0.25, 0.0, 1.0], [4], Device::Cpu)?;
+    for activation in [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu(0.2),
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ] {
+        let pre = x.matmul(&w)?.add(&b)?;
+        let expected = match activation {
+            Activation::Identity => pre,
+            Activation::Relu => pre.relu()?,
+            Activation::LeakyRelu(slope) => pre.leaky_relu(slope)?,
+            Activation::Tanh => pre.tanh()?,
+            Activation::Sigmoid => pre.sigmoid()?,
+        };
+        let fused = x.matmul_bias_act(&w, Some(&b), activation)?;
+        assert_eq!(
+            fused.to_vec::<f32>()?,
+            expected.to_vec::<f32>()?,
+            "{activation:?}"
+        );
+        // Transposed operands and no bias.
+        let fused = w.t()?.matmul_bias_act(&x.t()?, None, activation)?;
+        assert_eq!(fused.dims(), &[4, 2]);
+    }
+    let err = x
+        .matmul_bias_act(&w, Some(&b.narrow(0, 0, 3)?), Activation::Relu)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("expected shape [4], got [3]"),
+        "{err}"
+    );
+    let err = x
+        .matmul_bias_act(&w, None, Activation::LeakyRelu(-0.1))
+        .unwrap_err();
+    assert!(err.to_string().contains("slope must be >= 0"), "{err}");
+    let err = x
+        .matmul_bias_act(&w.t()?, None, Activation::Relu)
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot multiply"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn matmul_precision_parses_and_sticks() -> R {
+    assert_eq!("tf32".parse::<MatmulPrecision>()?, MatmulPrecision::Tf32);
+    assert_eq!("bf16".parse::<MatmulPrecision>()?, MatmulPrecision::Bf16);
+    assert!("fp16".parse::<MatmulPrecision>().is_err());
+    assert_eq!(kiln_tensor::matmul_precision(), MatmulPrecision::Fp32);
     Ok(())
 }

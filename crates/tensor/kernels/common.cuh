@@ -75,6 +75,27 @@ __device__ __forceinline__ u64 strided_offset(const Strided& s, u64 i) {
     return offset;
 }
 
+// The activation of a fused matrix product (codes: 0 identity, 1 relu, 2 leaky relu, 3 tanh,
+// 4 sigmoid; `Activation` in src/op.rs), in f32 with kiln's unary semantics (cpu::elementwise::unary): relu passes
+// NaN, leaky relu multiplies by the slope rounded to f32, sigmoid splits on the sign so that
+// neither branch overflows.
+// Not inlined: called once per output after the k loop, and inlining the transcendental
+// functions at every one of a thread's 64 outputs costs registers and minutes of compile time.
+__device__ __noinline__ float kiln_activate(float x, u32 activation, float slope) {
+    switch (activation) {
+        case 1: return x < 0.0f ? 0.0f : x;
+        case 2: return x > 0.0f ? x : __fmul_rn(x, slope);
+        case 3: return tanhf(x);
+        case 4:
+            if (x >= 0.0f) return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
+            else {
+                const float e = expf(x);
+                return __fdiv_rn(e, __fadd_rn(1.0f, e));
+            }
+        default: return x;
+    }
+}
+
 // Grid-stride loop over n elements: kernels are launched with 256-thread blocks and at most a
 // few waves of blocks (src/cuda/mod.rs `launch_config_for`), each thread taking every
 // (gridDim.x * blockDim.x)-th element.

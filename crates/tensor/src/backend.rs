@@ -7,7 +7,8 @@
 //! a backend checks only what depends on data (index values).
 
 use crate::{
-    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp,
+    Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result,
+    UnaryOp,
 };
 
 pub trait BackendStorage: Sized + Send + Sync {
@@ -47,6 +48,16 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// `[batch.., m, k] x [batch.., k, n] -> [batch.., n]`, any strides (transposed views are
     /// read in place). Both operands have the same batch dims.
     fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
+    /// `activation(self @ rhs + bias)` with `bias` a `[n]` added to every row, as `matmul`
+    /// otherwise; the CUDA GEMMs apply the bias and activation as they store the product.
+    fn matmul_bias_act(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        bias: Option<(&Self, &Layout)>,
+        activation: Activation,
+    ) -> Result<Self>;
 
     /// An image batch `g.image_shape()` unfolded into convolution columns
     /// `g.columns_shape()`: row `(c, ki, kj)`, column `(n, oh, ow)`, zeros for padding.

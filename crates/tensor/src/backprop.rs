@@ -137,6 +137,12 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
             let (dl, dr) = matmul::matmul_backward(lhs, rhs, grad)?;
             vec![(lhs.clone(), dl), (rhs.clone(), dr)]
         }
+        Op::MatmulBiasAct {
+            lhs,
+            rhs,
+            bias,
+            activation,
+        } => matmul::matmul_bias_act_backward(lhs, rhs, bias.as_ref(), *activation, node, grad)?,
         Op::Reshape(x) => vec![(x.clone(), grad.reshape(x.shape())?)],
         Op::Permute(x, perm) => {
             vec![(x.clone(), grad.permute(&view::inverse_permutation(perm))?)]

@@ -27,6 +27,17 @@ pub enum UnaryOp {
     Affine(f64, f64),
 }
 
+/// The activation a fused matrix product applies to each output element after the bias
+/// (`Tensor::matmul_bias_act`), with the semantics of the unary op of the same name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    LeakyRelu(f64),
+    Tanh,
+    Sigmoid,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryOp {
     Add,
@@ -62,6 +73,13 @@ pub(crate) enum Op {
     /// Reduced with keepdim; `dims` sorted.
     Reduce(Tensor, ReduceOp, Vec<usize>),
     Matmul(Tensor, Tensor),
+    /// `activation(lhs @ rhs + bias)`, operands broadcast as for `Matmul`.
+    MatmulBiasAct {
+        lhs: Tensor,
+        rhs: Tensor,
+        bias: Option<Tensor>,
+        activation: crate::Activation,
+    },
     /// Same elements in the same order under another shape (reshape, squeeze, unsqueeze).
     Reshape(Tensor),
     Permute(Tensor, Vec<usize>),
@@ -103,6 +121,9 @@ impl Op {
             | Op::Im2Col(x, _)
             | Op::Col2Im(x, _) => vec![x],
             Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
+            Op::MatmulBiasAct { lhs, rhs, bias, .. } => {
+                [lhs, rhs].into_iter().chain(bias.as_ref()).collect()
+            }
             Op::IndexSelect(x, index, _) | Op::Gather(x, index, _) => vec![x, index],
             Op::IndexAdd(base, index, source, _) | Op::ScatterAdd(base, index, source, _) => {
                 vec![base, index, source]

@@ -121,6 +121,32 @@ impl Storage {
         }
     }
 
+    /// See [`BackendStorage::matmul_bias_act`].
+    pub(crate) fn matmul_bias_act(
+        &self,
+        layout: &Layout,
+        rhs: &Storage,
+        rhs_layout: &Layout,
+        bias: Option<(&Storage, &Layout)>,
+        activation: crate::Activation,
+    ) -> Result<Storage> {
+        match (self, rhs, bias) {
+            (Storage::Cpu(a), Storage::Cpu(b), None) => a
+                .matmul_bias_act(layout, b, rhs_layout, None, activation)
+                .map(Storage::Cpu),
+            (Storage::Cpu(a), Storage::Cpu(b), Some((Storage::Cpu(c), c_layout))) => a
+                .matmul_bias_act(layout, b, rhs_layout, Some((c, c_layout)), activation)
+                .map(Storage::Cpu),
+            (Storage::Cuda(a), Storage::Cuda(b), None) => a
+                .matmul_bias_act(layout, b, rhs_layout, None, activation)
+                .map(Storage::Cuda),
+            (Storage::Cuda(a), Storage::Cuda(b), Some((Storage::Cuda(c), c_layout))) => a
+                .matmul_bias_act(layout, b, rhs_layout, Some((c, c_layout)), activation)
+                .map(Storage::Cuda),
+            (a, b, _) => Err(mixed("matmul_bias_act", a, b)),
+        }
+    }
+
     pub(crate) fn cat(parts: &[(&Storage, &Layout)], dim: usize) -> Result<Storage> {
         match parts.first() {
             Some((Storage::Cuda(_), _)) => {

@@ -1,6 +1,6 @@
 //! The fully connected layer, y = x·Wᵀ + b over the last dim (PyTorch's `nn.Linear`).
 
-use kiln_tensor::{Tensor, Var};
+use kiln_tensor::{Activation, Tensor, Var};
 
 use super::trailing;
 use crate::init::fans;
@@ -99,12 +99,11 @@ impl Module for Linear {
         let leading = &x.dims()[..x.rank() - 1];
         let rows = leading.iter().product::<usize>();
         let out_dims = [leading, &[out_features]].concat();
-        // One matrix product for all leading dims.
+        // One matrix product for all leading dims, the bias added as it is stored (one kernel
+        // launch on CUDA).
         let x = x.reshape([rows, in_features])?; // [rows, in]
-        let mut y = x.matmul(&self.weight.t()?)?; // [rows, out]
-        if let Some(bias) = &self.bias {
-            y = y.add(bias)?; // [rows, out]
-        }
+        let bias = self.bias.as_ref().map(|b| b.as_tensor());
+        let y = x.matmul_bias_act(&self.weight.t()?, bias, Activation::Identity)?; // [rows, out]
         Ok(y.reshape(out_dims)?) // [.., out]
     }
 }

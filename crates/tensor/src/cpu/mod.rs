@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use crate::backend::BackendStorage;
 use crate::layout::Runs;
 use crate::{
-    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType, Layout, ReduceOp,
-    Result, UnaryOp, WithDType,
+    Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType,
+    Layout, ReduceOp, Result, UnaryOp, WithDType,
 };
 
 /// A tensor's elements in host memory.
@@ -440,6 +440,14 @@ impl CpuStorage {
     }
 }
 
+/// The shape of `[.., m, k] x [.., k, n]`: `[.., m, n]`.
+fn output_shape(layout: &Layout, rhs_layout: &Layout) -> crate::Shape {
+    let mut dims = layout.dims().to_vec();
+    let last = dims.len() - 1;
+    dims[last] = rhs_layout.dims()[last];
+    crate::Shape::from(dims)
+}
+
 impl BackendStorage for CpuStorage {
     fn dtype(&self) -> DType {
         match self {
@@ -591,6 +599,28 @@ impl BackendStorage for CpuStorage {
                 })
             }
         })
+    }
+
+    fn matmul_bias_act(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        bias: Option<(&Self, &Layout)>,
+        activation: Activation,
+    ) -> Result<Self> {
+        // The composition, as the tensor ops would run it: the product, then the bias
+        // broadcast along rows, then the activation.
+        let mut out = self.matmul(layout, rhs, rhs_layout)?;
+        let out_layout = Layout::contiguous(output_shape(layout, rhs_layout));
+        if let Some((bias, bias_layout)) = bias {
+            let rows = bias_layout.broadcast_as(out_layout.shape())?;
+            out = out.binary(&out_layout, bias, &rows, BinaryOp::Add)?;
+        }
+        if let Some(unary) = activation.unary() {
+            out = out.unary(&out_layout, unary)?;
+        }
+        Ok(out)
     }
 
     fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {

@@ -8,9 +8,12 @@
 
 mod conv;
 mod elementwise;
+mod gemm;
+mod gemm_tc;
 mod index;
 mod matmul;
 mod optim;
+mod product;
 mod reduce;
 pub mod registry;
 pub(crate) mod rng;

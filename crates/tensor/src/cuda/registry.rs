@@ -44,6 +44,8 @@ kernel_sources! {
     INDEX = "index",
     CONV = "conv",
     MATMUL = "matmul",
+    GEMM = "gemm",
+    GEMM_TC = "gemm_tc",
     OPTIM = "optim",
     RNG = "rng",
 }

@@ -10,8 +10,8 @@ use super::{conv, driver_error, elementwise, index, matmul, optim, reduce, CudaD
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
 use crate::{
-    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp,
-    WithDType,
+    Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result,
+    UnaryOp, WithDType,
 };
 
 /// `len` elements of `dtype` in one device buffer (untyped: kernels know the element type from
@@ -194,6 +194,17 @@ impl BackendStorage for CudaStorage {
 
     fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
         matmul::matmul(self, layout, rhs, rhs_layout)
+    }
+
+    fn matmul_bias_act(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        bias: Option<(&Self, &Layout)>,
+        activation: Activation,
+    ) -> Result<Self> {
+        matmul::matmul_bias_act(self, layout, rhs, rhs_layout, bias, activation)
     }
 
     fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {

@@ -5,7 +5,7 @@ use crate::op::{BinaryOp, CmpOp, Op, UnaryOp};
 use crate::{DType, Result, Tensor};
 
 impl Tensor {
-    fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+    pub(crate) fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         self.float_only(unary_name(op))?;
         let storage = self.storage().unary(self.layout(), op)?;
         let record = Tensor::record(&[self], || Op::Unary(self.clone(), op));

@@ -69,7 +69,9 @@ pub(super) fn matmul_bias_act(
     activation: Activation,
 ) -> Result<CudaStorage> {
     let (m, k, n, batches) = check_product(lhs, layout, rhs, rhs_layout)?;
-    // The bias as the kernels take it: a contiguous [n] of the output's dtype.
+    // The bias as the kernels take it: a contiguous [n] of the output's dtype from offset 0. A
+    // Linear layer's bias already is one, so it is read in place; other views are copied.
+    let bias_copy;
     let bias = match bias {
         Some((bias, bias_layout)) => {
             if bias.dtype != lhs.dtype {
@@ -79,19 +81,21 @@ pub(super) fn matmul_bias_act(
                     rhs: bias.dtype,
                 });
             }
-            Some(elementwise::copy_strided(bias, bias_layout)?)
+            if bias_layout.is_contiguous() && bias_layout.offset() == 0 {
+                Some(bias)
+            } else {
+                bias_copy = elementwise::copy_strided(bias, bias_layout)?;
+                Some(&bias_copy)
+            }
         }
         None => None,
     };
     let problem = GemmProblem { m, n, k, batches };
     if m * n * batches == 0 || k == 0 {
         let product = plain(lhs, layout, rhs, rhs_layout)?;
-        return unfused_epilogue(product, problem, bias.as_ref(), activation);
+        return unfused_epilogue(product, problem, bias, activation);
     }
-    let epilogue = Epilogue {
-        bias: bias.as_ref(),
-        activation,
-    };
+    let epilogue = Epilogue { bias, activation };
     match (lhs.dtype, crate::matmul_precision()) {
         (DType::F32, MatmulPrecision::Fp32) => {
             let (a, b) = (operand(lhs, layout)?, operand(rhs, rhs_layout)?);
@@ -123,7 +127,7 @@ pub(super) fn matmul_bias_act(
         }
         _ => {
             let product = plain(lhs, layout, rhs, rhs_layout)?;
-            unfused_epilogue(product, problem, bias.as_ref(), activation)
+            unfused_epilogue(product, problem, bias, activation)
         }
     }
 }

@@ -120,57 +120,77 @@ pub(super) fn reduce(
         ..StridedArg::new("reduce", &reduced_layout)?
     };
     let plan = Plan::new(&device, outputs, count, &kept, &reduced, true);
-    let (outputs64, count64) = (outputs as u64, count as u64);
     if plan.splits == 1 {
-        let function = device.function(&registry::REDUCE, &format!("{name}_{suffix}"))?;
-        let mut launch = device.stream().launch_builder(&function);
-        launch
-            .arg(&mut out.buffer)
-            .arg(&s.buffer)
-            .arg(&kept)
-            .arg(&reduced)
-            .arg(&outputs64)
-            .arg(&count64)
-            .arg(&plan.lanes);
-        // Safety: the arguments match `{name}_{suffix}` in kernels/reduce.cu; the kernel reads
-        // only the elements of `layout` and writes out[0..outputs].
-        unsafe { launch.launch(plan.config) }.map_err(driver_error("reduce"))?;
+        launch_reduce(
+            &format!("{name}_{suffix}"),
+            &mut out,
+            s,
+            (&kept, &reduced),
+            outputs,
+            count,
+            &plan,
+        )?;
         return Ok(out);
     }
-    // Pass 1: partial[o * splits + s], in the accumulator type.
+    // Pass 1: partial[o * splits + s], in the accumulator type (grid.y = splits).
     let mut partial = device.alloc(partial_dtype, outputs * plan.splits as usize)?;
-    let function = device.function(&registry::REDUCE, &format!("{name}_split_{suffix}"))?;
-    let mut launch = device.stream().launch_builder(&function);
-    launch
-        .arg(&mut partial.buffer)
-        .arg(&s.buffer)
-        .arg(&kept)
-        .arg(&reduced)
-        .arg(&outputs64)
-        .arg(&count64)
-        .arg(&plan.lanes);
-    // Safety: as above; the kernel writes partial[0..outputs * splits] (grid.y = splits).
-    unsafe { launch.launch(plan.config) }.map_err(driver_error("reduce"))?;
+    launch_reduce(
+        &format!("{name}_split_{suffix}"),
+        &mut partial,
+        s,
+        (&kept, &reduced),
+        outputs,
+        count,
+        &plan,
+    )?;
     // Pass 2: each output's partials are one contiguous run of `splits`.
     let partials = Layout::contiguous([outputs, plan.splits as usize]);
     let join_kept = StridedArg::new("reduce", &partials.squeeze(1))?;
     let join_reduced = StridedArg::new("reduce", &partials.squeeze(0))?;
     let splits = plan.splits as usize;
     let join = Plan::new(&device, outputs, splits, &join_kept, &join_reduced, false);
-    let splits64 = splits as u64;
-    let function = device.function(&registry::REDUCE, &format!("{name}_join_{suffix}"))?;
+    launch_reduce(
+        &format!("{name}_join_{suffix}"),
+        &mut out,
+        &partial,
+        (&join_kept, &join_reduced),
+        outputs,
+        splits,
+        &join,
+    )?;
+    Ok(out)
+}
+
+/// One launch of a reduce.cu kernel `name(out, input, kept, reduced, outputs, count, lanes)`
+/// (the one-pass, split and join kernels all take these), reading `input` through the kept and
+/// reduced layouts and writing `target` (`outputs` elements, or `outputs * splits` partials for
+/// a split kernel, whose grid.y is the split count).
+fn launch_reduce(
+    name: &str,
+    target: &mut CudaStorage,
+    input: &CudaStorage,
+    (kept, reduced): (&StridedArg, &StridedArg),
+    outputs: usize,
+    count: usize,
+    plan: &Plan,
+) -> Result<()> {
+    let device = input.device.clone();
+    let function = device.function(&registry::REDUCE, name)?;
+    let (outputs, count) = (outputs as u64, count as u64);
     let mut launch = device.stream().launch_builder(&function);
     launch
-        .arg(&mut out.buffer)
-        .arg(&partial.buffer)
-        .arg(&join_kept)
-        .arg(&join_reduced)
-        .arg(&outputs64)
-        .arg(&splits64)
-        .arg(&join.lanes);
-    // Safety: as above, reading partial[0..outputs * splits] and writing out[0..outputs].
-    unsafe { launch.launch(join.config) }.map_err(driver_error("reduce"))?;
-    Ok(out)
+        .arg(&mut target.buffer)
+        .arg(&input.buffer)
+        .arg(kept)
+        .arg(reduced)
+        .arg(&outputs)
+        .arg(&count)
+        .arg(&plan.lanes);
+    // Safety: the arguments match the kernel's signature in kernels/reduce.cu; it reads only
+    // the elements the two layouts reach (inside `input`, checked by the callers) and writes
+    // the outputs (or partials) `target` was allocated for.
+    unsafe { launch.launch(plan.config) }.map_err(driver_error("reduce"))?;
+    Ok(())
 }
 
 /// Softmax (or log-softmax) along `dim`, max-subtracted; the output is contiguous in the

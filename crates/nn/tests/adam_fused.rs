@@ -166,3 +166,42 @@ fn the_fused_adam_step_refuses_mismatched_operands() {
         .adam_step(&integers, &integers, &integers, &s)
         .is_err());
 }
+
+#[test]
+fn the_multi_tensor_step_equals_each_parameter_stepped_alone() {
+    let mut generator = Generator::new(5);
+    let s = AdamStep {
+        lr: 1e-3,
+        betas: (0.5, 0.999),
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: false,
+        step: 3.0,
+    };
+    let tensors: Vec<[Tensor; 4]> = [1, 0, 4097, 33]
+        .into_iter()
+        .map(|len| {
+            [1.0, 0.1, 0.05, 0.01].map(|std| {
+                Tensor::randn([len], 0.0, std, DType::F32, Device::Cpu, &mut generator)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let entries: Vec<[&Tensor; 4]> = tensors.iter().map(|[p, g, m, v]| [p, g, m, v]).collect();
+    let together = Tensor::adam_step_many(&entries, &s).unwrap();
+    assert_eq!(together.len(), 4);
+    for ([p, g, m, v], (tp, tm, tv)) in tensors.iter().zip(&together) {
+        let [up, um, uv] = unfused(p, g, m, v, &s);
+        assert!(bits(tp) == bits(&up) && bits(tm) == bits(&um) && bits(tv) == bits(&uv));
+    }
+    assert!(Tensor::adam_step_many(&[], &s).unwrap().is_empty());
+    // One dtype for all the entries.
+    let [p, g, m, v] = &tensors[0];
+    let wide = p.to_dtype(DType::F64).unwrap();
+    let error = Tensor::adam_step_many(&[[p, g, m, v], [&wide, &wide, &wide, &wide]], &s)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("f64") && error.contains("f32"), "{error}");
+}

@@ -1,13 +1,15 @@
-// The fused Adam/AdamW step: one pass over a parameter, its gradient and its two moments,
-// writing the new parameter, exp_avg and exp_avg_sq (each contiguous).
+// The fused Adam/AdamW step of up to 32 parameters in one launch, as PyTorch's
+// multi_tensor_apply does: one pass over each parameter, its gradient and its two moments,
+// writing the new parameter, exp_avg and exp_avg_sq.
 // CPU reference: src/cpu/optim.rs `update`, followed operation for operation in the same order
 // and in the math type (f32 for the half types), with the _rn intrinsics so that nvcc never
 // contracts a multiply and an add into an FMA: every + - * / sqrt rounds once, as on the CPU,
 // and the result is the CPU's bit for bit. `round_to<T>` stores into T and reads back where
 // the CPU's `r` does (the identity for f32 and f64).
 //
-// Launch shape: 1-D grid-stride, 256-thread blocks (launch_config_for), one thread per
-// element, no shared memory.
+// Launch shape: one 256-thread block per chunk of KILN_ADAM_CHUNK elements of one parameter
+// (the table says which block starts which parameter), no shared memory; the operands are
+// contiguous (src/cuda/optim.rs copies strided views first).
 
 // The step's scalars as src/cuda/optim.rs `AdamConstants` computes them (each exactly the
 // CPU's `Constants` field, held as f64, which every f32 value fits in exactly).
@@ -44,11 +46,12 @@ __device__ __forceinline__ typename MathOf<T>::type round_to(typename MathOf<T>:
     return to_math(from_math<T>(x));
 }
 
+// The update of one element, in the math type: p, m and v in and out, g in.
 template <typename T>
-__device__ void adam_step(T* param_out, T* exp_avg_out, T* exp_avg_sq_out, const T* param,
-                          Strided param_layout, const T* grad, Strided grad_layout,
-                          const T* exp_avg, Strided exp_avg_layout, const T* exp_avg_sq,
-                          Strided exp_avg_sq_layout, AdamConstants k, u64 n) {
+__device__ __forceinline__ void adam_update(typename MathOf<T>::type& p,
+                                            typename MathOf<T>::type g,
+                                            typename MathOf<T>::type& m,
+                                            typename MathOf<T>::type& v, const AdamConstants& k) {
     typedef typename MathOf<T>::type M;
     const M decay_param = (M)k.decay_param, decay_grad = (M)k.decay_grad;
     const M lerp_weight = (M)k.lerp_weight, lerp_complement = (M)k.lerp_complement;
@@ -57,47 +60,77 @@ __device__ void adam_step(T* param_out, T* exp_avg_out, T* exp_avg_sq_out, const
     const M bias_correction2_sqrt = (M)k.bias_correction2_sqrt, eps = (M)k.eps;
     // `+ zero` is mul_scalar's affine form (x * a + 0), kept because it turns -0 into +0.
     const M zero = (M)0, one = (M)1;
-    KILN_GRID_STRIDE(i, n) {
-        M p = to_math(param[strided_offset(param_layout, i)]);
-        M g = to_math(grad[strided_offset(grad_layout, i)]);
-        M m = to_math(exp_avg[strided_offset(exp_avg_layout, i)]);
-        M v = to_math(exp_avg_sq[strided_offset(exp_avg_sq_layout, i)]);
-        if (k.decay) {
-            if (k.decoupled) {
-                p = round_to<T>(add_rn(mul_rn(p, decay_param), zero));
-            } else {
-                g = round_to<T>(add_rn(g, round_to<T>(add_rn(mul_rn(p, decay_grad), zero))));
-            }
-        }
-        M difference = round_to<T>(sub_rn(g, m));
-        if (k.lerp_from_start) {
-            m = round_to<T>(add_rn(m, round_to<T>(add_rn(mul_rn(difference, lerp_weight), zero))));
+    if (k.decay) {
+        if (k.decoupled) {
+            p = round_to<T>(add_rn(mul_rn(p, decay_param), zero));
         } else {
-            m = round_to<T>(
-                sub_rn(g, round_to<T>(add_rn(mul_rn(difference, lerp_complement), zero))));
+            g = round_to<T>(add_rn(g, round_to<T>(add_rn(mul_rn(p, decay_grad), zero))));
         }
-        M decayed = round_to<T>(add_rn(mul_rn(v, beta2), zero));
-        M scaled_grad = round_to<T>(add_rn(mul_rn(g, one_minus_beta2), zero));
-        v = round_to<T>(add_rn(decayed, round_to<T>(mul_rn(scaled_grad, g))));
-        M root = round_to<T>(sqrt_rn(v));
-        M corrected = round_to<T>(div_rn(root, bias_correction2_sqrt));
-        M denom = round_to<T>(add_rn(mul_rn(corrected, one), eps));
-        M numerator = round_to<T>(add_rn(mul_rn(m, negative_step_size), zero));
-        M update = round_to<T>(div_rn(numerator, denom));
-        param_out[i] = from_math<T>(round_to<T>(add_rn(p, update)));
+    }
+    M difference = round_to<T>(sub_rn(g, m));
+    if (k.lerp_from_start) {
+        m = round_to<T>(add_rn(m, round_to<T>(add_rn(mul_rn(difference, lerp_weight), zero))));
+    } else {
+        m = round_to<T>(
+            sub_rn(g, round_to<T>(add_rn(mul_rn(difference, lerp_complement), zero))));
+    }
+    M decayed = round_to<T>(add_rn(mul_rn(v, beta2), zero));
+    M scaled_grad = round_to<T>(add_rn(mul_rn(g, one_minus_beta2), zero));
+    v = round_to<T>(add_rn(decayed, round_to<T>(mul_rn(scaled_grad, g))));
+    M root = round_to<T>(sqrt_rn(v));
+    M corrected = round_to<T>(div_rn(root, bias_correction2_sqrt));
+    M denom = round_to<T>(add_rn(mul_rn(corrected, one), eps));
+    M numerator = round_to<T>(add_rn(mul_rn(m, negative_step_size), zero));
+    M update = round_to<T>(div_rn(numerator, denom));
+    p = round_to<T>(add_rn(p, update));
+}
+
+// The multi-tensor table, passed by value as a __grid_constant__ kernel parameter (2.2 KiB,
+// under the 4 KiB every driver takes): src/cuda/optim.rs `AdamTable`, field for field.
+#define KILN_ADAM_TENSORS 32
+#define KILN_ADAM_CHUNK 4096
+struct AdamTensor {
+    u64 param_out, exp_avg_out, exp_avg_sq_out;  // device addresses of T
+    u64 param, grad, exp_avg, exp_avg_sq;
+    u64 n;
+};
+struct AdamTable {
+    AdamTensor tensors[KILN_ADAM_TENSORS];
+    // Block first_block[t] is the first of tensor t's ceil(n / KILN_ADAM_CHUNK) blocks;
+    // first_block[count] is the grid's size.
+    u32 first_block[KILN_ADAM_TENSORS + 1];
+    u32 count;
+};
+
+template <typename T>
+__device__ void adam_step_many(const AdamTable& table, const AdamConstants& k) {
+    typedef typename MathOf<T>::type M;
+    const u32 block = blockIdx.x;
+    u32 t = 0;
+    while (t + 1 < table.count && table.first_block[t + 1] <= block) ++t;
+    const AdamTensor& x = table.tensors[t];
+    const u64 start = (u64)(block - table.first_block[t]) * KILN_ADAM_CHUNK;
+    const u64 end = start + KILN_ADAM_CHUNK < x.n ? start + KILN_ADAM_CHUNK : x.n;
+    T* param_out = reinterpret_cast<T*>(x.param_out);
+    T* exp_avg_out = reinterpret_cast<T*>(x.exp_avg_out);
+    T* exp_avg_sq_out = reinterpret_cast<T*>(x.exp_avg_sq_out);
+    const T* param = reinterpret_cast<const T*>(x.param);
+    const T* grad = reinterpret_cast<const T*>(x.grad);
+    const T* exp_avg = reinterpret_cast<const T*>(x.exp_avg);
+    const T* exp_avg_sq = reinterpret_cast<const T*>(x.exp_avg_sq);
+    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        M p = to_math(param[i]), m = to_math(exp_avg[i]), v = to_math(exp_avg_sq[i]);
+        adam_update<T>(p, to_math(grad[i]), m, v, k);
+        param_out[i] = from_math<T>(p);
         exp_avg_out[i] = from_math<T>(m);
         exp_avg_sq_out[i] = from_math<T>(v);
     }
 }
 
 #define KILN_ADAM_STEP(T, SUFFIX)                                                            \
-    extern "C" __global__ void adam_step_##SUFFIX(                                          \
-        T* param_out, T* exp_avg_out, T* exp_avg_sq_out, const T* param, Strided param_layout, \
-        const T* grad, Strided grad_layout, const T* exp_avg, Strided exp_avg_layout,         \
-        const T* exp_avg_sq, Strided exp_avg_sq_layout, AdamConstants constants, u64 n) {    \
-        adam_step<T>(param_out, exp_avg_out, exp_avg_sq_out, param, param_layout, grad,      \
-                     grad_layout, exp_avg, exp_avg_layout, exp_avg_sq, exp_avg_sq_layout,    \
-                     constants, n);                                                          \
+    extern "C" __global__ void adam_step_many_##SUFFIX(const __grid_constant__ AdamTable table, \
+                                                       AdamConstants constants) {            \
+        adam_step_many<T>(table, constants);                                                 \
     }
 
 KILN_ADAM_STEP(f16, f16)

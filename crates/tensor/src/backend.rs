@@ -68,6 +68,32 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// its plane, `[N·C, OH·OW]`; padding never wins, NaN does.
     fn max_pool2d_indices(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
 
+    /// [`BackendStorage::adam_step`] of many parameters with one `step`: for each entry
+    /// `[parameter, gradient, exp_avg, exp_avg_sq]` (one shape and dtype within an entry, one
+    /// dtype for all), its new `(parameter, exp_avg, exp_avg_sq)`, each equal bit for bit to
+    /// what `adam_step` gives it. The CPU takes the parameters one after another; the CUDA
+    /// backend updates them all in one launch (per 32 parameters).
+    fn adam_step_many(
+        entries: &[[(&Self, &Layout); 4]],
+        step: &AdamStep,
+    ) -> Result<Vec<(Self, Self, Self)>> {
+        entries
+            .iter()
+            .map(|&[(param, layout), grad, exp_avg, exp_avg_sq]| {
+                param.adam_step(
+                    layout,
+                    grad.0,
+                    grad.1,
+                    exp_avg.0,
+                    exp_avg.1,
+                    exp_avg_sq.0,
+                    exp_avg_sq.1,
+                    step,
+                )
+            })
+            .collect()
+    }
+
     /// Concatenation along `dim` of parts whose other dims agree.
     fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self>;
     /// Entries `index[j]` (a 1-D `u32` tensor) of `dim`.

@@ -77,48 +77,54 @@ impl Storage {
     forward!(col2im(g: &Conv2dGeometry) with);
     forward!(max_pool2d_indices(g: &Conv2dGeometry) with);
 
-    /// See [`BackendStorage::adam_step`].
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn adam_step(
-        &self,
-        layout: &Layout,
-        grad: &Storage,
-        grad_layout: &Layout,
-        exp_avg: &Storage,
-        exp_avg_layout: &Layout,
-        exp_avg_sq: &Storage,
-        exp_avg_sq_layout: &Layout,
+    /// See [`BackendStorage::adam_step_many`]; every storage on one device.
+    pub(crate) fn adam_step_many(
+        entries: &[[(&Storage, &Layout); 4]],
         step: &AdamStep,
-    ) -> Result<(Storage, Storage, Storage)> {
-        match (self, grad, exp_avg, exp_avg_sq) {
-            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
-                let (p, m, v) = p.adam_step(
-                    layout,
-                    g,
-                    grad_layout,
-                    m,
-                    exp_avg_layout,
-                    v,
-                    exp_avg_sq_layout,
-                    step,
-                )?;
-                Ok((Storage::Cpu(p), Storage::Cpu(m), Storage::Cpu(v)))
+    ) -> Result<Vec<(Storage, Storage, Storage)>> {
+        let Some(&[(first, _), ..]) = entries.first() else {
+            return Ok(Vec::new());
+        };
+        // Each entry's storages as one backend's, or the first that is elsewhere.
+        fn typed<'a, S>(
+            first: &Storage,
+            entries: &[[(&'a Storage, &'a Layout); 4]],
+            unwrap: impl Fn(&'a Storage) -> Option<&'a S>,
+        ) -> Result<Vec<[(&'a S, &'a Layout); 4]>> {
+            let storages = entries.iter().flatten();
+            if let Some((other, _)) = storages.clone().find(|(s, _)| s.device() != first.device()) {
+                return Err(mixed("adam_step", first, other));
             }
-            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
-                let (p, m, v) = p.adam_step(
-                    layout,
-                    g,
-                    grad_layout,
-                    m,
-                    exp_avg_layout,
-                    v,
-                    exp_avg_sq_layout,
-                    step,
-                )?;
-                Ok((Storage::Cuda(p), Storage::Cuda(m), Storage::Cuda(v)))
-            }
-            (p, g, _, _) => Err(mixed("adam_step", p, g)),
+            let typed: Vec<(&S, &Layout)> = storages
+                .filter_map(|&(s, l)| unwrap(s).map(|s| (s, l)))
+                .collect();
+            Ok(typed
+                .chunks_exact(4)
+                .map(|c| [c[0], c[1], c[2], c[3]])
+                .collect())
         }
+        Ok(match first {
+            Storage::Cpu(_) => {
+                let entries = typed(first, entries, |s| match s {
+                    Storage::Cpu(s) => Some(s),
+                    Storage::Cuda(_) => None,
+                })?;
+                CpuStorage::adam_step_many(&entries, step)?
+                    .into_iter()
+                    .map(|(p, m, v)| (Storage::Cpu(p), Storage::Cpu(m), Storage::Cpu(v)))
+                    .collect()
+            }
+            Storage::Cuda(_) => {
+                let entries = typed(first, entries, |s| match s {
+                    Storage::Cuda(s) => Some(s),
+                    Storage::Cpu(_) => None,
+                })?;
+                CudaStorage::adam_step_many(&entries, step)?
+                    .into_iter()
+                    .map(|(p, m, v)| (Storage::Cuda(p), Storage::Cuda(m), Storage::Cuda(v)))
+                    .collect()
+            }
+        })
     }
 
     /// See [`BackendStorage::matmul_bias_act`].

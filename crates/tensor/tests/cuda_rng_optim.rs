@@ -340,3 +340,51 @@ fn adam_step_from_zero_moments_and_zero_gradients() {
         }
     }
 }
+
+#[test]
+fn adam_step_many_updates_forty_parameters_as_the_cpu_does() {
+    let Some(gpu) = cuda("adam_step_many parity") else {
+        return;
+    };
+    // 40 parameters, so two tables of at most 32; sizes around the 4096-element chunk, an
+    // empty one, and strided views (copied before the launch).
+    let shapes: Vec<(Vec<usize>, bool)> = (0..40)
+        .map(|i| match i % 8 {
+            0 => (vec![1], false),
+            1 => (vec![4095], false),
+            2 => (vec![4096], false),
+            3 => (vec![64, 65], false),
+            4 => (vec![33, 65], true),
+            5 => (vec![0], false),
+            6 => (vec![(1 << 16) + 1], false),
+            _ => (vec![7, 3], true),
+        })
+        .collect();
+    for dtype in [DType::F32, DType::F64, DType::BF16] {
+        for step in adam_steps() {
+            let run = |device: Device| -> Result<Vec<Tensor>> {
+                let inputs = shapes
+                    .iter()
+                    .map(|(shape, strided)| adam_inputs(shape, dtype, device, *strided))
+                    .collect::<Result<Vec<_>>>()?;
+                let entries: Vec<[&Tensor; 4]> =
+                    inputs.iter().map(|[p, g, m, v]| [p, g, m, v]).collect();
+                Ok(Tensor::adam_step_many(&entries, &step)?
+                    .into_iter()
+                    .flat_map(|(p, m, v)| [p, m, v])
+                    .collect())
+            };
+            let cpu = run(Device::Cpu).expect("cpu");
+            let cuda_out = run(gpu).expect("cuda");
+            for (k, (a, b)) in cpu.iter().zip(&cuda_out).enumerate() {
+                assert_eq!(a.shape(), b.shape());
+                assert!(
+                    bits(a) == bits(b),
+                    "adam_step_many {dtype} {step:?}: parameter {} output {} differs",
+                    k / 3,
+                    k % 3
+                );
+            }
+        }
+    }
+}

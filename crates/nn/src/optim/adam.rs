@@ -215,8 +215,10 @@ impl Core {
             ..
         } = *self;
         no_grad(|| {
-            let updates = self.params.iter().zip(gradients).zip(&mut self.states);
-            for (((_, param), grad), slot) in updates {
+            // Each parameter with a gradient: (its index, gradient, step count, m, v).
+            let mut pending = Vec::new();
+            let updates = self.params.iter().zip(gradients).zip(&self.states);
+            for (index, (((_, param), grad), slot)) in updates.enumerate() {
                 let Some(grad) = grad else { continue };
                 let (step, exp_avg, exp_avg_sq) = match slot {
                     Some(state) => (
@@ -226,12 +228,41 @@ impl Core {
                     ),
                     None => (0.0, param.zeros_like()?, param.zeros_like()?),
                 };
-                let step = step + 1.0;
-                // One fused pass; bit for bit the op-by-op update (crates/nn/tests/optim.rs).
-                let (value, exp_avg, exp_avg_sq) = param.adam_step(
-                    grad,
-                    &exp_avg,
-                    &exp_avg_sq,
+                pending.push((index, grad.clone(), step + 1.0, exp_avg, exp_avg_sq));
+            }
+            // One fused multi-tensor update per (step count, dtype, device): usually all of
+            // them, so one launch on a GPU. Bit for bit the op-by-op update
+            // (crates/nn/tests/optim.rs).
+            let mut groups: Vec<Vec<usize>> = Vec::new();
+            for (i, (index, _, step, ..)) in pending.iter().enumerate() {
+                let param = &self.params[*index].1;
+                let same = |&(other, _, other_step, ..): &(usize, Tensor, f64, Tensor, Tensor)| {
+                    let other_param = &self.params[other].1;
+                    other_step == *step
+                        && other_param.dtype() == param.dtype()
+                        && other_param.device() == param.device()
+                };
+                match groups.iter_mut().find(|group| same(&pending[group[0]])) {
+                    Some(group) => group.push(i),
+                    None => groups.push(vec![i]),
+                }
+            }
+            for group in groups {
+                let step = pending[group[0]].2;
+                let values: Vec<Tensor> = group
+                    .iter()
+                    .map(|&i| self.params[pending[i].0].1.as_tensor().clone())
+                    .collect();
+                let entries: Vec<[&Tensor; 4]> = group
+                    .iter()
+                    .zip(&values)
+                    .map(|(&i, value)| {
+                        let (_, grad, _, exp_avg, exp_avg_sq) = &pending[i];
+                        [value, grad, exp_avg, exp_avg_sq]
+                    })
+                    .collect();
+                let updated = Tensor::adam_step_many(
+                    &entries,
                     &AdamStep {
                         lr,
                         betas: (beta1, beta2),
@@ -241,12 +272,15 @@ impl Core {
                         step,
                     },
                 )?;
-                param.set(&value)?;
-                *slot = Some(State {
-                    step: step_tensor(step)?,
-                    exp_avg,
-                    exp_avg_sq,
-                });
+                for (&i, (value, exp_avg, exp_avg_sq)) in group.iter().zip(updated) {
+                    let index = pending[i].0;
+                    self.params[index].1.set(&value)?;
+                    self.states[index] = Some(State {
+                        step: step_tensor(step)?,
+                        exp_avg,
+                        exp_avg_sq,
+                    });
+                }
             }
             Ok(())
         })

@@ -1,12 +1,12 @@
-//! The host side of kernels/optim.cu: the fused Adam/AdamW step of one parameter, one launch
-//! (CPU reference: `cpu::optim`, whose step constants are computed here the same way). Not yet
-//! the multi-tensor launch that updates every parameter at once.
+//! The host side of kernels/optim.cu: the fused Adam/AdamW step of up to 32 parameters in one
+//! launch (CPU reference: `cpu::optim`, whose step constants are computed here the same way).
 
-use cudarc::driver::{DeviceRepr, PushKernelArg};
+use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
 use super::conv::checked_input;
 use super::{driver_error, registry, CudaStorage};
+use crate::backend::BackendStorage;
 use crate::{AdamStep, DType, Device, Error, FloatDType, Layout, Result};
 
 /// The step's scalars, each exactly the value of the CPU's `Constants` field (cpu/optim.rs)
@@ -75,69 +75,155 @@ impl AdamConstants {
     }
 }
 
-/// The new `(parameter, exp_avg, exp_avg_sq)`, each contiguous, from a parameter, its gradient
-/// and its moments in any layouts (one shape, one float dtype). Bit for bit the CPU's
-/// `cpu::optim::adam_step`.
-pub(super) fn adam_step(
-    param: (&CudaStorage, &Layout),
-    grad: (&CudaStorage, &Layout),
-    exp_avg: (&CudaStorage, &Layout),
-    exp_avg_sq: (&CudaStorage, &Layout),
+/// Parameters per multi-tensor launch and elements per block: kernels/optim.cu's
+/// `KILN_ADAM_TENSORS` and `KILN_ADAM_CHUNK`.
+const TABLE_TENSORS: usize = 32;
+const CHUNK: usize = 4096;
+
+/// One parameter's operands in an [`AdamTable`]: device addresses of contiguous data.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct AdamTensor {
+    param_out: u64,
+    exp_avg_out: u64,
+    exp_avg_sq_out: u64,
+    param: u64,
+    grad: u64,
+    exp_avg: u64,
+    exp_avg_sq: u64,
+    n: u64,
+}
+
+/// `struct AdamTable` of kernels/optim.cu, field for field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct AdamTable {
+    tensors: [AdamTensor; TABLE_TENSORS],
+    first_block: [u32; TABLE_TENSORS + 1],
+    count: u32,
+}
+
+// Safety: plain old data with the C layout the kernel declares.
+unsafe impl DeviceRepr for AdamTable {}
+
+/// The new `(parameter, exp_avg, exp_avg_sq)` of many parameters, each contiguous: every entry's operands made contiguous (a copy only for
+/// strided views), then one launch of `adam_step_many_{dtype}` per 32 parameters, one block
+/// per 4096 elements. Bit for bit the CPU's `cpu::optim::adam_step` of each entry.
+pub(super) fn adam_step_many(
+    entries: &[[(&CudaStorage, &Layout); 4]],
     step: &AdamStep,
-) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+) -> Result<Vec<(CudaStorage, CudaStorage, CudaStorage)>> {
     const OP: &str = "adam_step";
-    let (param_storage, param_layout) = param;
-    let dtype = param_storage.dtype;
+    let Some([(first, _), ..]) = entries.first() else {
+        return Ok(Vec::new());
+    };
+    let (dtype, device) = (first.dtype, first.device.clone());
     let constants = AdamConstants::for_dtype(dtype, step)?;
-    let shape = param_layout.shape();
-    let param_arg = checked_input(OP, param_storage, param_layout, shape)?;
-    let mut others = Vec::with_capacity(3);
-    for (storage, layout) in [grad, exp_avg, exp_avg_sq] {
-        if storage.dtype != dtype {
-            return Err(Error::DTypeMismatch {
-                op: OP,
-                lhs: dtype,
-                rhs: storage.dtype,
-            });
+    // Strided operands are copied; contiguous ones are read in place from their offset.
+    let mut copies = Vec::new();
+    let mut inputs = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let shape = entry[0].1.shape();
+        let mut operands = [(0usize, 0usize); 4]; // (index into `sources`, element offset)
+        for (slot, &(storage, layout)) in operands.iter_mut().zip(entry) {
+            if storage.dtype != dtype {
+                return Err(Error::DTypeMismatch {
+                    op: OP,
+                    lhs: dtype,
+                    rhs: storage.dtype,
+                });
+            }
+            if storage.device.ordinal() != device.ordinal() {
+                return Err(Error::DeviceMismatch {
+                    op: OP,
+                    lhs: Device::Cuda(device.ordinal()),
+                    rhs: Device::Cuda(storage.device.ordinal()),
+                });
+            }
+            checked_input(OP, storage, layout, shape)?;
+            *slot = match layout.contiguous_range() {
+                Some(range) => (usize::MAX, range.start),
+                None => {
+                    copies.push(storage.copy_strided(layout)?);
+                    (copies.len() - 1, 0)
+                }
+            };
         }
-        if storage.device.ordinal() != param_storage.device.ordinal() {
-            return Err(Error::DeviceMismatch {
-                op: OP,
-                lhs: Device::Cuda(param_storage.device.ordinal()),
-                rhs: Device::Cuda(storage.device.ordinal()),
-            });
+        inputs.push(operands);
+    }
+    let stream = device.stream();
+    let address = |storage: &CudaStorage, offset: usize| -> u64 {
+        let (pointer, _record) = storage.buffer.device_ptr(stream);
+        pointer + (offset * dtype.size_in_bytes()) as u64
+    };
+    let function = device.function(
+        &registry::OPTIM,
+        &format!("adam_step_many_{}", dtype.as_str()),
+    )?;
+    let mut outputs = Vec::with_capacity(entries.len());
+    for (entries, inputs) in entries
+        .chunks(TABLE_TENSORS)
+        .zip(inputs.chunks(TABLE_TENSORS))
+    {
+        let mut table = AdamTable {
+            tensors: [AdamTensor::default(); TABLE_TENSORS],
+            first_block: [0; TABLE_TENSORS + 1],
+            count: 0,
+        };
+        let mut blocks = 0usize;
+        for (entry, operands) in entries.iter().zip(inputs) {
+            let n = entry[0].1.elem_count();
+            let out = [
+                device.alloc(dtype, n)?,
+                device.alloc(dtype, n)?,
+                device.alloc(dtype, n)?,
+            ];
+            // Empty parameters get no blocks (and no table slot).
+            if n > 0 {
+                let [param, grad, exp_avg, exp_avg_sq] = [0, 1, 2, 3].map(|i| match operands[i] {
+                    (usize::MAX, offset) => address(entry[i].0, offset),
+                    (copy, _) => address(&copies[copy], 0),
+                });
+                let slot = table.count as usize;
+                table.tensors[slot] = AdamTensor {
+                    param_out: address(&out[0], 0),
+                    exp_avg_out: address(&out[1], 0),
+                    exp_avg_sq_out: address(&out[2], 0),
+                    param,
+                    grad,
+                    exp_avg,
+                    exp_avg_sq,
+                    n: n as u64,
+                };
+                table.first_block[slot] = blocks as u32;
+                blocks += n.div_ceil(CHUNK);
+                table.count += 1;
+            }
+            let [p, m, v] = out;
+            outputs.push((p, m, v));
         }
-        others.push(checked_input(OP, storage, layout, shape)?);
+        if table.count == 0 {
+            continue;
+        }
+        let grid = u32::try_from(blocks).map_err(|_| {
+            Error::invalid(
+                OP,
+                format!("{blocks} blocks of {CHUNK} elements are too many"),
+            )
+        })?;
+        table.first_block[table.count as usize] = grid;
+        let mut builder = stream.launch_builder(&function);
+        builder.arg(&table).arg(&constants);
+        let config = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // Safety: the arguments match `adam_step_many_{dtype}(const AdamTable, AdamConstants)`
+        // in kernels/optim.cu; every address in the table points at `n` contiguous elements of
+        // `dtype` inside a live buffer (inputs checked above, outputs allocated with n), and
+        // all of those buffers outlive the launch on the device's one stream.
+        unsafe { builder.launch(config) }.map_err(driver_error(OP))?;
     }
-    let n = shape.elem_count();
-    let device = param_storage.device.clone();
-    let mut param_out = device.alloc(dtype, n)?;
-    let mut exp_avg_out = device.alloc(dtype, n)?;
-    let mut exp_avg_sq_out = device.alloc(dtype, n)?;
-    if n == 0 {
-        return Ok((param_out, exp_avg_out, exp_avg_sq_out));
-    }
-    let function = device.function(&registry::OPTIM, &format!("adam_step_{}", dtype.as_str()))?;
-    let n64 = n as u64;
-    let mut builder = device.stream().launch_builder(&function);
-    builder
-        .arg(&mut param_out.buffer)
-        .arg(&mut exp_avg_out.buffer)
-        .arg(&mut exp_avg_sq_out.buffer)
-        .arg(&param_storage.buffer)
-        .arg(&param_arg)
-        .arg(&grad.0.buffer)
-        .arg(&others[0])
-        .arg(&exp_avg.0.buffer)
-        .arg(&others[1])
-        .arg(&exp_avg_sq.0.buffer)
-        .arg(&others[2])
-        .arg(&constants)
-        .arg(&n64);
-    // Safety: the arguments match `adam_step_{dtype}(T* param_out, T* exp_avg_out,
-    // T* exp_avg_sq_out, const T* param, Strided, const T* grad, Strided, const T* exp_avg,
-    // Strided, const T* exp_avg_sq, Strided, AdamConstants, u64 n)` in kernels/optim.cu; each
-    // output holds n elements and every layout stays inside its buffer (checked above).
-    unsafe { builder.launch(device.launch_config_for(n)) }.map_err(driver_error(OP))?;
-    Ok((param_out, exp_avg_out, exp_avg_sq_out))
+    Ok(outputs)
 }

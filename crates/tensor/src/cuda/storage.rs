@@ -294,12 +294,20 @@ impl BackendStorage for CudaStorage {
         exp_avg_sq_layout: &Layout,
         step: &AdamStep,
     ) -> Result<(Self, Self, Self)> {
-        optim::adam_step(
+        let entry = [
             (self, layout),
             (grad, grad_layout),
             (exp_avg, exp_avg_layout),
             (exp_avg_sq, exp_avg_sq_layout),
-            step,
-        )
+        ];
+        let mut updated = optim::adam_step_many(&[entry], step)?;
+        Ok(updated.remove(0))
+    }
+
+    fn adam_step_many(
+        entries: &[[(&Self, &Layout); 4]],
+        step: &AdamStep,
+    ) -> Result<Vec<(Self, Self, Self)>> {
+        optim::adam_step_many(entries, step)
     }
 }

@@ -39,34 +39,59 @@ impl Tensor {
         exp_avg_sq: &Tensor,
         step: &AdamStep,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let mut updated = Tensor::adam_step_many(&[[self, grad, exp_avg, exp_avg_sq]], step)?;
+        Ok(updated.remove(0))
+    }
+
+    /// [`Tensor::adam_step`] of many parameters at once, each entry `[parameter, gradient,
+    /// exp_avg, exp_avg_sq]`, all with one float dtype on one device: on CUDA, one launch
+    /// updates up to 32 parameters (a training step's Adam is one or two launches, not one per
+    /// parameter). Each result is bit for bit what `adam_step` gives that entry alone.
+    pub fn adam_step_many(
+        entries: &[[&Tensor; 4]],
+        step: &AdamStep,
+    ) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
         const OP: &str = "adam_step";
-        self.float_only(OP)?;
-        for other in [grad, exp_avg, exp_avg_sq] {
-            self.same_dtype(OP, other)?;
-            self.same_device(OP, other)?;
-            if other.shape() != self.shape() {
-                return Err(Error::ShapeMismatch {
-                    op: OP,
-                    expected: self.shape().clone(),
-                    got: other.shape().clone(),
-                });
+        let Some([first, ..]) = entries.first() else {
+            return Ok(Vec::new());
+        };
+        first.float_only(OP)?;
+        for &[param, ref others @ ..] in entries {
+            first.same_dtype(OP, param)?;
+            first.same_device(OP, param)?;
+            for other in others {
+                param.same_dtype(OP, other)?;
+                param.same_device(OP, other)?;
+                if other.shape() != param.shape() {
+                    return Err(Error::ShapeMismatch {
+                        op: OP,
+                        expected: param.shape().clone(),
+                        got: other.shape().clone(),
+                    });
+                }
             }
         }
-        let (p, m, v) = self.storage().adam_step(
-            self.layout(),
-            &grad.storage(),
-            grad.layout(),
-            &exp_avg.storage(),
-            exp_avg.layout(),
-            &exp_avg_sq.storage(),
-            exp_avg_sq.layout(),
-            step,
-        )?;
-        let shape = self.shape().clone();
-        Ok((
-            Tensor::from_storage(p, shape.clone(), None),
-            Tensor::from_storage(m, shape.clone(), None),
-            Tensor::from_storage(v, shape, None),
-        ))
+        let guards: Vec<_> = entries
+            .iter()
+            .map(|entry| entry.map(Tensor::storage))
+            .collect();
+        let operands: Vec<_> = guards
+            .iter()
+            .zip(entries)
+            .map(|(storages, tensors)| [0, 1, 2, 3].map(|i| (&*storages[i], tensors[i].layout())))
+            .collect();
+        let updated = crate::Storage::adam_step_many(&operands, step)?;
+        Ok(updated
+            .into_iter()
+            .zip(entries)
+            .map(|((p, m, v), [param, ..])| {
+                let shape = param.shape().clone();
+                (
+                    Tensor::from_storage(p, shape.clone(), None),
+                    Tensor::from_storage(m, shape.clone(), None),
+                    Tensor::from_storage(v, shape, None),
+                )
+            })
+            .collect())
     }
 }

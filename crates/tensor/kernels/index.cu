@@ -11,7 +11,12 @@
 //                     which(i) = (i / inner) % index_len: index_select (inner = the size of
 //                     the dims after `dim`, index_len = the index's length) and gather
 //                     (inner = 1, index_len = n, so which(i) = i).
-// check_indices       the row-major position of the first index >= size, by atomicMin.
+// check_indices       records the first index >= size (for launches with no output to make).
+//
+// Indices are checked where they are read, without a host synchronisation: an index >= size
+// reads as zero (select) or adds nowhere (add_at), and the launch records the first one in the
+// device's fault record (src/cuda/faults.rs), which the host reads at its next readback and
+// turns into the CPU's IndexOutOfRange error.
 // to_accumulator_T    acc[i] = input[layout(i)] in the math type (the copy of self that
 //                     index_add and scatter_add add into).
 // add_at_T            acc[targets(i) + index[which(i)] * dim_stride] += source[i], by atomicAdd
@@ -22,6 +27,15 @@
 // from_accumulator_T  out[i] = acc[i] rounded to T (f16, bf16; f32 and f64 accumulate in
 //                     place): one rounding at the end, as on the CPU.
 
+// fault[0] is the sequence number of the first launch that found a bad index (0: none yet);
+// within that launch fault[1] becomes the smallest position << 32 | index, so the host names
+// the same offending index as the CPU's left-to-right check. Later launches leave it alone.
+__device__ __forceinline__ void record_index_fault(u64* fault, u64 sequence, u64 position,
+                                                   u32 index) {
+    const u64 owner = atomicCAS(&fault[0], 0ull, sequence);
+    if (owner == 0 || owner == sequence) atomicMin(&fault[1], (position << 32) | index);
+}
+
 template <typename T>
 __device__ void copy_elements(T* out, const T* input, const Strided& src, const Strided& dst,
                               u64 n) {
@@ -31,11 +45,17 @@ __device__ void copy_elements(T* out, const T* input, const Strided& src, const 
 template <typename T>
 __device__ void select_elements(T* out, const T* input, const Strided& positions,
                                 u64 dim_stride, const u32* index, const Strided& index_layout,
-                                u64 inner, u64 index_len, u64 n) {
+                                u64 inner, u64 index_len, u64 size, u64 sequence, u64* fault,
+                                u64 n) {
     KILN_GRID_STRIDE(i, n) {
         const u64 which = (i / inner) % index_len;
-        const u64 at = index[strided_offset(index_layout, which)];
-        out[i] = input[strided_offset(positions, i) + at * dim_stride];
+        const u32 at = index[strided_offset(index_layout, which)];
+        if (at < size) {
+            out[i] = input[strided_offset(positions, i) + (u64)at * dim_stride];
+        } else {
+            out[i] = T();
+            record_index_fault(fault, sequence, which, at);
+        }
     }
 }
 
@@ -47,9 +67,10 @@ __device__ void select_elements(T* out, const T* input, const Strided& positions
     extern "C" __global__ void select_##SUFFIX(T* out, const T* input, Strided positions,      \
                                                u64 dim_stride, const u32* index,               \
                                                Strided index_layout, u64 inner,                \
-                                               u64 index_len, u64 n) {                         \
+                                               u64 index_len, u64 size, u64 sequence,          \
+                                               u64* fault, u64 n) {                            \
         select_elements<T>(out, input, positions, dim_stride, index, index_layout, inner,      \
-                           index_len, n);                                                      \
+                           index_len, size, sequence, fault, n);                               \
     }
 
 ANY_DTYPE_KERNELS(u8, u8)
@@ -59,12 +80,11 @@ ANY_DTYPE_KERNELS(bf16, bf16)
 ANY_DTYPE_KERNELS(float, f32)
 ANY_DTYPE_KERNELS(double, f64)
 
-// *first_bad (u64::MAX beforehand) becomes the smallest row-major position whose index is
-// >= size, so the host can name the same offending index as the CPU's left-to-right check.
 extern "C" __global__ void check_indices(const u32* index, Strided layout, u64 n, u64 size,
-                                         u64* first_bad) {
+                                         u64 sequence, u64* fault) {
     KILN_GRID_STRIDE(i, n) {
-        if ((u64)index[strided_offset(layout, i)] >= size) atomicMin(first_bad, i);
+        const u32 at = index[strided_offset(layout, i)];
+        if (at >= size) record_index_fault(fault, sequence, i, at);
     }
 }
 
@@ -72,12 +92,16 @@ template <typename T>
 __device__ void add_at(typename MathOf<T>::type* acc, const T* source,
                        const Strided& source_layout, const Strided& targets, u64 dim_stride,
                        const u32* index, const Strided& index_layout, u64 inner,
-                       u64 index_len, u64 n) {
+                       u64 index_len, u64 size, u64 sequence, u64* fault, u64 n) {
     KILN_GRID_STRIDE(i, n) {
         const u64 which = (i / inner) % index_len;
-        const u64 at = index[strided_offset(index_layout, which)];
-        atomicAdd(&acc[strided_offset(targets, i) + at * dim_stride],
-                  to_math(source[strided_offset(source_layout, i)]));
+        const u32 at = index[strided_offset(index_layout, which)];
+        if (at < size) {
+            atomicAdd(&acc[strided_offset(targets, i) + (u64)at * dim_stride],
+                      to_math(source[strided_offset(source_layout, i)]));
+        } else {
+            record_index_fault(fault, sequence, which, at);
+        }
     }
 }
 
@@ -90,9 +114,10 @@ __device__ void add_at(typename MathOf<T>::type* acc, const T* source,
                                                Strided source_layout, Strided targets,         \
                                                u64 dim_stride, const u32* index,               \
                                                Strided index_layout, u64 inner,                \
-                                               u64 index_len, u64 n) {                         \
+                                               u64 index_len, u64 size, u64 sequence,          \
+                                               u64* fault, u64 n) {                            \
         add_at<T>(acc, source, source_layout, targets, dim_stride, index, index_layout, inner, \
-                  index_len, n);                                                               \
+                  index_len, size, sequence, fault, n);                                        \
     }
 
 FLOAT_KERNELS(f16, f16)

@@ -344,6 +344,14 @@ fn index_add_and_scatter_add_along_every_dim() {
     }
 }
 
+/// The error an op's result gives by its readback: on the CPU the op itself fails; on CUDA
+/// the kernel records the bad index and the next readback reports it (src/cuda/faults.rs).
+fn error_at_readback(result: kiln_tensor::Result<Tensor>) -> kiln_tensor::Error {
+    result
+        .and_then(|t| t.to_device(Device::Cpu))
+        .expect_err("an index out of range must be an error")
+}
+
 #[test]
 fn out_of_range_indices_give_the_cpu_error() {
     let Some(gpu) = cuda("out_of_range_indices_give_the_cpu_error") else {
@@ -368,15 +376,46 @@ fn out_of_range_indices_give_the_cpu_error() {
         long[OVER_A_WAVE - 2] = 77;
         let long = indices(long, &[OVER_A_WAVE], device).unwrap();
         vec![
-            data.index_select(0, &index_1d).unwrap_err(),
-            data.index_select(1, &long).unwrap_err(),
-            data.gather(1, &index_2d).unwrap_err(),
-            data.index_add(0, &index_1d, &source_rows).unwrap_err(),
-            data.scatter_add(1, &index_2d, &source_2d).unwrap_err(),
-            no_columns.index_select(1, &zero).unwrap_err(),
+            error_at_readback(data.index_select(0, &index_1d)),
+            error_at_readback(data.index_select(1, &long)),
+            error_at_readback(data.gather(1, &index_2d)),
+            error_at_readback(data.index_add(0, &index_1d, &source_rows)),
+            error_at_readback(data.scatter_add(1, &index_2d, &source_2d)),
+            error_at_readback(no_columns.index_select(1, &zero)),
         ]
     };
     assert_eq!(run(Device::Cpu), run(gpu));
+}
+
+#[test]
+fn a_bad_index_is_reported_once_at_the_next_readback_and_the_first_one_wins() {
+    let Some(gpu) = cuda("bad index reported at the next readback") else {
+        return;
+    };
+    let data = input(&[5, 3], DType::F32, gpu, 50).unwrap();
+    let good = indices(vec![4, 0], &[2], gpu).unwrap();
+    let bad_rows = indices(vec![0, 7], &[2], gpu).unwrap();
+    let bad_columns = indices(vec![3], &[1], gpu).unwrap();
+    // No synchronisation at the ops: both return, and the readback names the first fault.
+    let first = data.index_select(0, &bad_rows).unwrap();
+    let second = data.index_select(1, &bad_columns).unwrap();
+    let expected = data
+        .to_device(Device::Cpu)
+        .unwrap()
+        .index_select(0, &bad_rows.to_device(Device::Cpu).unwrap())
+        .unwrap_err();
+    assert_eq!(second.to_vec::<f32>().unwrap_err(), expected);
+    // Reported once: the next readbacks succeed, and a bad index reads as zero.
+    assert_eq!(first.to_vec::<f32>().unwrap()[3..], [0.0; 3]);
+    let selected = data.index_select(0, &good).unwrap();
+    let cpu = data.to_device(Device::Cpu).unwrap();
+    let want = cpu
+        .index_select(0, &good.to_device(Device::Cpu).unwrap())
+        .unwrap();
+    assert_eq!(
+        selected.to_vec::<f32>().unwrap(),
+        want.to_vec::<f32>().unwrap()
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! the kernels of kernels/index.cu; the CPU references are in src/cpu/index.rs. Shapes are
 //! checked by the tensor layer; index values are checked here, against the data.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 use super::{driver_error, registry, CudaStorage, StridedArg};
 use crate::{DType, Error, Layout, Result};
@@ -50,73 +50,59 @@ pub(super) fn cat(parts: &[(&CudaStorage, &Layout)], dim: usize) -> Result<CudaS
     Ok(out)
 }
 
-/// The storage offset of row-major element `position` of `layout`.
-fn element_offset(layout: &Layout, mut position: usize) -> usize {
-    let mut offset = layout.offset();
-    for (&dim, &stride) in layout.dims().iter().zip(layout.strides()).rev() {
-        offset += (position % dim) * stride;
-        position /= dim;
-    }
-    offset
-}
-
-/// Checks that `index` is u32 and each of its values is below `size` (the extent of `dim`),
-/// with the CPU's errors (`CpuStorage::indices`), naming the first offending index in
-/// row-major order. Costs a synchronisation: the position of the first bad index is read
-/// back (one word, then the index there if any).
-fn check_indices(
-    index: &CudaStorage,
-    index_layout: &Layout,
-    op: &'static str,
-    dim: usize,
-    size: usize,
-) -> Result<()> {
+/// Checks what can be checked without reading the indices: that `index` is u32 (the CPU's
+/// error) and that its positions fit the 32 bits the fault record keeps of them. The values
+/// are checked by the kernels that read them (see `faults`).
+fn check_index_tensor(index: &CudaStorage, index_layout: &Layout, op: &'static str) -> Result<()> {
     if index.dtype != DType::U32 {
         return Err(Error::invalid(
             op,
             format!("indices must be u32, got {}", index.dtype),
         ));
     }
+    if index_layout.elem_count() > u32::MAX as usize {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{} indices are more than the 2^32 - 1 a CUDA index op takes",
+                index_layout.elem_count()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the values of `index` against `size` (the extent of `dim`) when no kernel that
+/// reads them will run (an empty output): an index out of range is reported at the next
+/// readback, as from the kernels that check as they read.
+fn check_unread_indices(
+    index: &CudaStorage,
+    index_layout: &Layout,
+    op: &'static str,
+    dim: usize,
+    size: usize,
+) -> Result<()> {
     let n = index_layout.elem_count();
     if n == 0 {
         return Ok(());
     }
     let device = index.device.clone();
-    let stream = device.stream();
-    let mut first_bad: CudaSlice<u64> = stream
-        .clone_htod(&[u64::MAX][..])
-        .map_err(driver_error(op))?;
     let layout = StridedArg::new(op, index_layout)?;
     let (n64, size64) = (n as u64, size as u64);
     let function = device.function(&registry::INDEX, "check_indices")?;
-    let mut launch = stream.launch_builder(&function);
+    let check = device.checked_launch(op, dim, size);
+    let mut launch = device.stream().launch_builder(&function);
     launch
         .arg(&index.buffer)
         .arg(&layout)
         .arg(&n64)
         .arg(&size64)
-        .arg(&mut first_bad);
+        .arg(&check.sequence)
+        .arg(&check.record);
     // Safety: the arguments match check_indices in kernels/index.cu; it reads the elements of
-    // `index_layout` and writes the one word of `first_bad`.
+    // `index_layout` and writes only the device's two-word fault record.
     unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(op))?;
-    let position = stream.clone_dtoh(&first_bad).map_err(driver_error(op))?;
-    stream.synchronize().map_err(driver_error(op))?;
-    let position = position[0];
-    if position == u64::MAX {
-        return Ok(());
-    }
-    let offset = element_offset(index_layout, position as usize) * 4;
-    let mut bytes = [0u8; 4];
-    stream
-        .memcpy_dtoh(&index.buffer.slice(offset..offset + 4), &mut bytes[..])
-        .map_err(driver_error(op))?;
-    stream.synchronize().map_err(driver_error(op))?;
-    Err(Error::IndexOutOfRange {
-        op,
-        index: u32::from_ne_bytes(bytes) as usize,
-        dim,
-        size,
-    })
+    Ok(())
 }
 
 /// A view of `layout` with dims `dims` (no larger than `layout`'s outside `dim`) whose element
@@ -146,17 +132,22 @@ fn select(
     inner: usize,
     index_len: usize,
 ) -> Result<CudaStorage> {
+    check_index_tensor(index, index_layout, op)?;
     let n: usize = out_dims.iter().product();
     let device = s.device.clone();
     let mut out = device.alloc(s.dtype, n)?;
+    let size = layout.dims()[dim];
     if n == 0 {
+        check_unread_indices(index, index_layout, op, dim, size)?;
         return Ok(out);
     }
     let positions = StridedArg::new(op, &positions(layout, dim, out_dims)?)?;
     let index_arg = StridedArg::new(op, index_layout)?;
     let dim_stride = layout.strides()[dim] as u64;
-    let (inner64, index_len64, n64) = (inner as u64, index_len as u64, n as u64);
+    let (inner64, index_len64, size64, n64) =
+        (inner as u64, index_len as u64, size as u64, n as u64);
     let function = device.function(&registry::INDEX, &format!("select_{}", s.dtype.as_str()))?;
+    let check = device.checked_launch(op, dim, size);
     let mut launch = device.stream().launch_builder(&function);
     launch
         .arg(&mut out.buffer)
@@ -167,9 +158,13 @@ fn select(
         .arg(&index_arg)
         .arg(&inner64)
         .arg(&index_len64)
+        .arg(&size64)
+        .arg(&check.sequence)
+        .arg(&check.record)
         .arg(&n64);
-    // Safety: the arguments match select_T in kernels/index.cu; the indices were checked
-    // against the extent of `dim`, so every read is an element of `layout`.
+    // Safety: the arguments match select_T in kernels/index.cu; the kernel reads only indices
+    // below the extent of `dim` (recording any other), so every read is an element of
+    // `layout`.
     unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(op))?;
     Ok(out)
 }
@@ -183,7 +178,6 @@ pub(super) fn index_select(
     index_layout: &Layout,
     dim: usize,
 ) -> Result<CudaStorage> {
-    check_indices(index, index_layout, "index_select", dim, layout.dims()[dim])?;
     let index_len = index_layout.elem_count();
     let mut out_dims = layout.dims().to_vec();
     out_dims[dim] = index_len;
@@ -210,7 +204,6 @@ pub(super) fn gather(
     index_layout: &Layout,
     dim: usize,
 ) -> Result<CudaStorage> {
-    check_indices(index, index_layout, "gather", dim, layout.dims()[dim])?;
     let n = index_layout.elem_count();
     select(
         "gather",
@@ -242,7 +235,8 @@ fn add_at(
     inner: usize,
     index_len: usize,
 ) -> Result<CudaStorage> {
-    check_indices(index, index_layout, op, dim, layout.dims()[dim])?;
+    check_index_tensor(index, index_layout, op)?;
+    let size = layout.dims()[dim];
     let suffix = match s.dtype {
         DType::F16 | DType::BF16 | DType::F32 | DType::F64 => s.dtype.as_str(),
         dtype => return Err(Error::UnsupportedDType { op, dtype }),
@@ -257,6 +251,9 @@ fn add_at(
     let device = s.device.clone();
     let n = layout.elem_count();
     let mut out = device.alloc(s.dtype, n)?;
+    if n == 0 || source_layout.elem_count() == 0 {
+        check_unread_indices(index, index_layout, op, dim, size)?;
+    }
     if n == 0 {
         return Ok(out);
     }
@@ -282,8 +279,10 @@ fn add_at(
         let source_arg = StridedArg::new(op, source_layout)?;
         let index_arg = StridedArg::new(op, index_layout)?;
         let dim_stride = contiguous.strides()[dim] as u64;
-        let (inner64, index_len64, count64) = (inner as u64, index_len as u64, count as u64);
+        let (inner64, index_len64, size64, count64) =
+            (inner as u64, index_len as u64, size as u64, count as u64);
         let function = device.function(&registry::INDEX, &format!("add_at_{suffix}"))?;
+        let check = device.checked_launch(op, dim, size);
         let mut launch = device.stream().launch_builder(&function);
         launch
             .arg(&mut acc.buffer)
@@ -295,9 +294,13 @@ fn add_at(
             .arg(&index_arg)
             .arg(&inner64)
             .arg(&index_len64)
+            .arg(&size64)
+            .arg(&check.sequence)
+            .arg(&check.record)
             .arg(&count64);
-        // Safety: the arguments match add_at_T in kernels/index.cu; the indices were checked
-        // against the extent of `dim`, so every target is inside acc[0..n].
+        // Safety: the arguments match add_at_T in kernels/index.cu; the kernel adds only at
+        // indices below the extent of `dim` (recording any other), so every target is inside
+        // acc[0..n].
         unsafe { launch.launch(device.launch_config_for(count)) }.map_err(driver_error(op))?;
         Ok(())
     };

@@ -8,6 +8,7 @@
 
 mod conv;
 mod elementwise;
+mod faults;
 mod gemm;
 mod gemm_tc;
 mod index;
@@ -41,6 +42,7 @@ pub struct CudaDevice {
     multiprocessors: u32,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    faults: Mutex<faults::IndexFaults>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -215,7 +217,9 @@ impl CudaDevice {
         if context.has_async_alloc() {
             keep_freed_memory(&context).map_err(&err)?;
         }
+        let faults = faults::IndexFaults::new(&stream)?;
         Ok(CudaDevice {
+            faults: Mutex::new(faults),
             ordinal,
             context,
             stream,
@@ -241,11 +245,30 @@ impl CudaDevice {
         &self.stream
     }
 
-    /// Waits for all work queued on the device.
+    /// Waits for all work queued on the device; then reports an index out of range that a
+    /// kernel found since the last readback (see `faults`).
     pub fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
-            .map_err(driver_error("synchronize"))
+            .map_err(driver_error("synchronize"))?;
+        self.take_index_fault()
+    }
+
+    /// Starts a launch whose kernel checks indices of `op` against `size` (see `faults`).
+    pub(crate) fn checked_launch(
+        &self,
+        op: &'static str,
+        dim: usize,
+        size: usize,
+    ) -> faults::CheckedLaunch<'_> {
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults::IndexFaults::begin(faults, op, dim, size)
+    }
+
+    /// The error of the first bad index a kernel found since the last readback, if any.
+    pub(crate) fn take_index_fault(&self) -> Result<()> {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.take(&self.stream)
     }
 
     /// `len` elements of `dtype`, uninitialised; every kernel writes all of its output.

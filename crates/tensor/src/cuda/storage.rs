@@ -112,14 +112,17 @@ impl CudaStorage {
             }
             Ok(data)
         }
-        Ok(match self.dtype {
+        let data = match self.dtype {
             DType::U8 => CpuStorage::U8(download(self)?),
             DType::U32 => CpuStorage::U32(download(self)?),
             DType::F16 => CpuStorage::F16(download(self)?),
             DType::BF16 => CpuStorage::BF16(download(self)?),
             DType::F32 => CpuStorage::F32(download(self)?),
             DType::F64 => CpuStorage::F64(download(self)?),
-        })
+        };
+        // An index out of range found by a kernel since the last readback is reported now.
+        self.device.take_index_fault()?;
+        Ok(data)
     }
 
     /// Every element `value` rounded to `dtype` (see `CpuStorage::full`).

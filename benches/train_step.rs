@@ -4,7 +4,11 @@
 //! reparameterise, decode, ELBO, Adam) of the MLP VAE and the convolutional VAE at batch 128;
 //! one `DdpmTrainer::step` (noise, U-Net, ε MSE, Adam, EMA) and one `PixelCnnTrainer::step`
 //! (binarize, masked convolutions, NLL, Adam) at their default sizes and batch 128; on all
-//! threads. Criterion reports images per second; benches/reference/torch_gan.py,
+//! threads. With a GPU (`cuda:0`), the `train_step_cuda` group times the four GANs' steps there
+//! (the MLP GAN at batch 64 and 256, DCGAN, the conditional GAN and WGAN-GP at 64): each
+//! sample queues its steps and reads the last step's metrics once at the end, as a training
+//! run that logs every few steps does, so it measures the GPU's throughput rather than the
+//! host's queueing. Criterion reports images per second; benches/reference/torch_gan.py,
 //! torch_vae.py and torch_ddpm_pixelcnn.py measure PyTorch eager on the same steps.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -69,5 +73,46 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_step);
+fn train_step_cuda(c: &mut Criterion) {
+    if let Err(reason) = kiln_tensor::cuda::availability() {
+        eprintln!("train_step_cuda: skipped: {reason}");
+        return;
+    }
+    let device = Device::Cuda(0);
+    let mut group = common::group(c, "train_step_cuda");
+    let mut rng = Generator::new(0);
+    for (architecture, batch) in [
+        (Architecture::Gan, 64),
+        (Architecture::Gan, 256),
+        (Architecture::Dcgan, 64),
+        (Architecture::Cgan, 64),
+        (Architecture::WganGp, 64),
+    ] {
+        let mut config = GanConfig::new(architecture);
+        config.batch_size = batch;
+        let mut trainer = GanTrainer::new(config, device).unwrap();
+        let images = Tensor::rand([batch, 1, 28, 28], DType::F32, device, &mut rng)
+            .unwrap()
+            .affine(2.0, -1.0)
+            .unwrap(); // [B, 1, 28, 28] in [-1, 1)
+        let labels = Tensor::zeros([batch], DType::U32, device).unwrap();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("{architecture}_b{batch}"), |b| {
+            b.iter_custom(|iters| {
+                let start = std::time::Instant::now();
+                let mut last = None;
+                for _ in 0..iters {
+                    last = Some(trainer.step_deferred(&images, &labels).unwrap());
+                }
+                if let Some(last) = last {
+                    last.read().unwrap(); // waits for every queued step
+                }
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, train_step, train_step_cuda);
 criterion_main!(benches);

@@ -106,6 +106,25 @@ pub enum StepMetrics {
     PixelCnn(kiln_autoregressive::StepMetrics),
 }
 
+/// A step's metrics, read back or still on the device (see [`Model::step`]).
+pub enum PendingStep {
+    Gan(kiln_gan::PendingMetrics),
+    Read(StepMetrics),
+}
+
+impl PendingStep {
+    /// The metrics, reading them back from the device if they are still there.
+    pub fn read(&self) -> Result<StepMetrics, String> {
+        match self {
+            PendingStep::Gan(pending) => pending
+                .read()
+                .map(StepMetrics::Gan)
+                .map_err(|e| e.to_string()),
+            PendingStep::Read(metrics) => Ok(*metrics),
+        }
+    }
+}
+
 impl StepMetrics {
     /// The first loss that is NaN or infinite, by name.
     pub fn non_finite(&self) -> Option<(&'static str, f64)> {
@@ -266,15 +285,22 @@ impl Model {
         matches!(self.kind(), ModelKind::Gan(a) if a.is_conditional())
     }
 
-    /// One training step on a batch in [`Model::scale`].
-    pub fn step(&mut self, batch: &Batch) -> Result<StepMetrics, String> {
+    /// One training step on a batch in [`Model::scale`]. A GAN's metrics stay on the device
+    /// until [`PendingStep::read`]; the other models read theirs at once.
+    pub fn step(&mut self, batch: &Batch) -> Result<PendingStep, String> {
         match self {
             Model::Gan(trainer) => trainer
-                .step(&batch.images, &batch.labels)
-                .map(StepMetrics::Gan),
-            Model::Vae(trainer) => trainer.step(&batch.images).map(StepMetrics::Vae),
-            Model::Ddpm(trainer) => trainer.step(&batch.images).map(StepMetrics::Ddpm),
-            Model::PixelCnn(trainer) => trainer.step(&batch.images).map(StepMetrics::PixelCnn),
+                .step_deferred(&batch.images, &batch.labels)
+                .map(PendingStep::Gan),
+            Model::Vae(trainer) => trainer
+                .step(&batch.images)
+                .map(|m| PendingStep::Read(StepMetrics::Vae(m))),
+            Model::Ddpm(trainer) => trainer
+                .step(&batch.images)
+                .map(|m| PendingStep::Read(StepMetrics::Ddpm(m))),
+            Model::PixelCnn(trainer) => trainer
+                .step(&batch.images)
+                .map(|m| PendingStep::Read(StepMetrics::PixelCnn(m))),
         }
         .map_err(|e| e.to_string())
     }

@@ -312,9 +312,20 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
         let skip = (model.steps_done() % per_epoch) as usize;
         for batch in loader.epoch(epoch).skip(skip) {
             let batch = batch.map_err(|e| e.to_string())?;
-            let metrics = model.step(&batch)?;
+            let pending = model.step(&batch)?;
             let step = model.steps_done();
             throughput.record(batch_size as u64);
+            let scheduled = step % options.log_every == 0 || step % per_epoch == 0 || step == total;
+            // On a GPU the metrics are read back (a synchronisation) only when they are logged
+            // or the run is about to save; on the CPU reading them costs nothing, so every
+            // step is checked for divergence.
+            let on_gpu = matches!(options.device, Device::Cuda(_));
+            let read = scheduled || !on_gpu || interrupt.requested();
+            if !read {
+                progress.inc(1);
+                continue;
+            }
+            let metrics = pending.read()?;
             if let Some((name, value)) = metrics.non_finite() {
                 progress.finish();
                 let kept = match last_saved {
@@ -336,7 +347,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
                 images_per_s: throughput.per_second().unwrap_or(0.0),
                 elapsed_s: started.elapsed().as_secs_f64(),
             };
-            if step % options.log_every == 0 || step % per_epoch == 0 || step == total {
+            if scheduled {
                 metrics_log.append(&record).map_err(|e| e.to_string())?;
             }
             progress.set_message(status(&record, epoch, total.div_ceil(per_epoch)));

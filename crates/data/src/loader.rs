@@ -1,5 +1,7 @@
 //! The batch loader: a seeded shuffle per epoch, fixed-size batches, pixels scaled to [-1, 1]
-//! or [0, 1], returned as kiln tensors on the device asked for. Not for augmentation.
+//! or [0, 1], returned as kiln tensors on the device asked for. On a GPU the whole dataset is
+//! held on the device and batches are gathered there (one upload of the epoch's order, then no
+//! host-to-device copy per batch). Not for augmentation.
 
 use std::sync::Arc;
 
@@ -74,6 +76,8 @@ pub struct Loader {
     labels: Arc<[u8]>,
     len: usize,
     options: LoaderOptions,
+    /// The dataset on a GPU: `[N, 784]` u8 pixels and `[N]` u32 labels.
+    resident: Option<(Tensor, Tensor)>,
 }
 
 impl Loader {
@@ -86,11 +90,24 @@ impl Loader {
         }
         // A device this build cannot use fails here, not at the first batch.
         Tensor::zeros([1], DType::U8, options.device)?;
+        let images = dataset.images_shared();
+        let labels = dataset.labels_shared();
+        let len = dataset.len();
+        let resident = match options.device {
+            Device::Cpu => None,
+            device => {
+                let pixels =
+                    Tensor::from_vec(images.to_vec(), [len, IMAGE_SIZE * IMAGE_SIZE], device)?;
+                let labels = labels.iter().map(|&l| u32::from(l)).collect();
+                Some((pixels, Tensor::from_vec(labels, [len], device)?))
+            }
+        };
         Ok(Loader {
-            images: dataset.images_shared(),
-            labels: dataset.labels_shared(),
-            len: dataset.len(),
+            images,
+            labels,
+            len,
             options,
+            resident,
         })
     }
 
@@ -135,12 +152,32 @@ impl Loader {
 
     /// The batches of epoch `epoch`, in its shuffled order.
     pub fn epoch(&self, epoch: u64) -> Epoch<'_> {
+        let order = self.permutation(epoch);
+        // On a GPU the order goes over once, and each batch is a slice of it.
+        let device_order = self
+            .resident
+            .as_ref()
+            .map(|_| Tensor::from_vec(order.clone(), [order.len()], self.options.device));
         Epoch {
             loader: self,
-            order: self.permutation(epoch),
+            order,
+            device_order,
             next: 0,
             remaining: self.batches_per_epoch(),
         }
+    }
+
+    /// The batch of the images that `indices` (`[B]` u32 on the loader's device) names,
+    /// gathered on the device from the resident dataset.
+    fn gather(&self, (pixels, labels): &(Tensor, Tensor), indices: &Tensor) -> Result<Batch> {
+        let batch = indices.dims()[0];
+        let pixels = pixels
+            .index_select(0, indices)? // [B, 784] u8
+            .reshape([batch, 1, IMAGE_SIZE, IMAGE_SIZE])?;
+        Ok(Batch {
+            images: self.options.scale.to_float(&pixels)?, // [B, 1, 28, 28] f32
+            labels: labels.index_select(0, indices)?,      // [B] u32
+        })
     }
 
     /// The batch of the images at `indices`, in that order.
@@ -177,6 +214,8 @@ impl Loader {
 pub struct Epoch<'a> {
     loader: &'a Loader,
     order: Vec<u32>,
+    /// `order` on the device, when the dataset is held there.
+    device_order: Option<kiln_tensor::Result<Tensor>>,
     next: usize,
     remaining: usize,
 }
@@ -196,14 +235,34 @@ impl Iterator for Epoch<'_> {
             return None;
         }
         self.remaining -= 1;
-        let end = (self.next + self.loader.options.batch_size).min(self.order.len());
-        let batch = self.loader.batch(&self.order[self.next..end]);
+        let (start, end) = (
+            self.next,
+            (self.next + self.loader.options.batch_size).min(self.order.len()),
+        );
         self.next = end;
+        let batch = match (&self.loader.resident, &self.device_order) {
+            (Some(resident), Some(order)) => match order {
+                Ok(order) => order
+                    .narrow(0, start, end - start)
+                    .map_err(DataError::from)
+                    .and_then(|indices| self.loader.gather(resident, &indices)),
+                Err(e) => Err(e.clone().into()),
+            },
+            _ => self.loader.batch(&self.order[start..end]),
+        };
         Some(batch)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.remaining, Some(self.remaining))
+    }
+
+    /// Skips `n` batches without making them (a resumed run skips most of an epoch).
+    fn nth(&mut self, n: usize) -> Option<Result<Batch>> {
+        let skipped = n.min(self.remaining);
+        self.remaining -= skipped;
+        self.next = (self.next + skipped * self.loader.options.batch_size).min(self.order.len());
+        self.next()
     }
 }
 

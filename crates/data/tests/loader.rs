@@ -9,9 +9,12 @@ use kiln_data::{
     Split,
 };
 
+/// The committed MNIST: beside the sources this was built from, else (a binary carried to a GPU
+/// machine) where `kiln` looks, `$KILN_DATA_DIR` or data/mnist under the working directory.
 fn mnist_test() -> Dataset {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
-    Dataset::load(DatasetKind::Mnist, Split::Test, Some(&dir)).unwrap()
+    let dir = dir.exists().then_some(dir);
+    Dataset::load(DatasetKind::Mnist, Split::Test, dir.as_deref()).unwrap()
 }
 
 fn options(batch_size: usize, drop_last: bool, seed: u64) -> LoaderOptions {
@@ -176,4 +179,65 @@ fn a_device_that_is_not_there_fails_at_construction() {
     };
     let message = Loader::new(&dataset, cuda).unwrap_err().to_string();
     assert!(message.contains("cuda:1000"), "{message}");
+}
+
+#[test]
+fn skipping_batches_lands_where_taking_them_would() {
+    let dataset = mnist_test();
+    let loader = Loader::new(&dataset, options(64, false, 3)).unwrap();
+    let all: Vec<_> = loader.epoch(2).map(|b| b.unwrap()).collect();
+    for skip in [0, 1, 5, all.len() - 1] {
+        let mut epoch = loader.epoch(2).skip(skip);
+        let batch = epoch.next().unwrap().unwrap();
+        assert_eq!(
+            batch.labels.to_vec::<u32>().unwrap(),
+            all[skip].labels.to_vec::<u32>().unwrap(),
+            "skip {skip}"
+        );
+        assert_eq!(epoch.count(), all.len() - skip - 1, "skip {skip}");
+    }
+    assert!(loader.epoch(2).nth(all.len()).is_none());
+    assert_eq!(loader.epoch(2).skip(all.len() + 3).count(), 0);
+}
+
+/// On a GPU the dataset is held on the device and batches are gathered there: the same
+/// batches as the CPU's. Skipped without a GPU; with KILN_REQUIRE_CUDA=1, fails instead.
+#[test]
+fn batches_gathered_on_a_gpu_equal_the_cpu_batches() {
+    if let Err(reason) = kiln_tensor::cuda::availability() {
+        assert!(
+            std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "KILN_REQUIRE_CUDA=1 but CUDA is unavailable: {reason}"
+        );
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dataset = mnist_test();
+    for scale in [Scale::MinusOneToOne, Scale::ZeroToOne] {
+        let make = |device| {
+            let options = LoaderOptions {
+                scale,
+                device,
+                ..options(100, false, 9)
+            };
+            Loader::new(&dataset, options).unwrap()
+        };
+        let (cpu, gpu) = (
+            make(kiln_tensor::Device::Cpu),
+            make(kiln_tensor::Device::Cuda(0)),
+        );
+        for (a, b) in cpu.epoch(1).zip(gpu.epoch(1)).step_by(13) {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_eq!(b.images.device(), kiln_tensor::Device::Cuda(0));
+            assert_eq!(a.images.shape(), b.images.shape());
+            assert_eq!(
+                a.images.to_vec::<f32>().unwrap(),
+                b.images.to_vec::<f32>().unwrap()
+            );
+            assert_eq!(
+                a.labels.to_vec::<u32>().unwrap(),
+                b.labels.to_vec::<u32>().unwrap()
+            );
+        }
+    }
 }

@@ -10,6 +10,6 @@ mod trainer;
 
 pub use config::{Architecture, GanConfig};
 pub use models::{DiscriminatorModel, GeneratorModel, IMAGE_SHAPE, NUM_CLASSES};
-pub use trainer::{GanTrainer, StepMetrics};
+pub use trainer::{GanTrainer, PendingMetrics, StepMetrics};
 
 pub type Result<T> = std::result::Result<T, kiln_nn::NnError>;

@@ -50,6 +50,54 @@ impl StepMetrics {
     }
 }
 
+/// A step's measurements still on the device, as [`StepMetrics`] will hold them: a training
+/// loop reads them ([`PendingMetrics::read`], one readback for all) only when it logs, so the
+/// steps in between never wait for the GPU.
+#[derive(Debug, Clone)]
+pub struct PendingMetrics {
+    /// `[loss_d, loss_g?, d_real, d_fake, gradient_penalty?]`, f32, on the step's device.
+    values: Tensor,
+    has_loss_g: bool,
+    has_gradient_penalty: bool,
+}
+
+impl PendingMetrics {
+    fn new(
+        loss_d: &Tensor,
+        loss_g: Option<&Tensor>,
+        d_real: &Tensor,
+        d_fake: &Tensor,
+        gradient_penalty: Option<&Tensor>,
+    ) -> Result<PendingMetrics> {
+        let scalars: Vec<Tensor> = [Some(loss_d), loss_g, Some(d_real), Some(d_fake)]
+            .into_iter()
+            .chain([gradient_penalty])
+            .flatten()
+            .map(|t| t.detach().to_dtype(DType::F32)?.reshape([1]))
+            .collect::<kiln_tensor::Result<_>>()?;
+        let parts: Vec<&Tensor> = scalars.iter().collect();
+        Ok(PendingMetrics {
+            values: Tensor::cat(&parts, 0)?, // [k]
+            has_loss_g: loss_g.is_some(),
+            has_gradient_penalty: gradient_penalty.is_some(),
+        })
+    }
+
+    /// The values, read back from the device in one transfer.
+    pub fn read(&self) -> Result<StepMetrics> {
+        let values = self.values.to_vec::<f32>()?;
+        let mut values = values.into_iter().map(f64::from);
+        let mut next = || values.next().unwrap_or(f64::NAN);
+        Ok(StepMetrics {
+            loss_d: next(),
+            loss_g: self.has_loss_g.then(&mut next),
+            d_real: next(),
+            d_fake: next(),
+            gradient_penalty: self.has_gradient_penalty.then(&mut next),
+        })
+    }
+}
+
 /// The checkpoint name of the noise generator.
 const NOISE: &str = "noise";
 
@@ -126,18 +174,24 @@ impl GanTrainer {
         if !self.config.architecture.is_conditional() {
             return Ok(None);
         }
-        let labels = self
-            .noise
-            .uniform_f32(batch)
-            .into_iter()
-            .map(|u| ((u * NUM_CLASSES as f32) as u32).min(NUM_CLASSES as u32 - 1))
-            .collect();
-        Ok(Some(Tensor::from_vec(labels, [batch], self.device)?))
+        // Drawn on the step's device: u ~ U[0, 1) becomes min(⌊10·u⌋, 9).
+        let uniform = Tensor::rand([batch], DType::F32, self.device, &mut self.noise)?; // [B]
+        let labels = uniform
+            .affine(NUM_CLASSES as f64, 0.0)?
+            .clamp(0.0, (NUM_CLASSES - 1) as f64)?
+            .to_dtype(DType::U32)?; // [B] u32
+        Ok(Some(labels))
     }
 
     /// One training step on a batch of real `images [B, 1, 28, 28]` in [-1, 1] with their
     /// `labels [B]` (u32; used by the conditional GAN).
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepMetrics> {
+        self.step_deferred(images, labels)?.read()
+    }
+
+    /// [`GanTrainer::step`] without reading its metrics back: on a GPU the step is queued and
+    /// this returns before it has run.
+    pub fn step_deferred(&mut self, images: &Tensor, labels: &Tensor) -> Result<PendingMetrics> {
         let metrics = match self.config.architecture {
             Architecture::WganGp => self.wasserstein_step(images)?,
             _ => self.minimax_step(images, labels)?,
@@ -146,7 +200,7 @@ impl GanTrainer {
         Ok(metrics)
     }
 
-    fn minimax_step(&mut self, real: &Tensor, labels: &Tensor) -> Result<StepMetrics> {
+    fn minimax_step(&mut self, real: &Tensor, labels: &Tensor) -> Result<PendingMetrics> {
         let batch = real.dims()[0];
         let conditional = self.config.architecture.is_conditional();
         let real_labels = conditional.then_some(labels);
@@ -173,16 +227,16 @@ impl GanTrainer {
         let loss_g = binary_cross_entropy_with_logits(&logits, &ones, Reduction::Mean)?;
         self.generator_optimizer.step(&loss_g.backward()?)?;
 
-        Ok(StepMetrics {
-            loss_d: loss_d.to_f64()?,
-            loss_g: Some(loss_g.to_f64()?),
-            d_real: real_logits.sigmoid()?.mean_all()?.to_f64()?,
-            d_fake: fake_logits.sigmoid()?.mean_all()?.to_f64()?,
-            gradient_penalty: None,
-        })
+        PendingMetrics::new(
+            &loss_d,
+            Some(&loss_g),
+            &real_logits.sigmoid()?.mean_all()?,
+            &fake_logits.sigmoid()?.mean_all()?,
+            None,
+        )
     }
 
-    fn wasserstein_step(&mut self, real: &Tensor) -> Result<StepMetrics> {
+    fn wasserstein_step(&mut self, real: &Tensor) -> Result<PendingMetrics> {
         let batch = real.dims()[0];
         let z = self.latents(batch)?; // [B, z]
         let fake = no_grad(|| self.generator.forward_t(&z, None, true))?; // [B, 1, 28, 28]
@@ -220,15 +274,15 @@ impl GanTrainer {
                 .mean_all()?
                 .neg()?;
             self.generator_optimizer.step(&loss.backward()?)?;
-            loss_g = Some(loss.to_f64()?);
+            loss_g = Some(loss);
         }
-        Ok(StepMetrics {
-            loss_d: loss_d.to_f64()?,
-            loss_g,
-            d_real: real_scores.mean_all()?.to_f64()?,
-            d_fake: fake_scores.mean_all()?.to_f64()?,
-            gradient_penalty: Some(penalty.to_f64()?),
-        })
+        PendingMetrics::new(
+            &loss_d,
+            loss_g.as_ref(),
+            &real_scores.mean_all()?,
+            &fake_scores.mean_all()?,
+            Some(&penalty),
+        )
     }
 
     /// The latents (and, for the conditional GAN, labels 0, 1, .., 9, 0, ..) that every epoch's

@@ -91,6 +91,7 @@ impl IndexFaults {
         }
         let [owner, key] = match stream.clone_dtoh(&self.record) {
             Ok(values) => {
+                super::count_host_wait();
                 stream.synchronize().map_err(driver_error(OP))?;
                 [values[0], values[1]]
             }

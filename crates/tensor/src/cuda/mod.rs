@@ -174,6 +174,21 @@ pub fn info() -> std::result::Result<CudaInfo, String> {
     })
 }
 
+/// How many times this thread has waited for a GPU (a readback or a `synchronize`): what a
+/// test counts to show that a training step never waits.
+pub fn host_waits() -> u64 {
+    HOST_WAITS.with(|waits| waits.get())
+}
+
+thread_local! {
+    static HOST_WAITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one wait of this thread for the GPU (see [`host_waits`]).
+pub(crate) fn count_host_wait() {
+    HOST_WAITS.with(|waits| waits.set(waits.get() + 1));
+}
+
 /// The device `cuda:ordinal`, set up on first use and shared after.
 pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
@@ -248,6 +263,7 @@ impl CudaDevice {
     /// Waits for all work queued on the device; then reports an index out of range that a
     /// kernel found since the last readback (see `faults`).
     pub fn synchronize(&self) -> Result<()> {
+        count_host_wait();
         self.stream
             .synchronize()
             .map_err(driver_error("synchronize"))?;

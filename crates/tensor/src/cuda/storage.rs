@@ -108,6 +108,7 @@ impl CudaStorage {
                 stream
                     .memcpy_dtoh(&source, bytes)
                     .map_err(driver_error("to_device"))?;
+                super::count_host_wait();
                 stream.synchronize().map_err(driver_error("to_device"))?;
             }
             Ok(data)

@@ -46,14 +46,29 @@ pub trait Optimizer {
 /// together; each gradient is multiplied by `min(max_norm / (total + 1e-6), 1)`, so a total
 /// above `max_norm` is brought down to it. Returns the total norm before clipping.
 /// Parameters without a gradient are skipped; the new gradients replace the old in `grads`.
-/// Like PyTorch, each gradient's norm is taken in its own dtype (f16 and bf16 in f32) and the
-/// total from those norms; a non-finite total is returned as it is, and clipping by it makes
-/// the gradients NaN (or zero), as PyTorch's does.
+/// Like PyTorch, each gradient's norm is taken in its own dtype (f16 and bf16 in f32), the
+/// total from those norms in f64, and the coefficient is rounded to each gradient's dtype
+/// before the multiplication; a non-finite total is returned as it is, and clipping by it
+/// makes the gradients NaN (or zero), as PyTorch's does. Reading the total back waits for a
+/// GPU: [`clip_grad_norm_on_device`] does not.
 pub fn clip_grad_norm(
     grads: &mut Gradients,
     params: &[(String, Var)],
     max_norm: f64,
 ) -> Result<f64> {
+    let total = clip_grad_norm_on_device(grads, params, max_norm)?;
+    Ok(total.to_scalar::<f64>()?)
+}
+
+/// [`clip_grad_norm`] without a host synchronisation: the norms (one multi-tensor kernel per
+/// dtype, see `Tensor::sum_of_squares_many`), the coefficient and the scaling all stay on the
+/// gradients' device, and the total comes back as a rank-0 f64 tensor there (on the CPU when
+/// no parameter has a gradient: 0).
+pub fn clip_grad_norm_on_device(
+    grads: &mut Gradients,
+    params: &[(String, Var)],
+    max_norm: f64,
+) -> Result<Tensor> {
     if max_norm.is_nan() || max_norm < 0.0 {
         return Err(NnError::invalid(
             "clip_grad_norm",
@@ -64,30 +79,42 @@ pub fn clip_grad_norm(
         .iter()
         .filter_map(|(_, var)| grads.get(var).map(|grad| (var, grad.clone())))
         .collect();
+    if present.is_empty() {
+        return Ok(Tensor::scalar(0.0f64, kiln_tensor::Device::Cpu)?);
+    }
     no_grad(|| {
-        let mut sum_of_squares = 0.0;
-        for (_, grad) in &present {
-            // A half-precision sum of squares overflows at a norm of 256: accumulate in f32.
-            let grad = match grad.dtype() {
-                DType::F16 | DType::BF16 => grad.to_dtype(DType::F32)?,
-                _ => grad.clone(),
-            };
-            let norm = grad.square()?.sum_all()?.sqrt()?; // [] in the gradient's dtype
-            let norm = norm.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            sum_of_squares += norm * norm;
+        // Each dtype's norms from one kernel: f64 gradients' in f64, the others' in f32.
+        let gradients: Vec<&Tensor> = present.iter().map(|(_, grad)| grad).collect();
+        let mut norms = Vec::new();
+        for group in split_by_dtype(&gradients) {
+            let squares = Tensor::sum_of_squares_many(&group)?; // [k] f32 or f64
+            norms.push(squares.sqrt()?.to_dtype(DType::F64)?); // [k] f64
         }
-        let total = sum_of_squares.sqrt();
-        let coefficient = max_norm / (total + 1e-6);
-        // Not `min(1.0)`: a NaN coefficient must stay NaN, as torch.clamp keeps it (and NaN is
-        // not >= 1). Multiplying by exactly 1 would change nothing, so it is skipped.
-        if coefficient >= 1.0 {
-            return Ok(total);
-        }
+        let norms: Vec<&Tensor> = norms.iter().collect();
+        let total = Tensor::cat(&norms, 0)?.square()?.sum_all()?.sqrt()?; // [] f64
+        let coefficient = total.scalar_like(max_norm)?.div(&total.add_scalar(1e-6)?)?;
+        // min(coefficient, 1), but a NaN coefficient stays NaN, as torch.clamp keeps it
+        // (NaN is not > 1). Multiplying by exactly 1 changes no gradient.
+        let one = coefficient.scalar_like(1.0)?;
+        let coefficient = Tensor::where_cond(&coefficient.gt(&one)?, &one, &coefficient)?;
         for (var, grad) in present {
-            grads.insert(var, grad.mul_scalar(coefficient)?);
+            let scaled = grad.mul(&coefficient.to_dtype(grad.dtype())?)?;
+            grads.insert(var, scaled);
         }
         Ok(total)
     })
+}
+
+/// `tensors` in groups of one dtype, in order of first appearance.
+fn split_by_dtype<'a>(tensors: &[&'a Tensor]) -> Vec<Vec<&'a Tensor>> {
+    let mut groups: Vec<Vec<&Tensor>> = Vec::new();
+    for &tensor in tensors {
+        match groups.iter_mut().find(|g| g[0].dtype() == tensor.dtype()) {
+            Some(group) => group.push(tensor),
+            None => groups.push(vec![tensor]),
+        }
+    }
+    groups
 }
 
 /// Fails unless the parameters' names are distinct (state is keyed by name).

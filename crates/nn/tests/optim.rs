@@ -6,7 +6,8 @@
 //! The tiny problem: f(p) = sum(a * p^2 / 2 + b * p), whose gradient is a * p + b.
 
 use kiln_nn::optim::{
-    clip_grad_norm, Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig,
+    clip_grad_norm, clip_grad_norm_on_device, Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, Sgd,
+    SgdConfig,
 };
 use kiln_nn::schedule::{CosineAnnealingLr, LinearWarmup, Schedule, StepLr};
 use kiln_nn::{Init, NnError, ParamStore};
@@ -924,4 +925,107 @@ fn a_schedule_drives_the_optimizer() {
             .collect();
     }
     assert_close(&var.to_vec::<f64>().unwrap(), &expected, "p");
+}
+
+#[test]
+fn sums_of_squares_are_each_tensors_square_summed() {
+    let mut generator = kiln_tensor::Generator::new(8);
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let tensors: Vec<Tensor> = [vec![5], vec![0], vec![], vec![3, 70]]
+            .into_iter()
+            .map(|shape| {
+                Tensor::randn(shape, 0.0, 2.0, DType::F64, Device::Cpu, &mut generator)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            })
+            .collect();
+        let view = tensors[3].t().unwrap();
+        let refs: Vec<&Tensor> = tensors.iter().chain([&view]).collect();
+        let sums = Tensor::sum_of_squares_many(&refs).unwrap();
+        let wide = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        assert_eq!(sums.dtype(), wide);
+        let expected: Vec<f64> = refs
+            .iter()
+            .map(|t| {
+                let t = t.to_dtype(wide).unwrap();
+                t.square()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            })
+            .collect();
+        let got = sums.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
+        assert_eq!(got, expected, "{dtype}");
+    }
+    let a = Tensor::zeros([2], DType::F32, Device::Cpu).unwrap();
+    let b = Tensor::zeros([2], DType::F64, Device::Cpu).unwrap();
+    assert!(Tensor::sum_of_squares_many(&[&a, &b]).is_err());
+    let integers = Tensor::zeros([2], DType::U32, Device::Cpu).unwrap();
+    assert!(Tensor::sum_of_squares_many(&[&integers]).is_err());
+}
+
+/// On a GPU, clipping gives the CPU's gradients and total (to f32 rounding) without the host
+/// waiting for the GPU. Skipped without a GPU; with KILN_REQUIRE_CUDA=1, fails instead.
+#[test]
+fn clipping_on_a_gpu_matches_the_cpu_and_never_waits() {
+    if let Err(reason) = kiln_tensor::cuda::availability() {
+        assert!(
+            std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "KILN_REQUIRE_CUDA=1 but CUDA is unavailable: {reason}"
+        );
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let gpu = Device::Cuda(0);
+    let mut generator = kiln_tensor::Generator::new(4);
+    let values: Vec<Tensor> = [vec![40, 30], vec![30], vec![5000]]
+        .into_iter()
+        .map(|shape| {
+            Tensor::randn(shape, 0.0, 1.0, DType::F32, Device::Cpu, &mut generator).unwrap()
+        })
+        .collect();
+    for max_norm in [1.0, 1e6] {
+        let clip = |device: Device| {
+            let params: Vec<(String, Var)> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    (
+                        format!("p{i}"),
+                        Var::new(&v.zeros_like().unwrap().to_device(device).unwrap()).unwrap(),
+                    )
+                })
+                .collect();
+            let mut grads = Gradients::default();
+            for ((_, var), value) in params.iter().zip(&values) {
+                grads.insert(var, value.to_device(device).unwrap());
+            }
+            let waits = kiln_tensor::cuda::host_waits();
+            let total = clip_grad_norm_on_device(&mut grads, &params, max_norm).unwrap();
+            assert_eq!(kiln_tensor::cuda::host_waits(), waits, "clipping waited");
+            let clipped: Vec<Vec<f32>> = params
+                .iter()
+                .map(|(_, var)| grads.get(var).unwrap().to_vec::<f32>().unwrap())
+                .collect();
+            (total.to_scalar::<f64>().unwrap(), clipped)
+        };
+        let (cpu_total, cpu) = clip(Device::Cpu);
+        let (gpu_total, on_gpu) = clip(gpu);
+        assert!(
+            (cpu_total - gpu_total).abs() <= 1e-5 * cpu_total,
+            "{cpu_total} vs {gpu_total}"
+        );
+        for (a, b) in cpu.iter().flatten().zip(on_gpu.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "{a} vs {b}");
+        }
+    }
 }

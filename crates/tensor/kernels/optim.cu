@@ -137,3 +137,92 @@ KILN_ADAM_STEP(f16, f16)
 KILN_ADAM_STEP(bf16, bf16)
 KILN_ADAM_STEP(float, f32)
 KILN_ADAM_STEP(double, f64)
+
+// ---- Sums of squares of up to 32 tensors (gradient-norm clipping) ----
+//
+// sum_squares_partial_T   one 256-thread block per chunk of KILN_ADAM_CHUNK elements of one
+//                         tensor (the table's first_block says which): each element squared in
+//                         the math type and rounded there (the CPU's `x.square()`, on f32 for
+//                         the half types), summed in f64, the block's sum written to
+//                         partials[block] (f64). Shared memory: 8 doubles.
+// sum_squares_finish_O    one 256-thread block per tensor: its partials summed in f64 in a
+//                         fixed tree and rounded once to O (f32, or f64 for f64 tensors) into
+//                         out[tensor]; 0 for an empty tensor.
+// Deterministic (no atomics): the same sums on every run. CPU reference: the composition
+// `x.square().sum_all()` (src/backend.rs `sum_of_squares_many`), which sums in blocks of 1024
+// in the math type: the two differ by that rounding.
+
+struct SquaresTable {
+    u64 data[KILN_ADAM_TENSORS];  // device addresses of contiguous T
+    u64 n[KILN_ADAM_TENSORS];
+    u32 first_block[KILN_ADAM_TENSORS + 1];
+    u32 count;
+};
+
+// The sum of v over the block's threads (whole warps, at most 1024), in thread 0.
+__device__ double block_sum(double v) {
+    __shared__ double warp_sums[32];
+    for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, lane_mask);
+    }
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (blockDim.x >> 5) ? warp_sums[lane] : 0.0;
+        for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) {
+            v += __shfl_xor_sync(0xffffffffu, v, lane_mask);
+        }
+    }
+    return v;
+}
+
+template <typename T>
+__device__ void sum_squares_partial(const SquaresTable& table, double* partials) {
+    typedef typename MathOf<T>::type M;
+    const u32 block = blockIdx.x;
+    u32 t = 0;
+    while (t + 1 < table.count && table.first_block[t + 1] <= block) ++t;
+    const T* data = reinterpret_cast<const T*>(table.data[t]);
+    const u64 start = (u64)(block - table.first_block[t]) * KILN_ADAM_CHUNK;
+    const u64 end = start + KILN_ADAM_CHUNK < table.n[t] ? start + KILN_ADAM_CHUNK : table.n[t];
+    double sum = 0.0;
+    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const M x = to_math(data[i]);
+        sum += (double)mul_rn(x, x);
+    }
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) partials[block] = sum;
+}
+
+template <typename O>
+__device__ void sum_squares_finish(const SquaresTable& table, const double* partials, O* out) {
+    const u32 t = blockIdx.x;
+    double sum = 0.0;
+    for (u32 p = table.first_block[t] + threadIdx.x; p < table.first_block[t + 1];
+         p += blockDim.x) {
+        sum += partials[p];
+    }
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) out[t] = (O)sum;
+}
+
+#define KILN_SUM_SQUARES(T, SUFFIX)                                                          \
+    extern "C" __global__ void sum_squares_partial_##SUFFIX(                                 \
+        const __grid_constant__ SquaresTable table, double* partials) {                      \
+        sum_squares_partial<T>(table, partials);                                             \
+    }
+
+KILN_SUM_SQUARES(f16, f16)
+KILN_SUM_SQUARES(bf16, bf16)
+KILN_SUM_SQUARES(float, f32)
+KILN_SUM_SQUARES(double, f64)
+
+extern "C" __global__ void sum_squares_finish_f32(const __grid_constant__ SquaresTable table,
+                                                  const double* partials, float* out) {
+    sum_squares_finish<float>(table, partials, out);
+}
+extern "C" __global__ void sum_squares_finish_f64(const __grid_constant__ SquaresTable table,
+                                                  const double* partials, double* out) {
+    sum_squares_finish<double>(table, partials, out);
+}

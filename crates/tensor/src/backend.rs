@@ -94,6 +94,34 @@ pub trait BackendStorage: Sized + Send + Sync {
             .collect()
     }
 
+    /// For each of `tensors` (at least one, all of one float dtype), the sum of the squares of
+    /// its elements, as a `[tensors.len()]` tensor: f64 for f64 tensors, f32 for the others
+    /// (the squares rounded in the math type, f32 for the half types, as `x.square()` rounds
+    /// them). What gradient-norm clipping needs; the CUDA backend sums up to 32 tensors in one
+    /// launch (and a second that adds the blocks' partial sums). The default is the CPU's: the
+    /// composition `x.square().sum_all()` of each, then a `cat`.
+    fn sum_of_squares_many(tensors: &[(&Self, &Layout)]) -> Result<Self> {
+        let sums = tensors
+            .iter()
+            .map(|&(storage, layout)| {
+                let squares = match storage.dtype() {
+                    DType::F16 | DType::BF16 => {
+                        let wide = storage.to_dtype(layout, DType::F32)?;
+                        let contiguous = Layout::contiguous(layout.shape().clone());
+                        wide.binary(&contiguous, &wide, &contiguous, BinaryOp::Mul)?
+                    }
+                    _ => storage.binary(layout, storage, layout, BinaryOp::Mul)?,
+                };
+                let contiguous = Layout::contiguous(layout.shape().clone());
+                let dims: Vec<usize> = (0..layout.dims().len()).collect();
+                squares.reduce(&contiguous, ReduceOp::Sum, &dims)
+            })
+            .collect::<Result<Vec<Self>>>()?;
+        let one = Layout::contiguous([1]);
+        let parts: Vec<(&Self, &Layout)> = sums.iter().map(|sum| (sum, &one)).collect();
+        Self::cat(&parts, 0)
+    }
+
     /// Concatenation along `dim` of parts whose other dims agree.
     fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self>;
     /// Entries `index[j]` (a 1-D `u32` tensor) of `dim`.

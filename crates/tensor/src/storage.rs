@@ -127,6 +127,38 @@ impl Storage {
         })
     }
 
+    /// See [`BackendStorage::sum_of_squares_many`]; every storage on one device.
+    pub(crate) fn sum_of_squares_many(tensors: &[(&Storage, &Layout)]) -> Result<Storage> {
+        let Some(&(first, _)) = tensors.first() else {
+            return Err(crate::Error::invalid("sum_of_squares", "no tensors"));
+        };
+        if let Some(&(other, _)) = tensors.iter().find(|(s, _)| s.device() != first.device()) {
+            return Err(mixed("sum_of_squares", first, other));
+        }
+        Ok(match first {
+            Storage::Cpu(_) => {
+                let tensors: Vec<_> = tensors
+                    .iter()
+                    .filter_map(|&(s, l)| match s {
+                        Storage::Cpu(s) => Some((s, l)),
+                        Storage::Cuda(_) => None,
+                    })
+                    .collect();
+                Storage::Cpu(CpuStorage::sum_of_squares_many(&tensors)?)
+            }
+            Storage::Cuda(_) => {
+                let tensors: Vec<_> = tensors
+                    .iter()
+                    .filter_map(|&(s, l)| match s {
+                        Storage::Cuda(s) => Some((s, l)),
+                        Storage::Cpu(_) => None,
+                    })
+                    .collect();
+                Storage::Cuda(CudaStorage::sum_of_squares_many(&tensors)?)
+            }
+        })
+    }
+
     /// See [`BackendStorage::matmul_bias_act`].
     pub(crate) fn matmul_bias_act(
         &self,

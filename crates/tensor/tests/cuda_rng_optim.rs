@@ -388,3 +388,62 @@ fn adam_step_many_updates_forty_parameters_as_the_cpu_does() {
         }
     }
 }
+
+#[test]
+fn sums_of_squares_match_the_cpu() {
+    let Some(gpu) = cuda("sum_of_squares_many parity") else {
+        return;
+    };
+    // 35 tensors (two tables), sizes around the 4096-element chunk, an empty one, a scalar,
+    // a strided view, and one past a grid wave.
+    let shapes: Vec<Vec<usize>> = (0..35)
+        .map(|i| match i % 7 {
+            0 => vec![1],
+            1 => vec![4096],
+            2 => vec![4097],
+            3 => vec![0],
+            4 => vec![],
+            5 => vec![33, 65],
+            _ => vec![OVER_A_WAVE],
+        })
+        .collect();
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let run = |device: Device| -> Result<Vec<f64>> {
+            let tensors: Vec<Tensor> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, shape)| {
+                    let t = random(shape, dtype, device, 100 + i as u64, 1.0);
+                    if shape.len() == 2 {
+                        t.t()?.contiguous()?.t() // a transposed view
+                    } else {
+                        Ok(t)
+                    }
+                })
+                .collect::<Result<_>>()?;
+            let refs: Vec<&Tensor> = tensors.iter().collect();
+            let sums = Tensor::sum_of_squares_many(&refs)?;
+            assert_eq!(sums.dims(), [shapes.len()]);
+            assert_eq!(
+                sums.dtype(),
+                if dtype == DType::F64 {
+                    DType::F64
+                } else {
+                    DType::F32
+                }
+            );
+            Ok(host_f64(&sums))
+        };
+        let (cpu, cuda_sums) = (run(Device::Cpu).expect("cpu"), run(gpu).expect("cuda"));
+        // The CPU sums blocks of 1024 in the math type, CUDA everything in f64: they differ
+        // by the CPU's rounding, a few ulps of f32 (of f64) times log2 of the length.
+        let tolerance = if dtype == DType::F64 { 1e-13 } else { 1e-5 };
+        for (i, (a, b)) in cpu.iter().zip(&cuda_sums).enumerate() {
+            assert!(
+                (a - b).abs() <= tolerance * a.abs().max(1.0),
+                "{dtype} tensor {i} {:?}: CPU {a}, CUDA {b}",
+                shapes[i]
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@ use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
 use super::conv::checked_input;
-use super::{driver_error, registry, CudaStorage};
+use super::{driver_error, registry, CudaStorage, StridedArg};
 use crate::backend::BackendStorage;
 use crate::{AdamStep, DType, Device, Error, FloatDType, Layout, Result};
 
@@ -226,4 +226,141 @@ pub(super) fn adam_step_many(
         unsafe { builder.launch(config) }.map_err(driver_error(OP))?;
     }
     Ok(outputs)
+}
+
+/// `struct SquaresTable` of kernels/optim.cu, field for field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct SquaresTable {
+    data: [u64; TABLE_TENSORS],
+    n: [u64; TABLE_TENSORS],
+    first_block: [u32; TABLE_TENSORS + 1],
+    count: u32,
+}
+
+// Safety: plain old data with the C layout the kernel declares.
+unsafe impl DeviceRepr for SquaresTable {}
+
+/// The sum of the squares of each tensor's elements, `[k]` f32 (f64 for f64 tensors): per 32
+/// tensors, `sum_squares_partial_{dtype}` (a block per 4096 elements) and
+/// `sum_squares_finish_{f32|f64}` (a block per tensor). CPU reference: the default
+/// `BackendStorage::sum_of_squares_many`.
+pub(super) fn sum_of_squares_many(tensors: &[(&CudaStorage, &Layout)]) -> Result<CudaStorage> {
+    const OP: &str = "sum_of_squares";
+    let Some(&(first, _)) = tensors.first() else {
+        return Err(Error::invalid(OP, "no tensors"));
+    };
+    let (dtype, device) = (first.dtype, first.device.clone());
+    if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+        return Err(Error::UnsupportedDType { op: OP, dtype });
+    }
+    let out_dtype = if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let mut copies = Vec::new();
+    let mut inputs = Vec::with_capacity(tensors.len());
+    for &(storage, layout) in tensors {
+        if storage.dtype != dtype {
+            return Err(Error::DTypeMismatch {
+                op: OP,
+                lhs: dtype,
+                rhs: storage.dtype,
+            });
+        }
+        if storage.device.ordinal() != device.ordinal() {
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                lhs: Device::Cuda(device.ordinal()),
+                rhs: Device::Cuda(storage.device.ordinal()),
+            });
+        }
+        StridedArg::for_storage(OP, storage, layout)?;
+        inputs.push(match layout.contiguous_range() {
+            Some(range) => (usize::MAX, range.start),
+            None => {
+                copies.push(storage.copy_strided(layout)?);
+                (copies.len() - 1, 0)
+            }
+        });
+    }
+    let stream = device.stream();
+    let address = |storage: &CudaStorage, offset: usize| -> u64 {
+        let (pointer, _record) = storage.buffer.device_ptr(stream);
+        pointer + (offset * dtype.size_in_bytes()) as u64
+    };
+    let mut out = device.alloc(out_dtype, tensors.len())?;
+    let partial = device.function(
+        &registry::OPTIM,
+        &format!("sum_squares_partial_{}", dtype.as_str()),
+    )?;
+    let finish = device.function(
+        &registry::OPTIM,
+        &format!("sum_squares_finish_{}", out_dtype.as_str()),
+    )?;
+    for (chunk, (tensors, inputs)) in tensors
+        .chunks(TABLE_TENSORS)
+        .zip(inputs.chunks(TABLE_TENSORS))
+        .enumerate()
+    {
+        let mut table = SquaresTable {
+            data: [0; TABLE_TENSORS],
+            n: [0; TABLE_TENSORS],
+            first_block: [0; TABLE_TENSORS + 1],
+            count: tensors.len() as u32,
+        };
+        let mut blocks = 0usize;
+        for (slot, (&(storage, layout), &input)) in tensors.iter().zip(inputs).enumerate() {
+            let n = layout.elem_count();
+            table.data[slot] = match input {
+                (usize::MAX, offset) => address(storage, offset),
+                (copy, _) => address(&copies[copy], 0),
+            };
+            table.n[slot] = n as u64;
+            table.first_block[slot] = blocks as u32;
+            blocks += n.div_ceil(CHUNK);
+        }
+        let grid = u32::try_from(blocks).map_err(|_| {
+            Error::invalid(
+                OP,
+                format!("{blocks} blocks of {CHUNK} elements are too many"),
+            )
+        })?;
+        table.first_block[tensors.len()] = grid;
+        // One f64 partial per block (at least one, for a valid pointer).
+        // Safety: written by the partial kernel before the finish kernel reads it.
+        let mut partials =
+            unsafe { stream.alloc::<f64>(blocks.max(1)) }.map_err(driver_error(OP))?;
+        let block = (256, 1, 1);
+        if grid > 0 {
+            let mut builder = stream.launch_builder(&partial);
+            builder.arg(&table).arg(&mut partials);
+            let config = LaunchConfig {
+                grid_dim: (grid, 1, 1),
+                block_dim: block,
+                shared_mem_bytes: 0,
+            };
+            // Safety: the arguments match `sum_squares_partial_{dtype}(const SquaresTable,
+            // double*)` in kernels/optim.cu; every address points at `n` contiguous elements
+            // of `dtype` inside a live buffer, and `partials` holds one f64 per block.
+            unsafe { builder.launch(config) }.map_err(driver_error(OP))?;
+        }
+        let first_out = chunk * TABLE_TENSORS;
+        let mut out_view = out
+            .buffer
+            .slice_mut(first_out * out_dtype.size_in_bytes()..);
+        let mut builder = stream.launch_builder(&finish);
+        builder.arg(&table).arg(&partials).arg(&mut out_view);
+        let config = LaunchConfig {
+            grid_dim: (table.count, 1, 1),
+            block_dim: block,
+            shared_mem_bytes: 0,
+        };
+        // Safety: the arguments match `sum_squares_finish_{f32|f64}(const SquaresTable,
+        // const double*, O*)`; block t reads partials first_block[t]..first_block[t + 1] (all
+        // written above, or none) and writes out[first_out + t], inside `out`.
+        unsafe { builder.launch(config) }.map_err(driver_error(OP))?;
+    }
+    Ok(out)
 }

@@ -314,4 +314,8 @@ impl BackendStorage for CudaStorage {
     ) -> Result<Vec<(Self, Self, Self)>> {
         optim::adam_step_many(entries, step)
     }
+
+    fn sum_of_squares_many(tensors: &[(&Self, &Layout)]) -> Result<Self> {
+        optim::sum_of_squares_many(tensors)
+    }
 }

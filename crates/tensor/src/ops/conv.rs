@@ -2,10 +2,14 @@
 //! batches, as PyTorch defines them (`torch.nn.functional.conv2d`, `conv_transpose2d`,
 //! `max_pool2d`, `avg_pool2d`, `interpolate(mode="nearest")`), groups = 1.
 //!
-//! Two primitives carry them: `im2col` (unfold windows into GEMM columns) and `col2im` (fold
-//! columns back, summing overlaps). Each is the other's adjoint, so each one's backward rule is
-//! the other, and a convolution is `weight · im2col(x)`: the matrix product and its backward
-//! rule do the rest, including the higher-order gradients WGAN-GP needs.
+//! Two primitives carry the convolutions: `im2col` (unfold windows into GEMM columns) and
+//! `col2im` (fold columns back, summing overlaps). Each is the other's adjoint, so each one's
+//! backward rule is the other, and a convolution is `weight · im2col(x)`: the matrix product
+//! and its backward rule do the rest, including the higher-order gradients WGAN-GP needs.
+//! Pooling and upsampling are primitives of their own, each with a recorded backward (a
+//! gather, deterministic on every device): average pooling and upsampling are adjoint pairs
+//! with their backwards, and max pooling's backward is differentiated by gathering at its
+//! indices.
 
 use crate::op::Op;
 use crate::{Error, Result, Shape, Tensor};
@@ -131,9 +135,28 @@ fn check_positive(op: &'static str, what: &str, values: [usize; 2]) -> Result<()
     Ok(())
 }
 
+/// The error for a nearest resize between `[N, C, H, W]` and `[out_height, out_width]` when a
+/// size is zero (checked by the tensor layer and again by the backends, whose source-row
+/// formula needs positive sizes).
+pub(crate) fn check_resize(
+    op: &'static str,
+    [batch, channels, height, width]: [usize; 4],
+    [out_height, out_width]: [usize; 2],
+) -> Result<()> {
+    if out_height == 0 || out_width == 0 || height == 0 || width == 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "cannot resize [{batch}, {channels}, {height}, {width}] to {out_height}x{out_width}: sizes must be positive"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Tensor {
     /// `[N, C, H, W]` as a 4-tuple, or an error naming `op` and what it expects.
-    fn image_dims(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
+    pub(crate) fn image_dims(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
         match *self.dims() {
             [n, c, h, w] => Ok([n, c, h, w]),
             _ => Err(Error::invalid(
@@ -320,21 +343,44 @@ impl Tensor {
         const OP: &str = "max_pool2d";
         self.float_only(OP)?;
         let g = self.pool_geometry(OP, options)?;
-        let indices = {
-            let image = self.storage();
-            let storage = image.max_pool2d_indices(self.layout(), &g)?;
-            Tensor::from_storage(
-                storage,
-                Shape::from([g.batch * g.channels, g.out_height * g.out_width]),
-                None,
-            )
-        };
-        let planes = self.reshape([g.batch * g.channels, g.height * g.width])?; // [N·C, H·W]
-        let values = planes
-            .gather(1, &indices)? // [N·C, OH·OW]
-            .reshape([g.batch, g.channels, g.out_height, g.out_width])?;
-        let indices = indices.reshape([g.batch, g.channels, g.out_height, g.out_width])?;
+        if (g.height == 0 || g.width == 0) && g.batch * g.channels > 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("cannot pool the empty planes of {}", self.shape()),
+            ));
+        }
+        let (values, indices) = self.storage().max_pool2d(self.layout(), &g)?;
+        let out_shape = Shape::from([g.batch, g.channels, g.out_height, g.out_width]);
+        let indices = Tensor::from_storage(indices, out_shape.clone(), None); // [N, C, OH, OW]
+        let record = Tensor::record(&[self], || Op::MaxPool2d {
+            input: self.clone(),
+            indices: indices.clone(),
+            g,
+        });
+        let values = Tensor::from_storage(values, out_shape, record); // [N, C, OH, OW]
         Ok((values, indices))
+    }
+
+    /// The gradient of max pooling: this grad `[N, C, OH, OW]` summed onto the maxima
+    /// `indices` name, `[N, C, H, W]`. Recorded: its own gradient gathers at the indices.
+    pub(crate) fn max_pool2d_backward(
+        &self,
+        indices: &Tensor,
+        g: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        let out_shape = Shape::from([g.batch, g.channels, g.out_height, g.out_width]);
+        self.expect_shape("max_pool2d_backward", &out_shape)?;
+        indices.expect_shape("max_pool2d_backward", &out_shape)?;
+        self.same_device("max_pool2d_backward", indices)?;
+        let storage =
+            self.storage()
+                .max_pool2d_backward(self.layout(), &indices.storage(), indices.layout(), g)?;
+        let record = Tensor::record(&[self], || Op::MaxPool2dBackward {
+            grad: self.clone(),
+            indices: indices.clone(),
+            g: *g,
+        });
+        Ok(Tensor::from_storage(storage, g.image_shape(), record))
     }
 
     /// Average pooling of `[N, C, H, W]`: each output is the mean of its window, padding
@@ -343,16 +389,25 @@ impl Tensor {
         const OP: &str = "avg_pool2d";
         self.float_only(OP)?;
         let g = self.pool_geometry(OP, options)?;
-        // Each channel is its own one-channel image: columns [kh·kw, N·C·OH·OW].
-        let planes = Conv2dGeometry {
-            batch: g.batch * g.channels,
-            channels: 1,
-            ..g
-        };
-        self.reshape(planes.image_shape())?
-            .im2col(&planes)?
-            .mean(&[0], false)? // [N·C·OH·OW]
-            .reshape([g.batch, g.channels, g.out_height, g.out_width])
+        self.avg_pool2d_over(&g)
+    }
+
+    /// Average pooling over the windows of `g` (this tensor has `g.image_shape()`).
+    pub(crate) fn avg_pool2d_over(&self, g: &Conv2dGeometry) -> Result<Tensor> {
+        self.expect_shape("avg_pool2d", &g.image_shape())?;
+        let storage = self.storage().avg_pool2d(self.layout(), g)?;
+        let record = Tensor::record(&[self], || Op::AvgPool2d(self.clone(), *g));
+        let out_shape = Shape::from([g.batch, g.channels, g.out_height, g.out_width]);
+        Ok(Tensor::from_storage(storage, out_shape, record))
+    }
+
+    /// The gradient of average pooling (its adjoint): grad `[N, C, OH, OW]` to `[N, C, H, W]`.
+    pub(crate) fn avg_pool2d_backward(&self, g: &Conv2dGeometry) -> Result<Tensor> {
+        let out_shape = Shape::from([g.batch, g.channels, g.out_height, g.out_width]);
+        self.expect_shape("avg_pool2d_backward", &out_shape)?;
+        let storage = self.storage().avg_pool2d_backward(self.layout(), g)?;
+        let record = Tensor::record(&[self], || Op::AvgPool2dBackward(self.clone(), *g));
+        Ok(Tensor::from_storage(storage, g.image_shape(), record))
     }
 
     fn pool_geometry(&self, op: &'static str, options: Pool2dOptions) -> Result<Conv2dGeometry> {
@@ -375,25 +430,32 @@ impl Tensor {
     /// `interpolate(size=..., mode="nearest")` computes it), and likewise for columns.
     pub fn upsample_nearest2d(&self, out_height: usize, out_width: usize) -> Result<Tensor> {
         const OP: &str = "upsample_nearest2d";
-        let [_, _, height, width] = self.image_dims(OP, "input")?;
-        if out_height == 0 || out_width == 0 || height == 0 || width == 0 {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "cannot resize {} to {out_height}x{out_width}: sizes must be positive",
-                    self.shape()
-                ),
-            ));
-        }
-        let sources = |input: usize, output: usize| -> Result<Tensor> {
-            let scale = input as f32 / output as f32;
-            let rows = (0..output)
-                .map(|i| ((i as f32 * scale).floor() as u32).min(input as u32 - 1))
-                .collect();
-            Tensor::from_vec(rows, [output], self.device())
-        };
-        self.index_select(2, &sources(height, out_height)?)?
-            .index_select(3, &sources(width, out_width)?)
+        let [batch, channels, height, width] = self.image_dims(OP, "input")?;
+        check_resize(OP, [batch, channels, height, width], [out_height, out_width])?;
+        let storage = self
+            .storage()
+            .upsample_nearest2d(self.layout(), out_height, out_width)?;
+        let record = Tensor::record(&[self], || Op::UpsampleNearest2d(self.clone()));
+        let out_shape = Shape::from([batch, channels, out_height, out_width]);
+        Ok(Tensor::from_storage(storage, out_shape, record))
+    }
+
+    /// The gradient of nearest resizing (its adjoint): grad `[N, C, OH, OW]` to
+    /// `[N, C, height, width]`, each pixel the sum of the grads of the outputs that copy it.
+    pub(crate) fn upsample_nearest2d_backward(&self, height: usize, width: usize) -> Result<Tensor> {
+        const OP: &str = "upsample_nearest2d_backward";
+        self.float_only(OP)?;
+        let [batch, channels, out_height, out_width] = self.image_dims(OP, "grad")?;
+        check_resize(OP, [batch, channels, height, width], [out_height, out_width])?;
+        let storage = self
+            .storage()
+            .upsample_nearest2d_backward(self.layout(), height, width)?;
+        let record = Tensor::record(&[self], || Op::UpsampleNearest2dBackward(self.clone()));
+        Ok(Tensor::from_storage(
+            storage,
+            Shape::from([batch, channels, height, width]),
+            record,
+        ))
     }
 
     /// Unfolds this image batch into GEMM columns (see `cpu::conv`).

@@ -143,11 +143,19 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// Nearest-neighbour resize of `[N, C, H, W]` (any dtype) to `[N, C, out_height,
     /// out_width]`: output row `o` copies row `min(⌊o·(H / out_height)⌋, H - 1)` in f32, and
     /// likewise for columns.
-    fn upsample_nearest2d(&self, layout: &Layout, out_height: usize, out_width: usize)
-        -> Result<Self>;
+    fn upsample_nearest2d(
+        &self,
+        layout: &Layout,
+        out_height: usize,
+        out_width: usize,
+    ) -> Result<Self>;
     /// The gradient of `upsample_nearest2d` (its adjoint, float dtypes): grad
     /// `[N, C, OH, OW]` to `[N, C, height, width]`, each pixel the sum of the grads of the
     /// outputs that copy it.
-    fn upsample_nearest2d_backward(&self, layout: &Layout, height: usize, width: usize)
-        -> Result<Self>;
+    fn upsample_nearest2d_backward(
+        &self,
+        layout: &Layout,
+        height: usize,
+        width: usize,
+    ) -> Result<Self>;
 }

@@ -189,7 +189,11 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
             vec![(input.clone(), grad.max_pool2d_backward(indices, g)?)]
         }
         // Linear in the grad: the adjoint gathers the upstream grad at the maxima.
-        Op::MaxPool2dBackward { grad: g_out, indices, g } => {
+        Op::MaxPool2dBackward {
+            grad: g_out,
+            indices,
+            g,
+        } => {
             let planes = [g.batch * g.channels, g.height * g.width];
             let positions = [g.batch * g.channels, g.out_height * g.out_width];
             let gathered = grad
@@ -207,7 +211,10 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
         Op::UpsampleNearest2dBackward(g_out) => {
             let [_, _, out_height, out_width] =
                 g_out.image_dims("upsample_nearest2d_backward", "grad")?;
-            vec![(g_out.clone(), grad.upsample_nearest2d(out_height, out_width)?)]
+            vec![(
+                g_out.clone(),
+                grad.upsample_nearest2d(out_height, out_width)?,
+            )]
         }
         Op::LogSoftmax(x, dim) => {
             vec![(x.clone(), reduce::softmax_backward(node, *dim, true, grad)?)]

@@ -856,7 +856,10 @@ pub(crate) fn image_dims(op: &'static str, layout: &Layout) -> Result<[usize; 4]
         [n, c, h, w] => Ok([n, c, h, w]),
         _ => Err(Error::invalid(
             op,
-            format!("expected a rank-4 [N, C, H, W] layout, got {}", layout.shape()),
+            format!(
+                "expected a rank-4 [N, C, H, W] layout, got {}",
+                layout.shape()
+            ),
         )),
     }
 }

@@ -195,7 +195,11 @@ pub(super) fn upsample_nearest2d(
 ) -> Result<CudaStorage> {
     const OP: &str = "upsample_nearest2d";
     let [batch, channels, height, width] = image_dims(OP, layout)?;
-    check_resize(OP, [batch, channels, height, width], [out_height, out_width])?;
+    check_resize(
+        OP,
+        [batch, channels, height, width],
+        [out_height, out_width],
+    )?;
     let u = |x: usize| x as u64;
     let resize = ResizeArg {
         batch: u(batch),
@@ -220,7 +224,11 @@ pub(super) fn upsample_nearest2d_backward(
     const OP: &str = "upsample_nearest2d_backward";
     float_only(OP, grad)?;
     let [batch, channels, out_height, out_width] = image_dims(OP, layout)?;
-    check_resize(OP, [batch, channels, height, width], [out_height, out_width])?;
+    check_resize(
+        OP,
+        [batch, channels, height, width],
+        [out_height, out_width],
+    )?;
     let u = |x: usize| x as u64;
     let resize = ResizeArg {
         batch: u(batch),

@@ -298,3 +298,62 @@ fn fused_layers_have_second_derivatives() {
         check_fused_gradient_penalty(activation);
     }
 }
+
+/// Second derivatives through pooling and upsampling: the gradient map
+/// x -> d/dx sum(f(x)² · w) is gradient-checked against finite differences, which
+/// differentiates each op's backward (max pooling's gathers at its indices; average pooling's
+/// and upsampling's are their forwards, the adjoint pairs). Values are distinct and 0.05 apart,
+/// so no maximum changes hands within a finite-difference step.
+#[test]
+fn second_derivatives_of_pooling_and_upsampling() {
+    use kiln_tensor::Pool2dOptions;
+    let shape = [2, 2, 5, 6];
+    let values: Vec<f64> = (0..120)
+        .map(|i| (i * 37 % 120) as f64 * 0.05 - 3.0)
+        .collect();
+    let x = tensor(&values, &shape);
+    let pools = [
+        Pool2dOptions {
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1],
+        },
+        Pool2dOptions {
+            kernel: [2, 3],
+            stride: [1, 2],
+            padding: [1, 0],
+        },
+        Pool2dOptions::new([2, 2]),
+    ];
+    type Case = Box<dyn Fn(&Tensor) -> Result<Tensor>>;
+    let mut cases: Vec<(String, Case)> = Vec::new();
+    for options in pools {
+        cases.push((
+            format!("max_pool2d {options:?}"),
+            Box::new(move |x| x.max_pool2d(options)),
+        ));
+        cases.push((
+            format!("avg_pool2d {options:?}"),
+            Box::new(move |x| x.avg_pool2d(options)),
+        ));
+    }
+    for [h, w] in [[7, 4], [11, 13], [3, 3]] {
+        cases.push((
+            format!("upsample_nearest2d {h}x{w}"),
+            Box::new(move |x| x.upsample_nearest2d(h, w)),
+        ));
+    }
+    for (name, f) in &cases {
+        let gradient_map = |t: &[Tensor]| -> Result<Tensor> {
+            let x = leaf(&t[0])?;
+            let y = f(&x)?;
+            let n = y.elem_count();
+            let weights: Vec<f64> = (0..n).map(|i| ((i * 7 % 11) as f64 - 5.0) / 5.0).collect();
+            let weights = tensor(&weights, y.dims());
+            grad_with_graph(&y.square()?.mul(&weights)?.sum_all()?, &x)
+        };
+        GradCheck::default()
+            .check(gradient_map, &[x.clone()])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

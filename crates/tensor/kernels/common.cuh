@@ -101,3 +101,25 @@ __device__ __noinline__ float kiln_activate(float x, u32 activation, float slope
 // (gridDim.x * blockDim.x)-th element.
 #define KILN_GRID_STRIDE(i, n) \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
+
+// Conv2dGeometry field for field, as u64 (mirrors `GeometryArg` in src/cuda/conv.rs), the window
+// geometry of conv.cu and pool.cu.
+struct Geometry {
+    u64 batch, channels, height, width;
+    u64 kernel_h, kernel_w;
+    u64 stride_h, stride_w;
+    u64 padding_h, padding_w;
+    u64 dilation_h, dilation_w;
+    u64 out_height, out_width;
+};
+
+// The input coordinate tap `k` of output position `o` reads along one axis, or false when it
+// lands in the padding. Unsigned arithmetic: `o*stride + k*dilation` is never negative, and
+// the padding is subtracted only once it is known to fit.
+__device__ __forceinline__ bool input_coordinate(u64 o, u64 k, u64 stride, u64 dilation,
+                                                 u64 padding, u64 size, u64* coordinate) {
+    u64 shifted = o * stride + k * dilation;
+    if (shifted < padding || shifted - padding >= size) return false;
+    *coordinate = shifted - padding;
+    return true;
+}

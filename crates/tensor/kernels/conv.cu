@@ -1,33 +1,13 @@
 // Convolution lowering: im2col unfolds an image batch into GEMM columns, col2im folds columns
-// back (summing overlapping taps), max_pool2d_indices finds each window's maximum.
-// CPU reference: src/cpu/conv.rs (same names), geometry as src/ops/conv.rs Conv2dGeometry:
-// output position (oh, ow), tap (ki, kj) reads pixel (oh*stride_h + ki*dilation_h - padding_h,
-// ow*stride_w + kj*dilation_w - padding_w); outside the image it reads padding.
+// back (summing overlapping taps). Pooling is in pool.cu.
+// CPU reference: src/cpu/conv.rs (same names), geometry as src/ops/conv.rs Conv2dGeometry
+// (`Geometry` in common.cuh): output position (oh, ow), tap (ki, kj) reads pixel
+// (oh*stride_h + ki*dilation_h - padding_h, ow*stride_w + kj*dilation_w - padding_w); outside
+// the image it reads padding.
 // Column layout: row (c, ki, kj), column (n, oh, ow): [C*kh*kw, N*OH*OW].
 //
-// Launch shape (all three): 1-D grid-stride, 256-thread blocks (launch_config_for), one thread
+// Launch shape (both): 1-D grid-stride, 256-thread blocks (launch_config_for), one thread
 // per output element, no shared memory. Every input is read through its Strided layout.
-
-// Conv2dGeometry field for field, as u64 (mirrors `GeometryArg` in src/cuda/conv.rs).
-struct Geometry {
-    u64 batch, channels, height, width;
-    u64 kernel_h, kernel_w;
-    u64 stride_h, stride_w;
-    u64 padding_h, padding_w;
-    u64 dilation_h, dilation_w;
-    u64 out_height, out_width;
-};
-
-// The input coordinate tap `k` of output position `o` reads along one axis, or false when it
-// lands in the padding. Unsigned arithmetic: `o*stride + k*dilation` is never negative, and
-// the padding is subtracted only once it is known to fit.
-__device__ __forceinline__ bool input_coordinate(u64 o, u64 k, u64 stride, u64 dilation,
-                                                 u64 padding, u64 size, u64* coordinate) {
-    u64 shifted = o * stride + k * dilation;
-    if (shifted < padding || shifted - padding >= size) return false;
-    *coordinate = shifted - padding;
-    return true;
-}
 
 // cols[row, column] = image[n, c, ih, iw] for row (c, ki, kj), column (n, oh, ow), or zero
 // (the all-zero bit pattern, which is +0 for every float type) in the padding.
@@ -93,46 +73,6 @@ __device__ void col2im(T* image, const T* cols, Strided cols_layout, Geometry g)
     }
 }
 
-// indices[n, c, oh, ow] = ih*W + iw of the window's maximum within its plane. Padding never
-// wins; NaN does (the first NaN, and nothing beats it after); ties go to the first in
-// row-major window order (strict >). A window with no pixel (ruled out by the op layer)
-// gives 0, as on the CPU.
-// Output: contiguous [N, C, OH, OW] of u32. Reference: cpu::conv::max_pool2d_indices.
-template <typename T>
-__device__ void max_pool2d_indices(u32* indices, const T* image, Strided image_layout,
-                                   Geometry g) {
-    typedef typename MathOf<T>::type M;
-    u64 positions = g.out_height * g.out_width;
-    u64 plane_len = g.height * g.width;
-    u64 n_out = g.batch * g.channels * positions;
-    KILN_GRID_STRIDE(i, n_out) {
-        u64 plane = i / positions, position = i % positions;
-        u64 oh = position / g.out_width, ow = position % g.out_width;
-        bool found = false;
-        u64 best_at = 0;
-        M best = (M)0;
-        for (u64 ki = 0; ki < g.kernel_h; ++ki) {
-            u64 ih;
-            if (!input_coordinate(oh, ki, g.stride_h, g.dilation_h, g.padding_h, g.height, &ih))
-                continue;
-            for (u64 kj = 0; kj < g.kernel_w; ++kj) {
-                u64 iw;
-                if (!input_coordinate(ow, kj, g.stride_w, g.dilation_w, g.padding_w, g.width, &iw))
-                    continue;
-                u64 at = ih * g.width + iw;
-                M value = to_math(image[strided_offset(image_layout, plane * plane_len + at)]);
-                bool wins = !found || (!isnan(best) && (value > best || isnan(value)));
-                if (wins) {
-                    found = true;
-                    best_at = at;
-                    best = value;
-                }
-            }
-        }
-        indices[i] = (u32)best_at;
-    }
-}
-
 #define KILN_IM2COL(T, SUFFIX)                                                               \
     extern "C" __global__ void im2col_##SUFFIX(T* cols, const T* image, Strided image_layout, \
                                                Geometry g) {                                 \
@@ -143,10 +83,6 @@ __device__ void max_pool2d_indices(u32* indices, const T* image, Strided image_l
     extern "C" __global__ void col2im_##SUFFIX(T* image, const T* cols, Strided cols_layout,  \
                                                Geometry g) {                                  \
         col2im<T>(image, cols, cols_layout, g);                                               \
-    }                                                                                         \
-    extern "C" __global__ void max_pool2d_indices_##SUFFIX(u32* indices, const T* image,      \
-                                                           Strided image_layout, Geometry g) { \
-        max_pool2d_indices<T>(indices, image, image_layout, g);                               \
     }
 
 KILN_IM2COL(u8, u8)

@@ -64,9 +64,6 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
     /// The adjoint of `im2col`: columns folded into an image batch, overlapping taps summed.
     fn col2im(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
-    /// For each window of an image batch, the `u32` index `ih·W + iw` of its maximum within
-    /// its plane, `[N·C, OH·OW]`; padding never wins, NaN does.
-    fn max_pool2d_indices(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
 
     /// [`BackendStorage::adam_step`] of many parameters with one `step`: for each entry
     /// `[parameter, gradient, exp_avg, exp_avg_sq]` (one shape and dtype within an entry, one
@@ -176,4 +173,43 @@ pub trait BackendStorage: Sized + Send + Sync {
         exp_avg_sq_layout: &Layout,
         step: &AdamStep,
     ) -> Result<(Self, Self, Self)>;
+
+    /// Max pooling of an image batch `g.image_shape()` (float dtypes): the `[N, C, OH, OW]`
+    /// maxima, and for each the `u32` index `ih·W + iw` of the pixel it came from within its
+    /// plane, also `[N, C, OH, OW]`. Padding never wins; NaN does; ties go to the first pixel in
+    /// row-major window order.
+    fn max_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<(Self, Self)>;
+    /// The gradient of `max_pool2d`: `self` is the grad `[N, C, OH, OW]`, `indices` the
+    /// forward's; `[N, C, H, W]`, each pixel the sum of the grads of the windows whose maximum
+    /// it is, in increasing `(oh, ow)` (deterministic). An index that is not a pixel of its own
+    /// window adds nothing.
+    fn max_pool2d_backward(
+        &self,
+        layout: &Layout,
+        indices: &Self,
+        indices_layout: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<Self>;
+    /// Average pooling, padding counted as zeros: `[N, C, OH, OW]` (float dtypes).
+    fn avg_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
+    /// The gradient of `avg_pool2d` (its adjoint): grad `[N, C, OH, OW]` to `[N, C, H, W]`.
+    fn avg_pool2d_backward(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
+    /// Nearest-neighbour resize of `[N, C, H, W]` (any dtype) to `[N, C, out_height,
+    /// out_width]`: output row `o` copies row `min(⌊o·(H / out_height)⌋, H - 1)` in f32, and
+    /// likewise for columns.
+    fn upsample_nearest2d(
+        &self,
+        layout: &Layout,
+        out_height: usize,
+        out_width: usize,
+    ) -> Result<Self>;
+    /// The gradient of `upsample_nearest2d` (its adjoint, float dtypes): grad
+    /// `[N, C, OH, OW]` to `[N, C, height, width]`, each pixel the sum of the grads of the
+    /// outputs that copy it.
+    fn upsample_nearest2d_backward(
+        &self,
+        layout: &Layout,
+        height: usize,
+        width: usize,
+    ) -> Result<Self>;
 }

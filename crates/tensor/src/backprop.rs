@@ -185,6 +185,37 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
         }
         Op::Im2Col(x, g) => vec![(x.clone(), grad.col2im(g)?)],
         Op::Col2Im(columns, g) => vec![(columns.clone(), grad.im2col(g)?)],
+        Op::MaxPool2d { input, indices, g } => {
+            vec![(input.clone(), grad.max_pool2d_backward(indices, g)?)]
+        }
+        // Linear in the grad: the adjoint gathers the upstream grad at the maxima.
+        Op::MaxPool2dBackward {
+            grad: g_out,
+            indices,
+            g,
+        } => {
+            let planes = [g.batch * g.channels, g.height * g.width];
+            let positions = [g.batch * g.channels, g.out_height * g.out_width];
+            let gathered = grad
+                .reshape(planes)? // [N·C, H·W]
+                .gather(1, &indices.reshape(positions)?)? // [N·C, OH·OW]
+                .reshape(g_out.shape())?; // [N, C, OH, OW]
+            vec![(g_out.clone(), gathered)]
+        }
+        Op::AvgPool2d(x, g) => vec![(x.clone(), grad.avg_pool2d_backward(g)?)],
+        Op::AvgPool2dBackward(g_out, g) => vec![(g_out.clone(), grad.avg_pool2d_over(g)?)],
+        Op::UpsampleNearest2d(x) => {
+            let [_, _, height, width] = x.image_dims("upsample_nearest2d", "input")?;
+            vec![(x.clone(), grad.upsample_nearest2d_backward(height, width)?)]
+        }
+        Op::UpsampleNearest2dBackward(g_out) => {
+            let [_, _, out_height, out_width] =
+                g_out.image_dims("upsample_nearest2d_backward", "grad")?;
+            vec![(
+                g_out.clone(),
+                grad.upsample_nearest2d(out_height, out_width)?,
+            )]
+        }
         Op::LogSoftmax(x, dim) => {
             vec![(x.clone(), reduce::softmax_backward(node, *dim, true, grad)?)]
         }

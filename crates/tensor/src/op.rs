@@ -101,6 +101,25 @@ pub(crate) enum Op {
     Im2Col(Tensor, Conv2dGeometry),
     /// Convolution columns folded into an image batch.
     Col2Im(Tensor, Conv2dGeometry),
+    /// Max pooling; `indices` (`u32`, `[N, C, OH, OW]`, untracked) name each window's maximum.
+    MaxPool2d {
+        input: Tensor,
+        indices: Tensor,
+        g: Conv2dGeometry,
+    },
+    /// The gradient of max pooling: `grad` summed onto the pixels `indices` name.
+    MaxPool2dBackward {
+        grad: Tensor,
+        indices: Tensor,
+        g: Conv2dGeometry,
+    },
+    AvgPool2d(Tensor, Conv2dGeometry),
+    /// The gradient of average pooling (its adjoint), from the grad `[N, C, OH, OW]`.
+    AvgPool2dBackward(Tensor, Conv2dGeometry),
+    /// Nearest resize; the sizes are those of the input and of the output.
+    UpsampleNearest2d(Tensor),
+    /// The gradient of a nearest resize (its adjoint), from the grad `[N, C, OH, OW]`.
+    UpsampleNearest2dBackward(Tensor),
 }
 
 impl Op {
@@ -119,7 +138,13 @@ impl Op {
             | Op::Softmax(x, _)
             | Op::LogSoftmax(x, _)
             | Op::Im2Col(x, _)
-            | Op::Col2Im(x, _) => vec![x],
+            | Op::Col2Im(x, _)
+            | Op::AvgPool2d(x, _)
+            | Op::AvgPool2dBackward(x, _)
+            | Op::UpsampleNearest2d(x)
+            | Op::UpsampleNearest2dBackward(x) => vec![x],
+            // The indices are integers: no gradient reaches them.
+            Op::MaxPool2d { input: x, .. } | Op::MaxPool2dBackward { grad: x, .. } => vec![x],
             Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
             Op::MatmulBiasAct { lhs, rhs, bias, .. } => {
                 [lhs, rhs].into_iter().chain(bias.as_ref()).collect()

@@ -75,7 +75,29 @@ impl Storage {
     forward!(scatter_add(dim: usize) with index: index_layout, source: source_layout);
     forward!(im2col(g: &Conv2dGeometry) with);
     forward!(col2im(g: &Conv2dGeometry) with);
-    forward!(max_pool2d_indices(g: &Conv2dGeometry) with);
+    forward!(max_pool2d_backward(g: &Conv2dGeometry) with indices: indices_layout);
+    forward!(avg_pool2d(g: &Conv2dGeometry) with);
+    forward!(avg_pool2d_backward(g: &Conv2dGeometry) with);
+    forward!(upsample_nearest2d(out_height: usize, out_width: usize) with);
+    forward!(upsample_nearest2d_backward(height: usize, width: usize) with);
+
+    /// See [`BackendStorage::max_pool2d`]: `(values, indices)`.
+    pub(crate) fn max_pool2d(
+        &self,
+        layout: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<(Storage, Storage)> {
+        Ok(match self {
+            Storage::Cpu(s) => {
+                let (values, indices) = s.max_pool2d(layout, g)?;
+                (Storage::Cpu(values), Storage::Cpu(indices))
+            }
+            Storage::Cuda(s) => {
+                let (values, indices) = s.max_pool2d(layout, g)?;
+                (Storage::Cuda(values), Storage::Cuda(indices))
+            }
+        })
+    }
 
     /// See [`BackendStorage::adam_step_many`]; every storage on one device.
     pub(crate) fn adam_step_many(

@@ -1,5 +1,5 @@
-//! CUDA parity of the convolution primitives (im2col, col2im, max_pool2d_indices: kernels/
-//! conv.cu) and the matrix product (kernels/matmul.cu). Expected values come from the CPU
+//! CUDA parity of the convolution primitives (im2col, col2im: kernels/conv.cu; pooling is
+//! in cuda_pool.rs) and the matrix product (kernels/matmul.cu). Expected values come from the CPU
 //! backend (src/cpu/conv.rs, src/cpu/matmul.rs), the reference each kernel names. The
 //! convolution primitives are driven through the backend trait directly, so every dtype and
 //! any input layout reaches them; convolutions, pooling and products also run end to end
@@ -235,57 +235,6 @@ fn col2im_matches_the_cpu_bit_for_bit() {
 }
 
 #[test]
-fn max_pool2d_indices_match_the_cpu_including_nan_ties_and_infinities() {
-    let Some(_gpu) = cuda("max_pool2d_indices parity") else {
-        return;
-    };
-    for (name, g) in geometries() {
-        if g.padding[0] > g.kernel[0] / 2 || g.padding[1] > g.kernel[1] / 2 {
-            continue; // max_pool2d requires padding of at most half the kernel
-        }
-        let image = [g.batch, g.channels, g.height, g.width];
-        for (view, layout, len) in views(image) {
-            for dtype in FLOATS {
-                // Coarse values, so ties are common; NaN, ±inf and ±0 sprinkled in.
-                let mut values: Vec<f64> = sample(len, dtype, 3)
-                    .into_iter()
-                    .map(|x| (x * 2.0).round())
-                    .collect();
-                for (i, value) in values.iter_mut().enumerate() {
-                    match i % 37 {
-                        5 => *value = f64::NAN,
-                        11 => *value = f64::INFINITY,
-                        17 => *value = f64::NEG_INFINITY,
-                        23 => *value = -0.0,
-                        29 => *value = 0.0,
-                        _ => {}
-                    }
-                }
-                let input = host_storage(&values, dtype);
-                let (expected, got) = run_cpu_and_cuda(
-                    &input,
-                    &layout,
-                    |s, l| s.max_pool2d_indices(l, &g),
-                    |s, l| s.max_pool2d_indices(l, &g),
-                );
-                assert_eq!(expected, got, "max_pool2d_indices {name}, {view}, {dtype}");
-            }
-        }
-    }
-    // A plane of all -inf: the first pixel of the window wins, never the padding.
-    let g = geometry([1, 1, 3, 3], [3, 3], [1, 1], [1, 1], [1, 1]);
-    let input = host_storage(&[f64::NEG_INFINITY; 9], DType::F32);
-    let layout = Layout::contiguous([1, 1, 3, 3]);
-    let (expected, got) = run_cpu_and_cuda(
-        &input,
-        &layout,
-        |s, l| s.max_pool2d_indices(l, &g),
-        |s, l| s.max_pool2d_indices(l, &g),
-    );
-    assert_eq!(expected, got, "all -inf");
-}
-
-#[test]
 fn conv_primitives_reject_what_the_cpu_rejects() {
     let Some(_gpu) = cuda("conv primitive errors") else {
         return;
@@ -293,15 +242,6 @@ fn conv_primitives_reject_what_the_cpu_rejects() {
     let g = geometry([1, 1, 4, 4], [3, 3], [1, 1], [1, 1], [1, 1]);
     let device = cuda_device();
     for dtype in [DType::U8, DType::U32] {
-        let image = CudaStorage::from_cpu(&device, &host_storage(&[1.0; 16], dtype)).unwrap();
-        let layout = Layout::contiguous([1, 1, 4, 4]);
-        match image.max_pool2d_indices(&layout, &g) {
-            Err(Error::UnsupportedDType {
-                op: "max_pool2d",
-                dtype: d,
-            }) => assert_eq!(d, dtype),
-            other => panic!("max_pool2d of {dtype}: {other:?}"),
-        }
         let columns = CudaStorage::from_cpu(&device, &host_storage(&[1.0; 144], dtype)).unwrap();
         match columns.col2im(&Layout::contiguous([9, 16]), &g) {
             Err(Error::UnsupportedDType {

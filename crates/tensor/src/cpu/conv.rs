@@ -1,7 +1,7 @@
 //! Convolution lowering on the CPU: `im2col` unfolds an image batch into the columns a GEMM
-//! multiplies, `col2im` folds columns back (summing overlaps: the adjoint of `im2col`), and
-//! `max_pool2d_indices` finds each window's maximum. Convolutions, transposed convolutions
-//! and pooling are built from these and the matrix product in `ops/conv.rs`.
+//! multiplies, `col2im` folds columns back (summing overlaps: the adjoint of `im2col`).
+//! Convolutions and transposed convolutions are built from these and the matrix product in
+//! `ops/conv.rs`; pooling has kernels of its own (`cpu/pool.rs`).
 //!
 //! Column layout: row `(c, ki, kj)` (channel-major, then kernel row, kernel column), column
 //! `(n, oh, ow)` (image-major, then output row and column): `[C·kh·kw, N·OH·OW]`.
@@ -9,17 +9,15 @@
 use rayon::prelude::*;
 
 use crate::ops::conv::Conv2dGeometry;
-use num_traits::Float;
-
 use crate::FloatDType;
 
 /// Elements below which the kernels stay on one thread: they copy, so they are memory-bound
 /// like the light elementwise kernels (`Work::Light`).
-const PARALLEL_MIN: usize = super::Work::Light.parallel_min();
+pub(super) const PARALLEL_MIN: usize = super::Work::Light.parallel_min();
 
 /// Calls `fill(i, chunk)` for each `chunk_len` chunk `i` of `out`, on rayon's threads when
 /// `parallel`.
-fn for_each_chunk<T: Send>(
+pub(super) fn for_each_chunk<T: Send>(
     out: &mut [T],
     chunk_len: usize,
     parallel: bool,
@@ -166,54 +164,4 @@ pub(crate) fn col2im<T: FloatDType>(cols: &[T], g: &Conv2dGeometry) -> Vec<T> {
         fill_plane,
     );
     image
-}
-
-/// For each window of a contiguous `[N, C, H, W]` batch, the index `ih·W + iw` of its maximum
-/// within the plane: `[N, C, OH, OW]`. Padding never wins (it is -∞, as in PyTorch); NaN does
-/// (it propagates, as in PyTorch); ties go to the first in row-major order.
-pub(crate) fn max_pool2d_indices<T: FloatDType>(image: &[T], g: &Conv2dGeometry) -> Vec<u32> {
-    let plane_len = g.height * g.width;
-    let positions = g.out_height * g.out_width;
-    let mut indices = vec![0u32; g.batch * g.channels * positions];
-    if indices.is_empty() {
-        return indices;
-    }
-    let fill_plane = |index: usize, out: &mut [u32]| {
-        let plane = &image[index * plane_len..][..plane_len];
-        for oh in 0..g.out_height {
-            for ow in 0..g.out_width {
-                let mut best: Option<(usize, T::Math)> = None;
-                for ki in 0..g.kernel[0] {
-                    let ih = (oh * g.stride[0] + ki * g.dilation[0]).wrapping_sub(g.padding[0]);
-                    if ih >= g.height {
-                        continue;
-                    }
-                    for kj in 0..g.kernel[1] {
-                        let iw = (ow * g.stride[1] + kj * g.dilation[1]).wrapping_sub(g.padding[1]);
-                        if iw >= g.width {
-                            continue;
-                        }
-                        let at = ih * g.width + iw;
-                        let value = plane[at].to_math();
-                        let wins = match best {
-                            None => true,
-                            Some((_, max)) => !max.is_nan() && (value > max || value.is_nan()),
-                        };
-                        if wins {
-                            best = Some((at, value));
-                        }
-                    }
-                }
-                // Every window holds a pixel: the op layer requires padding <= kernel / 2.
-                out[oh * g.out_width + ow] = best.map_or(0, |(at, _)| at as u32);
-            }
-        }
-    };
-    for_each_chunk(
-        &mut indices,
-        positions,
-        image.len() >= PARALLEL_MIN,
-        fill_plane,
-    );
-    indices
 }

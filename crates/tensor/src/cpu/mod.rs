@@ -9,6 +9,7 @@ pub(crate) mod gemm;
 mod index;
 mod matmul;
 mod optim;
+mod pool;
 
 pub use allocator::tune_allocator;
 mod reduce;
@@ -20,6 +21,7 @@ use rayon::prelude::*;
 
 use crate::backend::BackendStorage;
 use crate::layout::Runs;
+use crate::ops::conv::check_resize;
 use crate::{
     Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType,
     Layout, ReduceOp, Result, UnaryOp, WithDType,
@@ -631,21 +633,6 @@ impl BackendStorage for CpuStorage {
         Ok(map_float!("col2im", self, data => conv::col2im(&index::row_major(data, layout), g)))
     }
 
-    fn max_pool2d_indices(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
-        Ok(CpuStorage::U32(match self {
-            CpuStorage::F16(data) => conv::max_pool2d_indices(&index::row_major(data, layout), g),
-            CpuStorage::BF16(data) => conv::max_pool2d_indices(&index::row_major(data, layout), g),
-            CpuStorage::F32(data) => conv::max_pool2d_indices(&index::row_major(data, layout), g),
-            CpuStorage::F64(data) => conv::max_pool2d_indices(&index::row_major(data, layout), g),
-            other => {
-                return Err(Error::UnsupportedDType {
-                    op: "max_pool2d",
-                    dtype: other.dtype(),
-                })
-            }
-        }))
-    }
-
     fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {
         let (first, _) = parts
             .first()
@@ -771,5 +758,108 @@ impl BackendStorage for CpuStorage {
                 dtype: other.dtype(),
             }),
         }
+    }
+
+    fn max_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<(Self, Self)> {
+        fn typed<T: FloatDType>(
+            data: &[T],
+            layout: &Layout,
+            g: &Conv2dGeometry,
+        ) -> (CpuStorage, CpuStorage) {
+            let (values, indices) = pool::max_pool2d(&index::row_major(data, layout), g);
+            (CpuStorage::from_vec(values), CpuStorage::U32(indices))
+        }
+        Ok(match self {
+            CpuStorage::F16(data) => typed(data, layout, g),
+            CpuStorage::BF16(data) => typed(data, layout, g),
+            CpuStorage::F32(data) => typed(data, layout, g),
+            CpuStorage::F64(data) => typed(data, layout, g),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "max_pool2d",
+                    dtype: other.dtype(),
+                })
+            }
+        })
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        layout: &Layout,
+        indices: &Self,
+        indices_layout: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        let CpuStorage::U32(indices) = indices else {
+            return Err(Error::invalid(
+                "max_pool2d_backward",
+                format!("indices must be u32, got {}", indices.dtype()),
+            ));
+        };
+        let indices = index::row_major(indices, indices_layout);
+        Ok(map_float!("max_pool2d_backward", self, data => {
+            pool::max_pool2d_backward(&index::row_major(data, layout), &indices, g)
+        }))
+    }
+
+    fn avg_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(map_float!("avg_pool2d", self, data => {
+            pool::avg_pool2d(&index::row_major(data, layout), g)
+        }))
+    }
+
+    fn avg_pool2d_backward(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(map_float!("avg_pool2d_backward", self, data => {
+            pool::avg_pool2d_backward(&index::row_major(data, layout), g)
+        }))
+    }
+
+    fn upsample_nearest2d(
+        &self,
+        layout: &Layout,
+        out_height: usize,
+        out_width: usize,
+    ) -> Result<Self> {
+        let dims = image_dims("upsample_nearest2d", layout)?;
+        check_resize("upsample_nearest2d", dims, [out_height, out_width])?;
+        Ok(map_any!(self, data => {
+            pool::upsample_nearest2d(&index::row_major(data, layout), dims, [out_height, out_width])
+        }))
+    }
+
+    fn upsample_nearest2d_backward(
+        &self,
+        layout: &Layout,
+        height: usize,
+        width: usize,
+    ) -> Result<Self> {
+        let [batch, channels, out_height, out_width] =
+            image_dims("upsample_nearest2d_backward", layout)?;
+        check_resize(
+            "upsample_nearest2d_backward",
+            [batch, channels, height, width],
+            [out_height, out_width],
+        )?;
+        Ok(map_float!("upsample_nearest2d_backward", self, data => {
+            pool::upsample_nearest2d_backward(
+                &index::row_major(data, layout),
+                [batch, channels, height, width],
+                [out_height, out_width],
+            )
+        }))
+    }
+}
+
+/// The `[N, C, H, W]` of a rank-4 layout, or an error naming `op`.
+pub(crate) fn image_dims(op: &'static str, layout: &Layout) -> Result<[usize; 4]> {
+    match *layout.dims() {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        _ => Err(Error::invalid(
+            op,
+            format!(
+                "expected a rank-4 [N, C, H, W] layout, got {}",
+                layout.shape()
+            ),
+        )),
     }
 }

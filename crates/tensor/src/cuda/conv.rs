@@ -1,17 +1,17 @@
-//! The host side of kernels/conv.cu: `im2col`, `col2im` and `max_pool2d_indices`, each one
-//! launch of a kernel picked by dtype (CPU reference: `cpu::conv`). Not for the convolutions
-//! themselves, which `ops/conv.rs` builds from these and the matrix product.
+//! The host side of kernels/conv.cu: `im2col` and `col2im`, each one launch of a kernel picked
+//! by dtype (CPU reference: `cpu::conv`). Not for the convolutions themselves, which
+//! `ops/conv.rs` builds from these and the matrix product, nor for pooling (`cuda/pool.rs`).
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
 use super::{driver_error, registry, CudaStorage, StridedArg};
 use crate::{Conv2dGeometry, DType, Error, Layout, Result, Shape};
 
-/// `Conv2dGeometry` as the kernels take it (`struct Geometry` in kernels/conv.cu, field for
-/// field).
+/// `Conv2dGeometry` as the kernels take it (`struct Geometry` in kernels/common.cuh, field
+/// for field).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-struct GeometryArg {
+pub(super) struct GeometryArg {
     batch: u64,
     channels: u64,
     height: u64,
@@ -34,7 +34,7 @@ unsafe impl DeviceRepr for GeometryArg {}
 impl GeometryArg {
     /// The geometry, once the divisors the kernels use are known to be nonzero (the op layer
     /// rejects zero strides, dilations and kernels; a direct backend call might not).
-    fn new(op: &'static str, g: &Conv2dGeometry) -> Result<GeometryArg> {
+    pub(super) fn new(op: &'static str, g: &Conv2dGeometry) -> Result<GeometryArg> {
         if g.stride.contains(&0) || g.dilation.contains(&0) || g.kernel.contains(&0) {
             return Err(Error::invalid(
                 op,
@@ -149,29 +149,5 @@ pub(super) fn col2im(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Re
         &g.columns_shape(),
         g,
         (s.dtype, len),
-    )
-}
-
-/// For each window of `[N, C, H, W]` (any layout, float dtypes), the `u32` index `ih·W + iw`
-/// of its maximum, contiguous `[N·C, OH·OW]`. Reference: `cpu::conv::max_pool2d_indices`.
-pub(super) fn max_pool2d_indices(
-    s: &CudaStorage,
-    layout: &Layout,
-    g: &Conv2dGeometry,
-) -> Result<CudaStorage> {
-    if !s.dtype.is_float() {
-        return Err(Error::UnsupportedDType {
-            op: "max_pool2d",
-            dtype: s.dtype,
-        });
-    }
-    let len = g.batch * g.channels * g.out_height * g.out_width;
-    launch(
-        "max_pool2d",
-        "max_pool2d_indices",
-        (s, layout),
-        &g.image_shape(),
-        g,
-        (DType::U32, len),
     )
 }

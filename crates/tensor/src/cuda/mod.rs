@@ -14,6 +14,7 @@ mod gemm_tc;
 mod index;
 mod matmul;
 mod optim;
+mod pool;
 mod product;
 mod reduce;
 pub mod registry;

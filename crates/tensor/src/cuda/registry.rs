@@ -43,6 +43,7 @@ kernel_sources! {
     REDUCE = "reduce",
     INDEX = "index",
     CONV = "conv",
+    POOL = "pool",
     MATMUL = "matmul",
     GEMM = "gemm",
     GEMM_TC = "gemm_tc",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 
-use super::{conv, driver_error, elementwise, index, matmul, optim, reduce, CudaDevice};
+use super::{conv, driver_error, elementwise, index, matmul, optim, pool, reduce, CudaDevice};
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
 use crate::{
@@ -219,10 +219,6 @@ impl BackendStorage for CudaStorage {
         conv::col2im(self, layout, g)
     }
 
-    fn max_pool2d_indices(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
-        conv::max_pool2d_indices(self, layout, g)
-    }
-
     fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {
         index::cat(parts, dim)
     }
@@ -317,5 +313,45 @@ impl BackendStorage for CudaStorage {
 
     fn sum_of_squares_many(tensors: &[(&Self, &Layout)]) -> Result<Self> {
         optim::sum_of_squares_many(tensors)
+    }
+
+    fn max_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<(Self, Self)> {
+        pool::max_pool2d(self, layout, g)
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        layout: &Layout,
+        indices: &Self,
+        indices_layout: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        pool::max_pool2d_backward(self, layout, indices, indices_layout, g)
+    }
+
+    fn avg_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        pool::avg_pool2d(self, layout, g)
+    }
+
+    fn avg_pool2d_backward(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        pool::avg_pool2d_backward(self, layout, g)
+    }
+
+    fn upsample_nearest2d(
+        &self,
+        layout: &Layout,
+        out_height: usize,
+        out_width: usize,
+    ) -> Result<Self> {
+        pool::upsample_nearest2d(self, layout, out_height, out_width)
+    }
+
+    fn upsample_nearest2d_backward(
+        &self,
+        layout: &Layout,
+        height: usize,
+        width: usize,
+    ) -> Result<Self> {
+        pool::upsample_nearest2d_backward(self, layout, height, width)
     }
 }

@@ -2,10 +2,14 @@
 //! batches, as PyTorch defines them (`torch.nn.functional.conv2d`, `conv_transpose2d`,
 //! `max_pool2d`, `avg_pool2d`, `interpolate(mode="nearest")`), groups = 1.
 //!
-//! Two primitives carry them: `im2col` (unfold windows into GEMM columns) and `col2im` (fold
-//! columns back, summing overlaps). Each is the other's adjoint, so each one's backward rule is
-//! the other, and a convolution is `weight · im2col(x)`: the matrix product and its backward
-//! rule do the rest, including the higher-order gradients WGAN-GP needs.
+//! Two primitives carry the convolutions: `im2col` (unfold windows into GEMM columns) and
+//! `col2im` (fold columns back, summing overlaps). Each is the other's adjoint, so each one's
+//! backward rule is the other, and a convolution is `weight · im2col(x)`: the matrix product
+//! and its backward rule do the rest, including the higher-order gradients WGAN-GP needs.
+//! Pooling and upsampling are primitives of their own, each with a recorded backward (a
+//! gather, deterministic on every device): average pooling and upsampling are adjoint pairs
+//! with their backwards, and max pooling's backward is differentiated by gathering at its
+//! indices.
 
 use crate::op::Op;
 use crate::{Error, Result, Shape, Tensor};
@@ -131,9 +135,28 @@ fn check_positive(op: &'static str, what: &str, values: [usize; 2]) -> Result<()
     Ok(())
 }
 
+/// The error for a nearest resize between `[N, C, H, W]` and `[out_height, out_width]` when a
+/// size is zero (checked by the tensor layer and again by the backends, whose source-row
+/// formula needs positive sizes).
+pub(crate) fn check_resize(
+    op: &'static str,
+    [batch, channels, height, width]: [usize; 4],
+    [out_height, out_width]: [usize; 2],
+) -> Result<()> {
+    if out_height == 0 || out_width == 0 || height == 0 || width == 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "cannot resize [{batch}, {channels}, {height}, {width}] to {out_height}x{out_width}: sizes must be positive"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Tensor {
     /// `[N, C, H, W]` as a 4-tuple, or an error naming `op` and what it expects.
-    fn image_dims(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
+    pub(crate) fn image_dims(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
         match *self.dims() {
             [n, c, h, w] => Ok([n, c, h, w]),
             _ => Err(Error::invalid(
@@ -320,21 +343,47 @@ impl Tensor {
         const OP: &str = "max_pool2d";
         self.float_only(OP)?;
         let g = self.pool_geometry(OP, options)?;
-        let indices = {
-            let image = self.storage();
-            let storage = image.max_pool2d_indices(self.layout(), &g)?;
-            Tensor::from_storage(
-                storage,
-                Shape::from([g.batch * g.channels, g.out_height * g.out_width]),
-                None,
-            )
-        };
-        let planes = self.reshape([g.batch * g.channels, g.height * g.width])?; // [N·C, H·W]
-        let values = planes
-            .gather(1, &indices)? // [N·C, OH·OW]
-            .reshape([g.batch, g.channels, g.out_height, g.out_width])?;
-        let indices = indices.reshape([g.batch, g.channels, g.out_height, g.out_width])?;
+        if (g.height == 0 || g.width == 0) && g.batch * g.channels > 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("cannot pool the empty planes of {}", self.shape()),
+            ));
+        }
+        let (values, indices) = self.storage().max_pool2d(self.layout(), &g)?;
+        let out_shape = Shape::from([g.batch, g.channels, g.out_height, g.out_width]);
+        let indices = Tensor::from_storage(indices, out_shape.clone(), None); // [N, C, OH, OW]
+        let record = Tensor::record(&[self], || Op::MaxPool2d {
+            input: self.clone(),
+            indices: indices.clone(),
+            g,
+        });
+        let values = Tensor::from_storage(values, out_shape, record); // [N, C, OH, OW]
         Ok((values, indices))
+    }
+
+    /// The gradient of max pooling: this grad `[N, C, OH, OW]` summed onto the maxima
+    /// `indices` name, `[N, C, H, W]`. Recorded: its own gradient gathers at the indices.
+    pub(crate) fn max_pool2d_backward(
+        &self,
+        indices: &Tensor,
+        g: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        let out_shape = Shape::from([g.batch, g.channels, g.out_height, g.out_width]);
+        self.expect_shape("max_pool2d_backward", &out_shape)?;
+        indices.expect_shape("max_pool2d_backward", &out_shape)?;
+        self.same_device("max_pool2d_backward", indices)?;
+        let storage = self.storage().max_pool2d_backward(
+            self.layout(),
+            &indices.storage(),
+            indices.layout(),
+            g,
+        )?;
+        let record = Tensor::record(&[self], || Op::MaxPool2dBackward {
+            grad: self.clone(),
+            indices: indices.clone(),
+            g: *g,
+        });
+        Ok(Tensor::from_storage(storage, g.image_shape(), record))
     }
 
     /// Average pooling of `[N, C, H, W]`: each output is the mean of its window, padding
@@ -343,16 +392,25 @@ impl Tensor {
         const OP: &str = "avg_pool2d";
         self.float_only(OP)?;
         let g = self.pool_geometry(OP, options)?;
-        // Each channel is its own one-channel image: columns [kh·kw, N·C·OH·OW].
-        let planes = Conv2dGeometry {
-            batch: g.batch * g.channels,
-            channels: 1,
-            ..g
-        };
-        self.reshape(planes.image_shape())?
-            .im2col(&planes)?
-            .mean(&[0], false)? // [N·C·OH·OW]
-            .reshape([g.batch, g.channels, g.out_height, g.out_width])
+        self.avg_pool2d_over(&g)
+    }
+
+    /// Average pooling over the windows of `g` (this tensor has `g.image_shape()`).
+    pub(crate) fn avg_pool2d_over(&self, g: &Conv2dGeometry) -> Result<Tensor> {
+        self.expect_shape("avg_pool2d", &g.image_shape())?;
+        let storage = self.storage().avg_pool2d(self.layout(), g)?;
+        let record = Tensor::record(&[self], || Op::AvgPool2d(self.clone(), *g));
+        let out_shape = Shape::from([g.batch, g.channels, g.out_height, g.out_width]);
+        Ok(Tensor::from_storage(storage, out_shape, record))
+    }
+
+    /// The gradient of average pooling (its adjoint): grad `[N, C, OH, OW]` to `[N, C, H, W]`.
+    pub(crate) fn avg_pool2d_backward(&self, g: &Conv2dGeometry) -> Result<Tensor> {
+        let out_shape = Shape::from([g.batch, g.channels, g.out_height, g.out_width]);
+        self.expect_shape("avg_pool2d_backward", &out_shape)?;
+        let storage = self.storage().avg_pool2d_backward(self.layout(), g)?;
+        let record = Tensor::record(&[self], || Op::AvgPool2dBackward(self.clone(), *g));
+        Ok(Tensor::from_storage(storage, g.image_shape(), record))
     }
 
     fn pool_geometry(&self, op: &'static str, options: Pool2dOptions) -> Result<Conv2dGeometry> {
@@ -375,25 +433,44 @@ impl Tensor {
     /// `interpolate(size=..., mode="nearest")` computes it), and likewise for columns.
     pub fn upsample_nearest2d(&self, out_height: usize, out_width: usize) -> Result<Tensor> {
         const OP: &str = "upsample_nearest2d";
-        let [_, _, height, width] = self.image_dims(OP, "input")?;
-        if out_height == 0 || out_width == 0 || height == 0 || width == 0 {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "cannot resize {} to {out_height}x{out_width}: sizes must be positive",
-                    self.shape()
-                ),
-            ));
-        }
-        let sources = |input: usize, output: usize| -> Result<Tensor> {
-            let scale = input as f32 / output as f32;
-            let rows = (0..output)
-                .map(|i| ((i as f32 * scale).floor() as u32).min(input as u32 - 1))
-                .collect();
-            Tensor::from_vec(rows, [output], self.device())
-        };
-        self.index_select(2, &sources(height, out_height)?)?
-            .index_select(3, &sources(width, out_width)?)
+        let [batch, channels, height, width] = self.image_dims(OP, "input")?;
+        check_resize(
+            OP,
+            [batch, channels, height, width],
+            [out_height, out_width],
+        )?;
+        let storage = self
+            .storage()
+            .upsample_nearest2d(self.layout(), out_height, out_width)?;
+        let record = Tensor::record(&[self], || Op::UpsampleNearest2d(self.clone()));
+        let out_shape = Shape::from([batch, channels, out_height, out_width]);
+        Ok(Tensor::from_storage(storage, out_shape, record))
+    }
+
+    /// The gradient of nearest resizing (its adjoint): grad `[N, C, OH, OW]` to
+    /// `[N, C, height, width]`, each pixel the sum of the grads of the outputs that copy it.
+    pub(crate) fn upsample_nearest2d_backward(
+        &self,
+        height: usize,
+        width: usize,
+    ) -> Result<Tensor> {
+        const OP: &str = "upsample_nearest2d_backward";
+        self.float_only(OP)?;
+        let [batch, channels, out_height, out_width] = self.image_dims(OP, "grad")?;
+        check_resize(
+            OP,
+            [batch, channels, height, width],
+            [out_height, out_width],
+        )?;
+        let storage = self
+            .storage()
+            .upsample_nearest2d_backward(self.layout(), height, width)?;
+        let record = Tensor::record(&[self], || Op::UpsampleNearest2dBackward(self.clone()));
+        Ok(Tensor::from_storage(
+            storage,
+            Shape::from([batch, channels, height, width]),
+            record,
+        ))
     }
 
     /// Unfolds this image batch into GEMM columns (see `cpu::conv`).
@@ -422,5 +499,273 @@ impl Tensor {
             });
         }
         Ok(())
+    }
+}
+
+/// The pooling and upsampling primitives against the compositions they replaced (max pool:
+/// hand-written argmax loops, `gather` and `scatter_add`; average pool: `im2col` and `mean`;
+/// upsample: two `index_select`s), forward and backward (through autograd of the old
+/// composition), bit for bit, on pseudo-random shapes, views and values (ties, NaN, ±inf).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DType, Device};
+
+    const FLOATS: [DType; 4] = [DType::F64, DType::F32, DType::F16, DType::BF16];
+
+    /// A small xorshift generator.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// `shape` values of `dtype`: multiples of 0.5 in [-4, 4) (so windows tie), with NaN and
+    /// ±inf sprinkled in when `special`; viewed through a permuted buffer every other case.
+    fn input(rng: &mut Rng, shape: [usize; 4], dtype: DType, special: bool) -> Tensor {
+        let n: usize = shape.iter().product();
+        let values: Vec<f64> = (0..n)
+            .map(|_| match rng.below(if special { 40 } else { 1000 }) {
+                0 => f64::NAN,
+                1 => f64::INFINITY,
+                2 => f64::NEG_INFINITY,
+                _ => (rng.below(16) as f64 - 8.0) * 0.5,
+            })
+            .collect();
+        let [a, b, c, d] = shape;
+        let t = if rng.below(2) == 0 {
+            Tensor::from_vec(values, [a, b, c, d], Device::Cpu)
+        } else {
+            // A channels-last buffer, read as [N, C, H, W].
+            Tensor::from_vec(values, [a, c, d, b], Device::Cpu)
+                .and_then(|t| t.permute(&[0, 3, 1, 2]))
+        };
+        t.and_then(|t| t.to_dtype(dtype)).unwrap()
+    }
+
+    /// Elements as f64 bits, NaNs made one (payloads are not compared).
+    fn bits(t: &Tensor) -> Vec<u64> {
+        let values = t.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
+        values
+            .into_iter()
+            .map(|x| if x.is_nan() { u64::MAX } else { x.to_bits() })
+            .collect()
+    }
+
+    /// Random pooling options whose window fits, over `[N, C, H, W]` with `N·C >= 2` (with a
+    /// single output, `mean` took a lane-summed fast path the primitive does not copy).
+    fn case(rng: &mut Rng) -> Option<([usize; 4], Pool2dOptions)> {
+        let (n, c) = (1 + rng.below(3), 1 + rng.below(3));
+        if n * c < 2 {
+            return None;
+        }
+        let shape = [n, c, 1 + rng.below(9), 1 + rng.below(9)];
+        let kernel = [1 + rng.below(4), 1 + rng.below(4)];
+        let stride = [1 + rng.below(3), 1 + rng.below(3)];
+        let padding = [rng.below(kernel[0] / 2 + 1), rng.below(kernel[1] / 2 + 1)];
+        let fits = (0..2).all(|a| shape[2 + a] + 2 * padding[a] >= kernel[a]);
+        fits.then_some((
+            shape,
+            Pool2dOptions {
+                kernel,
+                stride,
+                padding,
+            },
+        ))
+    }
+
+    /// The gradient of `sum(f(x) * w)` with respect to `x`, for a fixed pseudo-random `w`.
+    fn gradient(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>, seed: u64) -> Tensor {
+        let x = x.detach().track().unwrap();
+        let y = f(&x).unwrap();
+        let mut rng = Rng(seed | 1);
+        let n = y.elem_count();
+        let w: Vec<f64> = (0..n)
+            .map(|_| (rng.below(64) as f64 - 32.0) / 16.0)
+            .collect();
+        let w = Tensor::from_vec(w, y.dims().to_vec(), Device::Cpu)
+            .and_then(|w| w.to_dtype(y.dtype()))
+            .unwrap();
+        let grads = y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        grads.get(&x).cloned().unwrap()
+    }
+
+    /// The argmax loop max_pool2d_indices ran: first maximum in row-major window order,
+    /// padding never, the first NaN for good.
+    fn old_indices(x: &Tensor, g: &Conv2dGeometry) -> Vec<u32> {
+        let values = x.to_dtype(DType::F64).unwrap().to_vec::<f64>().unwrap();
+        let mut out = Vec::new();
+        for plane in values.chunks(g.height * g.width) {
+            for oh in 0..g.out_height {
+                for ow in 0..g.out_width {
+                    let mut best: Option<(usize, f64)> = None;
+                    for ki in 0..g.kernel[0] {
+                        for kj in 0..g.kernel[1] {
+                            let ih = (oh * g.stride[0] + ki) as isize - g.padding[0] as isize;
+                            let iw = (ow * g.stride[1] + kj) as isize - g.padding[1] as isize;
+                            if ih < 0 || iw < 0 || ih >= g.height as isize || iw >= g.width as isize
+                            {
+                                continue;
+                            }
+                            let at = ih as usize * g.width + iw as usize;
+                            let v = plane[at];
+                            let wins = match best {
+                                None => true,
+                                Some((_, m)) => !m.is_nan() && (v > m || v.is_nan()),
+                            };
+                            if wins {
+                                best = Some((at, v));
+                            }
+                        }
+                    }
+                    out.push(best.unwrap().0 as u32);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn max_pool2d_equals_the_gather_composition() {
+        let mut rng = Rng(0x5eed);
+        let mut cases = 0;
+        while cases < 300 {
+            let Some((shape, options)) = case(&mut rng) else {
+                continue;
+            };
+            let dtype = FLOATS[cases % 4];
+            let x = input(&mut rng, shape, dtype, true);
+            let g = x.pool_geometry("test", options).unwrap();
+            let (values, indices) = x.max_pool2d_with_indices(options).unwrap();
+            let expected = old_indices(&x, &g);
+            assert_eq!(
+                indices.to_vec::<u32>().unwrap(),
+                expected,
+                "{shape:?} {options:?}"
+            );
+            let planes = [g.batch * g.channels, g.height * g.width];
+            let positions = [g.batch * g.channels, g.out_height * g.out_width];
+            let old_index = Tensor::from_vec(expected, positions, Device::Cpu).unwrap();
+            let old = |x: &Tensor| -> Result<Tensor> {
+                x.reshape(planes)?
+                    .gather(1, &old_index)?
+                    .reshape(values.dims().to_vec())
+            };
+            assert_eq!(
+                bits(&values),
+                bits(&old(&x).unwrap()),
+                "{shape:?} {options:?}"
+            );
+            let seed = rng.next();
+            let new_grad = gradient(&x, |x| x.max_pool2d(options), seed);
+            let old_grad = gradient(&x, old, seed);
+            assert_eq!(
+                bits(&new_grad),
+                bits(&old_grad),
+                "{shape:?} {options:?} {dtype}"
+            );
+            cases += 1;
+        }
+    }
+
+    #[test]
+    fn avg_pool2d_equals_the_im2col_mean_composition() {
+        let mut rng = Rng(0xa11);
+        let mut cases = 0;
+        while cases < 300 {
+            let Some((shape, options)) = case(&mut rng) else {
+                continue;
+            };
+            let dtype = FLOATS[cases % 4];
+            // Finer values than `input` gives, so the sums round.
+            let x = input(&mut rng, shape, dtype, cases % 8 == 0)
+                .affine(0.3, 0.01)
+                .unwrap();
+            let g = x.pool_geometry("test", options).unwrap();
+            let old = |x: &Tensor| -> Result<Tensor> {
+                let planes = Conv2dGeometry {
+                    batch: g.batch * g.channels,
+                    channels: 1,
+                    ..g
+                };
+                x.reshape(planes.image_shape())?
+                    .im2col(&planes)?
+                    .mean(&[0], false)?
+                    .reshape([g.batch, g.channels, g.out_height, g.out_width])
+            };
+            let new = x.avg_pool2d(options).unwrap();
+            assert_eq!(
+                bits(&new),
+                bits(&old(&x).unwrap()),
+                "{shape:?} {options:?} {dtype}"
+            );
+            let seed = rng.next();
+            let new_grad = gradient(&x, |x| x.avg_pool2d(options), seed);
+            let old_grad = gradient(&x, old, seed);
+            assert_eq!(
+                bits(&new_grad),
+                bits(&old_grad),
+                "{shape:?} {options:?} {dtype}"
+            );
+            cases += 1;
+        }
+    }
+
+    #[test]
+    fn upsample_nearest2d_equals_the_index_select_composition() {
+        let mut rng = Rng(0x0b5);
+        for case in 0..300 {
+            let shape = [
+                1 + rng.below(2),
+                1 + rng.below(3),
+                1 + rng.below(9),
+                1 + rng.below(9),
+            ];
+            let out = [1 + rng.below(20), 1 + rng.below(20)];
+            let dtype = FLOATS[case % 4];
+            let x = input(&mut rng, shape, dtype, false)
+                .affine(0.3, 0.01)
+                .unwrap();
+            let sources = |input: usize, output: usize| -> Tensor {
+                let scale = input as f32 / output as f32;
+                let rows = (0..output)
+                    .map(|i| ((i as f32 * scale).floor() as u32).min(input as u32 - 1))
+                    .collect();
+                Tensor::from_vec(rows, [output], Device::Cpu).unwrap()
+            };
+            let old = |x: &Tensor| -> Result<Tensor> {
+                x.index_select(2, &sources(shape[2], out[0]))?
+                    .index_select(3, &sources(shape[3], out[1]))
+            };
+            let new = x.upsample_nearest2d(out[0], out[1]).unwrap();
+            assert_eq!(bits(&new), bits(&old(&x).unwrap()), "{shape:?} -> {out:?}");
+            let seed = rng.next();
+            let new_grad = gradient(&x, |x| x.upsample_nearest2d(out[0], out[1]), seed);
+            if matches!(dtype, DType::F32 | DType::F64) {
+                let old_grad = gradient(&x, old, seed);
+                assert_eq!(
+                    bits(&new_grad),
+                    bits(&old_grad),
+                    "{shape:?} -> {out:?} {dtype}"
+                );
+            } else {
+                // The halves round once: the f32 gradient (same sums, same order) rounded.
+                let wide = x.to_dtype(DType::F32).unwrap();
+                let f32_grad = gradient(&wide, |x| x.upsample_nearest2d(out[0], out[1]), seed);
+                let expected = f32_grad.to_dtype(dtype).unwrap();
+                assert_eq!(
+                    bits(&new_grad),
+                    bits(&expected),
+                    "{shape:?} -> {out:?} {dtype}"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,243 @@
+//! The host side of kernels/pool.cu: max and average pooling and nearest upsampling, forward
+//! and backward, each one launch of a kernel picked by dtype (CPU reference: `cpu::pool`). No
+//! launch reads anything back: the backwards are gathers, with no atomics and no index checks
+//! on the host (an index the forward could not have made simply matches no window).
+
+use cudarc::driver::{DeviceRepr, PushKernelArg};
+
+use super::conv::{checked_input, GeometryArg};
+use super::{driver_error, registry, CudaStorage};
+use crate::ops::conv::check_resize;
+use crate::{Conv2dGeometry, DType, Error, Layout, Result, Shape};
+
+/// The sizes of a nearest resize as the kernels take them (`struct Resize` in
+/// kernels/pool.cu, field for field).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ResizeArg {
+    batch: u64,
+    channels: u64,
+    height: u64,
+    width: u64,
+    out_height: u64,
+    out_width: u64,
+}
+
+// Safety: plain old data with the C layout the kernels declare.
+unsafe impl DeviceRepr for ResizeArg {}
+
+/// An `UnsupportedDType` error for `op` unless `s` holds floats.
+fn float_only(op: &'static str, s: &CudaStorage) -> Result<()> {
+    if s.dtype.is_float() {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedDType { op, dtype: s.dtype })
+    }
+}
+
+/// The shape of a pooling output, `[N, C, OH, OW]`.
+fn pooled_shape(g: &Conv2dGeometry) -> Shape {
+    Shape::from([g.batch, g.channels, g.out_height, g.out_width])
+}
+
+/// The `[N, C, H, W]` of a rank-4 layout, or an error naming `op`.
+fn image_dims(op: &'static str, layout: &Layout) -> Result<[usize; 4]> {
+    crate::cpu::image_dims(op, layout)
+}
+
+/// Max pooling of `[N, C, H, W]` (any layout, float dtypes): contiguous values and `u32`
+/// indices, both `[N, C, OH, OW]`. Reference: `cpu::pool::max_pool2d`.
+pub(super) fn max_pool2d(
+    s: &CudaStorage,
+    layout: &Layout,
+    g: &Conv2dGeometry,
+) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "max_pool2d";
+    float_only(OP, s)?;
+    let layout_arg = checked_input(OP, s, layout, &g.image_shape())?;
+    let geometry = GeometryArg::new(OP, g)?;
+    let len = pooled_shape(g).elem_count();
+    let device = s.device.clone();
+    let mut values = device.alloc(s.dtype, len)?;
+    let mut indices = device.alloc(DType::U32, len)?;
+    if len == 0 {
+        return Ok((values, indices));
+    }
+    let function = device.function(&registry::POOL, &format!("max_pool2d_{}", s.dtype.as_str()))?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(&mut values.buffer)
+        .arg(&mut indices.buffer)
+        .arg(&s.buffer)
+        .arg(&layout_arg)
+        .arg(&geometry);
+    // Safety: the arguments match `max_pool2d_{dtype}(T* values, u32* indices, const T* image,
+    // Strided image_layout, Geometry g)` in kernels/pool.cu; both outputs hold `len` elements
+    // and the layout stays inside the input (checked above).
+    unsafe { launch.launch(device.launch_config_for(len)) }.map_err(driver_error(OP))?;
+    Ok((values, indices))
+}
+
+/// The gradient of max pooling: grad and `u32` indices `[N, C, OH, OW]` (any layouts, float
+/// grads) to a contiguous `[N, C, H, W]`. Reference: `cpu::pool::max_pool2d_backward`.
+pub(super) fn max_pool2d_backward(
+    grad: &CudaStorage,
+    layout: &Layout,
+    indices: &CudaStorage,
+    indices_layout: &Layout,
+    g: &Conv2dGeometry,
+) -> Result<CudaStorage> {
+    const OP: &str = "max_pool2d_backward";
+    float_only(OP, grad)?;
+    if indices.dtype != DType::U32 {
+        return Err(Error::invalid(
+            OP,
+            format!("indices must be u32, got {}", indices.dtype),
+        ));
+    }
+    let grad_arg = checked_input(OP, grad, layout, &pooled_shape(g))?;
+    let indices_arg = checked_input(OP, indices, indices_layout, &pooled_shape(g))?;
+    let geometry = GeometryArg::new(OP, g)?;
+    let len = g.image_shape().elem_count();
+    let device = grad.device.clone();
+    let mut out = device.alloc(grad.dtype, len)?;
+    if len == 0 {
+        return Ok(out);
+    }
+    let function = device.function(
+        &registry::POOL,
+        &format!("max_pool2d_backward_{}", grad.dtype.as_str()),
+    )?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(&mut out.buffer)
+        .arg(&grad.buffer)
+        .arg(&grad_arg)
+        .arg(&indices.buffer)
+        .arg(&indices_arg)
+        .arg(&geometry);
+    // Safety: the arguments match `max_pool2d_backward_{dtype}(T* grad_input, const T* grad,
+    // Strided grad_layout, const u32* indices, Strided indices_layout, Geometry g)` in
+    // kernels/pool.cu; `out` holds `len` elements, both layouts stay inside their buffers.
+    unsafe { launch.launch(device.launch_config_for(len)) }.map_err(driver_error(OP))?;
+    Ok(out)
+}
+
+/// One launch of `{kernel}_{dtype}(T* out, const T* input, Strided input_layout, Arg arg)`
+/// writing `out_len` elements of the input's dtype, `input` of `expected_shape`.
+fn launch<A: DeviceRepr>(
+    op: &'static str,
+    kernel: &str,
+    (input, layout): (&CudaStorage, &Layout),
+    expected_shape: &Shape,
+    arg: A,
+    out_len: usize,
+) -> Result<CudaStorage> {
+    let layout_arg = checked_input(op, input, layout, expected_shape)?;
+    let device = input.device.clone();
+    let mut out = device.alloc(input.dtype, out_len)?;
+    if out_len == 0 {
+        return Ok(out);
+    }
+    let function = device.function(
+        &registry::POOL,
+        &format!("{kernel}_{}", input.dtype.as_str()),
+    )?;
+    let mut builder = device.stream().launch_builder(&function);
+    builder
+        .arg(&mut out.buffer)
+        .arg(&input.buffer)
+        .arg(&layout_arg)
+        .arg(&arg);
+    // Safety: avg_pool2d(_backward) take `(T* out, const T* input, Strided, Geometry)` and
+    // upsample_nearest2d(_backward) `(T* out, const T* input, Strided, Resize)` in
+    // kernels/pool.cu, which the callers pass; `out` holds `out_len` elements, the layout stays
+    // inside the input (checked above).
+    unsafe { builder.launch(device.launch_config_for(out_len)) }.map_err(driver_error(op))?;
+    Ok(out)
+}
+
+/// Average pooling of `[N, C, H, W]` (any layout, float dtypes) to a contiguous
+/// `[N, C, OH, OW]`. Reference: `cpu::pool::avg_pool2d`.
+pub(super) fn avg_pool2d(
+    s: &CudaStorage,
+    layout: &Layout,
+    g: &Conv2dGeometry,
+) -> Result<CudaStorage> {
+    const OP: &str = "avg_pool2d";
+    float_only(OP, s)?;
+    let geometry = GeometryArg::new(OP, g)?;
+    let len = pooled_shape(g).elem_count();
+    launch(OP, OP, (s, layout), &g.image_shape(), geometry, len)
+}
+
+/// The gradient of average pooling: grad `[N, C, OH, OW]` (any layout, float dtypes) to a
+/// contiguous `[N, C, H, W]`. Reference: `cpu::pool::avg_pool2d_backward`.
+pub(super) fn avg_pool2d_backward(
+    grad: &CudaStorage,
+    layout: &Layout,
+    g: &Conv2dGeometry,
+) -> Result<CudaStorage> {
+    const OP: &str = "avg_pool2d_backward";
+    float_only(OP, grad)?;
+    let geometry = GeometryArg::new(OP, g)?;
+    let len = g.image_shape().elem_count();
+    launch(OP, OP, (grad, layout), &pooled_shape(g), geometry, len)
+}
+
+/// Nearest resize of `[N, C, H, W]` (any layout, any dtype) to a contiguous
+/// `[N, C, out_height, out_width]`. Reference: `cpu::pool::upsample_nearest2d`.
+pub(super) fn upsample_nearest2d(
+    s: &CudaStorage,
+    layout: &Layout,
+    out_height: usize,
+    out_width: usize,
+) -> Result<CudaStorage> {
+    const OP: &str = "upsample_nearest2d";
+    let [batch, channels, height, width] = image_dims(OP, layout)?;
+    check_resize(
+        OP,
+        [batch, channels, height, width],
+        [out_height, out_width],
+    )?;
+    let u = |x: usize| x as u64;
+    let resize = ResizeArg {
+        batch: u(batch),
+        channels: u(channels),
+        height: u(height),
+        width: u(width),
+        out_height: u(out_height),
+        out_width: u(out_width),
+    };
+    let len = batch * channels * out_height * out_width;
+    launch(OP, OP, (s, layout), layout.shape(), resize, len)
+}
+
+/// The gradient of a nearest resize: grad `[N, C, OH, OW]` (any layout, float dtypes) to a
+/// contiguous `[N, C, height, width]`. Reference: `cpu::pool::upsample_nearest2d_backward`.
+pub(super) fn upsample_nearest2d_backward(
+    grad: &CudaStorage,
+    layout: &Layout,
+    height: usize,
+    width: usize,
+) -> Result<CudaStorage> {
+    const OP: &str = "upsample_nearest2d_backward";
+    float_only(OP, grad)?;
+    let [batch, channels, out_height, out_width] = image_dims(OP, layout)?;
+    check_resize(
+        OP,
+        [batch, channels, height, width],
+        [out_height, out_width],
+    )?;
+    let u = |x: usize| x as u64;
+    let resize = ResizeArg {
+        batch: u(batch),
+        channels: u(channels),
+        height: u(height),
+        width: u(width),
+        out_height: u(out_height),
+        out_width: u(out_width),
+    };
+    let len = batch * channels * height * width;
+    launch(OP, OP, (grad, layout), layout.shape(), resize, len)
+}

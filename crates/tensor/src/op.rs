@@ -101,6 +101,19 @@ pub(crate) enum Op {
     Im2Col(Tensor, Conv2dGeometry),
     /// Convolution columns folded into an image batch.
     Col2Im(Tensor, Conv2dGeometry),
+    /// Training-mode batch norm of `x [N, C, *]` with its batch statistics `mean` and
+    /// `invstd = 1/√(var + eps)` (`[C]`, untracked: the backward rule treats them as the
+    /// functions of x they are).
+    BatchNorm {
+        x: Tensor,
+        weight: Option<Tensor>,
+        bias: Option<Tensor>,
+        mean: Tensor,
+        invstd: Tensor,
+        eps: f64,
+    },
+    /// Per-element binary cross-entropy of logits against targets.
+    BceWithLogits(Tensor, Tensor),
 }
 
 impl Op {
@@ -120,7 +133,10 @@ impl Op {
             | Op::LogSoftmax(x, _)
             | Op::Im2Col(x, _)
             | Op::Col2Im(x, _) => vec![x],
-            Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
+            Op::Binary(a, b, _) | Op::Matmul(a, b) | Op::BceWithLogits(a, b) => vec![a, b],
+            Op::BatchNorm {
+                x, weight, bias, ..
+            } => [x].into_iter().chain(weight).chain(bias).collect(),
             Op::MatmulBiasAct { lhs, rhs, bias, .. } => {
                 [lhs, rhs].into_iter().chain(bias.as_ref()).collect()
             }

@@ -47,6 +47,8 @@ kernel_sources! {
     GEMM = "gemm",
     GEMM_TC = "gemm_tc",
     OPTIM = "optim",
+    NORM = "norm",
+    LOSS = "loss",
     RNG = "rng",
 }
 

@@ -57,6 +57,9 @@ pub(crate) fn batch_norm_stats<T: FloatDType>(data: &[T], layout: &Layout) -> (V
     stats.into_iter().unzip()
 }
 
+/// One `[inner]` plane of the backward: its index, then (dx out, dy, x).
+type BackwardPlane<'a, T> = (usize, ((&'a mut [T], &'a [T]), &'a [T]));
+
 /// The per-channel constants of the forward in the math type: `(mean, invstd, weight, bias)`,
 /// weight and bias `None` when absent.
 type Channel<M> = (M, M, Option<M>, Option<M>);
@@ -166,7 +169,7 @@ pub(crate) fn batch_norm_backward<T: FloatDType>(
         })
         .collect();
     let mut dx = vec![T::default(); x.len()];
-    let plane = |(p, ((out, dy), x)): (usize, ((&mut [T], &[T]), &[T]))| {
+    let plane = |(p, ((out, dy), x)): BackwardPlane<'_, T>| {
         let [m, s, scale, mean_dy, mean_dy_xhat] = constants[p % channels];
         for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
             let xhat = (v.to_math() - m) * s;

@@ -156,11 +156,8 @@ pub(super) fn batch_norm_stats(
         ));
     }
     let plan = Plan::new(&device, &c);
-    let accumulator = if x.dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    };
+    // kernels/norm.cu accumulates in f64 for every dtype (see its header for why).
+    let accumulator = DType::F64;
     // Triples (count, mean, M2) per channel and split; one placeholder element when unsplit.
     let partial_len = if plan.splits > 1 {
         c.channels * plan.splits as usize * 3

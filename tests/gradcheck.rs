@@ -796,3 +796,44 @@ fn gradcheck_catches_a_wrong_gradient() {
     assert!(verdict.is_err(), "a detached path must fail the check");
     let _ = DType::F64;
 }
+
+/// A batch-norm input `[N, C, *]` with N, C ≥ 2 (so every channel has two or more values).
+fn batch_norm_input() -> impl Strategy<Value = Input> {
+    vec(2usize..=4, 2..=4).prop_flat_map(|s| input_of(s, any_value()))
+}
+
+/// Logits and targets in [0, 1] of one shape (each with its own view).
+fn logits_and_targets() -> impl Strategy<Value = (Input, Input)> {
+    shape(0, 4).prop_flat_map(|s| (input_of(s.clone(), any_value()), input_of(s, 0.0..1.0f64)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn batch_norm_train(x in batch_norm_input(), params in vec(any_value(), 8), affine in 0usize..4) {
+        let c = x.shape[1];
+        let weight = Input { shape: vec![c], view: View::Plain, values: params[..c].to_vec() };
+        let bias = Input { shape: vec![c], view: View::Plain, values: params[4..4 + c].to_vec() };
+        let (with_weight, with_bias) = (affine & 1 == 1, affine & 2 == 2);
+        let mut inputs = vec![&x];
+        if with_weight {
+            inputs.push(&weight);
+        }
+        if with_bias {
+            inputs.push(&bias);
+        }
+        // eps 0.1 keeps channels whose values nearly agree well conditioned for the finite
+        // differences; the formula under test does not depend on it.
+        check(&inputs, |t| {
+            let weight = with_weight.then(|| &t[1]);
+            let bias = with_bias.then(|| &t[inputs.len() - 1]);
+            Ok(t[0].batch_norm_train(weight, bias, 0.1)?.0)
+        })?;
+    }
+
+    #[test]
+    fn bce_with_logits((logits, targets) in logits_and_targets()) {
+        check(&[&logits, &targets], |t| t[0].bce_with_logits(&t[1]))?;
+    }
+}

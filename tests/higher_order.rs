@@ -353,7 +353,53 @@ fn second_derivatives_of_pooling_and_upsampling() {
             grad_with_graph(&y.square()?.mul(&weights)?.sum_all()?, &x)
         };
         GradCheck::default()
-            .check(gradient_map, &[x.clone()])
+            .check(gradient_map, std::slice::from_ref(&x))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+#[test]
+fn gradient_penalty_through_batch_norm() {
+    // A critic with a batch norm between its layers, so the input gradient flows through the
+    // batch statistics: its second derivatives must be exact (the recorded backward).
+    let x = tensor(
+        &[
+            0.3, -1.2, 0.8, 1.5, 0.1, -0.4, -0.9, 0.6, 1.1, 0.2, -0.3, -1.4,
+        ],
+        &[4, 3],
+    );
+    for affine in [true, false] {
+        let penalty = |p: &[Tensor]| -> Result<Tensor> {
+            let x = leaf(&x)?;
+            let hidden = x.matmul(&p[0])?; // [4, 4]
+                                           // Weights near 1 from p[1], biases p[1] itself.
+            let weight = affine.then(|| p[1].add_scalar(1.0)).transpose()?; // [4]
+            let bias = affine.then_some(&p[1]); // [4]
+            let normed = hidden.batch_norm_train(weight.as_ref(), bias, 1e-3)?.0; // [4, 4]
+            let scores = normed.tanh()?.matmul(&p[2])?; // [4, 1]
+            let input_grad = grad_with_graph(&scores.sum_all()?, &x)?; // [4, 3]
+            let norms = input_grad.square()?.sum(&[1], false)?.sqrt()?; // [4]
+            norms.add_scalar(-1.0)?.square()?.mean_all()
+        };
+        let [w1, b1, w2, _] = critic_params();
+        GradCheck::default()
+            .check(penalty, &[w1, b1, w2])
+            .unwrap_or_else(|e| panic!("affine {affine}: {e}"));
+    }
+}
+
+#[test]
+fn gradient_penalty_through_bce_with_logits() {
+    // d/dW of |d BCE(x·W, y)/dx|²: the logits' gradient sigmoid(x·W) - y differentiated again.
+    let x = tensor(&[0.3, -1.2, 0.8, 1.5, 0.1, -0.4], &[3, 2]);
+    let y = tensor(&[1.0, 0.0, 0.25], &[3, 1]);
+    let penalty = |p: &[Tensor]| -> Result<Tensor> {
+        let x = leaf(&x)?;
+        let logits = x.matmul(&p[0])?; // [3, 1]
+        let loss = logits.bce_with_logits(&y)?.mean_all()?;
+        let input_grad = grad_with_graph(&loss, &x)?; // [3, 2]
+        input_grad.square()?.sum_all()
+    };
+    let w = tensor(&[0.7, -1.3], &[2, 1]);
+    GradCheck::default().check(penalty, &[w]).unwrap();
 }

@@ -84,7 +84,8 @@ pub fn binary_cross_entropy(
 
 /// `binary_cross_entropy(sigmoid(x), y)` computed stably as `softplus(x) - x·y` per element
 /// (PyTorch's `F.binary_cross_entropy_with_logits` without weights): finite for any finite
-/// logit, with gradient `sigmoid(x) - y`.
+/// logit, with gradient `sigmoid(x) - y`. One fused kernel per element
+/// (`Tensor::bce_with_logits`), then the reduction.
 pub fn binary_cross_entropy_with_logits(
     logits: &Tensor,
     targets: &Tensor,
@@ -92,8 +93,7 @@ pub fn binary_cross_entropy_with_logits(
 ) -> Result<Tensor> {
     const OP: &str = "binary_cross_entropy_with_logits";
     same_shape(OP, ["logits", "targets"], logits, targets)?;
-    let losses = logits.softplus()?.sub(&logits.mul(targets)?)?;
-    reduction.apply(losses)
+    reduction.apply(logits.bce_with_logits(targets)?)
 }
 
 /// `(x - y)²` per element (PyTorch's `F.mse_loss`).

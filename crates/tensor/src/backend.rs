@@ -212,4 +212,53 @@ pub trait BackendStorage: Sized + Send + Sync {
         height: usize,
         width: usize,
     ) -> Result<Self>;
+
+    /// Per channel of `x [N, C, *]` (rank >= 2), the mean and the biased variance over every
+    /// dim but 1, each a contiguous `[C]` of x's dtype, in one pass over x (Welford's update,
+    /// partials merged as Chan et al.), so a large mean does not cancel the variance away.
+    fn batch_norm_stats(&self, layout: &Layout) -> Result<(Self, Self)>;
+    /// `(x - mean[c]) · invstd[c] · weight[c] + bias[c]` for `x [N, C, *]` (`self`), with
+    /// `mean`, `invstd`, `weight` and `bias` contiguous `[C]` of x's dtype.
+    fn batch_norm_forward(
+        &self,
+        layout: &Layout,
+        mean: &Self,
+        invstd: &Self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+    ) -> Result<Self>;
+    /// `(grad x [N, C, *], grad weight [C], grad bias [C])` of the training-mode batch norm
+    /// (batch statistics `mean`, `invstd`), `self` being the gradient of its output: with
+    /// `xhat = (x - mean)·invstd`, `dbias = Σ dy`, `dweight = Σ dy·xhat` and
+    /// `dx = invstd·weight·(dy - mean(dy) - xhat·mean(dy·xhat))`, sums and means per channel.
+    /// Without a weight it is 1 (the returned weight and bias gradients are still computed).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward(
+        &self,
+        layout: &Layout,
+        x: &Self,
+        x_layout: &Layout,
+        mean: &Self,
+        invstd: &Self,
+        weight: Option<&Self>,
+    ) -> Result<(Self, Self, Self)>;
+
+    /// Per-element binary cross-entropy of logits `self` against `targets` (one shape):
+    /// `softplus(x) - x·y`, each of softplus, the product and the difference rounded to the
+    /// element type as the unfused ops would.
+    fn bce_with_logits(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+    ) -> Result<Self>;
+    /// The logits' gradient of [`BackendStorage::bce_with_logits`]: `(sigmoid(x) - y)·grad`.
+    fn bce_with_logits_backward(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+    ) -> Result<Self>;
 }

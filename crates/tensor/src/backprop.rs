@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::op::Op;
-use crate::ops::{elementwise, index, matmul, reduce, view};
+use crate::ops::{elementwise, index, loss, matmul, norm, reduce, view};
 use crate::tensor::NoGradGuard;
 use crate::{Error, Result, Tensor, TensorId};
 
@@ -218,6 +218,23 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
         }
         Op::LogSoftmax(x, dim) => {
             vec![(x.clone(), reduce::softmax_backward(node, *dim, true, grad)?)]
+        }
+        Op::BatchNorm {
+            x,
+            weight,
+            bias,
+            mean,
+            invstd,
+            eps,
+        } => norm::batch_norm_backward(
+            x,
+            weight.as_ref(),
+            bias.as_ref(),
+            (mean, invstd, *eps),
+            grad,
+        )?,
+        Op::BceWithLogits(logits, targets) => {
+            loss::bce_with_logits_backward(logits, targets, grad)?
         }
     })
 }

@@ -101,6 +101,19 @@ pub(crate) enum Op {
     Im2Col(Tensor, Conv2dGeometry),
     /// Convolution columns folded into an image batch.
     Col2Im(Tensor, Conv2dGeometry),
+    /// Training-mode batch norm of `x [N, C, *]` with its batch statistics `mean` and
+    /// `invstd = 1/√(var + eps)` (`[C]`, untracked: the backward rule treats them as the
+    /// functions of x they are).
+    BatchNorm {
+        x: Tensor,
+        weight: Option<Tensor>,
+        bias: Option<Tensor>,
+        mean: Tensor,
+        invstd: Tensor,
+        eps: f64,
+    },
+    /// Per-element binary cross-entropy of logits against targets.
+    BceWithLogits(Tensor, Tensor),
     /// Max pooling; `indices` (`u32`, `[N, C, OH, OW]`, untracked) name each window's maximum.
     MaxPool2d {
         input: Tensor,
@@ -145,7 +158,10 @@ impl Op {
             | Op::UpsampleNearest2dBackward(x) => vec![x],
             // The indices are integers: no gradient reaches them.
             Op::MaxPool2d { input: x, .. } | Op::MaxPool2dBackward { grad: x, .. } => vec![x],
-            Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
+            Op::Binary(a, b, _) | Op::Matmul(a, b) | Op::BceWithLogits(a, b) => vec![a, b],
+            Op::BatchNorm {
+                x, weight, bias, ..
+            } => [x].into_iter().chain(weight).chain(bias).collect(),
             Op::MatmulBiasAct { lhs, rhs, bias, .. } => {
                 [lhs, rhs].into_iter().chain(bias.as_ref()).collect()
             }

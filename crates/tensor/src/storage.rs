@@ -23,6 +23,22 @@ fn mixed(op: &'static str, lhs: &Storage, rhs: &Storage) -> crate::Error {
     }
 }
 
+/// `s` as CPU storage, or the error for operands on different backends.
+fn as_cpu<'a>(op: &'static str, first: &Storage, s: &'a Storage) -> Result<&'a CpuStorage> {
+    match s {
+        Storage::Cpu(s) => Ok(s),
+        other => Err(mixed(op, first, other)),
+    }
+}
+
+/// `s` as CUDA storage, or the error for operands on different backends.
+fn as_cuda<'a>(op: &'static str, first: &Storage, s: &'a Storage) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(s) => Ok(s),
+        other => Err(mixed(op, first, other)),
+    }
+}
+
 /// Forwards a primitive with storage operands to their backend. All operands are on one
 /// device: the tensor layer checks that first.
 macro_rules! forward {
@@ -76,6 +92,94 @@ impl Storage {
     forward!(im2col(g: &Conv2dGeometry) with);
     forward!(col2im(g: &Conv2dGeometry) with);
     forward!(max_pool2d_backward(g: &Conv2dGeometry) with indices: indices_layout);
+    forward!(bce_with_logits() with targets: targets_layout);
+    forward!(bce_with_logits_backward() with targets: targets_layout, grad: grad_layout);
+
+    /// See [`BackendStorage::batch_norm_stats`].
+    pub(crate) fn batch_norm_stats(&self, layout: &Layout) -> Result<(Storage, Storage)> {
+        Ok(match self {
+            Storage::Cpu(s) => {
+                let (mean, var) = s.batch_norm_stats(layout)?;
+                (Storage::Cpu(mean), Storage::Cpu(var))
+            }
+            Storage::Cuda(s) => {
+                let (mean, var) = s.batch_norm_stats(layout)?;
+                (Storage::Cuda(mean), Storage::Cuda(var))
+            }
+        })
+    }
+
+    /// See [`BackendStorage::batch_norm_forward`].
+    pub(crate) fn batch_norm_forward(
+        &self,
+        layout: &Layout,
+        mean: &Storage,
+        invstd: &Storage,
+        weight: Option<&Storage>,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let cpu = |s| as_cpu("batch_norm", self, s);
+        let cuda = |s| as_cuda("batch_norm", self, s);
+        match self {
+            Storage::Cpu(x) => x
+                .batch_norm_forward(
+                    layout,
+                    cpu(mean)?,
+                    cpu(invstd)?,
+                    weight.map(cpu).transpose()?,
+                    bias.map(cpu).transpose()?,
+                )
+                .map(Storage::Cpu),
+            Storage::Cuda(x) => x
+                .batch_norm_forward(
+                    layout,
+                    cuda(mean)?,
+                    cuda(invstd)?,
+                    weight.map(cuda).transpose()?,
+                    bias.map(cuda).transpose()?,
+                )
+                .map(Storage::Cuda),
+        }
+    }
+
+    /// See [`BackendStorage::batch_norm_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn batch_norm_backward(
+        &self,
+        layout: &Layout,
+        x: &Storage,
+        x_layout: &Layout,
+        mean: &Storage,
+        invstd: &Storage,
+        weight: Option<&Storage>,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let cpu = |s| as_cpu("batch_norm_backward", self, s);
+        let cuda = |s| as_cuda("batch_norm_backward", self, s);
+        Ok(match self {
+            Storage::Cpu(g) => {
+                let (dx, dw, db) = g.batch_norm_backward(
+                    layout,
+                    cpu(x)?,
+                    x_layout,
+                    cpu(mean)?,
+                    cpu(invstd)?,
+                    weight.map(cpu).transpose()?,
+                )?;
+                (Storage::Cpu(dx), Storage::Cpu(dw), Storage::Cpu(db))
+            }
+            Storage::Cuda(g) => {
+                let (dx, dw, db) = g.batch_norm_backward(
+                    layout,
+                    cuda(x)?,
+                    x_layout,
+                    cuda(mean)?,
+                    cuda(invstd)?,
+                    weight.map(cuda).transpose()?,
+                )?;
+                (Storage::Cuda(dx), Storage::Cuda(dw), Storage::Cuda(db))
+            }
+        })
+    }
     forward!(avg_pool2d(g: &Conv2dGeometry) with);
     forward!(avg_pool2d_backward(g: &Conv2dGeometry) with);
     forward!(upsample_nearest2d(out_height: usize, out_width: usize) with);

@@ -65,8 +65,7 @@ pub fn batch_norm(
     channel_dims[1] = channels;
     let broadcastable = |t: &Tensor| t.reshape(channel_dims.clone());
 
-    let (centered, var) = if training {
-        let reduced: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+    if training {
         let count = x.elem_count() / channels.max(1);
         if count < 2 {
             return Err(NnError::invalid(
@@ -77,15 +76,11 @@ pub fn batch_norm(
                 ),
             ));
         }
-        let mean = x.mean(&reduced, true)?; // [1, C, 1, ..]
-        let centered = x.sub(&mean)?; // [N, C, *]
-        let sum_of_squares = centered.square()?.sum(&reduced, true)?; // [1, C, 1, ..]
+        // One fused op: the batch statistics, the normalisation and the affine map.
+        let (y, batch_mean, batch_var) = x.batch_norm_train(weight, bias, eps)?; // [N, C, *], [C], [C]
         if let Some(running) = running {
             no_grad(|| -> Result<()> {
-                let batch_mean = mean.reshape([channels])?; // [C]
-                let unbiased_var = sum_of_squares
-                    .reshape([channels])? // [C]
-                    .mul_scalar(1.0 / (count - 1) as f64)?;
+                let unbiased_var = batch_var.mul_scalar(count as f64 / (count - 1) as f64)?; // [C]
                 let update = |stat: &Var, batch: &Tensor| -> Result<()> {
                     let blended = stat
                         .affine(1.0 - momentum, 0.0)?
@@ -96,20 +91,19 @@ pub fn batch_norm(
                 update(&running.var, &unbiased_var)
             })?;
         }
-        (centered, sum_of_squares.mul_scalar(1.0 / count as f64)?)
-    } else {
-        let Some(running) = running else {
-            return Err(NnError::invalid(
-                OP,
-                "evaluation mode (training = false) needs running statistics",
-            ));
-        };
-        // Constants to autograd: the running statistics get no gradient.
-        let mean = broadcastable(&running.mean.detach())?; // [1, C, 1, ..]
-        let var = broadcastable(&running.var.detach())?; // [1, C, 1, ..]
-        (x.sub(&mean)?, var)
+        return Ok(y);
+    }
+    let Some(running) = running else {
+        return Err(NnError::invalid(
+            OP,
+            "evaluation mode (training = false) needs running statistics",
+        ));
     };
-    let mut y = centered.div(&var.add_scalar(eps)?.sqrt()?)?; // [N, C, *]
+    // Evaluation: a per-channel affine map, composed (constants to autograd: the running
+    // statistics get no gradient).
+    let mean = broadcastable(&running.mean.detach())?; // [1, C, 1, ..]
+    let var = broadcastable(&running.var.detach())?; // [1, C, 1, ..]
+    let mut y = x.sub(&mean)?.div(&var.add_scalar(eps)?.sqrt()?)?; // [N, C, *]
     if let Some(weight) = weight {
         y = y.mul(&broadcastable(weight)?)?;
     }

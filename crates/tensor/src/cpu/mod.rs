@@ -7,7 +7,9 @@ mod conv;
 mod elementwise;
 pub(crate) mod gemm;
 mod index;
+mod loss;
 mod matmul;
+mod norm;
 mod optim;
 mod pool;
 
@@ -845,6 +847,129 @@ impl BackendStorage for CpuStorage {
                 &index::row_major(data, layout),
                 [batch, channels, height, width],
                 [out_height, out_width],
+            )
+        }))
+    }
+
+    fn batch_norm_stats(&self, layout: &Layout) -> Result<(Self, Self)> {
+        fn typed<T: FloatDType>(data: &[T], layout: &Layout) -> (CpuStorage, CpuStorage) {
+            let (mean, var) = norm::batch_norm_stats(data, layout);
+            (CpuStorage::from_vec(mean), CpuStorage::from_vec(var))
+        }
+        Ok(match self {
+            CpuStorage::F16(x) => typed(x, layout),
+            CpuStorage::BF16(x) => typed(x, layout),
+            CpuStorage::F32(x) => typed(x, layout),
+            CpuStorage::F64(x) => typed(x, layout),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "batch_norm",
+                    dtype: other.dtype(),
+                })
+            }
+        })
+    }
+
+    fn batch_norm_forward(
+        &self,
+        layout: &Layout,
+        mean: &Self,
+        invstd: &Self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+    ) -> Result<Self> {
+        const OP: &str = "batch_norm";
+        Ok(map_float!(OP, self, x => {
+            let weight = weight.map(|w| self.same_typed(OP, w)).transpose()?;
+            let bias = bias.map(|b| self.same_typed(OP, b)).transpose()?;
+            norm::batch_norm_forward(
+                x,
+                layout,
+                self.same_typed(OP, mean)?,
+                self.same_typed(OP, invstd)?,
+                weight,
+                bias,
+            )
+        }))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        layout: &Layout,
+        x: &Self,
+        x_layout: &Layout,
+        mean: &Self,
+        invstd: &Self,
+        weight: Option<&Self>,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "batch_norm_backward";
+        fn typed<T: FloatDType>(
+            grad: (&[T], &Layout),
+            storages: [&CpuStorage; 3],
+            x_layout: &Layout,
+            weight: Option<&CpuStorage>,
+        ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+            fn typed<T: FloatDType>(s: &CpuStorage) -> Result<&[T]> {
+                s.as_slice::<T>().ok_or(Error::DTypeMismatch {
+                    op: OP,
+                    lhs: T::DTYPE,
+                    rhs: s.dtype(),
+                })
+            }
+            let [x, mean, invstd] = storages;
+            let weight = weight.map(typed::<T>).transpose()?;
+            let (dx, dw, db) = norm::batch_norm_backward(
+                grad,
+                (typed(x)?, x_layout),
+                typed(mean)?,
+                typed(invstd)?,
+                weight,
+            );
+            Ok((
+                CpuStorage::from_vec(dx),
+                CpuStorage::from_vec(dw),
+                CpuStorage::from_vec(db),
+            ))
+        }
+        let storages = [x, mean, invstd];
+        match self {
+            CpuStorage::F16(g) => typed((g, layout), storages, x_layout, weight),
+            CpuStorage::BF16(g) => typed((g, layout), storages, x_layout, weight),
+            CpuStorage::F32(g) => typed((g, layout), storages, x_layout, weight),
+            CpuStorage::F64(g) => typed((g, layout), storages, x_layout, weight),
+            other => Err(Error::UnsupportedDType {
+                op: OP,
+                dtype: other.dtype(),
+            }),
+        }
+    }
+
+    fn bce_with_logits(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+    ) -> Result<Self> {
+        const OP: &str = "bce_with_logits";
+        Ok(map_float!(OP, self, x => {
+            loss::bce_with_logits((x, layout), (self.same_typed(OP, targets)?, targets_layout))
+        }))
+    }
+
+    fn bce_with_logits_backward(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+    ) -> Result<Self> {
+        const OP: &str = "bce_with_logits_backward";
+        Ok(map_float!(OP, self, x => {
+            loss::bce_with_logits_backward(
+                (x, layout),
+                (self.same_typed(OP, targets)?, targets_layout),
+                (self.same_typed(OP, grad)?, grad_layout),
             )
         }))
     }

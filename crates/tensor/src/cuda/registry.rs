@@ -48,6 +48,8 @@ kernel_sources! {
     GEMM = "gemm",
     GEMM_TC = "gemm_tc",
     OPTIM = "optim",
+    NORM = "norm",
+    LOSS = "loss",
     RNG = "rng",
 }
 

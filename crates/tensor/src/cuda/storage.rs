@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 
-use super::{conv, driver_error, elementwise, index, matmul, optim, pool, reduce, CudaDevice};
+use super::{
+    conv, driver_error, elementwise, index, loss, matmul, norm, optim, pool, reduce, CudaDevice,
+};
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
 use crate::{
@@ -353,5 +355,56 @@ impl BackendStorage for CudaStorage {
         width: usize,
     ) -> Result<Self> {
         pool::upsample_nearest2d_backward(self, layout, height, width)
+    }
+
+    fn batch_norm_stats(&self, layout: &Layout) -> Result<(Self, Self)> {
+        norm::batch_norm_stats(self, layout)
+    }
+
+    fn batch_norm_forward(
+        &self,
+        layout: &Layout,
+        mean: &Self,
+        invstd: &Self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+    ) -> Result<Self> {
+        norm::batch_norm_forward(self, layout, mean, invstd, weight, bias)
+    }
+
+    fn batch_norm_backward(
+        &self,
+        layout: &Layout,
+        x: &Self,
+        x_layout: &Layout,
+        mean: &Self,
+        invstd: &Self,
+        weight: Option<&Self>,
+    ) -> Result<(Self, Self, Self)> {
+        norm::batch_norm_backward((self, layout), (x, x_layout), mean, invstd, weight)
+    }
+
+    fn bce_with_logits(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+    ) -> Result<Self> {
+        loss::bce_with_logits((self, layout), (targets, targets_layout))
+    }
+
+    fn bce_with_logits_backward(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+    ) -> Result<Self> {
+        loss::bce_with_logits_backward(
+            (self, layout),
+            (targets, targets_layout),
+            (grad, grad_layout),
+        )
     }
 }

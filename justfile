@@ -76,7 +76,8 @@ train-classifier dataset="mnist":
     cargo run --release -- train classifier --dataset {{dataset}}
 
 # Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads), elementwise GB/s,
-# and every model's training step (images/s)
+# and every model's training step (images/s); with a GPU, also their CUDA tables (GEMM against
+# cuBLAS, the GANs' steps on cuda:0)
 bench:
     cargo bench --bench gemm
     cargo bench --bench elementwise
@@ -115,8 +116,9 @@ interop out="target/interop":
 fixtures:
     ${PYTHON:-python3} tests/fixtures/make_fixtures.py
 
-# Build the CUDA test binaries, the elementwise bench and kiln, stripped, into target/gpu/ for
-# a GPU machine without Rust; there, `scripts/gpu-check.sh run` runs them with
-# KILN_REQUIRE_CUDA=1 and compute-sanitizer
+# Build kiln, the CUDA test binaries and the benches, stripped and packed into target/gpu/, for
+# a GPU machine without Rust; there, `scripts/gpu-check.sh run [parity|bench|sanitize|all]`
+# runs the parity tests with KILN_REQUIRE_CUDA=1, the benches beside PyTorch eager, and
+# compute-sanitizer
 gpu-build:
     bash scripts/gpu-check.sh build

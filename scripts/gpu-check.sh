@@ -20,6 +20,8 @@ dir=target/gpu
 tensor_tests=(cuda_tensor cuda_elementwise cuda_reduce cuda_index cuda_conv_matmul
     cuda_rng_optim cuda_gemm cuda_pool cuda_norm cuda_loss cuda_kernels_compile)
 root_tests=(gradcheck cuda_train)
+# Tests of other crates with a CUDA case: the loader's device gather, clipping on the device.
+crate_tests=(loader optim)
 benches=(elementwise gemm train_step)
 
 build() {
@@ -29,11 +31,12 @@ build() {
     local json
     json=$( { cargo test --release -p kiln-tensor --no-run --message-format=json;
               cargo test --release -p kiln-data --test loader --no-run --message-format=json;
+              cargo test --release -p kiln-nn --test optim --no-run --message-format=json;
               for t in "${root_tests[@]}"; do
                   cargo test --release --test "$t" --no-run --message-format=json; done;
               for b in "${benches[@]}"; do
                   cargo bench --bench "$b" --no-run --message-format=json; done; } 2>/dev/null)
-    for name in "${tensor_tests[@]}" loader "${root_tests[@]}" "${benches[@]}"; do
+    for name in "${tensor_tests[@]}" "${crate_tests[@]}" "${root_tests[@]}" "${benches[@]}"; do
         local path
         path=$(printf '%s\n' "$json" | python3 -c '
 import json, sys
@@ -90,7 +93,7 @@ parity() {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$logs/nvidia-smi.txt" || true
     "$bin/kiln" info | tee "$logs/info.txt" || failed=1
     # cuda_kernels_compile first: it compiles every kernel file into the shared cache.
-    for name in cuda_kernels_compile "${tensor_tests[@]}" loader "${root_tests[@]}"; do
+    for name in cuda_kernels_compile "${tensor_tests[@]}" "${crate_tests[@]}" "${root_tests[@]}"; do
         [ "$name" = cuda_kernels_compile ] && [ -f "$logs/$name.txt" ] && continue
         test_binary "$name"
     done

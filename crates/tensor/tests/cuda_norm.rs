@@ -226,3 +226,32 @@ fn batch_norm_second_derivatives_match_the_cpu() {
         ])
     });
 }
+
+#[test]
+fn evaluation_batch_norm_matches_the_cpu() {
+    let Some(gpu) = cuda("evaluation batch norm parity") else {
+        return;
+    };
+    for &shape in SHAPES {
+        for (dtype, _) in FLOAT_DTYPES {
+            let channels = shape[1];
+            let run = |device: Device| -> Result<Tensor> {
+                let x = input(shape, Memory::ChannelsLast, 0, dtype, device)?;
+                let mean = random(&[channels], dtype, device, 11, 1.0);
+                let var = random(&[channels], dtype, device, 12, 0.5).abs()?;
+                let weight = random(&[channels], dtype, device, 13, 1.0);
+                let bias = random(&[channels], dtype, device, 14, 1.0);
+                x.batch_norm_eval(&mean, &var, Some(&weight), Some(&bias), 1e-5)
+            };
+            let (atol, rtol) = tolerance(dtype);
+            let (cpu, cuda_y) = (run(Device::Cpu).expect("cpu"), run(gpu).expect("cuda"));
+            assert_close(
+                &format!("eval {dtype} {shape:?}"),
+                &cpu,
+                &cuda_y,
+                atol,
+                rtol,
+            );
+        }
+    }
+}

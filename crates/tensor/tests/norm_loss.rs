@@ -335,3 +335,55 @@ fn bce_with_logits_rejects_mismatched_shapes() {
     let err = x.bce_with_logits(&y).unwrap_err().to_string();
     assert!(err.contains("[4, 3]") && err.contains("[3, 4]"), "{err}");
 }
+
+#[test]
+fn evaluation_batch_norm_matches_the_composite() -> Result<()> {
+    // kiln-nn's evaluation mode before the fusion: (x - mean) / √(var + eps) · weight + bias.
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        for shape in [&[4, 3][..], &[2, 5, 3, 3], &[3, 6272]] {
+            let channels = shape[1];
+            let x = tensor(shape, 1, 2.0, 0.5, dtype);
+            let mean = tensor(&[channels], 2, 1.0, 0.0, dtype);
+            let var = tensor(&[channels], 3, 0.5, 1.0, dtype); // in [0.5, 1.5)
+            let weight = tensor(&[channels], 4, 1.0, 1.0, dtype);
+            let bias = tensor(&[channels], 5, 0.3, 0.0, dtype);
+            let mut dims = vec![1; shape.len()];
+            dims[1] = channels;
+            for affine in [true, false] {
+                let (w, b) = if affine {
+                    (Some(&weight), Some(&bias))
+                } else {
+                    (None, None)
+                };
+                let fused = x.batch_norm_eval(&mean, &var, w, b, 1e-5)?;
+                let mut expected = x
+                    .sub(&mean.reshape(dims.clone())?)?
+                    .div(&var.reshape(dims.clone())?.add_scalar(1e-5)?.sqrt()?)?;
+                if affine {
+                    expected = expected
+                        .mul(&weight.reshape(dims.clone())?)?
+                        .add(&bias.reshape(dims.clone())?)?;
+                }
+                // invstd·x instead of x / √: a rounding or two of the dtype apart.
+                let rtol = match dtype {
+                    DType::F64 => 1e-14,
+                    DType::F32 => 1e-6,
+                    DType::F16 => 4e-3,
+                    _ => 2e-2,
+                };
+                assert_close(
+                    &format!("{dtype} {shape:?} affine {affine}"),
+                    &fused,
+                    &expected,
+                    rtol,
+                    rtol,
+                );
+                assert!(!fused.is_tracked());
+            }
+        }
+    }
+    let x = tensor(&[4, 3], 1, 1.0, 0.0, DType::F32);
+    let short = tensor(&[2], 1, 1.0, 0.0, DType::F32);
+    assert!(x.batch_norm_eval(&short, &short, None, None, 1e-5).is_err());
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! PyTorch defines them, with functional forms ([`batch_norm`], [`layer_norm`],
 //! [`group_norm`]) beside the layers.
 
-use kiln_tensor::{no_grad, Tensor, Var};
+use kiln_tensor::{is_grad_enabled, no_grad, Tensor, Var};
 
 use super::trailing;
 use crate::{Init, Module, ModuleT, NnError, Path, Result};
@@ -99,8 +99,17 @@ pub fn batch_norm(
             "evaluation mode (training = false) needs running statistics",
         ));
     };
-    // Evaluation: a per-channel affine map, composed (constants to autograd: the running
-    // statistics get no gradient).
+    // Evaluation: a per-channel affine map with the running statistics (constants to
+    // autograd), one kernel when no graph is being recorded (sampling), else composed.
+    let recorded = is_grad_enabled()
+        && [Some(x), weight, bias]
+            .into_iter()
+            .flatten()
+            .any(Tensor::is_tracked);
+    if !recorded {
+        let (mean, var) = (running.mean.detach(), running.var.detach()); // [C]
+        return Ok(x.batch_norm_eval(&mean, &var, weight, bias, eps)?);
+    }
     let mean = broadcastable(&running.mean.detach())?; // [1, C, 1, ..]
     let var = broadcastable(&running.var.detach())?; // [1, C, 1, ..]
     let mut y = x.sub(&mean)?.div(&var.add_scalar(eps)?.sqrt()?)?; // [N, C, *]

@@ -111,6 +111,66 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// Evaluation-mode batch norm of `x [N, C, *]` with given statistics `mean` and `var`
+    /// (`[C]`, e.g. the running ones): `(x - mean)·invstd·weight + bias`, `invstd =
+    /// 1/√(var + eps)`, in one kernel (`batch_norm_forward`). Untracked: for a graph through
+    /// evaluation mode compose the ops (kiln-nn's `batch_norm` does when one is recorded).
+    pub fn batch_norm_eval(
+        &self,
+        mean: &Tensor,
+        var: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        const OP: &str = "batch_norm";
+        self.float_only(OP)?;
+        if self.rank() < 2 {
+            return Err(Error::invalid(
+                OP,
+                format!("expected input [N, C, ..], got {}", self.shape()),
+            ));
+        }
+        let channels = self.dims()[1];
+        let named = [
+            ("mean", Some(mean)),
+            ("var", Some(var)),
+            ("weight", weight),
+            ("bias", bias),
+        ];
+        for (name, t) in named {
+            let Some(t) = t else { continue };
+            self.same_dtype(OP, t)?;
+            self.same_device(OP, t)?;
+            if t.dims() != [channels] {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "input {} has {channels} channels, so {name} should be [{channels}], got {}",
+                        self.shape(),
+                        t.shape()
+                    ),
+                ));
+            }
+        }
+        let mean = dense(mean)?;
+        let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [C]
+        let weight = weight.map(dense).transpose()?;
+        let bias = bias.map(dense).transpose()?;
+        let weight_storage = weight.as_ref().map(|w| w.storage());
+        let bias_storage = bias.as_ref().map(|b| b.storage());
+        let storage = self.storage().batch_norm_forward(
+            self.layout(),
+            &mean.storage(),
+            &invstd.storage(),
+            weight_storage.as_deref(),
+            bias_storage.as_deref(),
+        )?;
+        Ok(Tensor::from_storage(storage, self.shape().clone(), None))
+    }
+}
+
 /// Gradients of `y = batch_norm_train(x, weight, bias)` for x and whichever of weight and bias
 /// are present. In a plain backward, the fused two-pass kernel with the saved statistics.
 /// When the backward itself is being recorded (`backward_with_graph`), the same formula in

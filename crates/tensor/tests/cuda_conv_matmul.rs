@@ -7,46 +7,13 @@
 
 mod cuda_common;
 
-use std::sync::Arc;
-
 use cuda_common::*;
 use kiln_tensor::cpu::CpuStorage;
-use kiln_tensor::cuda::{CudaDevice, CudaStorage};
+use kiln_tensor::cuda::CudaStorage;
 use kiln_tensor::{
     BackendStorage, Conv2dGeometry, Conv2dOptions, ConvTranspose2dOptions, DType, Error, Layout,
     Pool2dOptions, Shape, Tensor,
 };
-
-const FLOATS: [DType; 4] = [DType::F16, DType::BF16, DType::F32, DType::F64];
-
-fn cuda_device() -> Arc<CudaDevice> {
-    kiln_tensor::cuda::device(0).expect("cuda:0")
-}
-
-/// A window geometry with the output grid PyTorch's formula gives (as ops/conv.rs computes it).
-fn geometry(
-    [batch, channels, height, width]: [usize; 4],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    dilation: [usize; 2],
-) -> Conv2dGeometry {
-    let out = |axis: usize, size: usize| {
-        (size + 2 * padding[axis] - (dilation[axis] * (kernel[axis] - 1) + 1)) / stride[axis] + 1
-    };
-    Conv2dGeometry {
-        batch,
-        channels,
-        height,
-        width,
-        kernel,
-        stride,
-        padding,
-        dilation,
-        out_height: out(0, height),
-        out_width: out(1, width),
-    }
-}
 
 /// The geometries every conv primitive is checked over: stride 2, padding 1, dilation 2, 1x1,
 /// kernel = image, asymmetric everything, and one whose columns span more than one grid wave.

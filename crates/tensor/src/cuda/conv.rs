@@ -5,7 +5,7 @@
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
 use super::{driver_error, registry, CudaStorage, StridedArg};
-use crate::{Conv2dGeometry, DType, Error, Layout, Result, Shape};
+use crate::{Conv2dGeometry, Error, Layout, Result, Shape};
 
 /// `Conv2dGeometry` as the kernels take it (`struct Geometry` in kernels/common.cuh, field
 /// for field).
@@ -83,37 +83,34 @@ pub(super) fn checked_input(
     StridedArg::for_storage(op, storage, layout)
 }
 
-/// One launch of `{kernel}_{dtype}`: every kernel of conv.cu takes `(out, input,
-/// input_layout, geometry)` and writes `out_len` elements of `out_dtype`, one thread each.
-/// `input` must have `expected_shape`.
-fn launch(
-    op: &'static str,
-    kernel: &str,
+/// One launch of `{kernel}_{dtype}` from `source` (conv.cu, pool.cu): each of their kernels
+/// takes `(T* out, const T* input, Strided input_layout, A arg)`, with `arg` the window
+/// geometry or the resize, and writes `out_len` elements of the input's dtype, one thread
+/// each. `input` must have `expected_shape`.
+pub(super) fn launch_image_kernel<A: DeviceRepr>(
+    source: &'static registry::KernelSource,
+    (op, kernel): (&'static str, &str),
     (input, layout): (&CudaStorage, &Layout),
     expected_shape: &Shape,
-    g: &Conv2dGeometry,
-    (out_dtype, out_len): (DType, usize),
+    arg: &A,
+    out_len: usize,
 ) -> Result<CudaStorage> {
     let layout_arg = checked_input(op, input, layout, expected_shape)?;
-    let geometry = GeometryArg::new(op, g)?;
     let device = input.device.clone();
-    let mut out = device.alloc(out_dtype, out_len)?;
+    let mut out = device.alloc(input.dtype, out_len)?;
     if out_len == 0 {
         return Ok(out);
     }
-    let function = device.function(
-        &registry::CONV,
-        &format!("{kernel}_{}", input.dtype.as_str()),
-    )?;
+    let function = device.function(source, &format!("{kernel}_{}", input.dtype.as_str()))?;
     let mut builder = device.stream().launch_builder(&function);
     builder
         .arg(&mut out.buffer)
         .arg(&input.buffer)
         .arg(&layout_arg)
-        .arg(&geometry);
-    // Safety: the arguments match `{kernel}_{dtype}(T* out, const T* input, Strided layout,
-    // Geometry g)` in kernels/conv.cu; `out` holds `out_len` elements, the layout stays inside
-    // the input (checked above).
+        .arg(arg);
+    // Safety: the callers name a kernel of `source` taking `(T* out, const T* input,
+    // Strided layout, A arg)` with A the type they pass; `out` holds `out_len` elements, the
+    // layout stays inside the input (checked above).
     unsafe { builder.launch(device.launch_config_for(out_len)) }.map_err(driver_error(op))?;
     Ok(out)
 }
@@ -122,13 +119,14 @@ fn launch(
 /// `[C·kh·kw, N·OH·OW]`. Reference: `cpu::conv::im2col`.
 pub(super) fn im2col(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> {
     let len = g.columns_shape().elem_count();
-    launch(
-        "im2col",
-        "im2col",
+    let geometry = GeometryArg::new("im2col", g)?;
+    launch_image_kernel(
+        &registry::CONV,
+        ("im2col", "im2col"),
         (s, layout),
         &g.image_shape(),
-        g,
-        (s.dtype, len),
+        &geometry,
+        len,
     )
 }
 
@@ -142,12 +140,13 @@ pub(super) fn col2im(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Re
         });
     }
     let len = g.image_shape().elem_count();
-    launch(
-        "col2im",
-        "col2im",
+    let geometry = GeometryArg::new("col2im", g)?;
+    launch_image_kernel(
+        &registry::CONV,
+        ("col2im", "col2im"),
         (s, layout),
         &g.columns_shape(),
-        g,
-        (s.dtype, len),
+        &geometry,
+        len,
     )
 }

@@ -5,7 +5,7 @@
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
-use super::conv::{checked_input, GeometryArg};
+use super::conv::{checked_input, launch_image_kernel, GeometryArg};
 use super::{driver_error, registry, CudaStorage};
 use crate::ops::conv::check_resize;
 use crate::{Conv2dGeometry, DType, Error, Layout, Result, Shape};
@@ -25,6 +25,24 @@ struct ResizeArg {
 
 // Safety: plain old data with the C layout the kernels declare.
 unsafe impl DeviceRepr for ResizeArg {}
+
+impl ResizeArg {
+    /// The resize of `[N, C, H, W]` images to `[out_height, out_width]`.
+    fn new(
+        [batch, channels, height, width]: [usize; 4],
+        [out_height, out_width]: [usize; 2],
+    ) -> ResizeArg {
+        let u = |x: usize| x as u64;
+        ResizeArg {
+            batch: u(batch),
+            channels: u(channels),
+            height: u(height),
+            width: u(width),
+            out_height: u(out_height),
+            out_width: u(out_width),
+        }
+    }
+}
 
 /// An `UnsupportedDType` error for `op` unless `s` holds floats.
 fn float_only(op: &'static str, s: &CudaStorage) -> Result<()> {
@@ -123,40 +141,6 @@ pub(super) fn max_pool2d_backward(
     Ok(out)
 }
 
-/// One launch of `{kernel}_{dtype}(T* out, const T* input, Strided input_layout, Arg arg)`
-/// writing `out_len` elements of the input's dtype, `input` of `expected_shape`.
-fn launch<A: DeviceRepr>(
-    op: &'static str,
-    kernel: &str,
-    (input, layout): (&CudaStorage, &Layout),
-    expected_shape: &Shape,
-    arg: A,
-    out_len: usize,
-) -> Result<CudaStorage> {
-    let layout_arg = checked_input(op, input, layout, expected_shape)?;
-    let device = input.device.clone();
-    let mut out = device.alloc(input.dtype, out_len)?;
-    if out_len == 0 {
-        return Ok(out);
-    }
-    let function = device.function(
-        &registry::POOL,
-        &format!("{kernel}_{}", input.dtype.as_str()),
-    )?;
-    let mut builder = device.stream().launch_builder(&function);
-    builder
-        .arg(&mut out.buffer)
-        .arg(&input.buffer)
-        .arg(&layout_arg)
-        .arg(&arg);
-    // Safety: avg_pool2d(_backward) take `(T* out, const T* input, Strided, Geometry)` and
-    // upsample_nearest2d(_backward) `(T* out, const T* input, Strided, Resize)` in
-    // kernels/pool.cu, which the callers pass; `out` holds `out_len` elements, the layout stays
-    // inside the input (checked above).
-    unsafe { builder.launch(device.launch_config_for(out_len)) }.map_err(driver_error(op))?;
-    Ok(out)
-}
-
 /// Average pooling of `[N, C, H, W]` (any layout, float dtypes) to a contiguous
 /// `[N, C, OH, OW]`. Reference: `cpu::pool::avg_pool2d`.
 pub(super) fn avg_pool2d(
@@ -168,7 +152,14 @@ pub(super) fn avg_pool2d(
     float_only(OP, s)?;
     let geometry = GeometryArg::new(OP, g)?;
     let len = pooled_shape(g).elem_count();
-    launch(OP, OP, (s, layout), &g.image_shape(), geometry, len)
+    launch_image_kernel(
+        &registry::POOL,
+        (OP, OP),
+        (s, layout),
+        &g.image_shape(),
+        &geometry,
+        len,
+    )
 }
 
 /// The gradient of average pooling: grad `[N, C, OH, OW]` (any layout, float dtypes) to a
@@ -182,7 +173,14 @@ pub(super) fn avg_pool2d_backward(
     float_only(OP, grad)?;
     let geometry = GeometryArg::new(OP, g)?;
     let len = g.image_shape().elem_count();
-    launch(OP, OP, (grad, layout), &pooled_shape(g), geometry, len)
+    launch_image_kernel(
+        &registry::POOL,
+        (OP, OP),
+        (grad, layout),
+        &pooled_shape(g),
+        &geometry,
+        len,
+    )
 }
 
 /// Nearest resize of `[N, C, H, W]` (any layout, any dtype) to a contiguous
@@ -200,17 +198,16 @@ pub(super) fn upsample_nearest2d(
         [batch, channels, height, width],
         [out_height, out_width],
     )?;
-    let u = |x: usize| x as u64;
-    let resize = ResizeArg {
-        batch: u(batch),
-        channels: u(channels),
-        height: u(height),
-        width: u(width),
-        out_height: u(out_height),
-        out_width: u(out_width),
-    };
+    let resize = ResizeArg::new([batch, channels, height, width], [out_height, out_width]);
     let len = batch * channels * out_height * out_width;
-    launch(OP, OP, (s, layout), layout.shape(), resize, len)
+    launch_image_kernel(
+        &registry::POOL,
+        (OP, OP),
+        (s, layout),
+        layout.shape(),
+        &resize,
+        len,
+    )
 }
 
 /// The gradient of a nearest resize: grad `[N, C, OH, OW]` (any layout, float dtypes) to a
@@ -229,15 +226,14 @@ pub(super) fn upsample_nearest2d_backward(
         [batch, channels, height, width],
         [out_height, out_width],
     )?;
-    let u = |x: usize| x as u64;
-    let resize = ResizeArg {
-        batch: u(batch),
-        channels: u(channels),
-        height: u(height),
-        width: u(width),
-        out_height: u(out_height),
-        out_width: u(out_width),
-    };
+    let resize = ResizeArg::new([batch, channels, height, width], [out_height, out_width]);
     let len = batch * channels * height * width;
-    launch(OP, OP, (grad, layout), layout.shape(), resize, len)
+    launch_image_kernel(
+        &registry::POOL,
+        (OP, OP),
+        (grad, layout),
+        layout.shape(),
+        &resize,
+        len,
+    )
 }

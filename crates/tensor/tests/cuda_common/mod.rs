@@ -5,7 +5,10 @@
 
 #![allow(dead_code)]
 
-use kiln_tensor::{DType, Device, Result, Tensor};
+use std::sync::Arc;
+
+use kiln_tensor::cuda::CudaDevice;
+use kiln_tensor::{Conv2dGeometry, DType, Device, Result, Tensor};
 
 /// `cuda:0` when it can be used; otherwise `None` after printing why `test` skipped, or a
 /// panic when `KILN_REQUIRE_CUDA=1`.
@@ -105,3 +108,36 @@ pub const ALL_DTYPES: [DType; 6] = [
 /// More elements than one wave of blocks on any current GPU (an H100 runs 132 SMs x 8 blocks
 /// x 256 threads = 270336 threads at once, see `launch_config_for`), and odd.
 pub const OVER_A_WAVE: usize = (1 << 20) + 3;
+
+/// The float dtypes, for tests that loop over dtypes alone.
+pub const FLOATS: [DType; 4] = [DType::F16, DType::BF16, DType::F32, DType::F64];
+
+/// The device `cuda:0` itself, for tests that call the backend directly.
+pub fn cuda_device() -> Arc<CudaDevice> {
+    kiln_tensor::cuda::device(0).expect("cuda:0")
+}
+
+/// A window geometry with the output grid PyTorch's formula gives (as ops/conv.rs computes it).
+pub fn geometry(
+    [batch, channels, height, width]: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Conv2dGeometry {
+    let out = |axis: usize, size: usize| {
+        (size + 2 * padding[axis] - (dilation[axis] * (kernel[axis] - 1) + 1)) / stride[axis] + 1
+    };
+    Conv2dGeometry {
+        batch,
+        channels,
+        height,
+        width,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        out_height: out(0, height),
+        out_width: out(1, width),
+    }
+}

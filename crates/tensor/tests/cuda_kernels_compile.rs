@@ -3,7 +3,7 @@
 //! not a GPU, so it runs on any machine that has the library (e.g. from the
 //! `nvidia-cuda-nvrtc` wheel on `LD_LIBRARY_PATH`); it says it skipped otherwise, and
 //! `KILN_REQUIRE_CUDA=1` makes a missing library a failure. (One arch by default: the files
-//! take about 100 s of compiling per arch on 2 cores.)
+//! take about 100 s of compiling per arch on one core, compiled a file per core at a time.)
 
 use kiln_tensor::cuda::registry::{self, ALL};
 use kiln_tensor::cuda::Arch;
@@ -37,19 +37,32 @@ fn every_kernel_source_compiles() {
     }
     let version = registry::nvrtc_version().expect("nvrtc version");
     eprintln!("NVRTC {}.{}", version.0, version.1);
-    for arch in archs() {
-        for source in ALL {
-            let start = std::time::Instant::now();
-            let cubin = registry::compile(source, arch).unwrap_or_else(|e| panic!("{}", e));
-            eprintln!(
-                "{}.cu for sm_{arch}: {:.1} s",
-                source.name,
-                start.elapsed().as_secs_f64()
-            );
-            // An ELF image: a cubin, not PTX text.
-            assert_eq!(&cubin[..4], b"\x7fELF", "{}.cu for sm_{arch}", source.name);
+    // The files compile independently (NVRTC is thread-safe): one per core at a time.
+    let jobs: Vec<_> = archs()
+        .into_iter()
+        .flat_map(|arch| ALL.iter().map(move |source| (arch, *source)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(jobs.len()) {
+            scope.spawn(|| loop {
+                let job = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(arch, source)) = jobs.get(job) else {
+                    break;
+                };
+                let start = std::time::Instant::now();
+                let cubin = registry::compile(source, arch).unwrap_or_else(|e| panic!("{}", e));
+                eprintln!(
+                    "{}.cu for sm_{arch}: {:.1} s",
+                    source.name,
+                    start.elapsed().as_secs_f64()
+                );
+                // An ELF image: a cubin, not PTX text.
+                assert_eq!(&cubin[..4], b"\x7fELF", "{}.cu for sm_{arch}", source.name);
+            });
         }
-    }
+    });
 }
 
 #[test]

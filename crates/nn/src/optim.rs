@@ -97,9 +97,17 @@ pub fn clip_grad_norm_on_device(
         // (NaN is not > 1). Multiplying by exactly 1 changes no gradient.
         let one = coefficient.scalar_like(1.0)?;
         let coefficient = Tensor::where_cond(&coefficient.gt(&one)?, &one, &coefficient)?;
+        // The coefficient in each gradients' dtype, cast once per dtype.
+        let mut cast: Vec<Tensor> = Vec::new();
         for (var, grad) in present {
-            let scaled = grad.mul(&coefficient.to_dtype(grad.dtype())?)?;
-            grads.insert(var, scaled);
+            let in_dtype = match cast.iter().find(|c| c.dtype() == grad.dtype()) {
+                Some(c) => c.clone(),
+                None => {
+                    cast.push(coefficient.to_dtype(grad.dtype())?);
+                    cast[cast.len() - 1].clone()
+                }
+            };
+            grads.insert(var, grad.mul(&in_dtype)?);
         }
         Ok(total)
     })

@@ -35,13 +35,6 @@
 //                          one thread per element, in the CPU's order (the CPU's sums are
 //                          added in another order, so dx agrees to rounding, not bit for bit).
 
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-
 // A group of values' count, mean and sum of squared deviations from the mean.
 template <typename A> struct Moments {
     A count;

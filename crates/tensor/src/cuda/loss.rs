@@ -42,35 +42,40 @@ fn operands(op: &'static str, parts: &[(&CudaStorage, &Layout)]) -> Result<Vec<s
         .collect()
 }
 
-/// Per-element `softplus(x) - x·y`, contiguous. Reference: `cpu::loss::bce_with_logits`.
-pub(super) fn bce_with_logits(
-    logits: (&CudaStorage, &Layout),
-    targets: (&CudaStorage, &Layout),
-) -> Result<CudaStorage> {
-    const OP: &str = "bce_with_logits";
-    let args = operands(OP, &[logits, targets])?;
-    let (x, layout) = logits;
+/// One launch of `{op}_{dtype}(T* out, then a (const T*, Strided) pair per input, u64 n)`
+/// over the inputs' shape (logits first), writing a contiguous output of the logits' dtype.
+fn launch(op: &'static str, inputs: &[(&CudaStorage, &Layout)]) -> Result<CudaStorage> {
+    let args = operands(op, inputs)?;
+    let (x, layout) = inputs[0];
     let n = layout.elem_count();
     let device = x.device.clone();
     let mut out = device.alloc(x.dtype, n)?;
     if n == 0 {
         return Ok(out);
     }
-    let function = device.function(&registry::LOSS, &format!("{OP}_{}", x.dtype.as_str()))?;
+    let function = device.function(&registry::LOSS, &format!("{op}_{}", x.dtype.as_str()))?;
     let n64 = n as u64;
     let mut launch = device.stream().launch_builder(&function);
-    launch
-        .arg(&mut out.buffer)
-        .arg(&x.buffer)
-        .arg(&args[0])
-        .arg(&targets.0.buffer)
-        .arg(&args[1])
-        .arg(&n64);
-    // Safety: the arguments match `bce_with_logits_{dtype}(T* out, const T* logits, Strided,
-    // const T* targets, Strided, u64 n)` in kernels/loss.cu; `out` holds n elements and both
-    // layouts stay inside their buffers (checked above).
-    unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(OP))?;
+    launch.arg(&mut out.buffer);
+    for ((storage, _), arg) in inputs.iter().zip(&args) {
+        launch.arg(&storage.buffer).arg(arg);
+    }
+    launch.arg(&n64);
+    // Safety: the callers name the kernels of kernels/loss.cu, `bce_with_logits_{dtype}(T* out,
+    // const T* logits, Strided, const T* targets, Strided, u64 n)` and
+    // `bce_with_logits_backward_{dtype}(..., const T* grad, Strided, u64 n)`, with the inputs
+    // in that order; `out` holds n elements and every layout stays inside its buffer (checked
+    // by `operands`).
+    unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(op))?;
     Ok(out)
+}
+
+/// Per-element `softplus(x) - x·y`, contiguous. Reference: `cpu::loss::bce_with_logits`.
+pub(super) fn bce_with_logits(
+    logits: (&CudaStorage, &Layout),
+    targets: (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    launch("bce_with_logits", &[logits, targets])
 }
 
 /// `(sigmoid(x) - y)·grad`, contiguous. Reference: `cpu::loss::bce_with_logits_backward`.
@@ -79,30 +84,5 @@ pub(super) fn bce_with_logits_backward(
     targets: (&CudaStorage, &Layout),
     grad: (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
-    const OP: &str = "bce_with_logits_backward";
-    let args = operands(OP, &[logits, targets, grad])?;
-    let (x, layout) = logits;
-    let n = layout.elem_count();
-    let device = x.device.clone();
-    let mut out = device.alloc(x.dtype, n)?;
-    if n == 0 {
-        return Ok(out);
-    }
-    let function = device.function(&registry::LOSS, &format!("{OP}_{}", x.dtype.as_str()))?;
-    let n64 = n as u64;
-    let mut launch = device.stream().launch_builder(&function);
-    launch
-        .arg(&mut out.buffer)
-        .arg(&x.buffer)
-        .arg(&args[0])
-        .arg(&targets.0.buffer)
-        .arg(&args[1])
-        .arg(&grad.0.buffer)
-        .arg(&args[2])
-        .arg(&n64);
-    // Safety: the arguments match `bce_with_logits_backward_{dtype}(T* out, const T* logits,
-    // Strided, const T* targets, Strided, const T* grad, Strided, u64 n)` in kernels/loss.cu;
-    // `out` holds n elements and every layout stays inside its buffer (checked above).
-    unsafe { launch.launch(device.launch_config_for(n)) }.map_err(driver_error(OP))?;
-    Ok(out)
+    launch("bce_with_logits_backward", &[logits, targets, grad])
 }

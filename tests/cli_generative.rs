@@ -1,5 +1,6 @@
 //! `kiln train ddpm|pixelcnn` and their `kiln sample` / `kiln eval` run as a user runs them, on
-//! the committed MNIST, at test sizes (`--channels`): the run folder with the per-epoch test
+//! the first images of the committed MNIST (`common::mnist_subset`), at test sizes
+//! (`--channels`): the run folder with the per-epoch test
 //! measure and eval.json's model-specific parts, the DDPM's samplers, a resumed run logging what
 //! an uninterrupted one logs, and bad input as one line.
 
@@ -8,15 +9,31 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{error_line, kiln, metrics, path_str};
+use common::{error_line, kiln, metrics, mnist_subset, path_str};
 
 /// A tiny U-Net: 8 channels at every level (one group norm group per channel).
 const DDPM_CHANNELS: &str = "8,8,8";
 
+/// Test images in the runs' data: each stop measures the model on all of them.
+const TEST_IMAGES: usize = 500;
+
+/// Trains on the MNIST subset in the run's parent folder (written there on first use).
 fn train(model: &str, run: &Path, extra: &[&str]) -> Output {
+    let data = data_dir(run.parent().unwrap());
     let mut args = vec!["train", model, "--quiet", "--out", path_str(run)];
+    args.extend(["--data-dir", path_str(&data)]);
     args.extend(extra);
     kiln(&args, &[])
+}
+
+/// `dir/mnist`: 2000 training and [`TEST_IMAGES`] test images, written if not there yet.
+fn data_dir(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("mnist");
+    if data.is_dir() {
+        data
+    } else {
+        mnist_subset(dir, 2000, TEST_IMAGES)
+    }
 }
 
 fn stdout(output: &Output) -> String {
@@ -247,7 +264,7 @@ fn a_short_pixelcnn_training_measures_its_test_likelihood_and_samples() {
     assert!(lines[1].contains("\"test_nll\":"), "{lines:?}");
     let eval = json(&run.join("eval.json"));
     let test = &eval["pixelcnn"];
-    assert_eq!(test["images"], 10_000);
+    assert_eq!(test["images"], TEST_IMAGES);
     let (nll, bits) = (
         test["nll"].as_f64().unwrap(),
         test["bits_per_dim"].as_f64().unwrap(),
@@ -285,6 +302,8 @@ fn a_short_pixelcnn_training_measures_its_test_likelihood_and_samples() {
             path_str(&checkpoint),
             "--n",
             "20",
+            "--data-dir",
+            path_str(&data_dir(dir.path())),
             "--quiet",
             "--json",
             path_str(&dir.path().join("e.json")),

@@ -2,8 +2,10 @@
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use kiln_data::{write_idx, Dataset, DatasetKind, Encoding, IdxArray, IdxData, Split};
 
 /// Runs `kiln args` in the package root (where data/mnist is), with `KILN_DATA_DIR` unset
 /// unless `env` sets it.
@@ -49,4 +51,26 @@ pub fn metrics(run: &Path) -> Vec<String> {
             line[..cut].to_string()
         })
         .collect()
+}
+
+/// Writes the first `train` training and first `test` test images of the committed MNIST, with
+/// their labels, as plain IDX files into `dir/mnist`, and returns that folder: a `--data-dir`
+/// for runs whose checks do not need the whole dataset (a run's test evaluation covers every
+/// test image it is given, which on all 10000 is most of a short run's time).
+pub fn mnist_subset(dir: &Path, train: usize, test: usize) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    let out = dir.join("mnist");
+    std::fs::create_dir_all(&out).unwrap();
+    for (split, count) in [(Split::Train, train), (Split::Test, test)] {
+        let subset = Dataset::load(DatasetKind::Mnist, split, Some(&root))
+            .and_then(|full| full.subset(0, count))
+            .unwrap();
+        let [images, labels] = split.file_stems();
+        let pixels = IdxData::U8(subset.images().to_vec());
+        let array = IdxArray::new(vec![count, 28, 28], pixels).unwrap();
+        write_idx(out.join(images), &array, Encoding::Raw).unwrap();
+        let array = IdxArray::new(vec![count], IdxData::U8(subset.labels().to_vec())).unwrap();
+        write_idx(out.join(labels), &array, Encoding::Raw).unwrap();
+    }
+    out
 }

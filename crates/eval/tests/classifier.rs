@@ -156,11 +156,12 @@ fn frechet_distance_grows_as_images_are_noised_and_blurred() {
 
 #[test]
 fn a_short_training_learns() {
-    // Two epochs of 50 steps of 64 on the first 3200 training images. An untrained network's
-    // cross-entropy is about ln 10 = 2.30 (near-uniform logits): the first epoch's mean is well
-    // below it, the second's below the first, and the test accuracy climbs far above chance.
+    // Two epochs of 50 steps of 64 on the first 3200 training images, measured after each on
+    // the first 2000 test images. An untrained network's cross-entropy is about ln 10 = 2.30
+    // (near-uniform logits): the first epoch's mean is well below it, the second's below the
+    // first, and the test accuracy climbs far above chance.
     let train = mnist(Split::Train);
-    let test = mnist(Split::Test);
+    let test = mnist(Split::Test).subset(0, 2000).unwrap();
     let config = TrainConfig {
         epochs: 2,
         batch_size: 64,

@@ -4,7 +4,12 @@
 //! `nvidia-cuda-nvrtc` wheel on `LD_LIBRARY_PATH`); it says it skipped otherwise, and
 //! `KILN_REQUIRE_CUDA=1` makes a missing library a failure. (One arch by default: the files
 //! take about 100 s of compiling per arch on one core, compiled a file per core at a time.)
+//! The sm_90 cubin of elementwise.cu is also checked for every kernel name
+//! src/cuda/elementwise.rs can launch.
 
+mod cuda_common;
+
+use cuda_common::ALL_DTYPES;
 use kiln_tensor::cuda::registry::{self, ALL};
 use kiln_tensor::cuda::Arch;
 
@@ -24,6 +29,8 @@ fn archs() -> Vec<Arch> {
         })
         .collect()
 }
+
+const SM_90: Arch = Arch { major: 9, minor: 0 };
 
 #[test]
 fn every_kernel_source_compiles() {
@@ -60,6 +67,9 @@ fn every_kernel_source_compiles() {
                 );
                 // An ELF image: a cubin, not PTX text.
                 assert_eq!(&cubin[..4], b"\x7fELF", "{}.cu for sm_{arch}", source.name);
+                if source.name == "elementwise" && arch == SM_90 {
+                    every_launched_elementwise_kernel_is_in(&cubin);
+                }
             });
         }
     });
@@ -75,13 +85,61 @@ fn a_compile_error_carries_the_nvrtc_log() {
         name: "broken",
         code: "extern \"C\" __global__ void k(float* out) { out[0] = undeclared_name; }",
     };
-    let message = registry::compile(&broken, Arch { major: 9, minor: 0 })
-        .unwrap_err()
-        .to_string();
+    let message = registry::compile(&broken, SM_90).unwrap_err().to_string();
     assert!(
         message.contains("broken.cu failed to compile for sm_90"),
         "{message}"
     );
     assert!(message.contains("undeclared_name"), "{message}");
     assert!(!message.contains('\n'), "one line: {message}");
+}
+
+/// Every kernel name src/cuda/elementwise.rs can launch is a symbol of elementwise.cu's cubin.
+fn every_launched_elementwise_kernel_is_in(cubin: &[u8]) {
+    let dtypes = ALL_DTYPES.map(|d| d.as_str());
+    let floats = ["f16", "bf16", "f32", "f64"];
+    let mut names = Vec::new();
+    for dtype in dtypes {
+        names.push(format!("fill_{dtype}"));
+        names.push(format!("copy_{dtype}"));
+        for other in dtypes {
+            names.push(format!("convert_{dtype}_{other}"));
+            names.push(format!("where_{dtype}_{other}"));
+        }
+        for op in ["eq", "ne", "lt", "le", "gt", "ge"] {
+            names.push(format!("compare_{op}_{dtype}"));
+        }
+    }
+    let unary = [
+        "neg",
+        "exp",
+        "log",
+        "sqrt",
+        "abs",
+        "sign",
+        "relu",
+        "leaky_relu",
+        "sigmoid",
+        "tanh",
+        "softplus",
+        "powf",
+        "clamp",
+        "affine",
+    ];
+    for dtype in floats {
+        for op in unary {
+            names.push(format!("unary_{op}_{dtype}"));
+        }
+        for op in ["add", "sub", "mul", "div"] {
+            names.push(format!("binary_{op}_{dtype}"));
+        }
+    }
+    for name in names {
+        // Symbol names are NUL-terminated in the ELF string table.
+        let symbol = format!("{name}\0");
+        assert!(
+            cubin.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
+            "elementwise.cu has no kernel {name}"
+        );
+    }
 }

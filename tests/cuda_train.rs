@@ -13,20 +13,6 @@ use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Split};
 use kiln_gan::{Architecture, GanConfig, GanTrainer, StepMetrics};
 use kiln_tensor::Device;
 
-fn gpu(test: &str) -> Option<Device> {
-    match kiln_tensor::cuda::availability() {
-        Ok(()) => Some(Device::Cuda(0)),
-        Err(reason) => {
-            assert!(
-                std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
-                "KILN_REQUIRE_CUDA=1 but CUDA is unavailable: {reason}"
-            );
-            eprintln!("{test}: skipped: {reason}");
-            None
-        }
-    }
-}
-
 /// The committed MNIST: beside the sources this was built from, else (a binary carried to a GPU
 /// machine) where `kiln` looks, `$KILN_DATA_DIR` or data/mnist under the working directory.
 fn mnist() -> Dataset {
@@ -75,7 +61,8 @@ fn values(metrics: &StepMetrics) -> Vec<(&'static str, f64)> {
 
 #[test]
 fn the_first_fifty_steps_on_cuda_track_the_cpu() {
-    let Some(gpu) = gpu("the_first_fifty_steps_on_cuda_track_the_cpu") else {
+    let Some(gpu) = kiln_tensor::cuda::test_device("the_first_fifty_steps_on_cuda_track_the_cpu")
+    else {
         return;
     };
     const STEPS: usize = 50;
@@ -104,7 +91,8 @@ fn the_first_fifty_steps_on_cuda_track_the_cpu() {
 
 #[test]
 fn a_training_step_never_waits_for_the_gpu() {
-    let Some(gpu) = gpu("a_training_step_never_waits_for_the_gpu") else {
+    let Some(gpu) = kiln_tensor::cuda::test_device("a_training_step_never_waits_for_the_gpu")
+    else {
         return;
     };
     let dataset = mnist();

@@ -204,14 +204,11 @@ fn skipping_batches_lands_where_taking_them_would() {
 /// batches as the CPU's. Skipped without a GPU; with KILN_REQUIRE_CUDA=1, fails instead.
 #[test]
 fn batches_gathered_on_a_gpu_equal_the_cpu_batches() {
-    if let Err(reason) = kiln_tensor::cuda::availability() {
-        assert!(
-            std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "KILN_REQUIRE_CUDA=1 but CUDA is unavailable: {reason}"
-        );
-        eprintln!("skipped: {reason}");
+    let Some(device) =
+        kiln_tensor::cuda::test_device("batches_gathered_on_a_gpu_equal_the_cpu_batches")
+    else {
         return;
-    }
+    };
     let dataset = mnist_test();
     for scale in [Scale::MinusOneToOne, Scale::ZeroToOne] {
         let make = |device| {
@@ -222,13 +219,10 @@ fn batches_gathered_on_a_gpu_equal_the_cpu_batches() {
             };
             Loader::new(&dataset, options).unwrap()
         };
-        let (cpu, gpu) = (
-            make(kiln_tensor::Device::Cpu),
-            make(kiln_tensor::Device::Cuda(0)),
-        );
+        let (cpu, gpu) = (make(kiln_tensor::Device::Cpu), make(device));
         for (a, b) in cpu.epoch(1).zip(gpu.epoch(1)).step_by(13) {
             let (a, b) = (a.unwrap(), b.unwrap());
-            assert_eq!(b.images.device(), kiln_tensor::Device::Cuda(0));
+            assert_eq!(b.images.device(), device);
             assert_eq!(a.images.shape(), b.images.shape());
             assert_eq!(
                 a.images.to_vec::<f32>().unwrap(),

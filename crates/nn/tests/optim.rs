@@ -977,15 +977,11 @@ fn sums_of_squares_are_each_tensors_square_summed() {
 /// waiting for the GPU. Skipped without a GPU; with KILN_REQUIRE_CUDA=1, fails instead.
 #[test]
 fn clipping_on_a_gpu_matches_the_cpu_and_never_waits() {
-    if let Err(reason) = kiln_tensor::cuda::availability() {
-        assert!(
-            std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "KILN_REQUIRE_CUDA=1 but CUDA is unavailable: {reason}"
-        );
-        eprintln!("skipped: {reason}");
+    let Some(gpu) =
+        kiln_tensor::cuda::test_device("clipping_on_a_gpu_matches_the_cpu_and_never_waits")
+    else {
         return;
-    }
-    let gpu = Device::Cuda(0);
+    };
     let mut generator = kiln_tensor::Generator::new(4);
     let values: Vec<Tensor> = [vec![40, 30], vec![30], vec![5000]]
         .into_iter()

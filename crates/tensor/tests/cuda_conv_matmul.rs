@@ -54,13 +54,6 @@ fn geometries() -> Vec<(&'static str, Conv2dGeometry)> {
     ]
 }
 
-/// Host storage of `dtype` holding `values` (integers for u8/u32, rounded for the halves).
-fn host_storage(values: &[f64], dtype: DType) -> CpuStorage {
-    let f64s = CpuStorage::F64(values.to_vec());
-    f64s.to_dtype(&Layout::contiguous([values.len()]), dtype)
-        .expect("to_dtype")
-}
-
 /// `len` deterministic values: small integers for the integer dtypes, [-2, 2) otherwise.
 fn sample(len: usize, dtype: DType, seed: u64) -> Vec<f64> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -48,13 +48,6 @@ fn geometries() -> Vec<(&'static str, Conv2dGeometry)> {
     ]
 }
 
-/// Host storage of `dtype` holding `values` (rounded for the halves).
-fn host_storage(values: &[f64], dtype: DType) -> CpuStorage {
-    CpuStorage::F64(values.to_vec())
-        .to_dtype(&Layout::contiguous([values.len()]), dtype)
-        .expect("to_dtype")
-}
-
 /// `len` deterministic values in [-2, 2); when `coarse`, multiples of 0.5 (so windows tie)
 /// with NaN, ±inf and ±0 sprinkled in.
 fn sample(len: usize, seed: u64, coarse: bool) -> Vec<f64> {

@@ -54,9 +54,7 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
         }
         UnaryOp::Sigmoid => map_math(data, layout, work, sigmoid),
         UnaryOp::Tanh => map_math(data, layout, work, move |x| x.tanh()),
-        UnaryOp::Softplus => map_math(data, layout, work, move |x| {
-            x.max(zero) + (-x.abs()).exp().ln_1p()
-        }),
+        UnaryOp::Softplus => map_math(data, layout, work, softplus),
         UnaryOp::Powf(exponent) => map_math(data, layout, work, move |x| x.powf(c(exponent))),
         UnaryOp::Clamp(min, max) => {
             let (min, max) = (c(min), c(max));
@@ -72,8 +70,14 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
     }
 }
 
+/// log(1 + e^x) as `max(x, 0) + log1p(e^-|x|)`, which neither overflows nor loses the small
+/// values.
+pub(super) fn softplus<F: Float>(x: F) -> F {
+    x.max(F::zero()) + (-x.abs()).exp().ln_1p()
+}
+
 /// 1 / (1 + e^-x), written so that neither branch overflows.
-fn sigmoid<F: Float>(x: F) -> F {
+pub(super) fn sigmoid<F: Float>(x: F) -> F {
     if x >= F::zero() {
         F::one() / (F::one() + (-x).exp())
     } else {

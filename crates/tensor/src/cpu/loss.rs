@@ -2,8 +2,7 @@
 //! the references of kernels/loss.cu. Not for the reductions of a loss (kiln-nn's
 //! `Reduction`), which are ordinary reduce ops.
 
-use num_traits::Float;
-
+use super::elementwise::{sigmoid, softplus};
 use super::map2;
 use crate::{FloatDType, Layout};
 
@@ -14,12 +13,10 @@ pub(crate) fn bce_with_logits<T: FloatDType>(
     logits: (&[T], &Layout),
     targets: (&[T], &Layout),
 ) -> Vec<T> {
-    let zero = T::math_from_f64(0.0);
     let r = |v: T::Math| T::from_math(v).to_math();
     map2(logits.0, logits.1, targets.0, targets.1, |x: T, y: T| {
         let (x, y) = (x.to_math(), y.to_math());
-        let softplus = r(x.max(zero) + (-x.abs()).exp().ln_1p());
-        T::from_math(softplus - r(x * y))
+        T::from_math(r(softplus(x)) - r(x * y))
     })
 }
 
@@ -34,14 +31,4 @@ pub(crate) fn bce_with_logits_backward<T: FloatDType>(
         let (x, y, g) = (x.to_math(), y.to_math(), g.to_math());
         T::from_math((sigmoid(x) - y) * g)
     })
-}
-
-/// 1 / (1 + e^-x), written so that neither branch overflows (`cpu::elementwise`'s).
-fn sigmoid<F: Float>(x: F) -> F {
-    if x >= F::zero() {
-        F::one() / (F::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (F::one() + e)
-    }
 }

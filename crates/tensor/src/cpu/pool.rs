@@ -13,31 +13,17 @@ use super::conv::{for_each_chunk, PARALLEL_MIN};
 use crate::ops::conv::Conv2dGeometry;
 use crate::FloatDType;
 
-/// The input coordinate tap `k` of output position `o` reads along one axis, or `None` in the
-/// padding (`o·stride + k·dilation - padding` outside `0..size`).
-fn input_coordinate(
-    o: usize,
-    k: usize,
-    stride: usize,
-    dilation: usize,
-    padding: usize,
-    size: usize,
-) -> Option<usize> {
-    let at = (o * stride + k * dilation).checked_sub(padding)?;
-    (at < size).then_some(at)
+/// The input coordinate tap `k` of output position `o` reads along `axis` (0: rows, 1:
+/// columns), or `None` in the padding (`o·stride + k·dilation - padding` outside the image).
+fn input_coordinate(o: usize, k: usize, g: &Conv2dGeometry, axis: usize) -> Option<usize> {
+    let at = (o * g.stride[axis] + k * g.dilation[axis]).checked_sub(g.padding[axis])?;
+    (at < [g.height, g.width][axis]).then_some(at)
 }
 
-/// Whether input coordinate `at` is a tap of output position `o` along one axis.
-fn in_window(
-    at: usize,
-    o: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-    padding: usize,
-) -> bool {
-    match (at + padding).checked_sub(o * stride) {
-        Some(reach) => reach % dilation == 0 && reach / dilation < kernel,
+/// Whether input coordinate `at` is a tap of output position `o` along `axis`.
+fn in_window(at: usize, o: usize, g: &Conv2dGeometry, axis: usize) -> bool {
+    match (at + g.padding[axis]).checked_sub(o * g.stride[axis]) {
+        Some(reach) => reach % g.dilation[axis] == 0 && reach / g.dilation[axis] < g.kernel[axis],
         None => false,
     }
 }
@@ -62,25 +48,11 @@ pub(crate) fn max_pool2d<T: FloatDType>(image: &[T], g: &Conv2dGeometry) -> (Vec
             for ow in 0..g.out_width {
                 let mut best: Option<(usize, T::Math)> = None;
                 for ki in 0..g.kernel[0] {
-                    let Some(ih) = input_coordinate(
-                        oh,
-                        ki,
-                        g.stride[0],
-                        g.dilation[0],
-                        g.padding[0],
-                        g.height,
-                    ) else {
+                    let Some(ih) = input_coordinate(oh, ki, g, 0) else {
                         continue;
                     };
                     for kj in 0..g.kernel[1] {
-                        let Some(iw) = input_coordinate(
-                            ow,
-                            kj,
-                            g.stride[1],
-                            g.dilation[1],
-                            g.padding[1],
-                            g.width,
-                        ) else {
+                        let Some(iw) = input_coordinate(ow, kj, g, 1) else {
                             continue;
                         };
                         let at = ih * g.width + iw;
@@ -135,23 +107,7 @@ pub(crate) fn max_pool2d_backward<T: FloatDType>(
                 let o = oh * g.out_width + ow;
                 let at = indices[o] as usize;
                 let (ih, iw) = (at / g.width, at % g.width);
-                let inside = at < plane_len
-                    && in_window(
-                        ih,
-                        oh,
-                        g.kernel[0],
-                        g.stride[0],
-                        g.dilation[0],
-                        g.padding[0],
-                    )
-                    && in_window(
-                        iw,
-                        ow,
-                        g.kernel[1],
-                        g.stride[1],
-                        g.dilation[1],
-                        g.padding[1],
-                    );
+                let inside = at < plane_len && in_window(ih, oh, g, 0) && in_window(iw, ow, g, 1);
                 if inside {
                     sums[at] = sums[at] + grad[o].to_math();
                 }
@@ -200,25 +156,11 @@ pub(crate) fn avg_pool2d<T: FloatDType>(image: &[T], g: &Conv2dGeometry) -> Vec<
                 // Padding adds +0, which leaves an f64 sum started at +0 unchanged: skip it.
                 let mut sum = 0f64;
                 for ki in 0..g.kernel[0] {
-                    let Some(ih) = input_coordinate(
-                        oh,
-                        ki,
-                        g.stride[0],
-                        g.dilation[0],
-                        g.padding[0],
-                        g.height,
-                    ) else {
+                    let Some(ih) = input_coordinate(oh, ki, g, 0) else {
                         continue;
                     };
                     for kj in 0..g.kernel[1] {
-                        if let Some(iw) = input_coordinate(
-                            ow,
-                            kj,
-                            g.stride[1],
-                            g.dilation[1],
-                            g.padding[1],
-                            g.width,
-                        ) {
+                        if let Some(iw) = input_coordinate(ow, kj, g, 1) {
                             sum += T::math_to_f64(plane[ih * g.width + iw].to_math());
                         }
                     }

@@ -4,7 +4,7 @@
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
-use super::{driver_error, registry, CudaStorage, StridedArg};
+use super::{driver_error, float_only, registry, CudaStorage, StridedArg};
 use crate::{Conv2dGeometry, Error, Layout, Result, Shape};
 
 /// `Conv2dGeometry` as the kernels take it (`struct Geometry` in kernels/common.cuh, field
@@ -133,12 +133,7 @@ pub(super) fn im2col(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Re
 /// Columns `[C·kh·kw, N·OH·OW]` (any layout, float dtypes) folded into a contiguous
 /// `[N, C, H, W]`, overlapping taps summed. Reference: `cpu::conv::col2im`.
 pub(super) fn col2im(s: &CudaStorage, layout: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> {
-    if !s.dtype.is_float() {
-        return Err(Error::UnsupportedDType {
-            op: "col2im",
-            dtype: s.dtype,
-        });
-    }
+    float_only("col2im", s.dtype)?;
     let len = g.image_shape().elem_count();
     let geometry = GeometryArg::new("col2im", g)?;
     launch_image_kernel(

@@ -11,21 +11,8 @@ use std::sync::Arc;
 use cudarc::driver::PushKernelArg;
 use half::{bf16, f16};
 
-use super::{driver_error, registry, CudaDevice, CudaStorage, StridedArg};
-use crate::{BinaryOp, CmpOp, DType, Device, Error, Layout, Result, UnaryOp, WithDType};
-
-/// Both storages on one device, as every multi-input kernel needs.
-fn same_device(op: &'static str, lhs: &CudaStorage, rhs: &CudaStorage) -> Result<()> {
-    if lhs.device.ordinal() == rhs.device.ordinal() {
-        Ok(())
-    } else {
-        Err(Error::DeviceMismatch {
-            op,
-            lhs: Device::Cuda(lhs.device.ordinal()),
-            rhs: Device::Cuda(rhs.device.ordinal()),
-        })
-    }
-}
+use super::{driver_error, float_only, registry, same_device, CudaDevice, CudaStorage, StridedArg};
+use crate::{BinaryOp, CmpOp, DType, Error, Layout, Result, UnaryOp, WithDType};
 
 /// Inputs of an elementwise op read one element each per output element, so they share the
 /// output's shape (broadcasting happens in the layouts, before the backend).
@@ -38,14 +25,6 @@ fn same_shape(op: &'static str, lhs: &Layout, rhs: &Layout) -> Result<()> {
             expected: lhs.shape().clone(),
             got: rhs.shape().clone(),
         })
-    }
-}
-
-fn float_only(op: &'static str, dtype: DType) -> Result<()> {
-    if dtype.is_float() {
-        Ok(())
-    } else {
-        Err(Error::UnsupportedDType { op, dtype })
     }
 }
 

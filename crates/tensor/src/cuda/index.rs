@@ -4,7 +4,7 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::{driver_error, registry, CudaStorage, StridedArg};
+use super::{driver_error, float_kernel_suffix, registry, CudaStorage, StridedArg};
 use crate::{DType, Error, Layout, Result};
 
 /// Joins `parts` along `dim` into a contiguous result: one strided copy per part into its slab
@@ -237,10 +237,7 @@ fn add_at(
 ) -> Result<CudaStorage> {
     check_index_tensor(index, index_layout, op)?;
     let size = layout.dims()[dim];
-    let suffix = match s.dtype {
-        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => s.dtype.as_str(),
-        dtype => return Err(Error::UnsupportedDType { op, dtype }),
-    };
+    let suffix = float_kernel_suffix(op, s.dtype)?;
     if source.dtype != s.dtype {
         return Err(Error::DTypeMismatch {
             op,

@@ -4,39 +4,18 @@
 use cudarc::driver::PushKernelArg;
 
 use super::conv::checked_input;
-use super::{driver_error, registry, CudaStorage};
-use crate::{DType, Device, Error, Layout, Result};
+use super::{driver_error, float_only, registry, same_dtype_and_device, CudaStorage};
+use crate::{Layout, Result};
 
 /// The layout arguments of same-shaped float operands of one dtype and device, each checked
 /// to stay inside its buffer.
 fn operands(op: &'static str, parts: &[(&CudaStorage, &Layout)]) -> Result<Vec<super::StridedArg>> {
     let (first, first_layout) = parts[0];
-    if !matches!(
-        first.dtype,
-        DType::F16 | DType::BF16 | DType::F32 | DType::F64
-    ) {
-        return Err(Error::UnsupportedDType {
-            op,
-            dtype: first.dtype,
-        });
-    }
+    float_only(op, first.dtype)?;
     parts
         .iter()
         .map(|&(storage, layout)| {
-            if storage.dtype != first.dtype {
-                return Err(Error::DTypeMismatch {
-                    op,
-                    lhs: first.dtype,
-                    rhs: storage.dtype,
-                });
-            }
-            if storage.device.ordinal() != first.device.ordinal() {
-                return Err(Error::DeviceMismatch {
-                    op,
-                    lhs: Device::Cuda(first.device.ordinal()),
-                    rhs: Device::Cuda(storage.device.ordinal()),
-                });
-            }
+            same_dtype_and_device(op, first, storage)?;
             checked_input(op, storage, layout, first_layout.shape())
         })
         .collect()

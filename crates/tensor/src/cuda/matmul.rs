@@ -10,8 +10,11 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::conv::checked_input;
 use super::product::{Epilogue, GemmOperand, GemmProblem, TensorCoreMode};
-use super::{driver_error, elementwise, gemm, gemm_tc, registry, CudaStorage, StridedArg};
-use crate::{Activation, BinaryOp, DType, Device, Error, Layout, MatmulPrecision, Result};
+use super::{
+    driver_error, elementwise, float_only, gemm, gemm_tc, registry, same_dtype_and_device,
+    CudaStorage, StridedArg,
+};
+use crate::{Activation, BinaryOp, DType, Error, Layout, MatmulPrecision, Result};
 
 /// Output rows and columns per block, and threads per block (16 x 16, each computing a 4 x 4
 /// register block): `KILN_MATMUL_TILE` and the block shape in kernels/matmul.cu.
@@ -243,26 +246,8 @@ fn check_product(
     rhs_layout: &Layout,
 ) -> Result<(usize, usize, usize, usize)> {
     const OP: &str = "matmul";
-    if !lhs.dtype.is_float() {
-        return Err(Error::UnsupportedDType {
-            op: OP,
-            dtype: lhs.dtype,
-        });
-    }
-    if rhs.dtype != lhs.dtype {
-        return Err(Error::DTypeMismatch {
-            op: OP,
-            lhs: lhs.dtype,
-            rhs: rhs.dtype,
-        });
-    }
-    if lhs.device.ordinal() != rhs.device.ordinal() {
-        return Err(Error::DeviceMismatch {
-            op: OP,
-            lhs: Device::Cuda(lhs.device.ordinal()),
-            rhs: Device::Cuda(rhs.device.ordinal()),
-        });
-    }
+    float_only(OP, lhs.dtype)?;
+    same_dtype_and_device(OP, lhs, rhs)?;
     let (lhs_dims, rhs_dims) = (layout.dims(), rhs_layout.dims());
     let rank = lhs_dims.len();
     if rank < 2

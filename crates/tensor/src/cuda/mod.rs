@@ -101,6 +101,51 @@ pub(crate) fn driver_error(op: &'static str) -> impl Fn(DriverError) -> Error {
     }
 }
 
+/// An `UnsupportedDType` error for `op` unless `dtype` is a float (the kernels that compute
+/// in a float math type have no integer instances).
+pub(crate) fn float_only(op: &'static str, dtype: DType) -> Result<()> {
+    if dtype.is_float() {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedDType { op, dtype })
+    }
+}
+
+/// Both storages on one device, as every multi-input kernel needs.
+pub(crate) fn same_device(op: &'static str, lhs: &CudaStorage, rhs: &CudaStorage) -> Result<()> {
+    if lhs.device.ordinal() == rhs.device.ordinal() {
+        Ok(())
+    } else {
+        Err(Error::DeviceMismatch {
+            op,
+            lhs: Device::Cuda(lhs.device.ordinal()),
+            rhs: Device::Cuda(rhs.device.ordinal()),
+        })
+    }
+}
+
+/// `other` of `first`'s dtype and on its device: operands of one kernel.
+pub(crate) fn same_dtype_and_device(
+    op: &'static str,
+    first: &CudaStorage,
+    other: &CudaStorage,
+) -> Result<()> {
+    if other.dtype != first.dtype {
+        return Err(Error::DTypeMismatch {
+            op,
+            lhs: first.dtype,
+            rhs: other.dtype,
+        });
+    }
+    same_device(op, first, other)
+}
+
+/// The kernel-name suffix of float `dtype` (`f32`, ...), or [`float_only`]'s error.
+pub(crate) fn float_kernel_suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
+    float_only(op, dtype)?;
+    Ok(dtype.as_str())
+}
+
 fn unavailable(op: &'static str, device: Device, reason: impl Into<String>) -> Error {
     Error::DeviceUnavailable {
         op,
@@ -142,6 +187,22 @@ pub fn availability() -> std::result::Result<(), String> {
     match device_count()? {
         0 => Err("the CUDA driver sees no devices".into()),
         _ => Ok(()),
+    }
+}
+
+/// For test suites, in every crate: `cuda:0` when it can be used; otherwise `None` after
+/// printing why `test` skipped, or, when `KILN_REQUIRE_CUDA=1` (a run on a GPU machine, where a
+/// skip would hide a broken device), a panic that fails the test.
+pub fn test_device(test: &str) -> Option<Device> {
+    match availability() {
+        Ok(()) => Some(Device::Cuda(0)),
+        Err(reason) => {
+            if std::env::var("KILN_REQUIRE_CUDA").as_deref() == Ok("1") {
+                panic!("{test}: KILN_REQUIRE_CUDA=1 but CUDA is unavailable: {reason}");
+            }
+            eprintln!("{test}: skipped: no CUDA device ({reason})");
+            None
+        }
     }
 }
 

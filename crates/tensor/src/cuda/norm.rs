@@ -8,8 +8,11 @@ use std::sync::Arc;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::conv::checked_input;
-use super::{driver_error, registry, CudaDevice, CudaStorage, StridedArg};
-use crate::{DType, Device, Error, Layout, Result, Shape};
+use super::{
+    driver_error, float_kernel_suffix, registry, same_dtype_and_device, CudaDevice, CudaStorage,
+    StridedArg,
+};
+use crate::{DType, Error, Layout, Result, Shape};
 
 /// Threads a block; norm.cu's block-wide merges assume a multiple of 32.
 const BLOCK: u32 = 256;
@@ -95,13 +98,6 @@ impl Plan {
     }
 }
 
-fn float_suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
-    match dtype {
-        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => Ok(dtype.as_str()),
-        other => Err(Error::UnsupportedDType { op, dtype: other }),
-    }
-}
-
 /// Checks that `v` is a `[channels]` vector (its first `channels` elements) of `x`'s dtype and
 /// device, as the kernels read it.
 fn check_vector(
@@ -111,20 +107,7 @@ fn check_vector(
     x: &CudaStorage,
     channels: usize,
 ) -> Result<()> {
-    if v.dtype != x.dtype {
-        return Err(Error::DTypeMismatch {
-            op,
-            lhs: x.dtype,
-            rhs: v.dtype,
-        });
-    }
-    if v.device.ordinal() != x.device.ordinal() {
-        return Err(Error::DeviceMismatch {
-            op,
-            lhs: Device::Cuda(x.device.ordinal()),
-            rhs: Device::Cuda(v.device.ordinal()),
-        });
-    }
+    same_dtype_and_device(op, x, v)?;
     if v.len < channels {
         return Err(Error::invalid(
             op,
@@ -141,7 +124,7 @@ pub(super) fn batch_norm_stats(
     layout: &Layout,
 ) -> Result<(CudaStorage, CudaStorage)> {
     const OP: &str = "batch_norm_stats";
-    let suffix = float_suffix(OP, x.dtype)?;
+    let suffix = float_kernel_suffix(OP, x.dtype)?;
     let c = Channels::new(OP, x, layout)?;
     let device = x.device.clone();
     let mut mean = device.alloc(x.dtype, c.channels)?;
@@ -219,7 +202,7 @@ pub(super) fn batch_norm_forward(
     bias: Option<&CudaStorage>,
 ) -> Result<CudaStorage> {
     const OP: &str = "batch_norm";
-    let suffix = float_suffix(OP, x.dtype)?;
+    let suffix = float_kernel_suffix(OP, x.dtype)?;
     let c = Channels::new(OP, x, layout)?;
     let x_arg = StridedArg::new(OP, layout)?;
     let (channels, inner) = channel_shape(layout.shape());
@@ -279,7 +262,7 @@ pub(super) fn batch_norm_backward(
     weight: Option<&CudaStorage>,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     const OP: &str = "batch_norm_backward";
-    let suffix = float_suffix(OP, x.dtype)?;
+    let suffix = float_kernel_suffix(OP, x.dtype)?;
     let xc = Channels::new(OP, x, layout)?;
     let grad_arg = checked_input(OP, grad, grad_layout, layout.shape())?;
     let gc = Channels::new(OP, grad, grad_layout)?;

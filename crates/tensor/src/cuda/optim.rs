@@ -5,9 +5,9 @@ use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
 use super::conv::checked_input;
-use super::{driver_error, registry, CudaStorage, StridedArg};
+use super::{driver_error, float_only, registry, same_dtype_and_device, CudaStorage};
 use crate::backend::BackendStorage;
-use crate::{AdamStep, DType, Device, Error, FloatDType, Layout, Result};
+use crate::{AdamStep, DType, Error, FloatDType, Layout, Result, Shape};
 
 /// The step's scalars, each exactly the value of the CPU's `Constants` field (cpu/optim.rs)
 /// held as f64 (an f32 converts exactly), as `struct AdamConstants` in kernels/optim.cu takes
@@ -94,6 +94,36 @@ struct AdamTensor {
     n: u64,
 }
 
+/// The device address of element `offset` of `storage`'s buffer.
+fn address(storage: &CudaStorage, offset: usize) -> u64 {
+    let (pointer, _record) = storage.buffer.device_ptr(storage.device.stream());
+    pointer + (offset * storage.dtype.size_in_bytes()) as u64
+}
+
+/// Where a table kernel reads the operand `(storage, layout)` from, as one contiguous run:
+/// in place from its offset when its layout is a contiguous range, else a contiguous copy,
+/// pushed to `copies` (which must outlive the launches). Checks it is of `first`'s dtype and
+/// device, has `shape` and stays inside its buffer.
+fn operand_address(
+    op: &'static str,
+    first: &CudaStorage,
+    (storage, layout): (&CudaStorage, &Layout),
+    shape: &Shape,
+    copies: &mut Vec<CudaStorage>,
+) -> Result<u64> {
+    same_dtype_and_device(op, first, storage)?;
+    checked_input(op, storage, layout, shape)?;
+    Ok(match layout.contiguous_range() {
+        Some(range) => address(storage, range.start),
+        None => {
+            let copy = storage.copy_strided(layout)?;
+            let at = address(&copy, 0);
+            copies.push(copy);
+            at
+        }
+    })
+}
+
 /// `struct AdamTable` of kernels/optim.cu, field for field.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -119,43 +149,17 @@ pub(super) fn adam_step_many(
     };
     let (dtype, device) = (first.dtype, first.device.clone());
     let constants = AdamConstants::for_dtype(dtype, step)?;
-    // Strided operands are copied; contiguous ones are read in place from their offset.
+    let stream = device.stream();
     let mut copies = Vec::new();
     let mut inputs = Vec::with_capacity(entries.len());
     for entry in entries {
         let shape = entry[0].1.shape();
-        let mut operands = [(0usize, 0usize); 4]; // (index into `sources`, element offset)
-        for (slot, &(storage, layout)) in operands.iter_mut().zip(entry) {
-            if storage.dtype != dtype {
-                return Err(Error::DTypeMismatch {
-                    op: OP,
-                    lhs: dtype,
-                    rhs: storage.dtype,
-                });
-            }
-            if storage.device.ordinal() != device.ordinal() {
-                return Err(Error::DeviceMismatch {
-                    op: OP,
-                    lhs: Device::Cuda(device.ordinal()),
-                    rhs: Device::Cuda(storage.device.ordinal()),
-                });
-            }
-            checked_input(OP, storage, layout, shape)?;
-            *slot = match layout.contiguous_range() {
-                Some(range) => (usize::MAX, range.start),
-                None => {
-                    copies.push(storage.copy_strided(layout)?);
-                    (copies.len() - 1, 0)
-                }
-            };
+        let mut operands = [0u64; 4];
+        for (address, &operand) in operands.iter_mut().zip(entry) {
+            *address = operand_address(OP, first, operand, shape, &mut copies)?;
         }
         inputs.push(operands);
     }
-    let stream = device.stream();
-    let address = |storage: &CudaStorage, offset: usize| -> u64 {
-        let (pointer, _record) = storage.buffer.device_ptr(stream);
-        pointer + (offset * dtype.size_in_bytes()) as u64
-    };
     let function = device.function(
         &registry::OPTIM,
         &format!("adam_step_many_{}", dtype.as_str()),
@@ -180,10 +184,7 @@ pub(super) fn adam_step_many(
             ];
             // Empty parameters get no blocks (and no table slot).
             if n > 0 {
-                let [param, grad, exp_avg, exp_avg_sq] = [0, 1, 2, 3].map(|i| match operands[i] {
-                    (usize::MAX, offset) => address(entry[i].0, offset),
-                    (copy, _) => address(&copies[copy], 0),
-                });
+                let [param, grad, exp_avg, exp_avg_sq] = *operands;
                 let slot = table.count as usize;
                 table.tensors[slot] = AdamTensor {
                     param_out: address(&out[0], 0),
@@ -251,45 +252,20 @@ pub(super) fn sum_of_squares_many(tensors: &[(&CudaStorage, &Layout)]) -> Result
         return Err(Error::invalid(OP, "no tensors"));
     };
     let (dtype, device) = (first.dtype, first.device.clone());
-    if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
-        return Err(Error::UnsupportedDType { op: OP, dtype });
-    }
+    float_only(OP, dtype)?;
     let out_dtype = if dtype == DType::F64 {
         DType::F64
     } else {
         DType::F32
     };
     let mut copies = Vec::new();
-    let mut inputs = Vec::with_capacity(tensors.len());
-    for &(storage, layout) in tensors {
-        if storage.dtype != dtype {
-            return Err(Error::DTypeMismatch {
-                op: OP,
-                lhs: dtype,
-                rhs: storage.dtype,
-            });
-        }
-        if storage.device.ordinal() != device.ordinal() {
-            return Err(Error::DeviceMismatch {
-                op: OP,
-                lhs: Device::Cuda(device.ordinal()),
-                rhs: Device::Cuda(storage.device.ordinal()),
-            });
-        }
-        StridedArg::for_storage(OP, storage, layout)?;
-        inputs.push(match layout.contiguous_range() {
-            Some(range) => (usize::MAX, range.start),
-            None => {
-                copies.push(storage.copy_strided(layout)?);
-                (copies.len() - 1, 0)
-            }
-        });
-    }
+    let inputs = tensors
+        .iter()
+        .map(|&(storage, layout)| {
+            operand_address(OP, first, (storage, layout), layout.shape(), &mut copies)
+        })
+        .collect::<Result<Vec<u64>>>()?;
     let stream = device.stream();
-    let address = |storage: &CudaStorage, offset: usize| -> u64 {
-        let (pointer, _record) = storage.buffer.device_ptr(stream);
-        pointer + (offset * dtype.size_in_bytes()) as u64
-    };
     let mut out = device.alloc(out_dtype, tensors.len())?;
     let partial = device.function(
         &registry::OPTIM,
@@ -311,12 +287,9 @@ pub(super) fn sum_of_squares_many(tensors: &[(&CudaStorage, &Layout)]) -> Result
             count: tensors.len() as u32,
         };
         let mut blocks = 0usize;
-        for (slot, (&(storage, layout), &input)) in tensors.iter().zip(inputs).enumerate() {
+        for (slot, (&(_, layout), &input)) in tensors.iter().zip(inputs).enumerate() {
             let n = layout.elem_count();
-            table.data[slot] = match input {
-                (usize::MAX, offset) => address(storage, offset),
-                (copy, _) => address(&copies[copy], 0),
-            };
+            table.data[slot] = input;
             table.n[slot] = n as u64;
             table.first_block[slot] = blocks as u32;
             blocks += n.div_ceil(CHUNK);

@@ -6,7 +6,8 @@
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
 use super::conv::{checked_input, launch_image_kernel, GeometryArg};
-use super::{driver_error, registry, CudaStorage};
+use super::{driver_error, float_only, registry, CudaStorage};
+use crate::cpu::image_dims;
 use crate::ops::conv::check_resize;
 use crate::{Conv2dGeometry, DType, Error, Layout, Result, Shape};
 
@@ -44,23 +45,9 @@ impl ResizeArg {
     }
 }
 
-/// An `UnsupportedDType` error for `op` unless `s` holds floats.
-fn float_only(op: &'static str, s: &CudaStorage) -> Result<()> {
-    if s.dtype.is_float() {
-        Ok(())
-    } else {
-        Err(Error::UnsupportedDType { op, dtype: s.dtype })
-    }
-}
-
 /// The shape of a pooling output, `[N, C, OH, OW]`.
 fn pooled_shape(g: &Conv2dGeometry) -> Shape {
     Shape::from([g.batch, g.channels, g.out_height, g.out_width])
-}
-
-/// The `[N, C, H, W]` of a rank-4 layout, or an error naming `op`.
-fn image_dims(op: &'static str, layout: &Layout) -> Result<[usize; 4]> {
-    crate::cpu::image_dims(op, layout)
 }
 
 /// Max pooling of `[N, C, H, W]` (any layout, float dtypes): contiguous values and `u32`
@@ -71,7 +58,7 @@ pub(super) fn max_pool2d(
     g: &Conv2dGeometry,
 ) -> Result<(CudaStorage, CudaStorage)> {
     const OP: &str = "max_pool2d";
-    float_only(OP, s)?;
+    float_only(OP, s.dtype)?;
     let layout_arg = checked_input(OP, s, layout, &g.image_shape())?;
     let geometry = GeometryArg::new(OP, g)?;
     let len = pooled_shape(g).elem_count();
@@ -106,7 +93,7 @@ pub(super) fn max_pool2d_backward(
     g: &Conv2dGeometry,
 ) -> Result<CudaStorage> {
     const OP: &str = "max_pool2d_backward";
-    float_only(OP, grad)?;
+    float_only(OP, grad.dtype)?;
     if indices.dtype != DType::U32 {
         return Err(Error::invalid(
             OP,
@@ -149,7 +136,7 @@ pub(super) fn avg_pool2d(
     g: &Conv2dGeometry,
 ) -> Result<CudaStorage> {
     const OP: &str = "avg_pool2d";
-    float_only(OP, s)?;
+    float_only(OP, s.dtype)?;
     let geometry = GeometryArg::new(OP, g)?;
     let len = pooled_shape(g).elem_count();
     launch_image_kernel(
@@ -170,7 +157,7 @@ pub(super) fn avg_pool2d_backward(
     g: &Conv2dGeometry,
 ) -> Result<CudaStorage> {
     const OP: &str = "avg_pool2d_backward";
-    float_only(OP, grad)?;
+    float_only(OP, grad.dtype)?;
     let geometry = GeometryArg::new(OP, g)?;
     let len = g.image_shape().elem_count();
     launch_image_kernel(
@@ -219,7 +206,7 @@ pub(super) fn upsample_nearest2d_backward(
     width: usize,
 ) -> Result<CudaStorage> {
     const OP: &str = "upsample_nearest2d_backward";
-    float_only(OP, grad)?;
+    float_only(OP, grad.dtype)?;
     let [batch, channels, out_height, out_width] = image_dims(OP, layout)?;
     check_resize(
         OP,

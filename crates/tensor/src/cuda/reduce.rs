@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{driver_error, registry, CudaDevice, CudaStorage, StridedArg};
-use crate::{DType, Error, Layout, ReduceOp, Result};
+use super::{driver_error, float_kernel_suffix, registry, CudaDevice, CudaStorage, StridedArg};
+use crate::{DType, Layout, ReduceOp, Result};
 
 /// Threads a block; kernels/reduce.cu's block-wide combine assumes exactly this many.
 const BLOCK: u32 = 256;
@@ -68,13 +68,6 @@ impl Plan {
             splits: splits as u32,
             config,
         }
-    }
-}
-
-fn float_kernel_suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
-    match dtype {
-        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => Ok(dtype.as_str()),
-        other => Err(Error::UnsupportedDType { op, dtype: other }),
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
-use super::{driver_error, registry, CudaDevice, CudaStorage};
-use crate::{DType, Error, Result};
+use super::{driver_error, float_only, registry, CudaDevice, CudaStorage};
+use crate::{DType, Result};
 
 /// Elements one thread produces per grid-stride step: those that take 4 stream words (one
 /// Philox block), as in kernels/rng.cu.
@@ -28,9 +28,7 @@ fn prepare(
     dtype: DType,
     len: usize,
 ) -> Result<(CudaStorage, Option<(CudaFunction, LaunchConfig)>)> {
-    if !dtype.is_float() {
-        return Err(Error::UnsupportedDType { op, dtype });
-    }
+    float_only(op, dtype)?;
     let out = device.alloc(dtype, len)?;
     if len == 0 {
         return Ok((out, None));

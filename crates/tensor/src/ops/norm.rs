@@ -1,10 +1,13 @@
 //! Training-mode batch norm as one op (`Tensor::batch_norm_train`): the batch statistics, the
-//! normalisation and the affine map in two kernels, and a fused two-pass backward. Not for
-//! evaluation mode (a per-channel affine map with running statistics, which kiln-nn composes)
-//! nor for layer or group norm.
+//! normalisation and the affine map in two kernels, and a fused two-pass backward; and
+//! evaluation mode with given statistics (`Tensor::batch_norm_eval`, untracked) in the same
+//! normalising kernel. Not for layer or group norm.
 
 use crate::op::Op;
+use crate::storage::Storage;
 use crate::{is_grad_enabled, Error, Result, Shape, Tensor};
+
+const OP: &str = "batch_norm";
 
 /// The dims of `x [N, C, *]` that batch norm reduces over: all but 1.
 fn reduced_dims(x: &Tensor) -> Vec<usize> {
@@ -28,6 +31,59 @@ fn dense(t: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Checks that `x` is a float `[N, C, ..]` (rank ≥ 2) and returns C.
+fn check_input(x: &Tensor) -> Result<usize> {
+    x.float_only(OP)?;
+    if x.rank() < 2 {
+        return Err(Error::invalid(
+            OP,
+            format!("expected input [N, C, ..], got {}", x.shape()),
+        ));
+    }
+    Ok(x.dims()[1])
+}
+
+/// Checks that each given vector is `[C]`, of `x`'s dtype and on its device.
+fn check_channel_vectors(x: &Tensor, vectors: &[(&str, Option<&Tensor>)]) -> Result<()> {
+    let channels = x.dims()[1];
+    for &(name, t) in vectors {
+        let Some(t) = t else { continue };
+        x.same_dtype(OP, t)?;
+        x.same_device(OP, t)?;
+        if t.dims() != [channels] {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "input {} has {channels} channels, so {name} should be [{channels}], got {}",
+                    x.shape(),
+                    t.shape()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `(x - mean)·invstd·weight + bias` per channel in one kernel (`batch_norm_forward`); the
+/// vectors are `[C]` and [`dense`].
+fn normalise(
+    x: &Tensor,
+    mean: &Tensor,
+    invstd: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+) -> Result<Storage> {
+    let weight_storage = weight.map(|w| w.storage());
+    let bias_storage = bias.map(|b| b.storage());
+    x.storage().batch_norm_forward(
+        x.layout(),
+        &mean.storage(),
+        &invstd.storage(),
+        weight_storage.as_deref(),
+        bias_storage.as_deref(),
+    )
+}
+
 impl Tensor {
     /// PyTorch's training-mode batch norm of `x [N, C, *]` (rank ≥ 2): `(y, mean, var)` with
     /// `y = (x - mean)·invstd·weight + bias` per channel, `invstd = 1/√(var + eps)`, where
@@ -40,36 +96,14 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        const OP: &str = "batch_norm";
-        self.float_only(OP)?;
-        if self.rank() < 2 {
-            return Err(Error::invalid(
-                OP,
-                format!("expected input [N, C, ..], got {}", self.shape()),
-            ));
-        }
-        let channels = self.dims()[1];
+        let channels = check_input(self)?;
         if channels > 0 && self.elem_count() == 0 {
             return Err(Error::invalid(
                 OP,
                 format!("input {} has no values per channel", self.shape()),
             ));
         }
-        for (name, t) in [("weight", weight), ("bias", bias)] {
-            let Some(t) = t else { continue };
-            self.same_dtype(OP, t)?;
-            self.same_device(OP, t)?;
-            if t.dims() != [channels] {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
-                        "input {} has {channels} channels, so {name} should be [{channels}], got {}",
-                        self.shape(),
-                        t.shape()
-                    ),
-                ));
-            }
-        }
+        check_channel_vectors(self, &[("weight", weight), ("bias", bias)])?;
         let weight = weight.map(dense).transpose()?;
         let bias = bias.map(dense).transpose()?;
         let (mean, var) = {
@@ -81,18 +115,7 @@ impl Tensor {
             )
         };
         let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [C]
-        let storage = {
-            let (weight, bias) = (weight.as_ref(), bias.as_ref());
-            let weight_storage = weight.map(|w| w.storage());
-            let bias_storage = bias.map(|b| b.storage());
-            self.storage().batch_norm_forward(
-                self.layout(),
-                &mean.storage(),
-                &invstd.storage(),
-                weight_storage.as_deref(),
-                bias_storage.as_deref(),
-            )?
-        };
+        let storage = normalise(self, &mean, &invstd, weight.as_ref(), bias.as_ref())?;
         let inputs: Vec<&Tensor> = [self]
             .into_iter()
             .chain(weight.as_ref())
@@ -124,49 +147,21 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> Result<Tensor> {
-        const OP: &str = "batch_norm";
-        self.float_only(OP)?;
-        if self.rank() < 2 {
-            return Err(Error::invalid(
-                OP,
-                format!("expected input [N, C, ..], got {}", self.shape()),
-            ));
-        }
-        let channels = self.dims()[1];
-        let named = [
-            ("mean", Some(mean)),
-            ("var", Some(var)),
-            ("weight", weight),
-            ("bias", bias),
-        ];
-        for (name, t) in named {
-            let Some(t) = t else { continue };
-            self.same_dtype(OP, t)?;
-            self.same_device(OP, t)?;
-            if t.dims() != [channels] {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
-                        "input {} has {channels} channels, so {name} should be [{channels}], got {}",
-                        self.shape(),
-                        t.shape()
-                    ),
-                ));
-            }
-        }
+        check_input(self)?;
+        check_channel_vectors(
+            self,
+            &[
+                ("mean", Some(mean)),
+                ("var", Some(var)),
+                ("weight", weight),
+                ("bias", bias),
+            ],
+        )?;
         let mean = dense(mean)?;
         let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [C]
         let weight = weight.map(dense).transpose()?;
         let bias = bias.map(dense).transpose()?;
-        let weight_storage = weight.as_ref().map(|w| w.storage());
-        let bias_storage = bias.as_ref().map(|b| b.storage());
-        let storage = self.storage().batch_norm_forward(
-            self.layout(),
-            &mean.storage(),
-            &invstd.storage(),
-            weight_storage.as_deref(),
-            bias_storage.as_deref(),
-        )?;
+        let storage = normalise(self, &mean, &invstd, weight.as_ref(), bias.as_ref())?;
         Ok(Tensor::from_storage(storage, self.shape().clone(), None))
     }
 }

@@ -7,22 +7,14 @@
 
 use std::sync::Arc;
 
+use kiln_tensor::cpu::CpuStorage;
 use kiln_tensor::cuda::CudaDevice;
-use kiln_tensor::{Conv2dGeometry, DType, Device, Result, Tensor};
+use kiln_tensor::{BackendStorage, Conv2dGeometry, DType, Device, Layout, Result, Tensor};
 
 /// `cuda:0` when it can be used; otherwise `None` after printing why `test` skipped, or a
 /// panic when `KILN_REQUIRE_CUDA=1`.
 pub fn cuda(test: &str) -> Option<Device> {
-    match kiln_tensor::cuda::availability() {
-        Ok(()) => Some(Device::Cuda(0)),
-        Err(reason) => {
-            if std::env::var("KILN_REQUIRE_CUDA").as_deref() == Ok("1") {
-                panic!("{test}: KILN_REQUIRE_CUDA=1 but CUDA is unavailable: {reason}");
-            }
-            eprintln!("{test}: skipped: no CUDA device ({reason})");
-            None
-        }
-    }
+    kiln_tensor::cuda::test_device(test)
 }
 
 /// The elements of any tensor as f64 (read back to the host).
@@ -140,4 +132,11 @@ pub fn geometry(
         out_height: out(0, height),
         out_width: out(1, width),
     }
+}
+
+/// Host storage of `dtype` holding `values` (integers for u8/u32, rounded for the halves).
+pub fn host_storage(values: &[f64], dtype: DType) -> CpuStorage {
+    CpuStorage::F64(values.to_vec())
+        .to_dtype(&Layout::contiguous([values.len()]), dtype)
+        .expect("to_dtype")
 }

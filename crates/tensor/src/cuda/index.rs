@@ -4,7 +4,7 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::{driver_error, float_kernel_suffix, registry, CudaStorage, StridedArg};
+use super::{check_inside, driver_error, float_kernel_suffix, registry, CudaStorage, StridedArg};
 use crate::{DType, Error, Layout, Result};
 
 /// Joins `parts` along `dim` into a contiguous result: one strided copy per part into its slab
@@ -31,7 +31,7 @@ pub(super) fn cat(parts: &[(&CudaStorage, &Layout)], dim: usize) -> Result<CudaS
         let len = layout.dims()[dim];
         let n = layout.elem_count();
         if n > 0 {
-            let source = StridedArg::new("cat", layout)?;
+            let source = StridedArg::for_storage("cat", part, layout)?;
             let target = StridedArg::new("cat", &out_layout.narrow(dim, start, len)?)?;
             let n64 = n as u64;
             let mut launch = device.stream().launch_builder(&function);
@@ -51,8 +51,9 @@ pub(super) fn cat(parts: &[(&CudaStorage, &Layout)], dim: usize) -> Result<CudaS
 }
 
 /// Checks what can be checked without reading the indices: that `index` is u32 (the CPU's
-/// error) and that its positions fit the 32 bits the fault record keeps of them. The values
-/// are checked by the kernels that read them (see `faults`).
+/// error), that its positions fit the 32 bits the fault record keeps of them, and that its
+/// layout stays inside its buffer. The values are checked by the kernels that read them (see
+/// `faults`).
 fn check_index_tensor(index: &CudaStorage, index_layout: &Layout, op: &'static str) -> Result<()> {
     if index.dtype != DType::U32 {
         return Err(Error::invalid(
@@ -69,7 +70,7 @@ fn check_index_tensor(index: &CudaStorage, index_layout: &Layout, op: &'static s
             ),
         ));
     }
-    Ok(())
+    check_inside(op, index, index_layout)
 }
 
 /// Checks the values of `index` against `size` (the extent of `dim`) when no kernel that
@@ -133,6 +134,7 @@ fn select(
     index_len: usize,
 ) -> Result<CudaStorage> {
     check_index_tensor(index, index_layout, op)?;
+    check_inside(op, s, layout)?;
     let n: usize = out_dims.iter().product();
     let device = s.device.clone();
     let mut out = device.alloc(s.dtype, n)?;
@@ -236,6 +238,8 @@ fn add_at(
     index_len: usize,
 ) -> Result<CudaStorage> {
     check_index_tensor(index, index_layout, op)?;
+    check_inside(op, s, layout)?;
+    check_inside(op, source, source_layout)?;
     let size = layout.dims()[dim];
     let suffix = float_kernel_suffix(op, s.dtype)?;
     if source.dtype != s.dtype {

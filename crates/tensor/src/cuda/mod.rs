@@ -499,41 +499,52 @@ impl StridedArg {
     }
 
     /// As [`StridedArg::new`], after checking that every element `layout` reaches lies inside
-    /// `storage`, so that no kernel can read past a buffer whatever layout it is handed.
+    /// `storage` ([`check_inside`]), so that no kernel can read past a buffer whatever layout
+    /// it is handed.
     pub(crate) fn for_storage(
         op: &'static str,
         storage: &CudaStorage,
         layout: &Layout,
     ) -> Result<StridedArg> {
-        if layout.elem_count() > 0 {
-            let last = layout
-                .dims()
-                .iter()
-                .zip(layout.strides())
-                .fold(layout.offset(), |end, (&dim, &stride)| {
-                    end.saturating_add((dim - 1).saturating_mul(stride))
-                });
-            if last >= storage.len {
-                return Err(Error::invalid(
-                    op,
-                    format!(
-                        "layout {:?} with strides {:?} from offset {} reaches element {last} of a buffer of {} {} elements",
-                        layout.dims(),
-                        layout.strides(),
-                        layout.offset(),
-                        storage.len,
-                        storage.dtype
-                    ),
-                ));
-            }
-        }
+        check_inside(op, storage, layout)?;
         StridedArg::new(op, layout)
     }
+}
+
+/// Checks that every element `layout` reaches lies inside `storage`: every kernel argument
+/// built from a caller's layout passes through here (or [`StridedArg::for_storage`]) before a
+/// launch, so a bad layout is an error, never a read past a device buffer.
+pub(crate) fn check_inside(op: &'static str, storage: &CudaStorage, layout: &Layout) -> Result<()> {
+    if layout.elem_count() == 0 {
+        return Ok(());
+    }
+    let last = layout
+        .dims()
+        .iter()
+        .zip(layout.strides())
+        .fold(layout.offset(), |end, (&dim, &stride)| {
+            end.saturating_add((dim - 1).saturating_mul(stride))
+        });
+    if last >= storage.len {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "layout {:?} with strides {:?} from offset {} reaches element {last} of a buffer of {} {} elements",
+                layout.dims(),
+                layout.strides(),
+                layout.offset(),
+                storage.len,
+                storage.dtype
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ReduceOp;
 
     #[test]
     fn merging_keeps_row_major_order() -> Result<()> {
@@ -558,6 +569,38 @@ mod tests {
         let n = Layout::contiguous([1, 5, 1]).narrow(1, 2, 3)?;
         let arg = StridedArg::new("t", &n)?;
         assert_eq!((arg.rank, arg.contiguous, arg.offset), (1, 1, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn layouts_past_their_buffer_are_errors() -> Result<()> {
+        let Some(Device::Cuda(ordinal)) = test_device("layouts_past_their_buffer_are_errors")
+        else {
+            return Ok(());
+        };
+        let device = device(ordinal)?;
+        // 6 elements, read as [2, 4]: the last element would be element 7.
+        let data = device.alloc(DType::F32, 6)?;
+        let past = Layout::contiguous([2, 4]);
+        let index = device.alloc(DType::U32, 2)?;
+        let index_layout = Layout::contiguous([2]);
+        let three_indices = Layout::contiguous([3]);
+        let inside = Layout::contiguous([2, 3]);
+        let errors = [
+            reduce::reduce(&data, &past, ReduceOp::Sum, &[1]).err(),
+            reduce::softmax(&data, &past, 1, false).err(),
+            index::cat(&[(&data, &past)], 0).err(),
+            index::index_select(&data, &past, &index, &index_layout, 0).err(),
+            index::index_select(&data, &inside, &index, &three_indices, 0).err(),
+            index::index_add(&data, &inside, &index, &index_layout, &data, &past, 0).err(),
+        ];
+        for (case, error) in errors.into_iter().enumerate() {
+            let message = error.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                message.contains("of a buffer of"),
+                "case {case}: expected a bounds error, got {message:?}"
+            );
+        }
         Ok(())
     }
 

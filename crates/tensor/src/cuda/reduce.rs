@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{driver_error, float_kernel_suffix, registry, CudaDevice, CudaStorage, StridedArg};
+use super::{
+    check_inside, driver_error, float_kernel_suffix, registry, CudaDevice, CudaStorage, StridedArg,
+};
 use crate::{DType, Layout, ReduceOp, Result};
 
 /// Threads a block; kernels/reduce.cu's block-wide combine assumes exactly this many.
@@ -89,6 +91,7 @@ pub(super) fn reduce(
     dims: &[usize],
 ) -> Result<CudaStorage> {
     let suffix = float_kernel_suffix("reduce", s.dtype)?;
+    check_inside("reduce", s, layout)?;
     let (name, partial_dtype) = match op {
         ReduceOp::Sum => ("sum", DType::F64),
         ReduceOp::Max if s.dtype == DType::F64 => ("max", DType::F64),
@@ -180,7 +183,8 @@ fn launch_reduce(
         .arg(&count)
         .arg(&plan.lanes);
     // Safety: the arguments match the kernel's signature in kernels/reduce.cu; it reads only
-    // the elements the two layouts reach (inside `input`, checked by the callers) and writes
+    // the elements the two layouts reach (inside `input`: `reduce` checks its caller's layout
+    // with `check_inside`, and the join's partials are its own) and writes
     // the outputs (or partials) `target` was allocated for.
     unsafe { launch.launch(plan.config) }.map_err(driver_error("reduce"))?;
     Ok(())
@@ -196,6 +200,7 @@ pub(super) fn softmax(
 ) -> Result<CudaStorage> {
     let op = if log { "log_softmax" } else { "softmax" };
     let suffix = float_kernel_suffix("softmax", s.dtype)?;
+    check_inside(op, s, layout)?;
     let device = s.device.clone();
     let mut out = device.alloc(s.dtype, layout.elem_count())?;
     if layout.elem_count() == 0 {

@@ -126,7 +126,8 @@ struct OperandRead {
 /// strides along it and along k. Reads go along whichever dim has unit stride (along k when
 /// both do or neither does: any strides are correct on the scalar path). float4 loads need
 /// that unit stride, a 16-byte-aligned start of every line along it (the other stride and
-/// every batch entry's offset multiples of 4 floats; buffers themselves are 256-byte aligned).
+/// every batch entry's offset multiples of 4 floats; the buffer's own start is checked by the
+/// caller, `GemmOperand::buffer_is_16_byte_aligned`).
 fn operand_read(
     outer: usize,
     k: usize,
@@ -183,8 +184,8 @@ pub(crate) fn gemm_f32(
         b_col_stride: b.col_stride as u64,
         k_per_split: plan.k_per_split as u64,
         splits: plan.splits as u64,
-        a_vector: a_read.vector as u32,
-        b_vector: b_read.vector as u32,
+        a_vector: (a_read.vector && a.buffer_is_16_byte_aligned()) as u32,
+        b_vector: (b_read.vector && b.buffer_is_16_byte_aligned()) as u32,
         epilogue: !split as u32,
         activation,
         slope,

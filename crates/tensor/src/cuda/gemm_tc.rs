@@ -39,8 +39,8 @@ unsafe impl DeviceRepr for GemmTcArg {}
 
 /// How the kernel reads one operand of `rows x cols`: its layout letter (`n` when `cols` is
 /// the contiguous dim, `t` when `rows` is), the other dim's stride, and whether every 16-byte
-/// chunk along the contiguous dim starts 16-byte aligned (buffers start 256-byte aligned, so
-/// the element offsets decide).
+/// chunk along the contiguous dim starts 16-byte aligned (the buffer's start, the batch
+/// entries' offsets and the other dim's stride).
 fn operand_layout(
     name: &str,
     operand: &GemmOperand,
@@ -64,6 +64,7 @@ fn operand_layout(
     let batch = &operand.batch;
     let aligned = |offset: u64| offset.is_multiple_of(per_chunk as u64);
     let vector = (strided_extent == 1 || stride.is_multiple_of(per_chunk))
+        && operand.buffer_is_16_byte_aligned()
         && aligned(batch.offset)
         && batch.strides[..batch.rank as usize]
             .iter()

@@ -3,6 +3,8 @@
 //! tensor-core input precision. Shared by `matmul` (which picks a kernel) and the kernels'
 //! host sides `gemm` and `gemm_tc`.
 
+use cudarc::driver::DevicePtr;
+
 use super::{CudaStorage, StridedArg};
 use crate::Activation;
 
@@ -15,6 +17,17 @@ pub(crate) struct GemmOperand<'a> {
     pub row_stride: usize,
     pub col_stride: usize,
     pub batch: StridedArg,
+}
+
+impl GemmOperand<'_> {
+    /// Whether the operand's buffer starts on a 16-byte boundary, as the kernels' 16-byte
+    /// loads (float4, `cp.async` of 16 bytes) need. The stream-ordered pool hands out buffers
+    /// aligned far more than that, but the kernels must not rest on it: a buffer that is not
+    /// aligned goes the scalar way (the element offsets are checked beside this).
+    pub fn buffer_is_16_byte_aligned(&self) -> bool {
+        let (pointer, _record) = self.storage.buffer.device_ptr(self.storage.device.stream());
+        pointer.is_multiple_of(16)
+    }
 }
 
 /// `[batches] x [m, k] · [k, n]`; all four nonzero (the dispatch handles empty products).

@@ -5,7 +5,8 @@
 //! `KILN_REQUIRE_CUDA=1` makes a missing library a failure. (One arch by default: the files
 //! take about 100 s of compiling per arch on one core, compiled a file per core at a time.)
 //! The sm_90 cubin of elementwise.cu is also checked for every kernel name
-//! src/cuda/elementwise.rs can launch.
+//! src/cuda/elementwise.rs can launch. Each cubin goes into the kernel cache
+//! (`$KILN_CACHE_DIR`), so later processes on a GPU of that arch skip the compile.
 
 mod cuda_common;
 
@@ -32,14 +33,25 @@ fn archs() -> Vec<Arch> {
 
 const SM_90: Arch = Arch { major: 9, minor: 0 };
 
+/// Whether libnvrtc can be used; otherwise `false` after printing why `test` skipped, or a
+/// panic when `KILN_REQUIRE_CUDA=1` (on a GPU machine a skip would hide a missing library).
+fn nvrtc(test: &str) -> bool {
+    match registry::nvrtc_availability() {
+        Ok(()) => true,
+        Err(reason) => {
+            assert!(
+                std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
+                "{test}: KILN_REQUIRE_CUDA=1 but {reason}"
+            );
+            eprintln!("{test}: skipped: {reason}");
+            false
+        }
+    }
+}
+
 #[test]
 fn every_kernel_source_compiles() {
-    if let Err(reason) = registry::nvrtc_availability() {
-        assert!(
-            std::env::var("KILN_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "KILN_REQUIRE_CUDA=1 but {reason}"
-        );
-        eprintln!("skipped: {reason}");
+    if !nvrtc("every_kernel_source_compiles") {
         return;
     }
     let version = registry::nvrtc_version().expect("nvrtc version");
@@ -67,6 +79,10 @@ fn every_kernel_source_compiles() {
                 );
                 // An ELF image: a cubin, not PTX text.
                 assert_eq!(&cubin[..4], b"\x7fELF", "{}.cu for sm_{arch}", source.name);
+                // Later test processes (on a GPU machine, scripts/gpu-check.sh) load it
+                // from the disk cache instead of compiling again.
+                registry::store_in_disk_cache(source, arch, &cubin)
+                    .unwrap_or_else(|e| panic!("{e}"));
                 if source.name == "elementwise" && arch == SM_90 {
                     every_launched_elementwise_kernel_is_in(&cubin);
                 }
@@ -77,8 +93,7 @@ fn every_kernel_source_compiles() {
 
 #[test]
 fn a_compile_error_carries_the_nvrtc_log() {
-    if registry::nvrtc_availability().is_err() {
-        eprintln!("skipped: no libnvrtc");
+    if !nvrtc("a_compile_error_carries_the_nvrtc_log") {
         return;
     }
     let broken = registry::KernelSource {

@@ -172,6 +172,19 @@ pub fn cubin(source: &'static KernelSource, arch: Arch) -> Result<Vec<u8>> {
     Ok(cubin)
 }
 
+/// Puts a `cubin` compiled for `arch` (by [`compile`]) into the disk cache, where [`cubin`]
+/// finds it: the kernel compile test warms the cache so later processes skip NVRTC.
+pub fn store_in_disk_cache(source: &KernelSource, arch: Arch, cubin: &[u8]) -> Result<()> {
+    let Some(dir) = cache_dir() else {
+        return Ok(());
+    };
+    let path = cache_file(&dir, source, arch, nvrtc_version()?);
+    write_atomically(&path, cubin).map_err(|e| Error::Cuda {
+        op: "kernel cache",
+        message: format!("{}: {e}", path.display()),
+    })
+}
+
 /// Writes through a temporary file and a rename, so a process reading the cache never sees
 /// half a cubin, and two processes compiling at once both leave a whole one.
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -105,7 +105,10 @@ pub fn sample(options: SampleOptions) -> Result<String, String> {
 
     let z = match &options.latents {
         Some(path) => {
-            let z = read_latents(path, latent_dim)?;
+            // Read on the host; the model may be on a GPU.
+            let z = read_latents(path, latent_dim)?
+                .to_device(options.device)
+                .map_err(|e| e.to_string())?;
             if let Some(n) = options.n.filter(|&n| n != z.dims()[0]) {
                 return Err(format!(
                     "--n {n} disagrees with the {} latents in {}",

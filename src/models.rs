@@ -106,22 +106,24 @@ pub enum StepMetrics {
     PixelCnn(kiln_autoregressive::StepMetrics),
 }
 
-/// A step's metrics, read back or still on the device (see [`Model::step`]).
+/// A step's metrics still on the device (see [`Model::step`]).
 pub enum PendingStep {
     Gan(kiln_gan::PendingMetrics),
-    Read(StepMetrics),
+    Vae(kiln_vae::PendingMetrics),
+    Ddpm(kiln_diffusion::PendingMetrics),
+    PixelCnn(kiln_autoregressive::PendingMetrics),
 }
 
 impl PendingStep {
-    /// The metrics, reading them back from the device if they are still there.
+    /// The metrics, read back from the device in one transfer.
     pub fn read(&self) -> Result<StepMetrics, String> {
         match self {
-            PendingStep::Gan(pending) => pending
-                .read()
-                .map(StepMetrics::Gan)
-                .map_err(|e| e.to_string()),
-            PendingStep::Read(metrics) => Ok(*metrics),
+            PendingStep::Gan(pending) => pending.read().map(StepMetrics::Gan),
+            PendingStep::Vae(pending) => pending.read().map(StepMetrics::Vae),
+            PendingStep::Ddpm(pending) => pending.read().map(StepMetrics::Ddpm),
+            PendingStep::PixelCnn(pending) => pending.read().map(StepMetrics::PixelCnn),
         }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -285,22 +287,18 @@ impl Model {
         matches!(self.kind(), ModelKind::Gan(a) if a.is_conditional())
     }
 
-    /// One training step on a batch in [`Model::scale`]. A GAN's metrics stay on the device
-    /// until [`PendingStep::read`]; the other models read theirs at once.
+    /// One training step on a batch in [`Model::scale`]. Its metrics stay on the device until
+    /// [`PendingStep::read`], so a step never makes the host wait for a GPU.
     pub fn step(&mut self, batch: &Batch) -> Result<PendingStep, String> {
         match self {
             Model::Gan(trainer) => trainer
                 .step_deferred(&batch.images, &batch.labels)
                 .map(PendingStep::Gan),
-            Model::Vae(trainer) => trainer
-                .step(&batch.images)
-                .map(|m| PendingStep::Read(StepMetrics::Vae(m))),
-            Model::Ddpm(trainer) => trainer
-                .step(&batch.images)
-                .map(|m| PendingStep::Read(StepMetrics::Ddpm(m))),
+            Model::Vae(trainer) => trainer.step_deferred(&batch.images).map(PendingStep::Vae),
+            Model::Ddpm(trainer) => trainer.step_deferred(&batch.images).map(PendingStep::Ddpm),
             Model::PixelCnn(trainer) => trainer
-                .step(&batch.images)
-                .map(|m| PendingStep::Read(StepMetrics::PixelCnn(m))),
+                .step_deferred(&batch.images)
+                .map(PendingStep::PixelCnn),
         }
         .map_err(|e| e.to_string())
     }

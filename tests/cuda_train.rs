@@ -4,14 +4,18 @@
 //! logged value of the CUDA run must stay within 2% (relative to max(1, |CPU value|)) of the
 //! CPU's, and the first step's within 1e-4: a wrong kernel shows up as a jump at once, where
 //! rounding differences grow slowly. FP32 matrix products on both (the default precision).
-//! Also: a training step (its batch included) never makes the host wait for the GPU.
+//! Also: a training step of any model (its batch included) never makes the host wait for the
+//! GPU.
 //! Skipped without a GPU; with `KILN_REQUIRE_CUDA=1`, fails instead.
 
 use std::path::Path;
 
-use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Split};
+use kiln_autoregressive::{PixelCnnConfig, PixelCnnTrainer};
+use kiln_data::{Batch, Dataset, DatasetKind, Loader, LoaderOptions, Scale, Split};
+use kiln_diffusion::{DdpmConfig, DdpmTrainer};
 use kiln_gan::{Architecture, GanConfig, GanTrainer, StepMetrics};
 use kiln_tensor::Device;
+use kiln_vae::{VaeArchitecture, VaeConfig, VaeTrainer};
 
 /// The committed MNIST: beside the sources this was built from, else (a binary carried to a GPU
 /// machine) where `kiln` looks, `$KILN_DATA_DIR` or data/mnist under the working directory.
@@ -89,6 +93,61 @@ fn the_first_fifty_steps_on_cuda_track_the_cpu() {
     }
 }
 
+/// Two warm-up steps (kernels compile and load, the allocator's pool fills), then ten steps on
+/// batches gathered on the device: the host must not wait for the GPU (no readback, no
+/// synchronisation) until the metrics are read; each step's deferred metrics must then read
+/// back finite. `step` takes a batch and returns a closure that reads its metrics and names
+/// the first non-finite one.
+fn never_waits<R: Fn() -> Option<String>>(
+    what: &str,
+    loader: &Loader,
+    mut step: impl FnMut(&Batch) -> R,
+) {
+    let mut batches = loader.epoch(0);
+    for batch in batches.by_ref().take(2) {
+        step(&batch.unwrap());
+    }
+    let before = kiln_tensor::cuda::host_waits();
+    let pending: Vec<R> = batches
+        .by_ref()
+        .take(10)
+        .map(|batch| step(&batch.unwrap()))
+        .collect();
+    assert_eq!(
+        kiln_tensor::cuda::host_waits(),
+        before,
+        "{what}: a step waited for the GPU"
+    );
+    for read in &pending {
+        if let Some(problem) = read() {
+            panic!("{what}: {problem}");
+        }
+    }
+    assert!(kiln_tensor::cuda::host_waits() > before, "reads are waits");
+}
+
+fn loader(dataset: &Dataset, batch_size: usize, scale: Scale, device: Device) -> Loader {
+    let options = LoaderOptions {
+        batch_size,
+        drop_last: true,
+        scale,
+        device,
+        ..Default::default()
+    };
+    Loader::new(dataset, options).unwrap()
+}
+
+/// The first non-finite value of a step's metrics, or a failed read, as a message.
+fn problem<M: std::fmt::Debug>(
+    metrics: Result<M, kiln_nn::NnError>,
+    non_finite: impl Fn(&M) -> Option<(&'static str, f64)>,
+) -> Option<String> {
+    match metrics {
+        Ok(m) => non_finite(&m).map(|(name, value)| format!("{name} is {value} in {m:?}")),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 #[test]
 fn a_training_step_never_waits_for_the_gpu() {
     let Some(gpu) = kiln_tensor::cuda::test_device("a_training_step_never_waits_for_the_gpu")
@@ -98,43 +157,34 @@ fn a_training_step_never_waits_for_the_gpu() {
     let dataset = mnist();
     for architecture in Architecture::ALL {
         let config = GanConfig::new(architecture);
-        let options = LoaderOptions {
-            batch_size: config.batch_size,
-            drop_last: true,
-            device: gpu,
-            ..Default::default()
-        };
-        let loader = Loader::new(&dataset, options).unwrap();
+        let batches = loader(&dataset, config.batch_size, Scale::MinusOneToOne, gpu);
         let mut trainer = GanTrainer::new(config, gpu).unwrap();
-        let mut batches = loader.epoch(0);
-        // Warm up: kernels compile and load, the allocator's pool fills.
-        for batch in batches.by_ref().take(2) {
-            let batch = batch.unwrap();
-            trainer.step(&batch.images, &batch.labels).unwrap();
-        }
-        // Ten steps, batches gathered on the device included: no wait of the host for the GPU
-        // (no readback, no synchronisation) until the metrics are read.
-        let before = kiln_tensor::cuda::host_waits();
-        let pending: Vec<_> = batches
-            .by_ref()
-            .take(10)
-            .map(|batch| {
-                let batch = batch.unwrap();
-                trainer.step_deferred(&batch.images, &batch.labels).unwrap()
-            })
-            .collect();
-        assert_eq!(
-            kiln_tensor::cuda::host_waits(),
-            before,
-            "{architecture}: a step waited for the GPU"
-        );
-        for metrics in &pending {
-            let metrics = metrics.read().unwrap();
-            assert!(
-                metrics.non_finite().is_none(),
-                "{architecture}: {metrics:?}"
-            );
-        }
-        assert!(kiln_tensor::cuda::host_waits() > before, "reads are waits");
+        never_waits(&architecture.to_string(), &batches, |batch| {
+            let pending = trainer.step_deferred(&batch.images, &batch.labels).unwrap();
+            move || problem(pending.read(), |m| m.non_finite())
+        });
     }
+    for architecture in VaeArchitecture::ALL {
+        let config = VaeConfig::new(architecture);
+        let batches = loader(&dataset, config.batch_size, Scale::ZeroToOne, gpu);
+        let mut trainer = VaeTrainer::new(config, gpu).unwrap();
+        never_waits(architecture.name(), &batches, |batch| {
+            let pending = trainer.step_deferred(&batch.images).unwrap();
+            move || problem(pending.read(), |m| m.non_finite())
+        });
+    }
+    let config = DdpmConfig::default();
+    let batches = loader(&dataset, config.batch_size, Scale::MinusOneToOne, gpu);
+    let mut trainer = DdpmTrainer::new(config, gpu).unwrap();
+    never_waits("DDPM", &batches, |batch| {
+        let pending = trainer.step_deferred(&batch.images).unwrap();
+        move || problem(pending.read(), |m| m.non_finite())
+    });
+    let config = PixelCnnConfig::new();
+    let batches = loader(&dataset, config.batch_size, Scale::ZeroToOne, gpu);
+    let mut trainer = PixelCnnTrainer::new(config, gpu).unwrap();
+    never_waits("PixelCNN", &batches, |batch| {
+        let pending = trainer.step_deferred(&batch.images).unwrap();
+        move || problem(pending.read(), |m| m.non_finite())
+    });
 }

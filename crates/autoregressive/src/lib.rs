@@ -14,6 +14,6 @@ mod trainer;
 pub use config::{PixelCnnConfig, PixelLikelihood};
 pub use masked::{MaskType, MaskedConv2d};
 pub use model::{PixelCnn, GREY_LEVELS, IMAGE_SHAPE, PIXELS};
-pub use trainer::{NllReport, PixelCnnTrainer, StepMetrics, MODEL_NAME};
+pub use trainer::{NllReport, PendingMetrics, PixelCnnTrainer, StepMetrics, MODEL_NAME};
 
 pub type Result<T> = std::result::Result<T, kiln_nn::NnError>;

@@ -8,6 +8,7 @@
 //! binarized-MNIST literature, and in bits per dimension.
 
 use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
@@ -34,6 +35,25 @@ impl StepMetrics {
         [("nll", self.nll), ("bits_per_dim", self.bits_per_dim)]
             .into_iter()
             .find(|(_, value)| !value.is_finite())
+    }
+}
+
+/// A step's loss still on the device: a training loop reads it ([`PendingMetrics::read`])
+/// only when it logs.
+#[derive(Debug, Clone)]
+pub struct PendingMetrics {
+    /// `[nll]`.
+    values: DeviceScalars,
+}
+
+impl PendingMetrics {
+    /// The loss, read back from the device.
+    pub fn read(&self) -> Result<StepMetrics> {
+        let nll = self.values.read()?[0];
+        Ok(StepMetrics {
+            nll,
+            bits_per_dim: bits_per_dim(nll),
+        })
     }
 }
 
@@ -124,8 +144,15 @@ impl PixelCnnTrainer {
         }
     }
 
-    /// One training step on a batch of grey `images [B, 1, 28, 28]` in [0, 1].
+    /// One training step on a batch of grey `images [B, 1, 28, 28]` in [0, 1], its loss read
+    /// back at once.
     pub fn step(&mut self, images: &Tensor) -> Result<StepMetrics> {
+        self.step_deferred(images)?.read()
+    }
+
+    /// One training step whose loss stays on the device until read: nothing in it makes the
+    /// host wait for a GPU.
+    pub fn step_deferred(&mut self, images: &Tensor) -> Result<PendingMetrics> {
         image_count("step", images, IMAGE_SHAPE)?;
         let mut binarization = self.binarization.clone();
         let targets = self.targets(images, &mut binarization)?;
@@ -133,10 +160,8 @@ impl PixelCnnTrainer {
         self.optimizer.step(&loss.backward()?)?;
         self.binarization = binarization;
         self.step += 1;
-        let nll = loss.to_f64()?;
-        Ok(StepMetrics {
-            nll,
-            bits_per_dim: bits_per_dim(nll),
+        Ok(PendingMetrics {
+            values: DeviceScalars::new(&[&loss])?,
         })
     }
 

@@ -14,7 +14,7 @@ mod unet;
 
 pub use config::{DdpmConfig, Sampler, MODEL_NAME};
 pub use schedule::NoiseSchedule;
-pub use trainer::{DdpmTrainer, LossReport, StepMetrics};
+pub use trainer::{DdpmTrainer, LossReport, PendingMetrics, StepMetrics};
 pub use unet::{timestep_embedding, UNet, IMAGE_SHAPE};
 
 pub type Result<T> = std::result::Result<T, kiln_nn::NnError>;

@@ -9,6 +9,7 @@
 
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::loss::{mse_loss, Reduction};
+use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
@@ -29,6 +30,22 @@ impl StepMetrics {
     /// The loss, by name, if it is NaN or infinite.
     pub fn non_finite(&self) -> Option<(&'static str, f64)> {
         (!self.loss.is_finite()).then_some(("loss", self.loss))
+    }
+}
+
+/// A step's loss still on the device: a training loop reads it ([`PendingMetrics::read`])
+/// only when it logs.
+#[derive(Debug, Clone)]
+pub struct PendingMetrics {
+    /// `[loss]`.
+    values: DeviceScalars,
+}
+
+impl PendingMetrics {
+    /// The loss, read back from the device.
+    pub fn read(&self) -> Result<StepMetrics> {
+        let values = self.values.read()?;
+        Ok(StepMetrics { loss: values[0] })
     }
 }
 
@@ -148,8 +165,15 @@ impl DdpmTrainer {
         mse_loss(&network.forward(&noisy, t)?, noise, Reduction::Mean)
     }
 
-    /// One training step on a batch of `images [B, 1, 28, 28]` in [-1, 1].
+    /// One training step on a batch of `images [B, 1, 28, 28]` in [-1, 1], its loss read
+    /// back at once.
     pub fn step(&mut self, images: &Tensor) -> Result<StepMetrics> {
+        self.step_deferred(images)?.read()
+    }
+
+    /// One training step whose loss stays on the device until read: nothing in it makes the
+    /// host wait for a GPU (the steps t are drawn on the host, ahead of the device's work).
+    pub fn step_deferred(&mut self, images: &Tensor) -> Result<PendingMetrics> {
         let batch = image_count("step", images, IMAGE_SHAPE)?;
         let mut generator = self.noise.clone();
         let (t, noise) = self.draw(batch, &mut generator)?;
@@ -158,8 +182,8 @@ impl DdpmTrainer {
         self.update_average()?;
         self.noise = generator;
         self.step += 1;
-        Ok(StepMetrics {
-            loss: loss.to_f64()?,
+        Ok(PendingMetrics {
+            values: DeviceScalars::new(&[&loss])?,
         })
     }
 

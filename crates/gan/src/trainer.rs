@@ -13,6 +13,7 @@
 
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::loss::{binary_cross_entropy_with_logits, Reduction};
+use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::NnError;
 use kiln_tensor::rng::stream_seed;
@@ -55,8 +56,8 @@ impl StepMetrics {
 /// steps in between never wait for the GPU.
 #[derive(Debug, Clone)]
 pub struct PendingMetrics {
-    /// `[loss_d, loss_g?, d_real, d_fake, gradient_penalty?]`, f32, on the step's device.
-    values: Tensor,
+    /// `[loss_d, loss_g?, d_real, d_fake, gradient_penalty?]`.
+    values: DeviceScalars,
     has_loss_g: bool,
     has_gradient_penalty: bool,
 }
@@ -69,15 +70,13 @@ impl PendingMetrics {
         d_fake: &Tensor,
         gradient_penalty: Option<&Tensor>,
     ) -> Result<PendingMetrics> {
-        let scalars: Vec<Tensor> = [Some(loss_d), loss_g, Some(d_real), Some(d_fake)]
+        let scalars: Vec<&Tensor> = [Some(loss_d), loss_g, Some(d_real), Some(d_fake)]
             .into_iter()
             .chain([gradient_penalty])
             .flatten()
-            .map(|t| t.detach().to_dtype(DType::F32)?.reshape([1]))
-            .collect::<kiln_tensor::Result<_>>()?;
-        let parts: Vec<&Tensor> = scalars.iter().collect();
+            .collect();
         Ok(PendingMetrics {
-            values: Tensor::cat(&parts, 0)?, // [k]
+            values: DeviceScalars::new(&scalars)?,
             has_loss_g: loss_g.is_some(),
             has_gradient_penalty: gradient_penalty.is_some(),
         })
@@ -85,8 +84,7 @@ impl PendingMetrics {
 
     /// The values, read back from the device in one transfer.
     pub fn read(&self) -> Result<StepMetrics> {
-        let values = self.values.to_vec::<f32>()?;
-        let mut values = values.into_iter().map(f64::from);
+        let mut values = self.values.read()?.into_iter();
         let mut next = || values.next().unwrap_or(f64::NAN);
         Ok(StepMetrics {
             loss_d: next(),

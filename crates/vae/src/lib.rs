@@ -17,6 +17,6 @@ mod trainer;
 pub use config::{Likelihood, VaeArchitecture, VaeConfig};
 pub use elbo::{gaussian_kl_per_image, log_mean_exp, ElboTerms};
 pub use model::{VaeModel, IMAGE_SHAPE, PIXELS};
-pub use trainer::{ElboReport, StepMetrics, VaeTrainer};
+pub use trainer::{ElboReport, PendingMetrics, StepMetrics, VaeTrainer};
 
 pub type Result<T> = std::result::Result<T, kiln_nn::NnError>;

@@ -8,6 +8,7 @@
 //! warm-up steps. Losses are in nats per image, as PyTorch's example reports them.
 
 use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
@@ -39,6 +40,32 @@ impl StepMetrics {
         ]
         .into_iter()
         .find(|(_, value)| !value.is_finite())
+    }
+}
+
+/// A step's measurements still on the device, as [`StepMetrics`] will hold them: a training
+/// loop reads them ([`PendingMetrics::read`], one readback for all) only when it logs.
+#[derive(Debug, Clone)]
+pub struct PendingMetrics {
+    /// `[loss, reconstruction, kl]`.
+    values: DeviceScalars,
+    kl_weight: f64,
+}
+
+impl PendingMetrics {
+    /// The values, read back from the device in one transfer.
+    pub fn read(&self) -> Result<StepMetrics> {
+        let values = self.values.read()?;
+        let [loss, reconstruction, kl] = values[..] else {
+            unreachable!("three scalars were gathered")
+        };
+        Ok(StepMetrics {
+            loss,
+            neg_elbo: reconstruction + kl,
+            reconstruction,
+            kl,
+            kl_weight: self.kl_weight,
+        })
     }
 }
 
@@ -120,8 +147,15 @@ impl VaeTrainer {
         )?)
     }
 
-    /// One training step on a batch of `images [B, 1, 28, 28]` in [0, 1].
+    /// One training step on a batch of `images [B, 1, 28, 28]` in [0, 1], its metrics read
+    /// back at once.
     pub fn step(&mut self, images: &Tensor) -> Result<StepMetrics> {
+        self.step_deferred(images)?.read()
+    }
+
+    /// One training step whose metrics stay on the device until read: nothing in it makes the
+    /// host wait for a GPU.
+    pub fn step_deferred(&mut self, images: &Tensor) -> Result<PendingMetrics> {
         let batch = images.dims().first().copied().unwrap_or(0);
         let mut noise = self.noise.clone();
         let epsilon = self.standard_normal([batch, self.config.latent_dim], &mut noise)?;
@@ -133,12 +167,8 @@ impl VaeTrainer {
         self.optimizer.step(&loss.backward()?)?;
         self.noise = noise;
         self.step += 1;
-        let (reconstruction, kl) = (reconstruction.to_f64()?, kl.to_f64()?);
-        Ok(StepMetrics {
-            loss: loss.to_f64()?,
-            neg_elbo: reconstruction + kl,
-            reconstruction,
-            kl,
+        Ok(PendingMetrics {
+            values: DeviceScalars::new(&[&loss, &reconstruction, &kl])?,
             kl_weight,
         })
     }

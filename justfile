@@ -117,8 +117,8 @@ fixtures:
     ${PYTHON:-python3} tests/fixtures/make_fixtures.py
 
 # Build kiln, the CUDA test binaries and the benches, stripped and packed into target/gpu/, for
-# a GPU machine without Rust; there, `scripts/gpu-check.sh run [parity|bench|sanitize|all]`
-# runs the parity tests with KILN_REQUIRE_CUDA=1, the benches beside PyTorch eager, and
-# compute-sanitizer
+# a GPU machine without Rust; there, `scripts/gpu-check.sh run` runs the parity, train, bench
+# and sanitize stages in about 7 minutes (`run parity:cuda_gemm` reruns one binary) and writes
+# summary.txt and the logs to $OUT
 gpu-build:
     bash scripts/gpu-check.sh build

@@ -476,7 +476,7 @@ fn read_images(path: &Path, n: Option<usize>) -> Result<Tensor, String> {
 
 pub fn write_json(report: &EvalReport, path: &Path) -> Result<(), String> {
     let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    kiln_data::write_file_atomically(path, |out| {
+    kiln_fs::write_file_atomically(path, |out| {
         use std::io::Write;
         out.write_all(text.as_bytes())?;
         out.write_all(b"\n")

@@ -558,7 +558,7 @@ fn latent_options(args: LatentArgs) -> Result<LatentOptions, String> {
 /// `kiln train classifier`: trains kiln-eval's classifier with its default settings (or
 /// --epochs, --batch-size, --lr, --seed) and writes it, by default over the committed one.
 fn classifier_command(args: TrainArgs) -> Result<String, String> {
-    use kiln_eval::classifier::{train, TrainConfig};
+    use kiln_eval::classifier::{train, TrainConfig, TrainProgress};
     let kind = DatasetKind::from(args.source.dataset);
     if parse_device(&args.device)? != Device::Cpu {
         return Err("the classifier trains on the CPU only: use --device cpu".to_string());
@@ -567,7 +567,6 @@ fn classifier_command(args: TrainArgs) -> Result<String, String> {
         return Err("the classifier trains for whole --epochs and does not resume".to_string());
     }
     let mut config = TrainConfig::default_for(kind);
-    config.quiet = args.quiet;
     if let Some(epochs) = args.epochs {
         config.epochs = epochs as usize;
     }
@@ -587,7 +586,38 @@ fn classifier_command(args: TrainArgs) -> Result<String, String> {
         Dataset::load(kind, split, args.source.data_dir.as_deref()).map_err(|e| e.to_string())
     };
     let (train_set, test_set) = (load(Split::Train)?, load(Split::Test)?);
-    let (classifier, report) = train(&config, &train_set, &test_set).map_err(|e| e.to_string())?;
+    let mut progress: Option<kiln_run::Progress> = None;
+    let mut on_progress = |event| match event {
+        TrainProgress::Step {
+            steps,
+            epoch,
+            epochs,
+            loss,
+            ..
+        } => {
+            let bar = progress.get_or_insert_with(|| kiln_run::Progress::new(steps, 0, args.quiet));
+            bar.set_message(format!("epoch {}/{epochs} · loss {loss:.4}", epoch + 1));
+            bar.inc(1);
+        }
+        TrainProgress::Epoch {
+            epoch,
+            train_loss,
+            test_accuracy,
+        } => {
+            if let Some(bar) = &mut progress {
+                bar.println(format!(
+                    "epoch {}: train loss {train_loss:.4}, test accuracy {:.2}%",
+                    epoch + 1,
+                    test_accuracy * 100.0
+                ));
+            }
+        }
+    };
+    let trained = train(&config, &train_set, &test_set, &mut on_progress);
+    if let Some(bar) = &mut progress {
+        bar.finish();
+    }
+    let (classifier, report) = trained.map_err(|e| e.to_string())?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }

@@ -34,36 +34,9 @@ pub use loader::{Batch, Loader, LoaderOptions, Scale};
 
 use std::fs::File;
 use std::io::{self, BufWriter};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
-/// Writes a file so that it appears whole or not at all: `write` fills a temporary file beside
-/// `path`, which is flushed to disk (`sync_all`), renamed over `path`, and then the directory is
-/// flushed so that the rename itself survives a crash. A crash or an error from `write` leaves
-/// the previous `path` as it was; on an error the temporary file is removed. (An error from the
-/// final directory flush comes after the rename: `path` then holds the new contents, but they
-/// may not survive a power loss.)
-///
-/// kiln-nn's checkpoints are written with it too.
-pub fn write_file_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> io::Result<()> {
-    let temporary = temporary_path(path);
-    let result = (|| {
-        let mut out = BufWriter::new(File::create(&temporary)?);
-        write(&mut out)?;
-        out.into_inner()
-            .map_err(io::IntoInnerError::into_error)?
-            .sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if let Err(err) = result {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(err);
-    }
-    sync_directory(path)
-}
+use kiln_fs::write_file_atomically;
 
 /// [`write_file_atomically`], with its error as a [`DataError`] naming `path`.
 pub(crate) fn write_atomically(
@@ -71,73 +44,4 @@ pub(crate) fn write_atomically(
     write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> Result<()> {
     write_file_atomically(path, write).map_err(|err| DataError::io(path, "write", err))
-}
-
-/// Flushes the directory holding `path`, so that a rename into it is on disk.
-#[cfg(unix)]
-fn sync_directory(path: &Path) -> io::Result<()> {
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    File::open(directory)?.sync_all()
-}
-
-/// Windows cannot open a directory as a file to flush it; NTFS journals the rename instead.
-#[cfg(not(unix))]
-fn sync_directory(_path: &Path) -> io::Result<()> {
-    Ok(())
-}
-
-/// `dir/.name.<pid>.<n>.tmp` beside `dir/name`: on the same file system, so the rename is
-/// atomic, and unique to this process and call, so concurrent writers do not share it.
-fn temporary_path(path: &Path) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let call = NEXT.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map_or_else(
-        || "kiln-output".into(),
-        |name| name.to_string_lossy().into_owned(),
-    );
-    path.with_file_name(format!(".{name}.{}.{call}.tmp", std::process::id()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    /// The files in `directory`, sorted.
-    fn listing(directory: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(directory)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn a_failing_write_leaves_the_previous_file_and_no_temporary() {
-        let directory = tempfile::tempdir().unwrap();
-        let path = directory.path().join("out.bin");
-        write_file_atomically(&path, |out| out.write_all(b"first")).unwrap();
-        let err = write_file_atomically(&path, |out| {
-            out.write_all(b"second, half written")?;
-            Err(io::Error::other("injected failure"))
-        })
-        .unwrap_err();
-        assert_eq!(err.to_string(), "injected failure");
-        assert_eq!(std::fs::read(&path).unwrap(), b"first");
-        assert_eq!(listing(directory.path()), ["out.bin"]);
-    }
-
-    #[test]
-    fn a_successful_write_replaces_the_file() {
-        let directory = tempfile::tempdir().unwrap();
-        let path = directory.path().join("out.bin");
-        write_file_atomically(&path, |out| out.write_all(b"first")).unwrap();
-        write_file_atomically(&path, |out| out.write_all(b"second")).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        assert_eq!(listing(directory.path()), ["out.bin"]);
-    }
 }

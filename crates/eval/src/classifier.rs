@@ -19,7 +19,6 @@ use kiln_nn::layers::{
 use kiln_nn::loss::{cross_entropy, Reduction};
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::{Module, ModuleT, NnError, ParamStore, Result};
-use kiln_run::Progress;
 use kiln_tensor::{no_grad, DType, Device, Tensor};
 
 /// Width of the feature layer.
@@ -219,8 +218,6 @@ pub struct TrainConfig {
     pub lr: f64,
     pub lr_decay: f64,
     pub seed: u64,
-    /// No progress bar (log lines instead).
-    pub quiet: bool,
 }
 
 impl TrainConfig {
@@ -237,7 +234,6 @@ impl TrainConfig {
             lr: 1e-3,
             lr_decay: 0.7,
             seed: 0,
-            quiet: false,
         }
     }
 }
@@ -252,12 +248,33 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
+/// What [`train`] reports as it goes, for a progress bar or a log (kiln-eval draws none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrainProgress {
+    /// Batch `step` of `steps` in all (from 1) is done, in epoch `epoch` (from 0) of `epochs`.
+    Step {
+        step: u64,
+        steps: u64,
+        epoch: usize,
+        epochs: usize,
+        loss: f64,
+    },
+    /// Epoch `epoch` (from 0) is done.
+    Epoch {
+        epoch: usize,
+        train_loss: f64,
+        test_accuracy: f64,
+    },
+}
+
 /// Trains a classifier on `train` (cross-entropy, Adam), measuring accuracy on `test` after
-/// every epoch; the returned classifier records the last accuracy.
+/// every epoch and telling `on_progress` after each batch and epoch; the returned classifier
+/// records the last accuracy.
 pub fn train(
     config: &TrainConfig,
     train: &Dataset,
     test: &Dataset,
+    on_progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<(Classifier, TrainReport)> {
     let started = Instant::now();
     let mut classifier = Classifier::new(config.dataset, Device::Cpu, config.seed)?;
@@ -280,7 +297,8 @@ pub fn train(
         },
     )?;
     let per_epoch = loader.batches_per_epoch() as u64;
-    let mut progress = Progress::new(per_epoch * config.epochs as u64, 0, config.quiet);
+    let steps = per_epoch * config.epochs as u64;
+    let mut step = 0;
     let mut report = TrainReport {
         train_loss: Vec::new(),
         test_accuracy: Vec::new(),
@@ -296,24 +314,24 @@ pub fn train(
             adam.step(&loss.backward()?)?;
             let value = loss.to_scalar::<f32>()? as f64;
             total += value;
-            progress.set_message(format!(
-                "epoch {}/{} · loss {value:.4}",
-                epoch + 1,
-                config.epochs
-            ));
-            progress.inc(1);
+            step += 1;
+            on_progress(TrainProgress::Step {
+                step,
+                steps,
+                epoch,
+                epochs: config.epochs,
+                loss: value,
+            });
         }
         let accuracy = classifier.accuracy(test)?;
         report.train_loss.push(total / per_epoch as f64);
         report.test_accuracy.push(accuracy);
-        progress.println(format!(
-            "epoch {}: train loss {:.4}, test accuracy {:.2}%",
-            epoch + 1,
-            total / per_epoch as f64,
-            accuracy * 100.0
-        ));
+        on_progress(TrainProgress::Epoch {
+            epoch,
+            train_loss: total / per_epoch as f64,
+            test_accuracy: accuracy,
+        });
     }
-    progress.finish();
     classifier.test_accuracy = report.test_accuracy.last().copied();
     report.seconds = started.elapsed().as_secs_f64();
     Ok((classifier, report))

@@ -165,11 +165,10 @@ fn a_short_training_learns() {
     let config = TrainConfig {
         epochs: 2,
         batch_size: 64,
-        quiet: true,
         ..TrainConfig::default_for(DatasetKind::Mnist)
     };
     let subset = train.subset(0, 3200).unwrap();
-    let (trained, report) = classifier::train(&config, &subset, &test).unwrap();
+    let (trained, report) = classifier::train(&config, &subset, &test, &mut |_| {}).unwrap();
     eprintln!("after 100 steps: {report:?}");
     let loss = &report.train_loss;
     assert_eq!(loss.len(), 2);
@@ -190,10 +189,9 @@ fn training_is_deterministic_for_a_seed() {
             epochs: 1,
             batch_size: 64,
             seed,
-            quiet: true,
             ..TrainConfig::default_for(DatasetKind::Mnist)
         };
-        let (trained, report) = classifier::train(&config, &train, &test).unwrap();
+        let (trained, report) = classifier::train(&config, &train, &test, &mut |_| {}).unwrap();
         let weights: Vec<(String, Vec<f32>)> = trained
             .store()
             .state_dict()

@@ -231,7 +231,7 @@ impl Checkpoint {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_bytes()?;
-        kiln_data::write_file_atomically(path, |out| out.write_all(&bytes)).map_err(|source| {
+        kiln_fs::write_file_atomically(path, |out| out.write_all(&bytes)).map_err(|source| {
             NnError::Io {
                 path: path.to_path_buf(),
                 action: "write",

@@ -205,7 +205,7 @@ fn a_failed_write_leaves_the_previous_checkpoint_and_no_temporary() {
     next.insert("w", &tensor(vec![3.0f32, 4.0], &[2])).unwrap();
     next.set_step(20);
     let next_bytes = next.to_bytes().unwrap();
-    let err = kiln_data::write_file_atomically(&path, |out| {
+    let err = kiln_fs::write_file_atomically(&path, |out| {
         out.write_all(&next_bytes)?;
         Err(std::io::Error::other("disk full (injected)"))
     })

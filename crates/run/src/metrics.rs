@@ -88,7 +88,7 @@ impl MetricsLog {
         if dropped == 0 {
             return Ok(0);
         }
-        kiln_data::write_file_atomically(&self.path, |out| out.write_all(&kept))
+        kiln_fs::write_file_atomically(&self.path, |out| out.write_all(&kept))
             .map_err(|err| RunError::io(&self.path, "rewrite", err))?;
         // The rename replaced the file: appends must go to the new one.
         *self = MetricsLog::open(&self.path)?;

@@ -61,7 +61,7 @@ pub fn line_plot(
 ) -> Result<()> {
     let path = path.as_ref();
     let canvas = render(title, series, x_label, y_label);
-    kiln_data::write_file_atomically(path, |out| {
+    kiln_fs::write_file_atomically(path, |out| {
         let mut encoder = png::Encoder::new(out, WIDTH as u32, HEIGHT as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);

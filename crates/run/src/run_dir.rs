@@ -87,7 +87,7 @@ impl RunDir {
         let mut json = serde_json::to_vec_pretty(config)
             .map_err(|err| RunError::json(&path, "the config", err))?;
         json.push(b'\n');
-        kiln_data::write_file_atomically(&path, |out| out.write_all(&json))
+        kiln_fs::write_file_atomically(&path, |out| out.write_all(&json))
             .map_err(|err| RunError::io(&path, "write", err))
     }
 }

@@ -185,20 +185,14 @@ pub fn store_in_disk_cache(source: &KernelSource, arch: Arch, cubin: &[u8]) -> R
     })
 }
 
-/// Writes through a temporary file and a rename, so a process reading the cache never sees
-/// half a cubin, and two processes compiling at once both leave a whole one.
+/// Writes a cache file whole or not at all (kiln-fs), so a process reading the cache never
+/// sees half a cubin, and two processes compiling at once both leave a whole one.
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let temporary = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("kernel"),
-        std::process::id()
-    ));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    kiln_fs::write_file_atomically(path, |out| out.write_all(bytes))
 }
 
 /// Compiles `source` (with the prelude) for `arch` with NVRTC, ignoring every cache. A compile

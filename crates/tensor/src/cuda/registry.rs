@@ -1,4 +1,5 @@
-//! The kernel registry: every `kernels/*.cu` source, embedded in the binary, compiled by NVRTC
+//! The kernel registry: every `kernels/*.cu` source (the kiln-kernels crate's strings, embedded
+//! in the binary), compiled by NVRTC
 //! to a cubin for a device's compute capability on first use and cached in memory and on disk.
 //! The disk cache (`$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln/kernels`, else
 //! `~/.cache/kiln/kernels`) is keyed by a hash of the source, the arch, the NVRTC version and
@@ -17,40 +18,32 @@ use cudarc::nvrtc::{result, sys};
 use super::Arch;
 use crate::{Error, Result};
 
-/// One kernel source file.
-#[derive(Debug)]
-pub struct KernelSource {
-    /// The file's stem, e.g. `elementwise` for kernels/elementwise.cu.
-    pub name: &'static str,
-    pub code: &'static str,
-}
+/// One kernel source file: its stem (`elementwise` for kernels/elementwise.cu) and its text.
+pub use kiln_kernels::Source as KernelSource;
 
-const PRELUDE: &str = include_str!("../../kernels/common.cuh");
+const PRELUDE: &str = kiln_kernels::PRELUDE;
 
 macro_rules! kernel_sources {
-    ($($constant:ident = $name:literal),* $(,)?) => {
-        $(pub(crate) static $constant: KernelSource = KernelSource {
-            name: $name,
-            code: include_str!(concat!("../../kernels/", $name, ".cu")),
-        };)*
+    ($($constant:ident),* $(,)?) => {
+        $(pub(crate) static $constant: KernelSource = kiln_kernels::$constant;)*
         /// Every kernel source, for compiling them all (tests, `kiln info --compile`).
         pub static ALL: &[&KernelSource] = &[$(&$constant),*];
     };
 }
 
 kernel_sources! {
-    ELEMENTWISE = "elementwise",
-    REDUCE = "reduce",
-    INDEX = "index",
-    CONV = "conv",
-    POOL = "pool",
-    MATMUL = "matmul",
-    GEMM = "gemm",
-    GEMM_TC = "gemm_tc",
-    OPTIM = "optim",
-    NORM = "norm",
-    LOSS = "loss",
-    RNG = "rng",
+    ELEMENTWISE,
+    REDUCE,
+    INDEX,
+    CONV,
+    POOL,
+    MATMUL,
+    GEMM,
+    GEMM_TC,
+    OPTIM,
+    NORM,
+    LOSS,
+    RNG,
 }
 
 /// Options every source is compiled with. `--std=c++17` for `if constexpr`; no fast math, so

@@ -1,8 +1,8 @@
 //! The fused batch norm (`Tensor::batch_norm_train`) and binary cross-entropy with logits
 //! (`Tensor::bce_with_logits`) on the CPU against the compositions of tensor ops they replace
 //! (kiln-nn's formulas before the fusion, written out here): values and gradients. Gradient
-//! checks by finite differences are in the root package's tests/gradcheck.rs and
-//! tests/higher_order.rs.
+//! checks by finite differences are in gradcheck.rs and higher_order.rs beside
+//! this file.
 
 use kiln_tensor::{DType, Device, Result, Tensor, Var};
 

@@ -2,7 +2,8 @@
 //! from their definitions (PyTorch's docs for `conv2d`, `conv_transpose2d`, `max_pool2d`,
 //! `avg_pool2d` with `count_include_pad=True`, and `interpolate(mode="nearest")`), over random
 //! configurations, in f64 and f32; and the errors for shapes that do not fit. The gradients are
-//! checked in tests/gradcheck.rs, and PyTorch's own numbers in tests/nn_parity.rs.
+//! checked in gradcheck.rs beside this file, and PyTorch's own numbers in the root package's
+//! tests/nn_parity.rs.
 
 use kiln_tensor::{
     Conv2dOptions, ConvTranspose2dOptions, DType, Device, Pool2dOptions, Result, Tensor,

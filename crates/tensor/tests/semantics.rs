@@ -3,7 +3,7 @@
 //! Every expected value here is worked out by hand (small cases, noted in comments), by a
 //! closed form (e.g. sigmoid(ln 3) = 3 / 4), or by a plain loop written in this file; none is
 //! copied from kiln's own output. Gradients here are the hand-derivable basics; the finite
-//! difference checks of every backward rule are in `tests/gradcheck.rs`.
+//! difference checks of every backward rule are in `gradcheck.rs` beside this file.
 
 use kiln_tensor::{no_grad, Activation, DType, Device, Error, MatmulPrecision, Tensor, Var};
 use proptest::prelude::*;

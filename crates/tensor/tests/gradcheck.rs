@@ -414,7 +414,7 @@ proptest! {
     #[test]
     fn max((x, dims) in input_and_dims(any_value()), keepdim in any::<bool>()) {
         // Broadcast views repeat values, so maxima tie; ties split the gradient, which finite
-        // differences cannot see. Only views without repeats here (ties: tests/semantics.rs).
+        // differences cannot see. Only views without repeats here (ties: semantics.rs).
         prop_assume!(!matches!(x.view, View::Broadcast) || x.shape.first().is_none_or(|&d| d == 1));
         check(&[&x], |t| t[0].max(&dims, keepdim))?;
     }

@@ -381,14 +381,21 @@ fn auto_device() -> Device {
 
 #[derive(Args)]
 struct DataSource {
-    /// Which dataset.
-    #[arg(long, value_enum, default_value_t = DatasetArg::Mnist)]
-    dataset: DatasetArg,
+    /// Which dataset (default mnist; resuming a run, the one it trained on).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetArg>,
     /// The directory holding the dataset's IDX files (or a `mnist`/`fashion-mnist` folder of
     /// them). Default: $KILN_DATA_DIR, else data/mnist for MNIST and
     /// /usr/share/datasets/fashion-mnist or data/fashion-mnist for Fashion-MNIST.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+impl DataSource {
+    /// `--dataset`, MNIST when not given.
+    fn kind(&self) -> DatasetKind {
+        self.dataset.map_or(DatasetKind::Mnist, DatasetKind::from)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -525,7 +532,7 @@ fn train_command(args: TrainArgs) -> Result<Finish, String> {
     };
     train::train(TrainOptions {
         model,
-        dataset: args.source.dataset.into(),
+        dataset: args.source.dataset.map(DatasetKind::from),
         data_dir: args.source.data_dir,
         device: parse_device(&args.device)?,
         epochs: args.epochs,
@@ -559,7 +566,7 @@ fn latent_options(args: LatentArgs) -> Result<LatentOptions, String> {
 /// --epochs, --batch-size, --lr, --seed) and writes it, by default over the committed one.
 fn classifier_command(args: TrainArgs) -> Result<String, String> {
     use kiln_eval::classifier::{train, TrainConfig, TrainProgress};
-    let kind = DatasetKind::from(args.source.dataset);
+    let kind = args.source.kind();
     if parse_device(&args.device)? != Device::Cpu {
         return Err("the classifier trains on the CPU only: use --device cpu".to_string());
     }
@@ -667,7 +674,7 @@ fn sample_command(args: SampleArgs) -> Result<String, String> {
 fn data_command(command: DataCommand) -> Result<String, String> {
     match command {
         DataCommand::Info(source) => {
-            let kind = DatasetKind::from(source.dataset);
+            let kind = source.kind();
             let mut report = format!("{:<10}{kind}\n", "dataset:");
             for split in [Split::Train, Split::Test] {
                 let dataset = Dataset::load(kind, split, source.data_dir.as_deref())
@@ -695,7 +702,7 @@ fn data_command(command: DataCommand) -> Result<String, String> {
             columns,
             out,
         } => {
-            let (kind, split) = (DatasetKind::from(source.dataset), Split::from(split));
+            let (kind, split) = (source.kind(), Split::from(split));
             if columns == 0 {
                 return Err("--columns must be at least 1".to_string());
             }

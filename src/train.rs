@@ -24,7 +24,8 @@ use crate::models::{Model, ModelKind, StepMetrics};
 /// What `kiln train` was asked to do (the parsed command line).
 pub struct TrainOptions {
     pub model: ModelKind,
-    pub dataset: DatasetKind,
+    /// `--dataset`, if given: a fresh run's default is MNIST, a resumed run's the checkpoint's.
+    pub dataset: Option<DatasetKind>,
     pub data_dir: Option<PathBuf>,
     pub device: Device,
     pub epochs: Option<u64>,
@@ -47,6 +48,13 @@ pub struct TrainOptions {
     pub pixel_likelihood: Option<PixelLikelihood>,
     /// The DDPM's U-Net widths (3) or the PixelCNN's hidden channels (1).
     pub channels: Option<Vec<usize>>,
+}
+
+impl TrainOptions {
+    /// The dataset the run trains on (after [`train`] has settled a resumed run's).
+    fn dataset(&self) -> DatasetKind {
+        self.dataset.unwrap_or(DatasetKind::Mnist)
+    }
 }
 
 /// `kiln train vae|conv-vae`'s own settings (`None`: the model's default).
@@ -186,7 +194,7 @@ struct MetricsRecord {
     elapsed_s: f64,
 }
 
-pub fn train(options: TrainOptions) -> Result<Finish, String> {
+pub fn train(mut options: TrainOptions) -> Result<Finish, String> {
     let started = Instant::now();
     check_device(options.device)?;
     if options.vae.any() && !matches!(options.model, ModelKind::Vae(_)) {
@@ -216,10 +224,14 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     }
     // The checkpoint first: a wrong path or another model's checkpoint fails before any work.
     let mut model = match &options.resume {
-        Some(path) => resume(&options, path)?,
+        Some(path) => {
+            let (model, trained_on) = resume(&options, path)?;
+            options.dataset = Some(trained_on);
+            model
+        }
         None => new_model(&options)?,
     };
-    let dataset = Dataset::load(options.dataset, Split::Train, options.data_dir.as_deref())
+    let dataset = Dataset::load(options.dataset(), Split::Train, options.data_dir.as_deref())
         .map_err(|e| e.to_string())?;
     // A VAE measures its test negative ELBO at every epoch's end.
     let test_images = match model {
@@ -262,7 +274,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     run.write_config(&RunRecord {
         kiln_version: env!("CARGO_PKG_VERSION"),
         model: model.config_json()?,
-        dataset: options.dataset.name(),
+        dataset: options.dataset().name(),
         data_dir: dataset.dir().display().to_string(),
         device: options.device.to_string(),
         steps_per_epoch: per_epoch,
@@ -282,7 +294,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     progress.println(format!(
         "training {} on {} ({} images, {per_epoch} steps of {batch_size} per epoch) on {}; run folder {}{}",
         options.model,
-        options.dataset.name(),
+        options.dataset().name(),
         dataset.len(),
         options.device,
         out.display(),
@@ -300,7 +312,7 @@ pub fn train(options: TrainOptions) -> Result<Finish, String> {
     let mut evaluator = None;
     let mut last_saved = (start > 0).then_some(start);
     let mut last = None;
-    let dataset_name = options.dataset.name();
+    let dataset_name = options.dataset().name();
     let save = |model: &Model| -> Result<(), String> {
         let mut checkpoint = model.checkpoint()?;
         // Which data the run learned, so `kiln eval` compares with the right dataset.
@@ -442,7 +454,7 @@ pub(crate) fn test_line(report: &ElboReport) -> String {
 
 /// The test split of the run's dataset as one tensor `[N, 1, 28, 28]` in `scale`.
 fn test_split(options: &TrainOptions, scale: Scale) -> Result<Tensor, String> {
-    let test = Dataset::load(options.dataset, Split::Test, options.data_dir.as_deref())
+    let test = Dataset::load(options.dataset(), Split::Test, options.data_dir.as_deref())
         .map_err(|e| e.to_string())?;
     crate::eval::split_images(&test, scale, options.device)
 }
@@ -517,7 +529,7 @@ fn score(
         if evaluator.is_none() {
             let data_dir = options.data_dir.as_deref();
             *evaluator = Some(Evaluator::new(
-                options.dataset,
+                options.dataset(),
                 data_dir,
                 None,
                 options.device,
@@ -610,8 +622,10 @@ pub(crate) fn check_device(device: Device) -> Result<(), String> {
     }
 }
 
-/// The run of the checkpoint at `path`, which must hold the model asked for.
-fn resume(options: &TrainOptions, path: &Path) -> Result<Model, String> {
+/// The run of the checkpoint at `path`, which must hold the model asked for, and the dataset
+/// it trained on, which `--dataset` may name but not change (a checkpoint without the record,
+/// from before kiln kept it, trained on MNIST).
+fn resume(options: &TrainOptions, path: &Path) -> Result<(Model, DatasetKind), String> {
     let checkpoint = Checkpoint::load(path).map_err(|e| e.to_string())?;
     let context = path.display().to_string();
     let kind = ModelKind::of_checkpoint(&checkpoint, &context)?;
@@ -633,7 +647,18 @@ fn resume(options: &TrainOptions, path: &Path) -> Result<Model, String> {
                 .to_string(),
         );
     }
-    Model::from_checkpoint(&checkpoint, options.device, &context)
+    let trained_on = match checkpoint.meta(DATASET_KEY) {
+        Some(name) => DatasetKind::from_name(name)
+            .ok_or_else(|| format!("{context}: trained on an unknown dataset `{name}`"))?,
+        None => DatasetKind::Mnist,
+    };
+    if let Some(asked) = options.dataset.filter(|&asked| asked != trained_on) {
+        return Err(format!(
+            "--dataset {asked}: {context} trained on {trained_on}; leave --dataset out to continue on it"
+        ));
+    }
+    let model = Model::from_checkpoint(&checkpoint, options.device, &context)?;
+    Ok((model, trained_on))
 }
 
 /// The run folder: --out; or, resuming `runs/x/checkpoints/latest.safetensors`, `runs/x`; or

@@ -361,3 +361,65 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         "the checkpoint was overwritten"
     );
 }
+
+#[test]
+fn a_resumed_run_keeps_the_dataset_it_trained_on() {
+    // MNIST images given as Fashion-MNIST (which may not be installed): the loop takes
+    // --dataset and --data-dir at their word.
+    let dir = tempfile::tempdir().unwrap();
+    let fashion = common::mnist_subset(dir.path(), 256, 64);
+    let run = dir.path().join("run");
+    let data = [
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        path_str(&fashion),
+    ];
+    assert!(train(&run, &[&["--steps", "2"][..], &data].concat())
+        .status
+        .success());
+    let checkpoint = run.join("checkpoints/latest.safetensors");
+    // Resumed without --dataset: on Fashion-MNIST still, as the run folder and checkpoint say.
+    let resumed = kiln(
+        &[
+            "train",
+            "gan",
+            "--quiet",
+            "--eval-samples",
+            "0",
+            "--steps",
+            "4",
+            "--data-dir",
+            path_str(&fashion),
+            "--resume",
+            path_str(&checkpoint),
+        ],
+        &[],
+    );
+    assert!(resumed.status.success(), "{resumed:?}");
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(
+        config.contains("\"dataset\": \"fashion-mnist\""),
+        "{config}"
+    );
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stderr.contains("on fashion-mnist"), "{stderr}");
+    // Resumed with another --dataset: refused, naming both.
+    let m = error_line(&kiln(
+        &[
+            "train",
+            "gan",
+            "--steps",
+            "6",
+            "--dataset",
+            "mnist",
+            "--resume",
+            path_str(&checkpoint),
+        ],
+        &[],
+    ));
+    assert!(
+        m.contains("--dataset mnist") && m.contains("trained on fashion-mnist"),
+        "{m}"
+    );
+}

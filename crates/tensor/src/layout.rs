@@ -44,6 +44,21 @@ impl Layout {
     }
 
     /// Row-major with no gaps (dims of size 1 may have any stride).
+    /// The `[N, C, H, W]` of a rank-4 layout (images, conv weights), or an error naming `op`:
+    /// what the image kernels of every backend take.
+    pub(crate) fn image_dims(&self, op: &'static str) -> Result<[usize; 4]> {
+        match *self.dims() {
+            [n, c, h, w] => Ok([n, c, h, w]),
+            _ => Err(Error::invalid(
+                op,
+                format!(
+                    "expected a rank-4 [N, C, H, W] layout, got {}",
+                    self.shape()
+                ),
+            )),
+        }
+    }
+
     pub fn is_contiguous(&self) -> bool {
         let mut expected = 1;
         for (&dim, &stride) in self.dims().iter().zip(&self.strides).rev() {

@@ -1,17 +1,64 @@
 //! A tensor's elements on whichever device holds them. The tensor layer talks only to this
-//! enum, which forwards each primitive to the backend of its device.
+//! enum, which makes storage on a device (from host data, filled, or drawn from the Philox
+//! stream) and forwards each primitive to the backend of its device: the one place in the
+//! crate that names both backends.
+
+use std::sync::Arc;
 
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
-use crate::cuda::CudaStorage;
+use crate::cuda::{CudaDevice, CudaStorage};
+use crate::rng::Distribution;
 use crate::{
-    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result, UnaryOp,
+    AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, Layout, ReduceOp, Result,
+    UnaryOp,
 };
 
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
     Cuda(CudaStorage),
+}
+
+/// A draw from the Philox stream, for [`Storage::random`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Draw {
+    /// Uniform in [0, 1).
+    Uniform,
+    Normal {
+        mean: f64,
+        std: f64,
+    },
+}
+
+impl Draw {
+    pub(crate) fn distribution(self) -> Distribution {
+        match self {
+            Draw::Uniform => Distribution::Uniform,
+            Draw::Normal { .. } => Distribution::Normal,
+        }
+    }
+}
+
+/// The elements a layout selects, on the host: a CPU tensor's storage as it is (the layout
+/// still to apply), or a GPU tensor's selection copied over, compact from element 0.
+pub(crate) enum HostElements<'a> {
+    InPlace(&'a CpuStorage),
+    Compact(CpuStorage),
+}
+
+/// The CUDA device behind `device`, set up on first use; `DeviceUnavailable` (naming `op`
+/// and why: no driver, no such device) when it cannot be used. `None` for the CPU.
+fn cuda_device(op: &'static str, device: Device) -> Result<Option<Arc<CudaDevice>>> {
+    match device {
+        Device::Cpu => Ok(None),
+        Device::Cuda(ordinal) => crate::cuda::device(ordinal).map(Some).map_err(|e| match e {
+            Error::DeviceUnavailable { device, reason, .. } => {
+                Error::DeviceUnavailable { op, device, reason }
+            }
+            other => other,
+        }),
+    }
 }
 
 /// The error for operands on different backends, which the tensor layer rules out first.
@@ -62,6 +109,94 @@ macro_rules! forward {
 }
 
 impl Storage {
+    /// Checks that `device` can hold tensors (a GPU: driver, device), naming `op` if not.
+    pub(crate) fn check_device(op: &'static str, device: Device) -> Result<()> {
+        cuda_device(op, device).map(drop)
+    }
+
+    /// `host` on `device` (uploaded to a GPU).
+    pub(crate) fn from_host(op: &'static str, host: CpuStorage, device: Device) -> Result<Storage> {
+        Ok(match cuda_device(op, device)? {
+            None => Storage::Cpu(host),
+            Some(cuda) => Storage::Cuda(CudaStorage::from_cpu(&cuda, &host)?),
+        })
+    }
+
+    /// `len` elements `value` (rounded to `dtype`) on `device`.
+    pub(crate) fn full(
+        op: &'static str,
+        value: f64,
+        len: usize,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Storage> {
+        Ok(match cuda_device(op, device)? {
+            None => Storage::Cpu(CpuStorage::full(value, len, dtype)),
+            Some(cuda) => Storage::Cuda(CudaStorage::full(&cuda, value, len, dtype)?),
+        })
+    }
+
+    /// `len` samples of `draw` (a float `dtype`; f16/bf16 are drawn as f32 and rounded) from
+    /// the Philox stream `seed` starting at word `offset`, on `device`: the same numbers on
+    /// every device (crate::rng on the host, kernels/rng.cu on a GPU).
+    pub(crate) fn random(
+        op: &'static str,
+        draw: Draw,
+        len: usize,
+        dtype: DType,
+        (seed, offset): (u64, u64),
+        device: Device,
+    ) -> Result<Storage> {
+        let cuda = cuda_device(op, device)?;
+        if !dtype.is_float() {
+            return Err(Error::UnsupportedDType { op, dtype });
+        }
+        if let Some(cuda) = cuda {
+            let storage = match draw {
+                Draw::Uniform => crate::cuda::rng::uniform(&cuda, dtype, len, seed, offset)?,
+                Draw::Normal { mean, std } => {
+                    crate::cuda::rng::normal(&cuda, dtype, len, mean, std, seed, offset)?
+                }
+            };
+            return Ok(Storage::Cuda(storage));
+        }
+        use crate::rng::{fill_normal_f32, fill_normal_f64, fill_uniform_f32, fill_uniform_f64};
+        let host = if dtype == DType::F64 {
+            let mut out = vec![0.0; len];
+            match draw {
+                Draw::Uniform => fill_uniform_f64(seed, offset, &mut out),
+                Draw::Normal { mean, std } => fill_normal_f64(seed, offset, mean, std, &mut out),
+            }
+            CpuStorage::from_vec(out)
+        } else {
+            let mut out = vec![0.0; len];
+            match draw {
+                Draw::Uniform => fill_uniform_f32(seed, offset, &mut out),
+                Draw::Normal { mean, std } => {
+                    fill_normal_f32(seed, offset, mean as f32, std as f32, &mut out)
+                }
+            }
+            let f32s = CpuStorage::from_vec(out);
+            match dtype {
+                DType::F32 => f32s,
+                _ => f32s.to_dtype(&Layout::contiguous([len]), dtype)?,
+            }
+        };
+        Ok(Storage::Cpu(host))
+    }
+
+    /// The elements `layout` selects, on the host. From a GPU only those elements cross the
+    /// bus.
+    pub(crate) fn host_elements(&self, layout: &Layout) -> Result<HostElements<'_>> {
+        Ok(match self {
+            Storage::Cpu(cpu) => HostElements::InPlace(cpu),
+            Storage::Cuda(cuda) if layout.is_contiguous() && layout.offset() == 0 => {
+                HostElements::Compact(cuda.to_cpu()?)
+            }
+            Storage::Cuda(cuda) => HostElements::Compact(cuda.copy_strided(layout)?.to_cpu()?),
+        })
+    }
+
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),

@@ -6,12 +6,10 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
-use crate::cuda::CudaStorage;
 use crate::op::Op;
-use crate::rng::{Distribution, Generator};
-use crate::storage::Storage;
+use crate::rng::Generator;
+use crate::storage::{Draw, HostElements, Storage};
 use crate::{DType, Device, Error, Layout, Result, Shape, WithDType};
 
 /// A process-unique tensor identity, the key of a `Gradients` map.
@@ -100,20 +98,6 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The CUDA device behind `device`, set up on first use; `DeviceUnavailable` (naming `op`
-/// and why: no driver, no such device) when it cannot be used. `None` for the CPU.
-fn cuda_device(op: &'static str, device: Device) -> Result<Option<Arc<crate::cuda::CudaDevice>>> {
-    match device {
-        Device::Cpu => Ok(None),
-        Device::Cuda(ordinal) => crate::cuda::device(ordinal).map(Some).map_err(|e| match e {
-            Error::DeviceUnavailable { device, reason, .. } => {
-                Error::DeviceUnavailable { op, device, reason }
-            }
-            other => other,
-        }),
-    }
-}
-
 impl Tensor {
     fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, op: Option<Op>) -> Tensor {
         let (dtype, device) = {
@@ -168,7 +152,7 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let cuda = cuda_device("from_vec", device)?;
+        Storage::check_device("from_vec", device)?;
         if data.len() != shape.checked_elem_count("from_vec", 1)? {
             return Err(Error::invalid(
                 "from_vec",
@@ -179,11 +163,7 @@ impl Tensor {
                 ),
             ));
         }
-        let host = CpuStorage::from_vec(data);
-        let storage = match cuda {
-            None => Storage::Cpu(host),
-            Some(cuda) => Storage::Cuda(CudaStorage::from_cpu(&cuda, &host)?),
-        };
+        let storage = Storage::from_host("from_vec", CpuStorage::from_vec(data), device)?;
         Ok(Tensor::from_storage(storage, shape, None))
     }
 
@@ -208,12 +188,9 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let cuda = cuda_device("full", device)?;
+        Storage::check_device("full", device)?;
         let len = shape.checked_elem_count("full", dtype.size_in_bytes())?;
-        let storage = match cuda {
-            None => Storage::Cpu(CpuStorage::full(value, len, dtype)),
-            Some(cuda) => Storage::Cuda(CudaStorage::full(&cuda, value, len, dtype)?),
-        };
+        let storage = Storage::full("full", value, len, dtype, device)?;
         Ok(Tensor::from_storage(storage, shape, None))
     }
 
@@ -251,22 +228,14 @@ impl Tensor {
         device: Device,
         generator: &mut Generator,
     ) -> Result<Tensor> {
-        let shape = shape.into();
-        let cuda = cuda_device("rand", device)?;
-        let n = shape.checked_elem_count("rand", 8)?;
-        if let (Some(cuda), true) = (cuda, dtype.is_float()) {
-            // The same words of the same stream as the CPU draw below.
-            let offset = generator.advance_for(Distribution::Uniform, dtype, n);
-            let storage = crate::cuda::rng::uniform(&cuda, dtype, n, generator.seed(), offset)?;
-            return Ok(Tensor::from_storage(Storage::Cuda(storage), shape, None));
-        }
-        match dtype {
-            DType::F64 => Tensor::from_vec(generator.uniform_f64(n), shape, device),
-            DType::F32 | DType::F16 | DType::BF16 => {
-                Tensor::from_vec(generator.uniform_f32(n), shape, device)?.to_dtype(dtype)
-            }
-            DType::U8 | DType::U32 => Err(Error::UnsupportedDType { op: "rand", dtype }),
-        }
+        Tensor::random(
+            "rand",
+            Draw::Uniform,
+            shape.into(),
+            dtype,
+            device,
+            generator,
+        )
     }
 
     /// Normal samples with `mean` and `std` from `generator`'s Philox stream.
@@ -278,25 +247,27 @@ impl Tensor {
         device: Device,
         generator: &mut Generator,
     ) -> Result<Tensor> {
-        let shape = shape.into();
-        let cuda = cuda_device("randn", device)?;
-        let n = shape.checked_elem_count("randn", 8)?;
-        if let (Some(cuda), true) = (cuda, dtype.is_float()) {
-            let offset = generator.advance_for(Distribution::Normal, dtype, n);
-            let storage =
-                crate::cuda::rng::normal(&cuda, dtype, n, mean, std, generator.seed(), offset)?;
-            return Ok(Tensor::from_storage(Storage::Cuda(storage), shape, None));
+        let draw = Draw::Normal { mean, std };
+        Tensor::random("randn", draw, shape.into(), dtype, device, generator)
+    }
+
+    /// `shape` filled by `draw` from `generator`'s stream, which moves past the words used.
+    fn random(
+        op: &'static str,
+        draw: Draw,
+        shape: Shape,
+        dtype: DType,
+        device: Device,
+        generator: &mut Generator,
+    ) -> Result<Tensor> {
+        Storage::check_device(op, device)?;
+        let n = shape.checked_elem_count(op, 8)?;
+        if !dtype.is_float() {
+            return Err(Error::UnsupportedDType { op, dtype });
         }
-        match dtype {
-            DType::F64 => Tensor::from_vec(generator.normal_f64(n, mean, std), shape, device),
-            DType::F32 | DType::F16 | DType::BF16 => Tensor::from_vec(
-                generator.normal_f32(n, mean as f32, std as f32),
-                shape,
-                device,
-            )?
-            .to_dtype(dtype),
-            DType::U8 | DType::U32 => Err(Error::UnsupportedDType { op: "randn", dtype }),
-        }
+        let offset = generator.advance_for(draw.distribution(), dtype, n);
+        let storage = Storage::random(op, draw, n, dtype, (generator.seed(), offset), device)?;
+        Ok(Tensor::from_storage(storage, shape, None))
     }
 
     // ---- accessors ----
@@ -365,29 +336,18 @@ impl Tensor {
             });
         }
         let storage = self.storage();
-        let host;
-        let cpu = match &*storage {
-            Storage::Cpu(cpu) => cpu,
-            Storage::Cuda(cuda) => {
-                // Only the elements the layout selects cross the bus.
-                let selected = if self.is_contiguous() && self.layout().offset() == 0 {
-                    cuda.to_cpu()?
-                } else {
-                    cuda.copy_strided(self.layout())?.to_cpu()?
-                };
-                host = selected;
-                &host
+        let expect = "dtype checked against the storage above";
+        Ok(match storage.host_elements(self.layout())? {
+            HostElements::Compact(host) => {
+                host.as_slice::<T>().expect(expect)[..self.elem_count()].to_vec()
             }
-        };
-        let data = cpu
-            .as_slice::<T>()
-            .expect("dtype checked against the storage above");
-        if matches!(&*storage, Storage::Cuda(_)) {
-            return Ok(data[..self.elem_count()].to_vec());
-        }
-        Ok(match self.layout().contiguous_range() {
-            Some(range) => data[range].to_vec(),
-            None => crate::cpu::map1(data, self.layout(), |x| x),
+            HostElements::InPlace(cpu) => {
+                let data = cpu.as_slice::<T>().expect(expect);
+                match self.layout().contiguous_range() {
+                    Some(range) => data[range].to_vec(),
+                    None => crate::cpu::map1(data, self.layout(), |x| x),
+                }
+            }
         })
     }
 

@@ -822,7 +822,7 @@ impl BackendStorage for CpuStorage {
         out_height: usize,
         out_width: usize,
     ) -> Result<Self> {
-        let dims = image_dims("upsample_nearest2d", layout)?;
+        let dims = layout.image_dims("upsample_nearest2d")?;
         check_resize("upsample_nearest2d", dims, [out_height, out_width])?;
         Ok(map_any!(self, data => {
             pool::upsample_nearest2d(&index::row_major(data, layout), dims, [out_height, out_width])
@@ -836,7 +836,7 @@ impl BackendStorage for CpuStorage {
         width: usize,
     ) -> Result<Self> {
         let [batch, channels, out_height, out_width] =
-            image_dims("upsample_nearest2d_backward", layout)?;
+            layout.image_dims("upsample_nearest2d_backward")?;
         check_resize(
             "upsample_nearest2d_backward",
             [batch, channels, height, width],
@@ -972,19 +972,5 @@ impl BackendStorage for CpuStorage {
                 (self.same_typed(OP, grad)?, grad_layout),
             )
         }))
-    }
-}
-
-/// The `[N, C, H, W]` of a rank-4 layout, or an error naming `op`.
-pub(crate) fn image_dims(op: &'static str, layout: &Layout) -> Result<[usize; 4]> {
-    match *layout.dims() {
-        [n, c, h, w] => Ok([n, c, h, w]),
-        _ => Err(Error::invalid(
-            op,
-            format!(
-                "expected a rank-4 [N, C, H, W] layout, got {}",
-                layout.shape()
-            ),
-        )),
     }
 }

@@ -7,7 +7,6 @@ use cudarc::driver::{DeviceRepr, PushKernelArg};
 
 use super::conv::{checked_input, launch_image_kernel, GeometryArg};
 use super::{driver_error, float_only, registry, CudaStorage};
-use crate::cpu::image_dims;
 use crate::ops::conv::check_resize;
 use crate::{Conv2dGeometry, DType, Error, Layout, Result, Shape};
 
@@ -179,7 +178,7 @@ pub(super) fn upsample_nearest2d(
     out_width: usize,
 ) -> Result<CudaStorage> {
     const OP: &str = "upsample_nearest2d";
-    let [batch, channels, height, width] = image_dims(OP, layout)?;
+    let [batch, channels, height, width] = layout.image_dims(OP)?;
     check_resize(
         OP,
         [batch, channels, height, width],
@@ -207,7 +206,7 @@ pub(super) fn upsample_nearest2d_backward(
 ) -> Result<CudaStorage> {
     const OP: &str = "upsample_nearest2d_backward";
     float_only(OP, grad.dtype)?;
-    let [batch, channels, out_height, out_width] = image_dims(OP, layout)?;
+    let [batch, channels, out_height, out_width] = layout.image_dims(OP)?;
     check_resize(
         OP,
         [batch, channels, height, width],

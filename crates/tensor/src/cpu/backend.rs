@@ -1,0 +1,543 @@
+//! The backend trait over `CpuStorage`: each primitive dispatched by dtype to the kernels of
+//! the sibling modules (elementwise.rs, reduce.rs, gemm.rs, conv.rs, ...).
+
+use crate::backend::BackendStorage;
+use crate::ops::conv::check_resize;
+use crate::{
+    Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType,
+    Layout, ReduceOp, Result, UnaryOp, WithDType,
+};
+
+use super::storage::{map_any, map_float, zip_same};
+use super::*;
+
+/// The shape of `[.., m, k] x [.., k, n]`: `[.., m, n]`.
+fn output_shape(layout: &Layout, rhs_layout: &Layout) -> crate::Shape {
+    let mut dims = layout.dims().to_vec();
+    let last = dims.len() - 1;
+    dims[last] = rhs_layout.dims()[last];
+    crate::Shape::from(dims)
+}
+
+impl BackendStorage for CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::U8(_) => DType::U8,
+            CpuStorage::U32(_) => DType::U32,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+        }
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn copy_strided(&self, layout: &Layout) -> Result<Self> {
+        Ok(map_any!(self, data => map1(data, layout, |x| x)))
+    }
+
+    fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Self> {
+        fn convert<T: WithDType>(storage: &CpuStorage, layout: &Layout) -> Vec<T> {
+            match storage {
+                CpuStorage::U8(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::U32(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::F16(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::BF16(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::F32(v) => map1(v, layout, |x| T::from_f64(x.to_f64())),
+                CpuStorage::F64(v) => map1(v, layout, |x| T::from_f64(x)),
+            }
+        }
+        Ok(match dtype {
+            DType::U8 => CpuStorage::U8(convert(self, layout)),
+            DType::U32 => CpuStorage::U32(convert(self, layout)),
+            DType::F16 => CpuStorage::F16(convert(self, layout)),
+            DType::BF16 => CpuStorage::BF16(convert(self, layout)),
+            DType::F32 => CpuStorage::F32(convert(self, layout)),
+            DType::F64 => CpuStorage::F64(convert(self, layout)),
+        })
+    }
+
+    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self> {
+        Ok(map_float!("unary op", self, data => elementwise::unary(data, layout, op)))
+    }
+
+    fn binary(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        op: BinaryOp,
+    ) -> Result<Self> {
+        Ok(map_float!("binary op", self, data => {
+            let rhs = self.same_typed("binary op", rhs)?;
+            elementwise::binary(data, layout, rhs, rhs_layout, op)
+        }))
+    }
+
+    fn compare(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self> {
+        Ok(CpuStorage::U8(zip_same!("compare", self, rhs, (a, b) => {
+            elementwise::compare(a, layout, b, rhs_layout, op)
+        })))
+    }
+
+    fn where_cond(
+        &self,
+        layout: &Layout,
+        on_true: &Self,
+        true_layout: &Layout,
+        on_false: &Self,
+        false_layout: &Layout,
+    ) -> Result<Self> {
+        fn select<C: WithDType>(
+            condition: (&[C], &Layout),
+            on_true: &CpuStorage,
+            true_layout: &Layout,
+            on_false: &CpuStorage,
+            false_layout: &Layout,
+        ) -> Result<CpuStorage> {
+            Ok(zip_same!("where_cond", on_true, on_false, (a, b) => {
+                CpuStorage::from_vec(map3(condition, (a, true_layout), (b, false_layout),
+                    |c, x, y| if c.is_nonzero() { x } else { y }))
+            }))
+        }
+        match self {
+            CpuStorage::U8(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+            CpuStorage::U32(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+            CpuStorage::F16(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+            CpuStorage::BF16(c) => {
+                select((c, layout), on_true, true_layout, on_false, false_layout)
+            }
+            CpuStorage::F32(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+            CpuStorage::F64(c) => select((c, layout), on_true, true_layout, on_false, false_layout),
+        }
+    }
+
+    fn reduce(&self, layout: &Layout, op: ReduceOp, dims: &[usize]) -> Result<Self> {
+        Ok(map_float!("reduce", self, data => reduce::reduce(data, layout, op, dims)))
+    }
+
+    fn softmax(&self, layout: &Layout, dim: usize, log: bool) -> Result<Self> {
+        Ok(map_float!("softmax", self, data => reduce::softmax(data, layout, dim, log)))
+    }
+
+    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+        // Half types widen to f32 (exactly), multiply with f32 accumulation, and round once.
+        fn widened<T: FloatDType<Math = f32>>(
+            lhs: (&[T], &Layout),
+            rhs: (&[T], &Layout),
+        ) -> Vec<T> {
+            let a = map1(lhs.0, lhs.1, |x| x.to_math());
+            let b = map1(rhs.0, rhs.1, |x| x.to_math());
+            let product = matmul::matmul(
+                gemm::f32_kernel(),
+                &a,
+                &Layout::contiguous(lhs.1.shape().clone()),
+                &b,
+                &Layout::contiguous(rhs.1.shape().clone()),
+            );
+            product.into_iter().map(T::from_math).collect()
+        }
+        Ok(match self {
+            CpuStorage::F32(a) => CpuStorage::F32(matmul::matmul(
+                gemm::f32_kernel(),
+                a,
+                layout,
+                self.same_typed("matmul", rhs)?,
+                rhs_layout,
+            )),
+            CpuStorage::F64(a) => CpuStorage::F64(matmul::matmul(
+                gemm::f64_kernel(),
+                a,
+                layout,
+                self.same_typed("matmul", rhs)?,
+                rhs_layout,
+            )),
+            CpuStorage::F16(a) => CpuStorage::F16(widened(
+                (a, layout),
+                (self.same_typed("matmul", rhs)?, rhs_layout),
+            )),
+            CpuStorage::BF16(a) => CpuStorage::BF16(widened(
+                (a, layout),
+                (self.same_typed("matmul", rhs)?, rhs_layout),
+            )),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "matmul",
+                    dtype: other.dtype(),
+                })
+            }
+        })
+    }
+
+    fn matmul_bias_act(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        bias: Option<(&Self, &Layout)>,
+        activation: Activation,
+    ) -> Result<Self> {
+        // The composition, as the tensor ops would run it: the product, then the bias
+        // broadcast along rows, then the activation.
+        let mut out = self.matmul(layout, rhs, rhs_layout)?;
+        let out_layout = Layout::contiguous(output_shape(layout, rhs_layout));
+        if let Some((bias, bias_layout)) = bias {
+            let rows = bias_layout.broadcast_as(out_layout.shape())?;
+            out = out.binary(&out_layout, bias, &rows, BinaryOp::Add)?;
+        }
+        if let Some(unary) = activation.unary() {
+            out = out.unary(&out_layout, unary)?;
+        }
+        Ok(out)
+    }
+
+    fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(map_any!(self, data => conv::im2col(&index::row_major(data, layout), g)))
+    }
+
+    fn col2im(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(map_float!("col2im", self, data => conv::col2im(&index::row_major(data, layout), g)))
+    }
+
+    fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {
+        let (first, _) = parts
+            .first()
+            .ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
+        Ok(map_any!(first, data => {
+            let _ = data;
+            let typed = parts
+                .iter()
+                .map(|(storage, layout)| {
+                    storage
+                        .as_slice()
+                        .map(|slice| (slice, *layout))
+                        .ok_or(Error::DTypeMismatch { op: "cat", lhs: first.dtype(), rhs: storage.dtype() })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            index::cat(&typed, dim)
+        }))
+    }
+
+    fn index_select(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        let indices = index.indices(index_layout, "index_select", dim, layout.dims()[dim])?;
+        Ok(map_any!(self, data => index::index_select(data, layout, &indices, dim)))
+    }
+
+    fn index_add(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        source: &Self,
+        source_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        let indices = index.indices(index_layout, "index_add", dim, layout.dims()[dim])?;
+        Ok(map_float!("index_add", self, data => {
+            let source = self.same_typed("index_add", source)?;
+            index::index_add(data, layout, &indices, source, source_layout, dim)
+        }))
+    }
+
+    fn gather(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        let indices = index.indices(index_layout, "gather", dim, layout.dims()[dim])?;
+        Ok(map_any!(self, data => index::gather(data, layout, &indices, index_layout.shape(), dim)))
+    }
+
+    fn scatter_add(
+        &self,
+        layout: &Layout,
+        index: &Self,
+        index_layout: &Layout,
+        source: &Self,
+        source_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        let indices = index.indices(index_layout, "scatter_add", dim, layout.dims()[dim])?;
+        Ok(map_float!("scatter_add", self, data => {
+            let source = self.same_typed("scatter_add", source)?;
+            index::scatter_add(data, layout, &indices, source, source_layout, dim)
+        }))
+    }
+
+    fn adam_step(
+        &self,
+        layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+        exp_avg: &Self,
+        exp_avg_layout: &Layout,
+        exp_avg_sq: &Self,
+        exp_avg_sq_layout: &Layout,
+        step: &AdamStep,
+    ) -> Result<(Self, Self, Self)> {
+        fn typed<T: FloatDType>(
+            (param, layout): (&[T], &Layout),
+            rest: [(&CpuStorage, &Layout); 3],
+            step: &AdamStep,
+        ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+            let [grad, exp_avg, exp_avg_sq] = rest.map(|(storage, layout)| {
+                let data = storage.as_slice::<T>().ok_or(Error::DTypeMismatch {
+                    op: "adam_step",
+                    lhs: T::DTYPE,
+                    rhs: storage.dtype(),
+                })?;
+                Ok(index::row_major(data, layout))
+            });
+            let (p, m, v) = optim::adam_step(
+                &index::row_major(param, layout),
+                &grad?,
+                &exp_avg?,
+                &exp_avg_sq?,
+                step,
+            );
+            Ok((
+                CpuStorage::from_vec(p),
+                CpuStorage::from_vec(m),
+                CpuStorage::from_vec(v),
+            ))
+        }
+        let rest = [
+            (grad, grad_layout),
+            (exp_avg, exp_avg_layout),
+            (exp_avg_sq, exp_avg_sq_layout),
+        ];
+        match self {
+            CpuStorage::F16(p) => typed((p, layout), rest, step),
+            CpuStorage::BF16(p) => typed((p, layout), rest, step),
+            CpuStorage::F32(p) => typed((p, layout), rest, step),
+            CpuStorage::F64(p) => typed((p, layout), rest, step),
+            other => Err(Error::UnsupportedDType {
+                op: "adam_step",
+                dtype: other.dtype(),
+            }),
+        }
+    }
+
+    fn max_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<(Self, Self)> {
+        fn typed<T: FloatDType>(
+            data: &[T],
+            layout: &Layout,
+            g: &Conv2dGeometry,
+        ) -> (CpuStorage, CpuStorage) {
+            let (values, indices) = pool::max_pool2d(&index::row_major(data, layout), g);
+            (CpuStorage::from_vec(values), CpuStorage::U32(indices))
+        }
+        Ok(match self {
+            CpuStorage::F16(data) => typed(data, layout, g),
+            CpuStorage::BF16(data) => typed(data, layout, g),
+            CpuStorage::F32(data) => typed(data, layout, g),
+            CpuStorage::F64(data) => typed(data, layout, g),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "max_pool2d",
+                    dtype: other.dtype(),
+                })
+            }
+        })
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        layout: &Layout,
+        indices: &Self,
+        indices_layout: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        let CpuStorage::U32(indices) = indices else {
+            return Err(Error::invalid(
+                "max_pool2d_backward",
+                format!("indices must be u32, got {}", indices.dtype()),
+            ));
+        };
+        let indices = index::row_major(indices, indices_layout);
+        Ok(map_float!("max_pool2d_backward", self, data => {
+            pool::max_pool2d_backward(&index::row_major(data, layout), &indices, g)
+        }))
+    }
+
+    fn avg_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(map_float!("avg_pool2d", self, data => {
+            pool::avg_pool2d(&index::row_major(data, layout), g)
+        }))
+    }
+
+    fn avg_pool2d_backward(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {
+        Ok(map_float!("avg_pool2d_backward", self, data => {
+            pool::avg_pool2d_backward(&index::row_major(data, layout), g)
+        }))
+    }
+
+    fn upsample_nearest2d(
+        &self,
+        layout: &Layout,
+        out_height: usize,
+        out_width: usize,
+    ) -> Result<Self> {
+        let dims = layout.image_dims("upsample_nearest2d")?;
+        check_resize("upsample_nearest2d", dims, [out_height, out_width])?;
+        Ok(map_any!(self, data => {
+            pool::upsample_nearest2d(&index::row_major(data, layout), dims, [out_height, out_width])
+        }))
+    }
+
+    fn upsample_nearest2d_backward(
+        &self,
+        layout: &Layout,
+        height: usize,
+        width: usize,
+    ) -> Result<Self> {
+        let [batch, channels, out_height, out_width] =
+            layout.image_dims("upsample_nearest2d_backward")?;
+        check_resize(
+            "upsample_nearest2d_backward",
+            [batch, channels, height, width],
+            [out_height, out_width],
+        )?;
+        Ok(map_float!("upsample_nearest2d_backward", self, data => {
+            pool::upsample_nearest2d_backward(
+                &index::row_major(data, layout),
+                [batch, channels, height, width],
+                [out_height, out_width],
+            )
+        }))
+    }
+
+    fn batch_norm_stats(&self, layout: &Layout) -> Result<(Self, Self)> {
+        fn typed<T: FloatDType>(data: &[T], layout: &Layout) -> (CpuStorage, CpuStorage) {
+            let (mean, var) = norm::batch_norm_stats(data, layout);
+            (CpuStorage::from_vec(mean), CpuStorage::from_vec(var))
+        }
+        Ok(match self {
+            CpuStorage::F16(x) => typed(x, layout),
+            CpuStorage::BF16(x) => typed(x, layout),
+            CpuStorage::F32(x) => typed(x, layout),
+            CpuStorage::F64(x) => typed(x, layout),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "batch_norm",
+                    dtype: other.dtype(),
+                })
+            }
+        })
+    }
+
+    fn batch_norm_forward(
+        &self,
+        layout: &Layout,
+        mean: &Self,
+        invstd: &Self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+    ) -> Result<Self> {
+        const OP: &str = "batch_norm";
+        Ok(map_float!(OP, self, x => {
+            let weight = weight.map(|w| self.same_typed(OP, w)).transpose()?;
+            let bias = bias.map(|b| self.same_typed(OP, b)).transpose()?;
+            norm::batch_norm_forward(
+                x,
+                layout,
+                self.same_typed(OP, mean)?,
+                self.same_typed(OP, invstd)?,
+                weight,
+                bias,
+            )
+        }))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        layout: &Layout,
+        x: &Self,
+        x_layout: &Layout,
+        mean: &Self,
+        invstd: &Self,
+        weight: Option<&Self>,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "batch_norm_backward";
+        fn typed<T: FloatDType>(
+            grad: (&[T], &Layout),
+            storages: [&CpuStorage; 3],
+            x_layout: &Layout,
+            weight: Option<&CpuStorage>,
+        ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+            fn typed<T: FloatDType>(s: &CpuStorage) -> Result<&[T]> {
+                s.as_slice::<T>().ok_or(Error::DTypeMismatch {
+                    op: OP,
+                    lhs: T::DTYPE,
+                    rhs: s.dtype(),
+                })
+            }
+            let [x, mean, invstd] = storages;
+            let weight = weight.map(typed::<T>).transpose()?;
+            let (dx, dw, db) = norm::batch_norm_backward(
+                grad,
+                (typed(x)?, x_layout),
+                typed(mean)?,
+                typed(invstd)?,
+                weight,
+            );
+            Ok((
+                CpuStorage::from_vec(dx),
+                CpuStorage::from_vec(dw),
+                CpuStorage::from_vec(db),
+            ))
+        }
+        let storages = [x, mean, invstd];
+        match self {
+            CpuStorage::F16(g) => typed((g, layout), storages, x_layout, weight),
+            CpuStorage::BF16(g) => typed((g, layout), storages, x_layout, weight),
+            CpuStorage::F32(g) => typed((g, layout), storages, x_layout, weight),
+            CpuStorage::F64(g) => typed((g, layout), storages, x_layout, weight),
+            other => Err(Error::UnsupportedDType {
+                op: OP,
+                dtype: other.dtype(),
+            }),
+        }
+    }
+
+    fn bce_with_logits(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+    ) -> Result<Self> {
+        const OP: &str = "bce_with_logits";
+        Ok(map_float!(OP, self, x => {
+            loss::bce_with_logits((x, layout), (self.same_typed(OP, targets)?, targets_layout))
+        }))
+    }
+
+    fn bce_with_logits_backward(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+    ) -> Result<Self> {
+        const OP: &str = "bce_with_logits_backward";
+        Ok(map_float!(OP, self, x => {
+            loss::bce_with_logits_backward(
+                (x, layout),
+                (self.same_typed(OP, targets)?, targets_layout),
+                (self.same_typed(OP, grad)?, grad_layout),
+            )
+        }))
+    }
+}

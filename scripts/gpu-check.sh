@@ -284,7 +284,7 @@ sanitize() {
         return
     fi
     local sanitizer=(compute-sanitizer --error-exitcode 9)
-    local model name tool
+    local model name
     for model in dcgan wgan-gp; do
         wanted "train-$model" || continue
         timed "$(left)" "${sanitizer[@]}" --tool memcheck "$bin/kiln" train "$model" \
@@ -300,11 +300,10 @@ sanitize() {
         [ "$pass" = racecheck ] && list=(cuda_reduce cuda_gemm cuda_norm)
         for name in "${list[@]}"; do
             wanted "$pass-$name" || continue
-            tool=$pass
-            timed "$(( $(left) < 40 ? $(left) : 40 ))" "${sanitizer[@]}" --tool "$tool" \
+            timed "$(( $(left) < 40 ? $(left) : 40 ))" "${sanitizer[@]}" --tool "$pass" \
                 "$bin/$name" --test-threads 1
             [ "$status" = 0 ] || [ "$status" = 124 ] || failed=1
-            say "$(printf 'sanitize %-9s %-24s exit %-3s %4ss  %s' "$tool" "$name" "$status" "$took" "$(sanitizer_errors)")"
+            say "$(printf 'sanitize %-9s %-24s exit %-3s %4ss  %s' "$pass" "$name" "$status" "$took" "$(sanitizer_errors)")"
         done
     done
 }

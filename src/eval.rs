@@ -23,7 +23,7 @@ use kiln_vae::{ElboReport, VaeTrainer};
 use serde::Serialize;
 
 use crate::models::Model;
-use crate::train::{DATASET_KEY, TEST_BINARIZE_SEED, TEST_ELBO_SEED};
+use crate::train::{TEST_BINARIZE_SEED, TEST_ELBO_SEED};
 
 /// What `kiln eval` was asked to do.
 pub struct EvalOptions {
@@ -410,12 +410,7 @@ fn features(classifier: &Classifier, images: &Tensor) -> Result<Features, String
 /// The run a checkpoint holds and the dataset it trained on (if it says).
 pub fn load_model(path: &Path, device: Device) -> Result<(Model, Option<DatasetKind>), String> {
     let (model, checkpoint) = Model::load(path, device)?;
-    let trained_on = match checkpoint.meta(DATASET_KEY) {
-        Some(name) => Some(DatasetKind::from_name(name).ok_or_else(|| {
-            format!("{}: trained on an unknown dataset `{name}`", path.display())
-        })?),
-        None => None,
-    };
+    let trained_on = crate::train::trained_on(&checkpoint, &path.display().to_string())?;
     Ok((model, trained_on))
 }
 

@@ -622,6 +622,20 @@ pub(crate) fn check_device(device: Device) -> Result<(), String> {
     }
 }
 
+/// The dataset a checkpoint records it trained on (`kiln.dataset`), if it records one.
+pub(crate) fn trained_on(
+    checkpoint: &Checkpoint,
+    context: &str,
+) -> Result<Option<DatasetKind>, String> {
+    checkpoint
+        .meta(DATASET_KEY)
+        .map(|name| {
+            DatasetKind::from_name(name)
+                .ok_or_else(|| format!("{context}: trained on an unknown dataset `{name}`"))
+        })
+        .transpose()
+}
+
 /// The run of the checkpoint at `path`, which must hold the model asked for, and the dataset
 /// it trained on, which `--dataset` may name but not change (a checkpoint without the record,
 /// from before kiln kept it, trained on MNIST).
@@ -647,11 +661,7 @@ fn resume(options: &TrainOptions, path: &Path) -> Result<(Model, DatasetKind), S
                 .to_string(),
         );
     }
-    let trained_on = match checkpoint.meta(DATASET_KEY) {
-        Some(name) => DatasetKind::from_name(name)
-            .ok_or_else(|| format!("{context}: trained on an unknown dataset `{name}`"))?,
-        None => DatasetKind::Mnist,
-    };
+    let trained_on = trained_on(&checkpoint, &context)?.unwrap_or(DatasetKind::Mnist);
     if let Some(asked) = options.dataset.filter(|&asked| asked != trained_on) {
         return Err(format!(
             "--dataset {asked}: {context} trained on {trained_on}; leave --dataset out to continue on it"

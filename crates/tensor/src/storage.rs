@@ -136,7 +136,8 @@ impl Storage {
         })
     }
 
-    /// `len` samples of `draw` (a float `dtype`; f16/bf16 are drawn as f32 and rounded) from
+    /// `len` samples of `draw` (a float `dtype`, which the caller has checked; f16/bf16 are
+    /// drawn as f32 and rounded) from
     /// the Philox stream `seed` starting at word `offset`, on `device`: the same numbers on
     /// every device (crate::rng on the host, kernels/rng.cu on a GPU).
     pub(crate) fn random(
@@ -147,11 +148,7 @@ impl Storage {
         (seed, offset): (u64, u64),
         device: Device,
     ) -> Result<Storage> {
-        let cuda = cuda_device(op, device)?;
-        if !dtype.is_float() {
-            return Err(Error::UnsupportedDType { op, dtype });
-        }
-        if let Some(cuda) = cuda {
+        if let Some(cuda) = cuda_device(op, device)? {
             let storage = match draw {
                 Draw::Uniform => crate::cuda::rng::uniform(&cuda, dtype, len, seed, offset)?,
                 Draw::Normal { mean, std } => {

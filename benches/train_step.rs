@@ -8,7 +8,10 @@
 //! (the MLP GAN at batch 64 and 256, DCGAN, the conditional GAN and WGAN-GP at 64): each
 //! sample queues its steps and reads the last step's metrics once at the end, as a training
 //! run that logs every few steps does, so it measures the GPU's throughput rather than the
-//! host's queueing. Criterion reports images per second; benches/reference/torch_gan.py,
+//! host's queueing. The `train_loop_cpu` group runs kiln-train's loop itself (`train_steps`:
+//! the committed MNIST through the loader, each step's metrics read and checked for NaN) for
+//! the MLP GAN, so the loop's cost beside the bare step shows. Criterion reports images per
+//! second; benches/reference/torch_gan.py,
 //! torch_vae.py and torch_ddpm_pixelcnn.py measure PyTorch eager on the same steps.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -114,5 +117,25 @@ fn train_step_cuda(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_step, train_step_cuda);
+/// Ten steps of the MLP GAN through kiln-train's loop on the committed MNIST, continuing from
+/// wherever the last sample stopped (the loader's batches, shuffled per epoch).
+fn train_loop(c: &mut Criterion) {
+    let mut group = common::group(c, "train_loop_cpu");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    let mnist = kiln_data::Dataset::load(
+        kiln_data::DatasetKind::Mnist,
+        kiln_data::Split::Train,
+        Some(&dir),
+    )
+    .unwrap();
+    let mut trainer = GanTrainer::new(GanConfig::new(Architecture::Gan), Device::Cpu).unwrap();
+    const STEPS: u64 = 10;
+    group.throughput(Throughput::Elements(STEPS * 64));
+    group.bench_function("gan_b64_10_steps", |b| {
+        b.iter(|| kiln_train::train_steps(&mut trainer, &mnist, STEPS, |_, _| {}).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, train_step, train_loop, train_step_cuda);
 criterion_main!(benches);

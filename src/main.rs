@@ -4,29 +4,32 @@
 //! space (`kiln reconstruct`, `kiln interpolate`, `kiln manifold`), what kiln runs on (`kiln
 //! info`) and a look at the datasets (`kiln data info`, `kiln data show`).
 
-mod eval;
-mod latent;
-mod models;
-mod sample;
-mod train;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{anyhow, bail};
+use clap::builder::PossibleValuesParser;
 use clap::error::ErrorKind;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use kiln_autoregressive::PixelLikelihood;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use kiln_data::{Dataset, DatasetKind, Grid, Split};
-use kiln_gan::Architecture;
 use kiln_tensor::Device;
-use kiln_vae::{Likelihood, VaeArchitecture};
+use kiln_train::classifier::ClassifierOptions;
+use kiln_train::evaluate::EvalOptions;
+use kiln_train::run::{Finish, TrainOptions};
+use kiln_train::sample::SampleOptions;
+use kiln_train::{Family, Importance, Overrides, Registry, SamplerChoice};
 
-use crate::eval::EvalOptions;
-use crate::latent::LatentOptions;
-use crate::models::ModelKind;
-use crate::sample::{SampleOptions, SamplerChoice};
-use crate::train::{Finish, TrainOptions, VaeOptions};
+/// The model families `kiln` knows: adding one is a line here (and its crate's `Family`).
+static FAMILIES: [&dyn Family; 4] = [
+    &kiln_gan::FAMILY,
+    &kiln_vae::FAMILY,
+    &kiln_diffusion::FAMILY,
+    &kiln_autoregressive::FAMILY,
+];
+const REGISTRY: Registry = Registry::new(&FAMILIES);
+/// `kiln train`'s one model outside the registry.
+const CLASSIFIER: &str = "classifier";
 
 /// kiln: a deep-learning engine written from scratch in Rust, and the generative models on it.
 #[derive(Parser)]
@@ -119,9 +122,10 @@ enum DataCommand {
 #[derive(Args)]
 struct TrainArgs {
     /// What to train: a GAN (the MLP GAN, DCGAN, the conditional GAN, WGAN-GP), a VAE (the
-    /// MLP VAE, the convolutional VAE), the DDPM, the PixelCNN or kiln-eval's classifier.
-    #[arg(value_enum)]
-    model: ModelArg,
+    /// MLP VAE, the convolutional VAE), the DDPM, the PixelCNN or kiln-eval's classifier
+    /// (written to data/classifiers/ unless --out).
+    #[arg(value_parser = model_names())]
+    model: String,
     #[command(flatten)]
     source: DataSource,
     /// Where to train: auto (CUDA if there, else CPU), cpu, cuda or cuda:N.
@@ -132,20 +136,19 @@ struct TrainArgs {
     /// computes in f32.
     #[arg(long, default_value = "fp32", value_parser = parse_precision)]
     precision: kiln_tensor::MatmulPrecision,
-    /// Epochs to train (default 20; 5 for dcgan; 10 for the VAEs; 2 for ddpm; 1 for pixelcnn).
+    /// Epochs to train (default: the model's, listed below).
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<u64>,
     /// Steps (batches) to train, instead of whole epochs.
     #[arg(long)]
     steps: Option<u64>,
-    /// Images per batch (default 64; 128 for the VAEs).
+    /// Images per batch.
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Adam's learning rate (default 2e-4; 1e-4 for WGAN-GP; 1e-3 for the VAEs and the
-    /// PixelCNN).
+    /// Adam's learning rate.
     #[arg(long)]
     lr: Option<f64>,
-    /// Seeds the weights, the latents and the data order (default 0).
+    /// Seeds the weights, the latents and the data order.
     #[arg(long)]
     seed: Option<u64>,
     /// The run folder (default runs/MODEL, or runs/MODEL-2, ... if taken).
@@ -162,37 +165,31 @@ struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     log_every: u64,
     /// Samples kiln-eval scores at the end of the run, into eval.json (0: no evaluation;
-    /// default 10000, 2000 for the DDPM, 1000 for the PixelCNN).
+    /// default 10000, 2000 for the DDPM, 1000 for the PixelCNN, scaled down for a run shorter
+    /// than the model's default length).
     #[arg(long)]
     eval_samples: Option<usize>,
     /// Also score every this many epochs (into eval/step_NNNNNNN.json).
     #[arg(long, default_value_t = 0)]
     eval_every: u64,
-    /// DDPM: the U-Net's channels at 28, 14 and 7 pixels, e.g. 16,32,64 (the default).
-    /// PixelCNN: its hidden channels, e.g. 32 (the default).
+    /// DDPM: the U-Net's channels at 28, 14 and 7 pixels, e.g. 16,32,64. PixelCNN: its
+    /// hidden channels, e.g. 32. conv-vae: the channels after its two convolutions, e.g. 32,64.
     #[arg(long, value_delimiter = ',')]
     channels: Option<Vec<usize>>,
-    /// VAEs: the size of the latent z (default 20; 2 gives `kiln manifold` a plane).
+    /// GANs and VAEs: the size of the latent z (2 gives a VAE's `kiln manifold` a plane).
     #[arg(long)]
     latent_dim: Option<usize>,
-    /// VAEs: p(x|z), Bernoulli (binary cross-entropy; default) or Gaussian with a learned σ.
-    /// PixelCNN: each pixel Bernoulli on binarized images (default) or categorical over the
-    /// 256 grey levels.
-    #[arg(long, value_enum)]
-    likelihood: Option<LikelihoodArg>,
-    /// VAEs: β of the β-VAE objective, reconstruction + β·KL (default 1: the ELBO).
+    /// VAEs: p(x|z), Bernoulli (binary cross-entropy) or Gaussian with a learned σ.
+    /// PixelCNN: each pixel Bernoulli on binarized images or categorical over the 256 grey
+    /// levels.
+    #[arg(long, value_parser = ["bernoulli", "gaussian", "categorical"])]
+    likelihood: Option<String>,
+    /// VAEs: β of the β-VAE objective, reconstruction + β·KL (1: the ELBO).
     #[arg(long)]
     beta: Option<f64>,
-    /// VAEs: steps over which the KL weight rises linearly to β (default 0: none).
+    /// VAEs: steps over which the KL weight rises linearly to β (0: none).
     #[arg(long)]
     kl_warmup_steps: Option<u64>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LikelihoodArg {
-    Bernoulli,
-    Gaussian,
-    Categorical,
 }
 
 /// The DDPM's samplers, for `--sampler`.
@@ -324,37 +321,6 @@ struct EvalArgs {
     sampler: SamplerArgs,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ModelArg {
-    Gan,
-    Dcgan,
-    Cgan,
-    WganGp,
-    Vae,
-    ConvVae,
-    Ddpm,
-    Pixelcnn,
-    /// kiln-eval's MNIST / Fashion-MNIST classifier (written to data/classifiers/ unless --out).
-    Classifier,
-}
-
-impl ModelArg {
-    /// The model this names (`None` for the classifier).
-    fn model(self) -> Option<ModelKind> {
-        match self {
-            ModelArg::Gan => Some(ModelKind::Gan(Architecture::Gan)),
-            ModelArg::Dcgan => Some(ModelKind::Gan(Architecture::Dcgan)),
-            ModelArg::Cgan => Some(ModelKind::Gan(Architecture::Cgan)),
-            ModelArg::WganGp => Some(ModelKind::Gan(Architecture::WganGp)),
-            ModelArg::Vae => Some(ModelKind::Vae(VaeArchitecture::Vae)),
-            ModelArg::ConvVae => Some(ModelKind::Vae(VaeArchitecture::ConvVae)),
-            ModelArg::Ddpm => Some(ModelKind::Ddpm),
-            ModelArg::Pixelcnn => Some(ModelKind::PixelCnn),
-            ModelArg::Classifier => None,
-        }
-    }
-}
-
 /// `fp32`, `tf32` or `bf16`.
 fn parse_precision(text: &str) -> Result<kiln_tensor::MatmulPrecision, String> {
     text.parse()
@@ -362,12 +328,12 @@ fn parse_precision(text: &str) -> Result<kiln_tensor::MatmulPrecision, String> {
 }
 
 /// `auto` (CUDA when kiln has it and a GPU is there, else the CPU), `cpu`, `cuda`, `cuda:N`.
-fn parse_device(text: &str) -> Result<Device, String> {
+fn parse_device(text: &str) -> anyhow::Result<Device> {
     match text {
         "auto" => Ok(auto_device()),
         other => other
             .parse::<Device>()
-            .map_err(|_| format!("--device {other}: expected auto, cpu, cuda or cuda:N")),
+            .map_err(|_| anyhow!("--device {other}: expected auto, cpu, cuda or cuda:N")),
     }
 }
 
@@ -430,7 +396,12 @@ impl From<SplitArg> for Split {
 
 fn main() -> ExitCode {
     kiln_tensor::cpu::tune_allocator();
-    let cli = match Cli::try_parse() {
+    let command =
+        Cli::command().mut_subcommand("train", |train| train.after_help(defaults_table()));
+    let cli = match command
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+    {
         Ok(cli) => cli,
         // --help and --version are not errors: let clap print them to stdout and exit 0.
         Err(err) if !err.use_stderr() => err.exit(),
@@ -455,23 +426,26 @@ fn main() -> ExitCode {
         }
     };
     let report = match cli.command {
-        Command::Info => Ok(info_report()),
+        Command::Info => Ok(kiln_tensor::info::report()),
         Command::Data(command) => data_command(command),
         Command::Sample(args) => sample_command(args),
         Command::Eval(args) => eval_command(args),
         Command::Reconstruct { source, n } => {
-            latent_options(source).and_then(|options| latent::reconstruct(options, n))
+            latent_command(source, "reconstruct", |vae, test, out| {
+                kiln_vae::grids::reconstruct(vae, test, out, n)
+            })
         }
         Command::Interpolate {
             source,
             from,
             to,
             steps,
-        } => latent_options(source)
-            .and_then(|options| latent::interpolate(options, from.zip(to), steps)),
-        Command::Manifold { source, size } => {
-            latent_options(source).and_then(|options| latent::manifold(options, size))
-        }
+        } => latent_command(source, "interpolate", |vae, test, out| {
+            kiln_vae::grids::interpolate(vae, test, out, from.zip(to), steps)
+        }),
+        Command::Manifold { source, size } => latent_command(source, "manifold", |vae, _, out| {
+            kiln_vae::grids::manifold(vae, out, size)
+        }),
         Command::Train(args) => match train_command(args) {
             Ok(Finish::Completed(summary)) => Ok(summary + "\n"),
             Ok(Finish::Interrupted(message)) => {
@@ -479,13 +453,13 @@ fn main() -> ExitCode {
                 // 128 + SIGINT, what shells report for a program stopped by Ctrl-C.
                 return ExitCode::from(130);
             }
-            Err(message) => Err(message),
+            Err(error) => Err(error),
         },
     };
     let report = match report {
         Ok(report) => report,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(error) => {
+            eprintln!("error: {error:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -496,150 +470,168 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn train_command(args: TrainArgs) -> Result<Finish, String> {
+/// The names `kiln train` takes: every registered model, and the classifier.
+fn model_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(REGISTRY.models().chain([CLASSIFIER]))
+}
+
+/// `kiln train --help`'s table of each model's defaults, read from its configuration.
+fn defaults_table() -> String {
+    const SHOWN: [&str; 8] = [
+        "batch_size",
+        "lr",
+        "seed",
+        "latent_dim",
+        "likelihood",
+        "beta",
+        "kl_warmup_steps",
+        "channels",
+    ];
+    let mut table = String::from("Defaults, from each model's configuration:\n");
+    for model in REGISTRY.models() {
+        let Ok(config) = REGISTRY.configure(model, &Overrides::new()) else {
+            continue;
+        };
+        let epochs = REGISTRY
+            .family(model)
+            .map_or(0, |f| f.default_epochs(model));
+        let mut parts = vec![format!("--epochs {epochs}")];
+        for key in SHOWN {
+            let value = config.get(key).or(match key {
+                "channels" => config.get("hidden_channels"),
+                _ => None,
+            });
+            if let Some(value) = value {
+                let text = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(items) => items
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                parts.push(format!("{} {text}", kiln_train::config::flag(key)));
+            }
+        }
+        table += &format!("  {model:<9} {}\n", parts.join(", "));
+    }
+    table
+}
+
+fn train_command(args: TrainArgs) -> anyhow::Result<Finish> {
     kiln_tensor::set_matmul_precision(args.precision);
     if args.log_every == 0 {
-        return Err("--log-every must be at least 1".to_string());
+        bail!("--log-every must be at least 1");
     }
     if args.epochs == Some(0) || args.steps == Some(0) {
-        return Err("--epochs and --steps must be at least 1".to_string());
+        bail!("--epochs and --steps must be at least 1");
     }
-    let model = args.model.model();
-    // --likelihood bernoulli is both the VAEs' and the PixelCNN's; the rest belong to one.
-    let (likelihood, pixel_likelihood) = match (args.likelihood, model) {
-        (None, _) => (None, None),
-        (Some(LikelihoodArg::Bernoulli), Some(ModelKind::PixelCnn)) => {
-            (None, Some(PixelLikelihood::Bernoulli))
-        }
-        (Some(LikelihoodArg::Categorical), _) => (None, Some(PixelLikelihood::Categorical)),
-        (Some(LikelihoodArg::Bernoulli), _) => (Some(Likelihood::Bernoulli), None),
-        (Some(LikelihoodArg::Gaussian), _) => (Some(Likelihood::Gaussian), None),
-    };
-    let vae = VaeOptions {
-        latent_dim: args.latent_dim,
-        likelihood,
-        beta: args.beta,
-        kl_warmup_steps: args.kl_warmup_steps,
-    };
-    let Some(model) = model else {
-        if vae.any() || pixel_likelihood.is_some() {
-            return Err(
-                "--latent-dim, --likelihood, --beta and --kl-warmup-steps are settings of the VAEs and the PixelCNN, not of the classifier"
-                    .to_string(),
-            );
-        }
-        return classifier_command(args).map(Finish::Completed);
-    };
-    train::train(TrainOptions {
-        model,
+    let mut overrides = Overrides::new();
+    overrides
+        .set("batch_size", args.batch_size)
+        .set("lr", args.lr)
+        .set("seed", args.seed)
+        .set("latent_dim", args.latent_dim)
+        .set("likelihood", args.likelihood.clone())
+        .set("beta", args.beta)
+        .set("kl_warmup_steps", args.kl_warmup_steps)
+        .set("channels", args.channels.clone());
+    let device = parse_device(&args.device)?;
+    if args.model == CLASSIFIER {
+        return classifier_command(args, overrides, device).map(Finish::Completed);
+    }
+    let options = TrainOptions {
+        model: args.model,
+        overrides,
         dataset: args.source.dataset.map(DatasetKind::from),
         data_dir: args.source.data_dir,
-        device: parse_device(&args.device)?,
+        device,
         epochs: args.epochs,
         steps: args.steps,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        seed: args.seed,
         out: args.out,
         resume: args.resume,
         quiet: args.quiet,
         log_every: args.log_every,
         eval_samples: args.eval_samples,
         eval_every: args.eval_every,
-        vae,
-        pixel_likelihood,
-        channels: args.channels,
-    })
+    };
+    Ok(kiln_train::run::train(&REGISTRY, options)?)
 }
 
-fn latent_options(args: LatentArgs) -> Result<LatentOptions, String> {
-    Ok(LatentOptions {
-        checkpoint: args.checkpoint,
-        dataset: args.dataset.map(DatasetKind::from),
-        data_dir: args.data_dir,
-        out: args.out,
-        device: parse_device(&args.device)?,
-    })
-}
-
-/// `kiln train classifier`: trains kiln-eval's classifier with its default settings (or
-/// --epochs, --batch-size, --lr, --seed) and writes it, by default over the committed one.
-fn classifier_command(args: TrainArgs) -> Result<String, String> {
-    use kiln_eval::classifier::{train, TrainConfig, TrainProgress};
-    let kind = args.source.kind();
-    if parse_device(&args.device)? != Device::Cpu {
-        return Err("the classifier trains on the CPU only: use --device cpu".to_string());
+/// `kiln train classifier`: kiln-eval's classifier, with its default settings or --epochs,
+/// --batch-size, --lr and --seed.
+fn classifier_command(
+    args: TrainArgs,
+    overrides: Overrides,
+    device: Device,
+) -> anyhow::Result<String> {
+    if device != Device::Cpu {
+        bail!("the classifier trains on the CPU only: use --device cpu");
     }
     if args.steps.is_some() || args.resume.is_some() {
-        return Err("the classifier trains for whole --epochs and does not resume".to_string());
+        bail!("the classifier trains for whole --epochs and does not resume");
     }
-    let mut config = TrainConfig::default_for(kind);
-    if let Some(epochs) = args.epochs {
-        config.epochs = epochs as usize;
+    let classifier_settings = ["batch_size", "lr", "seed"];
+    if let Some((key, _)) = overrides
+        .iter()
+        .find(|(key, _)| !classifier_settings.contains(key))
+    {
+        bail!(
+            "{} is not a setting of the classifier",
+            kiln_train::config::flag(key)
+        );
     }
-    if let Some(batch_size) = args.batch_size {
-        config.batch_size = batch_size;
-    }
-    if let Some(lr) = args.lr {
-        config.lr = lr;
-    }
-    if let Some(seed) = args.seed {
-        config.seed = seed;
-    }
-    let out = args.out.unwrap_or_else(|| {
-        PathBuf::from("data/classifiers").join(format!("{}.safetensors", kind.name()))
-    });
-    let load = |split| {
-        Dataset::load(kind, split, args.source.data_dir.as_deref()).map_err(|e| e.to_string())
-    };
-    let (train_set, test_set) = (load(Split::Train)?, load(Split::Test)?);
-    let mut progress: Option<kiln_run::Progress> = None;
-    let mut on_progress = |event| match event {
-        TrainProgress::Step {
-            steps,
-            epoch,
-            epochs,
-            loss,
-            ..
-        } => {
-            let bar = progress.get_or_insert_with(|| kiln_run::Progress::new(steps, 0, args.quiet));
-            bar.set_message(format!("epoch {}/{epochs} · loss {loss:.4}", epoch + 1));
-            bar.inc(1);
-        }
-        TrainProgress::Epoch {
-            epoch,
-            train_loss,
-            test_accuracy,
-        } => {
-            if let Some(bar) = &mut progress {
-                bar.println(format!(
-                    "epoch {}: train loss {train_loss:.4}, test accuracy {:.2}%",
-                    epoch + 1,
-                    test_accuracy * 100.0
-                ));
-            }
-        }
-    };
-    let trained = train(&config, &train_set, &test_set, &mut on_progress);
-    if let Some(bar) = &mut progress {
-        bar.finish();
-    }
-    let (classifier, report) = trained.map_err(|e| e.to_string())?;
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    }
-    classifier.save(&out).map_err(|e| e.to_string())?;
-    Ok(format!(
-        "trained the {kind} classifier for {} epochs in {:.0} s: test accuracy {:.2}%; wrote {}",
-        config.epochs,
-        report.seconds,
-        report.test_accuracy.last().copied().unwrap_or(0.0) * 100.0,
-        out.display()
-    ))
+    Ok(kiln_train::classifier::train_classifier(
+        ClassifierOptions {
+            dataset: args.source.kind(),
+            data_dir: args.source.data_dir,
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            seed: args.seed,
+            out: args.out,
+            quiet: args.quiet,
+        },
+    )?)
 }
 
-fn eval_command(args: EvalArgs) -> Result<String, String> {
-    eval::eval(EvalOptions {
+/// Runs `kiln reconstruct`, `interpolate` or `manifold` (`command`) on the VAE of
+/// `args.checkpoint` and the test split of `--dataset` (default: the one it trained on).
+fn latent_command(
+    args: LatentArgs,
+    command: &str,
+    run: impl FnOnce(&kiln_vae::VaeTrainer, &Dataset, &std::path::Path) -> kiln_train::Result<String>,
+) -> anyhow::Result<String> {
+    let device = parse_device(&args.device)?;
+    kiln_train::run::check_device(device)?;
+    if args.out.extension().is_none_or(|e| e != "png") {
+        bail!(
+            "--out {}: kiln {command} writes a PNG grid; name it FILE.png",
+            args.out.display()
+        );
+    }
+    let (trainer, checkpoint) = REGISTRY.load(&args.checkpoint, device)?;
+    let Some(vae) = trainer.as_any().downcast_ref::<kiln_vae::VaeTrainer>() else {
+        bail!(
+            "kiln {command} needs a VAE checkpoint (vae or conv-vae); {} holds a {} model",
+            args.checkpoint.display(),
+            trainer.name()
+        );
+    };
+    let context = args.checkpoint.display().to_string();
+    let trained_on = kiln_train::run::trained_on(&checkpoint, &context)?;
+    let kind = args
+        .dataset
+        .map(DatasetKind::from)
+        .or(trained_on)
+        .unwrap_or(DatasetKind::Mnist);
+    let test = Dataset::load(kind, Split::Test, args.data_dir.as_deref())?;
+    Ok(run(vae, &test, &args.out)?)
+}
+
+fn eval_command(args: EvalArgs) -> anyhow::Result<String> {
+    let options = EvalOptions {
         checkpoint: args.checkpoint,
         samples: args.samples,
         n: args.n,
@@ -649,15 +641,18 @@ fn eval_command(args: EvalArgs) -> Result<String, String> {
         json: args.json,
         seed: args.seed,
         device: parse_device(&args.device)?,
-        importance_samples: args.iw_samples,
-        importance_images: args.iw_images,
+        importance: Importance {
+            samples: args.iw_samples,
+            images: args.iw_images,
+        },
         sampler: args.sampler.choice(),
         quiet: args.sampler.quiet,
-    })
+    };
+    Ok(kiln_train::evaluate::eval(&REGISTRY, options)?)
 }
 
-fn sample_command(args: SampleArgs) -> Result<String, String> {
-    sample::sample(SampleOptions {
+fn sample_command(args: SampleArgs) -> anyhow::Result<String> {
+    let options = SampleOptions {
         checkpoint: args.checkpoint,
         n: args.n,
         digit: args.digit,
@@ -667,18 +662,18 @@ fn sample_command(args: SampleArgs) -> Result<String, String> {
         device: parse_device(&args.device)?,
         sampler: args.sampler.choice(),
         quiet: args.sampler.quiet,
-    })
+    };
+    Ok(kiln_train::sample::sample(&REGISTRY, options)?)
 }
 
 /// Runs a `kiln data` command; returns what to print, or the one-line error.
-fn data_command(command: DataCommand) -> Result<String, String> {
+fn data_command(command: DataCommand) -> anyhow::Result<String> {
     match command {
         DataCommand::Info(source) => {
             let kind = source.kind();
             let mut report = format!("{:<10}{kind}\n", "dataset:");
             for split in [Split::Train, Split::Test] {
-                let dataset = Dataset::load(kind, split, source.data_dir.as_deref())
-                    .map_err(|e| e.to_string())?;
+                let dataset = Dataset::load(kind, split, source.data_dir.as_deref())?;
                 report += &format!(
                     "{:<10}{} images of 28x28 from {}\n",
                     format!("{split}:"),
@@ -704,26 +699,23 @@ fn data_command(command: DataCommand) -> Result<String, String> {
         } => {
             let (kind, split) = (source.kind(), Split::from(split));
             if columns == 0 {
-                return Err("--columns must be at least 1".to_string());
+                bail!("--columns must be at least 1");
             }
-            let dataset = Dataset::load(kind, split, source.data_dir.as_deref())
-                .map_err(|e| e.to_string())?;
+            let dataset = Dataset::load(kind, split, source.data_dir.as_deref())?;
             if n == 0 || n > dataset.len() {
-                return Err(format!(
+                bail!(
                     "--n {n}: the {kind} {split} set has {} images; ask for 1 to {}",
                     dataset.len(),
                     dataset.len()
-                ));
+                );
             }
-            let images = dataset
-                .images_tensor(0, n, Device::Cpu)
-                .map_err(|e| e.to_string())?; // [n, 1, 28, 28] u8
-                                              // u8 images are drawn as they are: 0 black, 255 white.
+            // [n, 1, 28, 28] u8, drawn as they are: 0 black, 255 white.
+            let images = dataset.images_tensor(0, n, Device::Cpu)?;
             let grid = Grid {
                 columns,
                 ..Grid::default()
             };
-            grid.save(&images, &out).map_err(|e| e.to_string())?;
+            grid.save(&images, &out)?;
             let columns = columns.min(n);
             Ok(format!(
                 "wrote {n} {kind} {split} images ({} x {columns}) from {} to {}\n",
@@ -731,131 +723,6 @@ fn data_command(command: DataCommand) -> Result<String, String> {
                 dataset.dir().display(),
                 out.display()
             ))
-        }
-    }
-}
-
-/// The text `kiln info` prints: one `label: value` line per fact.
-fn info_report() -> String {
-    let features = cpu_features();
-    let detected: Vec<&str> = features.iter().filter(|f| f.1).map(|f| f.0).collect();
-    let missing: Vec<&str> = features.iter().filter(|f| !f.1).map(|f| f.0).collect();
-    let mut feature_line = match (features.is_empty(), detected.is_empty()) {
-        (true, _) => "none checked".to_string(),
-        (false, true) => "none".to_string(),
-        (false, false) => detected.join(" "),
-    };
-    if !missing.is_empty() {
-        feature_line += &format!(" (not detected: {})", missing.join(" "));
-    }
-    let logical_cpus = std::thread::available_parallelism()
-        .map_or_else(|err| format!("unknown ({err})"), |n| n.to_string());
-
-    let mut facts = vec![
-        (
-            "kiln version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-        (
-            "target".to_string(),
-            format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
-        ),
-        ("CPU features".to_string(), feature_line),
-        ("logical CPUs".to_string(), logical_cpus),
-    ];
-    facts.extend(cuda_facts());
-    facts
-        .iter()
-        .map(|(label, value)| format!("{:<19}{value}\n", format!("{label}:")))
-        .collect()
-}
-
-/// `kiln info`'s CUDA lines: the driver and each device (name, compute capability, memory),
-/// NVRTC and the kernel cache; or the one line saying why CUDA cannot be used.
-fn cuda_facts() -> Vec<(String, String)> {
-    use kiln_tensor::cuda;
-    let info = match cuda::info() {
-        Ok(info) => info,
-        Err(reason) => return vec![("CUDA".into(), format!("unavailable: {reason}"))],
-    };
-    let (major, minor) = info.driver_version;
-    let mut facts = vec![(
-        "CUDA".to_string(),
-        format!("driver {major}.{minor}, {} device(s)", info.devices.len()),
-    )];
-    for device in &info.devices {
-        facts.push((
-            format!("cuda:{}", device.ordinal),
-            format!(
-                "{}, compute capability {}.{}, {:.1} GiB, {} SMs",
-                device.name,
-                device.arch.major,
-                device.arch.minor,
-                device.total_memory as f64 / (1u64 << 30) as f64,
-                device.multiprocessors
-            ),
-        ));
-    }
-    facts.push((
-        "NVRTC".into(),
-        match cuda::registry::nvrtc_version() {
-            Ok((major, minor)) => format!("{major}.{minor}"),
-            Err(e) => format!("unavailable: {e}"),
-        },
-    ));
-    facts.push((
-        "kernel cache".into(),
-        cuda::registry::cache_dir()
-            .map_or_else(|| "none (no HOME)".into(), |dir| dir.display().to_string()),
-    ));
-    facts
-}
-
-/// The CPU features that matter to kiln's kernels, each with whether this CPU has it.
-#[cfg(target_arch = "x86_64")]
-fn cpu_features() -> Vec<(&'static str, bool)> {
-    vec![
-        ("sse4.2", is_x86_feature_detected!("sse4.2")),
-        ("avx", is_x86_feature_detected!("avx")),
-        ("avx2", is_x86_feature_detected!("avx2")),
-        ("fma", is_x86_feature_detected!("fma")),
-        ("f16c", is_x86_feature_detected!("f16c")),
-        ("avx512f", is_x86_feature_detected!("avx512f")),
-    ]
-}
-
-#[cfg(target_arch = "aarch64")]
-fn cpu_features() -> Vec<(&'static str, bool)> {
-    vec![("neon", std::arch::is_aarch64_feature_detected!("neon"))]
-}
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn cpu_features() -> Vec<(&'static str, bool)> {
-    Vec::new()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn info_report_is_one_labelled_line_per_fact() {
-        let report = info_report();
-        let lines: Vec<&str> = report.lines().collect();
-        // Five lines without a GPU (the last says why there is no CUDA); more with one.
-        assert!(lines.len() >= 5, "{report}");
-        assert!(lines[4].starts_with("CUDA:"), "{report}");
-        for line in &lines {
-            let (label, value) = line.split_once(':').expect(line);
-            assert!(!label.is_empty() && !value.trim().is_empty(), "{line}");
-        }
-        assert!(lines[0].ends_with(env!("CARGO_PKG_VERSION")), "{report}");
-        if cfg!(target_arch = "x86_64") {
-            // avx2 is checked on every x86_64 CPU, so it is named whether or not it is present.
-            assert!(
-                lines[2].split([' ', '(', ')']).any(|word| word == "avx2"),
-                "{report}"
-            );
         }
     }
 }

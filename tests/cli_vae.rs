@@ -372,7 +372,7 @@ fn bad_vae_input_is_one_line_and_a_failed_exit() {
     let out = path_str(&out);
 
     let m = error_line(&kiln(&["train", "gan", "--beta", "2", "--out", out], &[]));
-    assert!(m.contains("settings of the VAEs, not of gan"), "{m}");
+    assert!(m.contains("--beta is not a setting of gan"), "{m}");
     let m = error_line(&kiln(&["train", "vae", "--resume", gan], &[]));
     assert!(m.contains("holds a gan model, not a vae"), "{m}");
     for command in ["reconstruct", "interpolate", "manifold"] {

@@ -25,31 +25,21 @@ fn mnist() -> Dataset {
     Dataset::load(DatasetKind::Mnist, Split::Train, dir.as_deref()).expect("the committed MNIST")
 }
 
-/// The metrics of the first `steps` steps of `architecture` on `device`.
+/// The metrics of the first `steps` steps of `architecture` on `device`, through kiln-train's
+/// loop (every step's metrics read).
 fn run(
     dataset: &Dataset,
     architecture: Architecture,
     device: Device,
     steps: usize,
 ) -> Vec<StepMetrics> {
-    let config = GanConfig::new(architecture);
-    let options = LoaderOptions {
-        batch_size: config.batch_size,
-        drop_last: true,
-        seed: config.seed,
-        device,
-        ..Default::default()
-    };
-    let loader = Loader::new(dataset, options).unwrap();
-    let mut trainer = GanTrainer::new(config, device).unwrap();
-    loader
-        .epoch(0)
-        .take(steps)
-        .map(|batch| {
-            let batch = batch.unwrap();
-            trainer.step(&batch.images, &batch.labels).unwrap()
-        })
-        .collect()
+    let mut trainer = GanTrainer::new(GanConfig::new(architecture), device).unwrap();
+    let mut metrics = Vec::new();
+    kiln_train::train_steps(&mut trainer, dataset, steps as u64, |_, step| {
+        metrics.push(*step.as_any().downcast_ref::<StepMetrics>().unwrap());
+    })
+    .unwrap();
+    metrics
 }
 
 fn values(metrics: &StepMetrics) -> Vec<(&'static str, f64)> {

@@ -7,11 +7,13 @@
 //! live elsewhere (kiln-run, the `kiln` binary).
 
 mod config;
+mod family;
 mod masked;
 mod model;
 mod trainer;
 
 pub use config::{PixelCnnConfig, PixelLikelihood};
+pub use family::{test_line, PixelCnns, FAMILY, TEST_BINARIZE_SEED};
 pub use masked::{MaskType, MaskedConv2d};
 pub use model::{PixelCnn, GREY_LEVELS, IMAGE_SHAPE, PIXELS};
 pub use trainer::{NllReport, PendingMetrics, PixelCnnTrainer, StepMetrics, MODEL_NAME};

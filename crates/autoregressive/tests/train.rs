@@ -7,53 +7,32 @@ use std::path::Path;
 use std::time::Instant;
 
 use kiln_autoregressive::{PixelCnnConfig, PixelCnnTrainer, PixelLikelihood, StepMetrics};
-use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Scale, Split};
+use kiln_data::{Dataset, DatasetKind, Scale, Split};
 use kiln_nn::checkpoint::{Checkpoint, MODEL_KEY};
 use kiln_tensor::{Device, Tensor};
+use kiln_train::evaluate::split_images;
+use kiln_train::train_steps;
 
 fn mnist(split: Split) -> Dataset {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
     Dataset::load(DatasetKind::Mnist, split, Some(&dir)).expect("the committed MNIST")
 }
 
-fn loader(dataset: &Dataset, batch_size: usize, seed: u64) -> Loader {
-    let options = LoaderOptions {
-        batch_size,
-        drop_last: false,
-        scale: Scale::ZeroToOne,
-        seed,
-        device: Device::Cpu,
-    };
-    Loader::new(dataset, options).unwrap()
-}
-
-/// `steps` steps over the loader's epochs, continuing from the trainer's step; the metrics
-/// of each.
-fn train(trainer: &mut PixelCnnTrainer, loader: &Loader, steps: usize) -> Vec<StepMetrics> {
+/// `steps` more steps with `kiln train`'s batches (kiln-train's loop), from the trainer's
+/// step on; the metrics of each.
+fn train(trainer: &mut PixelCnnTrainer, data: &Dataset, steps: usize) -> Vec<StepMetrics> {
     let mut metrics = Vec::new();
-    let per_epoch = loader.batches_per_epoch() as u64;
-    while metrics.len() < steps {
-        let done = trainer.steps_done();
-        let (epoch, skip) = (done / per_epoch, (done % per_epoch) as usize);
-        for batch in loader.epoch(epoch).skip(skip) {
-            let step = trainer.step(&batch.unwrap().images).unwrap();
-            assert!(step.non_finite().is_none(), "{step:?}");
-            metrics.push(step);
-            if metrics.len() == steps {
-                break;
-            }
-        }
-    }
+    train_steps(trainer, data, steps as u64, |_, step| {
+        metrics.push(*step.as_any().downcast_ref::<StepMetrics>().unwrap());
+    })
+    .unwrap();
     metrics
 }
 
 /// The first `n` test images, `[n, 1, 28, 28]` in [0, 1].
 fn test_images(n: usize) -> Tensor {
-    let test = mnist(Split::Test);
-    loader(&test, n, 0)
-        .batch(&(0..n as u32).collect::<Vec<_>>())
-        .unwrap()
-        .images
+    let test = split_images(&mnist(Split::Test), Scale::ZeroToOne, Device::Cpu).unwrap();
+    test.narrow(0, 0, n).unwrap()
 }
 
 #[test]
@@ -63,12 +42,11 @@ fn a_short_training_brings_the_test_nll_below_the_stated_bound() {
     config.residual_blocks = 2;
     config.batch_size = 32;
     let train_set = mnist(Split::Train);
-    let loader = loader(&train_set, config.batch_size, 0);
     let mut trainer = PixelCnnTrainer::new(config, Device::Cpu).unwrap();
     let images = test_images(1000);
     let before = trainer.evaluate(&images, 1).unwrap();
     let started = Instant::now();
-    let metrics = train(&mut trainer, &loader, 300);
+    let metrics = train(&mut trainer, &train_set, 300);
     let seconds = started.elapsed().as_secs_f64();
     let after = trainer.evaluate(&images, 1).unwrap();
     eprintln!(
@@ -92,19 +70,18 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
         config.residual_blocks = 1;
         config.batch_size = 16;
         config.seed = 9;
-        let loader = loader(&train_set, 16, 9);
         let mut straight = PixelCnnTrainer::new(config.clone(), Device::Cpu).unwrap();
-        let expected = train(&mut straight, &loader, 12);
+        let expected = train(&mut straight, &train_set, 12);
 
         let mut first = PixelCnnTrainer::new(config, Device::Cpu).unwrap();
-        let mut got = train(&mut first, &loader, 5);
+        let mut got = train(&mut first, &train_set, 5);
         let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
         let checkpoint = Checkpoint::from_bytes(&bytes, "memory").unwrap();
         let mut resumed =
             PixelCnnTrainer::from_checkpoint(&checkpoint, Device::Cpu, "memory").unwrap();
         assert_eq!(resumed.steps_done(), 5);
         assert_eq!(resumed.config(), straight.config());
-        got.extend(train(&mut resumed, &loader, 7));
+        got.extend(train(&mut resumed, &train_set, 7));
         assert_eq!(got, expected, "{likelihood:?}");
         let (a, b) = (
             straight.model().store().state_dict(),

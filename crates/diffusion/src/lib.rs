@@ -7,12 +7,14 @@
 //! line live elsewhere (kiln-run, the `kiln` binary).
 
 mod config;
+mod family;
 pub mod sampling;
 mod schedule;
 mod trainer;
 mod unet;
 
 pub use config::{DdpmConfig, Sampler, MODEL_NAME};
+pub use family::{Ddpm, FAMILY, TEST_LOSS_SEED};
 pub use schedule::NoiseSchedule;
 pub use trainer::{DdpmTrainer, LossReport, PendingMetrics, StepMetrics};
 pub use unet::{timestep_embedding, UNet, IMAGE_SHAPE};

@@ -6,25 +6,16 @@
 
 use std::path::Path;
 
-use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Scale, Split};
+use kiln_data::{Dataset, DatasetKind, Scale, Split};
 use kiln_diffusion::{DdpmConfig, DdpmTrainer, Sampler, StepMetrics};
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_tensor::{Device, Tensor};
+use kiln_train::evaluate::split_images;
+use kiln_train::train_steps;
 
 fn mnist(split: Split) -> Dataset {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
     Dataset::load(DatasetKind::Mnist, split, Some(&dir)).expect("the committed MNIST")
-}
-
-fn loader(dataset: &Dataset, batch_size: usize, seed: u64) -> Loader {
-    let options = LoaderOptions {
-        batch_size,
-        drop_last: false,
-        scale: Scale::MinusOneToOne,
-        seed,
-        device: Device::Cpu,
-    };
-    Loader::new(dataset, options).unwrap()
 }
 
 /// A U-Net small enough for tests: 8, 16 and 16 channels.
@@ -39,32 +30,21 @@ fn small(seed: u64) -> DdpmConfig {
     }
 }
 
-/// `steps` steps over the loader's epochs, continuing from the trainer's step.
-fn train(trainer: &mut DdpmTrainer, loader: &Loader, steps: usize) -> Vec<StepMetrics> {
+/// `steps` more steps with `kiln train`'s batches (kiln-train's loop), from the trainer's
+/// step on; the metrics of each.
+fn train(trainer: &mut DdpmTrainer, data: &Dataset, steps: usize) -> Vec<StepMetrics> {
     let mut metrics = Vec::new();
-    let per_epoch = loader.batches_per_epoch() as u64;
-    while metrics.len() < steps {
-        let done = trainer.steps_done();
-        let (epoch, skip) = (done / per_epoch, (done % per_epoch) as usize);
-        for batch in loader.epoch(epoch).skip(skip) {
-            let step = trainer.step(&batch.unwrap().images).unwrap();
-            assert!(step.non_finite().is_none(), "{step:?}");
-            metrics.push(step);
-            if metrics.len() == steps {
-                break;
-            }
-        }
-    }
+    train_steps(trainer, data, steps as u64, |_, step| {
+        metrics.push(*step.as_any().downcast_ref::<StepMetrics>().unwrap());
+    })
+    .unwrap();
     metrics
 }
 
 /// The first `n` test images, `[n, 1, 28, 28]` in [-1, 1].
 fn test_images(n: usize) -> Tensor {
-    let test = mnist(Split::Test);
-    loader(&test, n, 0)
-        .batch(&(0..n as u32).collect::<Vec<_>>())
-        .unwrap()
-        .images
+    let test = split_images(&mnist(Split::Test), Scale::MinusOneToOne, Device::Cpu).unwrap();
+    test.narrow(0, 0, n).unwrap()
 }
 
 fn mean(values: &[StepMetrics]) -> f64 {
@@ -76,7 +56,7 @@ fn a_short_training_learns_to_predict_the_noise() {
     let mut trainer = DdpmTrainer::new(small(0), Device::Cpu).unwrap();
     let test = test_images(500);
     let before = trainer.evaluate(&test, 7).unwrap();
-    let metrics = train(&mut trainer, &loader(&mnist(Split::Train), 32, 0), STEPS);
+    let metrics = train(&mut trainer, &mnist(Split::Train), STEPS);
     let after = trainer.evaluate(&test, 7).unwrap();
     let (first, last) = (mean(&metrics[..10]), mean(&metrics[metrics.len() - 50..]));
     eprintln!(
@@ -117,22 +97,21 @@ const TRAIN_BOUND: f64 = 0.085;
 #[test]
 fn a_resumed_run_continues_exactly_as_an_uninterrupted_one() {
     let data = mnist(Split::Train);
-    let loader = loader(&data, 16, 3);
     let config = DdpmConfig {
         batch_size: 16,
         ..small(3)
     };
     let mut whole = DdpmTrainer::new(config.clone(), Device::Cpu).unwrap();
-    let expected = train(&mut whole, &loader, 6);
+    let expected = train(&mut whole, &data, 6);
 
     let mut first = DdpmTrainer::new(config, Device::Cpu).unwrap();
-    let mut seen = train(&mut first, &loader, 3);
+    let mut seen = train(&mut first, &data, 3);
     let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
     drop(first);
     let checkpoint = Checkpoint::from_bytes(&bytes, "resume").unwrap();
     let mut resumed = DdpmTrainer::from_checkpoint(&checkpoint, Device::Cpu, "resume").unwrap();
     assert_eq!(resumed.steps_done(), 3);
-    seen.extend(train(&mut resumed, &loader, 3));
+    seen.extend(train(&mut resumed, &data, 3));
     assert_eq!(seen, expected);
     for (store_a, store_b) in [
         (whole.model().store(), resumed.model().store()),

@@ -5,10 +5,12 @@
 //! binary).
 
 mod config;
+mod family;
 mod models;
 mod trainer;
 
 pub use config::{Architecture, GanConfig};
+pub use family::{Gans, FAMILY};
 pub use models::{DiscriminatorModel, GeneratorModel, IMAGE_SHAPE, NUM_CLASSES};
 pub use trainer::{GanTrainer, PendingMetrics, StepMetrics};
 

@@ -142,6 +142,10 @@ impl GanTrainer {
         &self.config
     }
 
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     pub fn generator(&self) -> &GeneratorModel {
         &self.generator
     }

@@ -5,42 +5,25 @@
 
 use std::path::Path;
 
-use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Split};
+use kiln_data::{Dataset, DatasetKind, Split};
 use kiln_gan::{Architecture, GanConfig, GanTrainer, StepMetrics};
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_tensor::{DType, Device, Tensor};
+use kiln_train::train_steps;
 
 fn mnist() -> Dataset {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
     Dataset::load(DatasetKind::Mnist, Split::Train, Some(&dir)).expect("the committed MNIST")
 }
 
-fn loader(dataset: &Dataset, batch_size: usize) -> Loader {
-    let options = LoaderOptions {
-        batch_size,
-        drop_last: true,
-        ..Default::default()
-    };
-    Loader::new(dataset, options).unwrap()
-}
-
-/// `steps` steps over the loader's first epochs; the metrics of each.
-fn train(trainer: &mut GanTrainer, loader: &Loader, steps: usize) -> Vec<StepMetrics> {
+/// `steps` more steps with `kiln train`'s batches (kiln-train's loop), from the trainer's
+/// step on; the metrics of each.
+fn train(trainer: &mut GanTrainer, data: &Dataset, steps: usize) -> Vec<StepMetrics> {
     let mut metrics = Vec::new();
-    let per_epoch = loader.batches_per_epoch() as u64;
-    while metrics.len() < steps {
-        let done = trainer.steps_done();
-        let (epoch, skip) = (done / per_epoch, (done % per_epoch) as usize);
-        for batch in loader.epoch(epoch).skip(skip) {
-            let batch = batch.unwrap();
-            let step = trainer.step(&batch.images, &batch.labels).unwrap();
-            assert!(step.non_finite().is_none(), "{step:?}");
-            metrics.push(step);
-            if metrics.len() == steps {
-                break;
-            }
-        }
-    }
+    train_steps(trainer, data, steps as u64, |_, step| {
+        metrics.push(*step.as_any().downcast_ref::<StepMetrics>().unwrap());
+    })
+    .unwrap();
     metrics
 }
 
@@ -97,10 +80,9 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 fn mlp_gan_moves_towards_digits() {
     let data = mnist();
     let target = mnist_mean_image(&data);
-    let loader = loader(&data, 64);
     let mut trainer = GanTrainer::new(GanConfig::new(Architecture::Gan), Device::Cpu).unwrap();
     let (mean_before, layout_before) = likeness(&trainer, &target);
-    let metrics = train(&mut trainer, &loader, 300);
+    let metrics = train(&mut trainer, &data, 300);
     let (mean_after, layout_after) = likeness(&trainer, &target);
     let tail = &metrics[200..];
     let d_real = mean(tail.iter().map(|m| m.d_real));
@@ -132,7 +114,7 @@ fn short_run(
     config.batch_size = batch;
     let mut trainer = GanTrainer::new(config, Device::Cpu).unwrap();
     let before = likeness(&trainer, &target);
-    let metrics = train(&mut trainer, &loader(data, batch), steps);
+    let metrics = train(&mut trainer, data, steps);
     let after = likeness(&trainer, &target);
     eprintln!("{architecture}: mean pixel and layout {before:.3?} -> {after:.3?}");
     (before, after, metrics[steps * 2 / 3..].to_vec())
@@ -199,7 +181,6 @@ fn state_bits(trainer: &GanTrainer) -> Vec<(String, Vec<u32>)> {
 #[test]
 fn resumed_runs_match_uninterrupted_runs_bit_for_bit() {
     let data = mnist();
-    let loader = loader(&data, 16);
     for architecture in Architecture::ALL {
         // WGAN-GP's 7 steps cross a generator step (after the 5th) on each side of the cut.
         let (total, cut) = (7, 3);
@@ -207,15 +188,15 @@ fn resumed_runs_match_uninterrupted_runs_bit_for_bit() {
         config.batch_size = 16;
         config.seed = 11;
         let mut uninterrupted = GanTrainer::new(config.clone(), Device::Cpu).unwrap();
-        let expected = train(&mut uninterrupted, &loader, total);
+        let expected = train(&mut uninterrupted, &data, total);
 
         let mut first = GanTrainer::new(config, Device::Cpu).unwrap();
-        train(&mut first, &loader, cut);
+        train(&mut first, &data, cut);
         let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
         drop(first);
         let checkpoint = Checkpoint::from_bytes(&bytes, "resume.safetensors").unwrap();
         let mut resumed = GanTrainer::from_checkpoint(&checkpoint, Device::Cpu, "resume").unwrap();
-        let rest = train(&mut resumed, &loader, total - cut);
+        let rest = train(&mut resumed, &data, total - cut);
 
         assert_eq!(
             rest,

@@ -32,6 +32,9 @@ pub enum RunError {
         what: &'static str,
         message: String,
     },
+    /// A chart that cannot be drawn (too many panels), or drawing failed.
+    #[error("{path}: cannot draw the plot: {message}")]
+    Plot { path: String, message: String },
     /// The Ctrl-C handler could not be installed (another one already was, outside kiln-run).
     #[error("cannot install the Ctrl-C handler: {0}")]
     Interrupt(String),

@@ -1,6 +1,6 @@
 //! kiln-run: what every kiln trainer (the GAN now; VAE and diffusion later) shares for a
 //! training run, so each one does not write its own. The run folder and its file names
-//! ([`RunDir`]), the metrics log ([`MetricsLog`]), the loss plot ([`plot::line_plot`]), the
+//! ([`RunDir`]), the metrics log ([`MetricsLog`]), the loss plot ([`plot::draw`]), the
 //! progress bar or log lines ([`Progress`], [`Throughput`]) and Ctrl-C ([`Interrupt`]). Not for
 //! training itself: models, losses, optimizers and checkpoints' contents live in kiln-nn and
 //! the trainers.
@@ -32,14 +32,23 @@
 //!     }
 //! }
 //! progress.finish();
-//! let series = MetricsLog::read_series(run.metrics_path(), &["loss_d", "loss_g"])?;
-//! plot::line_plot(run.plot_path(), "GAN losses", &series, "step", "loss")?;
+//! let losses = MetricsLog::read_series(run.metrics_path(), &["loss_d", "loss_g"])?;
+//! let scores = MetricsLog::read_series(run.metrics_path(), &["d_real", "d_fake"])?;
+//! let chart = plot::Chart {
+//!     title: "GAN losses",
+//!     x_label: "step",
+//!     panels: &[
+//!         plot::Panel { y_label: "loss", series: &losses },
+//!         plot::Panel { y_label: "D(x), D(G(z))", series: &scores },
+//!     ],
+//!     steps_per_epoch: Some(938),
+//! };
+//! plot::draw(run.plot_path(), &chart)?; // loss.png and loss.svg
 //! # Ok(())
 //! # }
 //! ```
 
 mod error;
-mod font;
 mod interrupt;
 mod metrics;
 pub mod plot;

@@ -6,7 +6,7 @@
 //! runs/gan-mnist/
 //! ├── config.json                  the run's settings (pretty JSON)
 //! ├── metrics.jsonl                one JSON object per logged step
-//! ├── loss.png                     the loss curves so far
+//! ├── loss.png, loss.svg           the loss curves so far
 //! ├── samples/epoch_001.png        images sampled after each epoch
 //! └── checkpoints/latest.safetensors
 //! ```
@@ -67,6 +67,11 @@ impl RunDir {
     /// `loss.png`: the loss plot.
     pub fn plot_path(&self) -> PathBuf {
         self.path.join("loss.png")
+    }
+
+    /// `loss.svg`: the loss plot as an SVG, drawn beside `loss.png` (see [`crate::plot::draw`]).
+    pub fn plot_svg_path(&self) -> PathBuf {
+        self.path.join("loss.svg")
     }
 
     /// `metrics.jsonl`: the metrics log (see [`crate::MetricsLog`]).

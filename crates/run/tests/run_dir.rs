@@ -34,6 +34,7 @@ fn create_makes_the_folder_and_names_its_files() {
     assert_eq!(run.sample_path(42), root.join("samples/epoch_042.png"));
     assert_eq!(run.sample_path(1000), root.join("samples/epoch_1000.png"));
     assert_eq!(run.plot_path(), root.join("loss.png"));
+    assert_eq!(run.plot_svg_path(), root.join("loss.svg"));
     assert_eq!(run.metrics_path(), root.join("metrics.jsonl"));
     assert_eq!(run.config_path(), root.join("config.json"));
 }

@@ -25,6 +25,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod gradcheck;
+pub mod info;
 mod layout;
 mod op;
 mod ops;

@@ -10,12 +10,17 @@
 
 mod config;
 mod elbo;
+mod family;
+pub mod grids;
 pub mod latent;
 mod model;
 mod trainer;
 
 pub use config::{Likelihood, VaeArchitecture, VaeConfig};
 pub use elbo::{gaussian_kl_per_image, log_mean_exp, ElboTerms};
+pub use family::{
+    test_line, ImportanceWeighted, Reconstruction, VaeScores, Vaes, FAMILY, TEST_ELBO_SEED,
+};
 pub use model::{VaeModel, IMAGE_SHAPE, PIXELS};
 pub use trainer::{ElboReport, PendingMetrics, StepMetrics, VaeTrainer};
 

@@ -8,9 +8,11 @@
 
 use std::path::Path;
 
-use kiln_data::{Dataset, DatasetKind, Loader, LoaderOptions, Scale, Split};
+use kiln_data::{Dataset, DatasetKind, Scale, Split};
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_tensor::{Device, Tensor};
+use kiln_train::evaluate::split_images;
+use kiln_train::train_steps;
 use kiln_vae::{Likelihood, StepMetrics, VaeArchitecture, VaeConfig, VaeTrainer};
 
 fn mnist(split: Split) -> Dataset {
@@ -18,45 +20,21 @@ fn mnist(split: Split) -> Dataset {
     Dataset::load(DatasetKind::Mnist, split, Some(&dir)).expect("the committed MNIST")
 }
 
-fn loader(dataset: &Dataset, batch_size: usize, seed: u64) -> Loader {
-    let options = LoaderOptions {
-        batch_size,
-        drop_last: false,
-        scale: Scale::ZeroToOne,
-        seed,
-        device: Device::Cpu,
-    };
-    Loader::new(dataset, options).unwrap()
-}
-
-/// `steps` steps over the loader's epochs, continuing from the trainer's step; the metrics
-/// of each.
-fn train(trainer: &mut VaeTrainer, loader: &Loader, steps: usize) -> Vec<StepMetrics> {
+/// `steps` more steps with `kiln train`'s batches (kiln-train's loop), from the trainer's
+/// step on; the metrics of each.
+fn train(trainer: &mut VaeTrainer, data: &Dataset, steps: usize) -> Vec<StepMetrics> {
     let mut metrics = Vec::new();
-    let per_epoch = loader.batches_per_epoch() as u64;
-    while metrics.len() < steps {
-        let done = trainer.steps_done();
-        let (epoch, skip) = (done / per_epoch, (done % per_epoch) as usize);
-        for batch in loader.epoch(epoch).skip(skip) {
-            let step = trainer.step(&batch.unwrap().images).unwrap();
-            assert!(step.non_finite().is_none(), "{step:?}");
-            metrics.push(step);
-            if metrics.len() == steps {
-                break;
-            }
-        }
-    }
+    train_steps(trainer, data, steps as u64, |_, step| {
+        metrics.push(*step.as_any().downcast_ref::<StepMetrics>().unwrap());
+    })
+    .unwrap();
     metrics
 }
 
 /// The first `n` test images, `[n, 1, 28, 28]` in [0, 1].
 fn test_images(n: usize) -> Tensor {
-    let test = mnist(Split::Test);
-    let loader = loader(&test, n, 0);
-    loader
-        .batch(&(0..n as u32).collect::<Vec<_>>())
-        .unwrap()
-        .images
+    let test = split_images(&mnist(Split::Test), Scale::ZeroToOne, Device::Cpu).unwrap();
+    test.narrow(0, 0, n).unwrap()
 }
 
 fn mean_squared(a: &[f32], b: &[f32]) -> f64 {
@@ -85,8 +63,7 @@ fn one_epoch_of_the_mlp_vae_reaches_the_stated_elbo_and_reconstructs() {
     let train_set = mnist(Split::Train);
     let config = VaeConfig::new(VaeArchitecture::Vae);
     let mut trainer = VaeTrainer::new(config, Device::Cpu).unwrap();
-    let loader = loader(&train_set, 128, 0);
-    let metrics = train(&mut trainer, &loader, loader.batches_per_epoch());
+    let metrics = train(&mut trainer, &train_set, train_set.len().div_ceil(128));
     let (first, last) = (metrics[0], metrics[metrics.len() - 1]);
     // A fresh decoder outputs p ≈ 0.5 everywhere: 784·ln 2 ≈ 543 nats.
     assert!(first.neg_elbo > 500.0, "{first:?}");
@@ -130,7 +107,6 @@ fn one_epoch_of_the_mlp_vae_reaches_the_stated_elbo_and_reconstructs() {
 #[test]
 fn the_convolutional_vae_and_the_gaussian_likelihood_learn() {
     let train_set = mnist(Split::Train);
-    let loader = loader(&train_set, 64, 5);
     let images = test_images(500);
     for (architecture, likelihood) in [
         (VaeArchitecture::ConvVae, Likelihood::Bernoulli),
@@ -141,7 +117,7 @@ fn the_convolutional_vae_and_the_gaussian_likelihood_learn() {
         config.batch_size = 64;
         let mut trainer = VaeTrainer::new(config, Device::Cpu).unwrap();
         let before = trainer.evaluate(&images, 1).unwrap();
-        train(&mut trainer, &loader, 200);
+        train(&mut trainer, &train_set, 200);
         let after = trainer.evaluate(&images, 1).unwrap();
         let scale = trainer.model().scale().unwrap();
         eprintln!("{architecture} {likelihood:?}: {before:?} -> {after:?}, σ {scale:?}");
@@ -172,17 +148,16 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     config.batch_size = 32;
     config.kl_warmup_steps = 10;
     config.seed = 9;
-    let loader = loader(&train_set, 32, 9);
     let mut straight = VaeTrainer::new(config.clone(), Device::Cpu).unwrap();
-    let expected = train(&mut straight, &loader, 12);
+    let expected = train(&mut straight, &train_set, 12);
 
     let mut first = VaeTrainer::new(config, Device::Cpu).unwrap();
-    let mut got = train(&mut first, &loader, 5);
+    let mut got = train(&mut first, &train_set, 5);
     let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
     let checkpoint = Checkpoint::from_bytes(&bytes, "memory").unwrap();
     let mut resumed = VaeTrainer::from_checkpoint(&checkpoint, Device::Cpu, "memory").unwrap();
     assert_eq!(resumed.steps_done(), 5);
-    got.extend(train(&mut resumed, &loader, 7));
+    got.extend(train(&mut resumed, &train_set, 7));
     assert_eq!(got, expected);
     assert!(expected[0].kl_weight < expected[11].kl_weight && expected[11].kl_weight == 1.0);
     for ((name, a), (_, b)) in straight

@@ -46,7 +46,7 @@ pub use ops::matmul::{matmul_precision, set_matmul_precision, MatmulPrecision};
 pub use ops::optim::AdamStep;
 pub use rng::Generator;
 pub use shape::Shape;
-pub use storage::Storage;
+pub use storage::{download, upload, Storage};
 pub use tensor::{is_grad_enabled, no_grad, NoGradGuard, Tensor, TensorId, Var};
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.

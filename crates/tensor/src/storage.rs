@@ -118,7 +118,7 @@ impl Storage {
     pub(crate) fn from_host(op: &'static str, host: CpuStorage, device: Device) -> Result<Storage> {
         Ok(match cuda_device(op, device)? {
             None => Storage::Cpu(host),
-            Some(cuda) => Storage::Cuda(CudaStorage::from_cpu(&cuda, &host)?),
+            Some(cuda) => Storage::Cuda(upload(&cuda, &host)?),
         })
     }
 
@@ -188,9 +188,9 @@ impl Storage {
         Ok(match self {
             Storage::Cpu(cpu) => HostElements::InPlace(cpu),
             Storage::Cuda(cuda) if layout.is_contiguous() && layout.offset() == 0 => {
-                HostElements::Compact(cuda.to_cpu()?)
+                HostElements::Compact(download(cuda)?)
             }
-            Storage::Cuda(cuda) => HostElements::Compact(cuda.copy_strided(layout)?.to_cpu()?),
+            Storage::Cuda(cuda) => HostElements::Compact(download(&cuda.copy_strided(layout)?)?),
         })
     }
 
@@ -473,17 +473,41 @@ impl Storage {
         match (self, device) {
             (Storage::Cpu(s), Device::Cpu) => Ok(Storage::Cpu(s.clone())),
             (Storage::Cpu(s), Device::Cuda(ordinal)) => {
-                CudaStorage::from_cpu(&crate::cuda::device(ordinal)?, s).map(Storage::Cuda)
+                upload(&crate::cuda::device(ordinal)?, s).map(Storage::Cuda)
             }
-            (Storage::Cuda(s), Device::Cpu) => s.to_cpu().map(Storage::Cpu),
+            (Storage::Cuda(s), Device::Cpu) => download(s).map(Storage::Cpu),
             (Storage::Cuda(s), Device::Cuda(ordinal)) if s.cuda_device().ordinal() == ordinal => {
                 s.try_clone().map(Storage::Cuda)
             }
             (Storage::Cuda(s), Device::Cuda(ordinal)) => {
                 // Between devices through the host: simple, and not on any hot path.
-                let host = s.to_cpu()?;
-                CudaStorage::from_cpu(&crate::cuda::device(ordinal)?, &host).map(Storage::Cuda)
+                let host = download(s)?;
+                upload(&crate::cuda::device(ordinal)?, &host).map(Storage::Cuda)
             }
         }
     }
+}
+
+/// `host`'s elements copied to a GPU: the one place the host buffer meets the CUDA backend.
+pub fn upload(device: &Arc<CudaDevice>, host: &CpuStorage) -> Result<CudaStorage> {
+    match host {
+        CpuStorage::U8(v) => CudaStorage::from_host(device, v),
+        CpuStorage::U32(v) => CudaStorage::from_host(device, v),
+        CpuStorage::F16(v) => CudaStorage::from_host(device, v),
+        CpuStorage::BF16(v) => CudaStorage::from_host(device, v),
+        CpuStorage::F32(v) => CudaStorage::from_host(device, v),
+        CpuStorage::F64(v) => CudaStorage::from_host(device, v),
+    }
+}
+
+/// A GPU buffer's elements copied back into a host buffer of its dtype.
+pub fn download(cuda: &CudaStorage) -> Result<CpuStorage> {
+    Ok(match cuda.dtype() {
+        DType::U8 => CpuStorage::U8(cuda.to_host()?),
+        DType::U32 => CpuStorage::U32(cuda.to_host()?),
+        DType::F16 => CpuStorage::F16(cuda.to_host()?),
+        DType::BF16 => CpuStorage::BF16(cuda.to_host()?),
+        DType::F32 => CpuStorage::F32(cuda.to_host()?),
+        DType::F64 => CpuStorage::F64(cuda.to_host()?),
+    })
 }

@@ -120,9 +120,9 @@ fn run_cpu_and_cuda(
     cuda_op: impl Fn(&CudaStorage, &Layout) -> kiln_tensor::Result<CudaStorage>,
 ) -> (CpuStorage, CpuStorage) {
     let expected = cpu_op(input, layout).expect("cpu");
-    let on_device = CudaStorage::from_cpu(&cuda_device(), input).expect("upload");
+    let on_device = kiln_tensor::upload(&cuda_device(), input).expect("upload");
     let got = cuda_op(&on_device, layout)
-        .and_then(|out| out.to_cpu())
+        .and_then(|out| kiln_tensor::download(&out))
         .expect("cuda");
     (expected, got)
 }
@@ -202,7 +202,7 @@ fn conv_primitives_reject_what_the_cpu_rejects() {
     let g = geometry([1, 1, 4, 4], [3, 3], [1, 1], [1, 1], [1, 1]);
     let device = cuda_device();
     for dtype in [DType::U8, DType::U32] {
-        let columns = CudaStorage::from_cpu(&device, &host_storage(&[1.0; 144], dtype)).unwrap();
+        let columns = kiln_tensor::upload(&device, &host_storage(&[1.0; 144], dtype)).unwrap();
         match columns.col2im(&Layout::contiguous([9, 16]), &g) {
             Err(Error::UnsupportedDType {
                 op: "col2im",
@@ -212,7 +212,7 @@ fn conv_primitives_reject_what_the_cpu_rejects() {
         }
     }
     // A layout that reaches past its buffer is an error, not an out-of-bounds read.
-    let small = CudaStorage::from_cpu(&device, &host_storage(&[1.0; 15], DType::F32)).unwrap();
+    let small = kiln_tensor::upload(&device, &host_storage(&[1.0; 15], DType::F32)).unwrap();
     assert!(small.im2col(&Layout::contiguous([1, 1, 4, 4]), &g).is_err());
 }
 
@@ -488,7 +488,7 @@ fn matmul_rejects_what_the_cpu_rejects() {
     let device = cuda_device();
     let layout = Layout::contiguous([2, 2]);
     for dtype in [DType::U8, DType::U32] {
-        let a = CudaStorage::from_cpu(&device, &host_storage(&[1.0; 4], dtype)).unwrap();
+        let a = kiln_tensor::upload(&device, &host_storage(&[1.0; 4], dtype)).unwrap();
         match a.matmul(&layout, &a, &layout) {
             Err(Error::UnsupportedDType {
                 op: "matmul",
@@ -497,8 +497,8 @@ fn matmul_rejects_what_the_cpu_rejects() {
             other => panic!("matmul of {dtype}: {other:?}"),
         }
     }
-    let a = CudaStorage::from_cpu(&device, &host_storage(&[1.0; 4], DType::F32)).unwrap();
-    let b = CudaStorage::from_cpu(&device, &host_storage(&[1.0; 4], DType::F64)).unwrap();
+    let a = kiln_tensor::upload(&device, &host_storage(&[1.0; 4], DType::F32)).unwrap();
+    let b = kiln_tensor::upload(&device, &host_storage(&[1.0; 4], DType::F64)).unwrap();
     match a.matmul(&layout, &b, &layout) {
         Err(Error::DTypeMismatch {
             op: "matmul",

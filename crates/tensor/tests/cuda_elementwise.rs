@@ -488,7 +488,7 @@ fn backend_errors_match_the_cpu() {
     let device = kiln_tensor::cuda::device(0).unwrap();
     let both = |dtype: DType| {
         let cpu = CpuStorage::full(1.0, 4, dtype);
-        let gpu = CudaStorage::from_cpu(&device, &cpu).unwrap();
+        let gpu = kiln_tensor::upload(&device, &cpu).unwrap();
         (cpu, gpu)
     };
     let layout = Layout::contiguous([4]);

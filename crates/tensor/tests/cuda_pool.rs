@@ -114,11 +114,11 @@ fn views(shape: [usize; 4]) -> Vec<(&'static str, Layout, usize)> {
 }
 
 fn upload(s: &CpuStorage) -> CudaStorage {
-    CudaStorage::from_cpu(&cuda_device(), s).expect("upload")
+    kiln_tensor::upload(&cuda_device(), s).expect("upload")
 }
 
 fn download(s: kiln_tensor::Result<CudaStorage>) -> CpuStorage {
-    s.and_then(|s| s.to_cpu()).expect("cuda")
+    s.and_then(|s| kiln_tensor::download(&s)).expect("cuda")
 }
 
 /// Exactly equal, NaN matching NaN (storage equality would call NaN != NaN).

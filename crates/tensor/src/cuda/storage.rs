@@ -10,7 +10,6 @@ use super::{
     conv, driver_error, elementwise, index, loss, matmul, norm, optim, pool, reduce, CudaDevice,
 };
 use crate::backend::BackendStorage;
-use crate::cpu::CpuStorage;
 use crate::{
     Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result,
     UnaryOp, WithDType,
@@ -68,67 +67,54 @@ impl CudaStorage {
         &self.device
     }
 
-    /// A device copy of host storage (queued on the stream; the host data is copied out before
+    /// A device copy of host elements (queued on the stream; the host data is copied out before
     /// this returns).
-    pub fn from_cpu(device: &Arc<CudaDevice>, cpu: &CpuStorage) -> Result<CudaStorage> {
-        fn upload<T: WithDType>(device: &Arc<CudaDevice>, data: &[T]) -> Result<CudaStorage> {
-            let mut storage = device.alloc(T::DTYPE, data.len())?;
-            if !data.is_empty() {
-                let bytes = as_bytes(data);
-                let mut target = storage.buffer.slice_mut(..bytes.len());
-                device
-                    .stream()
-                    .memcpy_htod(bytes, &mut target)
-                    .map_err(driver_error("to_device"))?;
-            }
-            Ok(storage)
+    pub fn from_host<T: WithDType>(device: &Arc<CudaDevice>, data: &[T]) -> Result<CudaStorage> {
+        let mut storage = device.alloc(T::DTYPE, data.len())?;
+        if !data.is_empty() {
+            let bytes = as_bytes(data);
+            let mut target = storage.buffer.slice_mut(..bytes.len());
+            device
+                .stream()
+                .memcpy_htod(bytes, &mut target)
+                .map_err(driver_error("to_device"))?;
         }
-        match cpu {
-            CpuStorage::U8(v) => upload(device, v),
-            CpuStorage::U32(v) => upload(device, v),
-            CpuStorage::F16(v) => upload(device, v),
-            CpuStorage::BF16(v) => upload(device, v),
-            CpuStorage::F32(v) => upload(device, v),
-            CpuStorage::F64(v) => upload(device, v),
-        }
+        Ok(storage)
     }
 
-    /// The elements copied back to the host (waits for the work that makes them).
-    pub fn to_cpu(&self) -> Result<CpuStorage> {
-        fn download<T: WithDType>(storage: &CudaStorage) -> Result<Vec<T>> {
-            let mut data = vec![T::default(); storage.len];
-            if storage.len > 0 {
-                // Safety: as `as_bytes`; the buffer holds `len` elements of T.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        data.as_mut_ptr() as *mut u8,
-                        storage.len * std::mem::size_of::<T>(),
-                    )
-                };
-                let source = storage.buffer.slice(..bytes.len());
-                let stream = storage.device.stream();
-                stream
-                    .memcpy_dtoh(&source, bytes)
-                    .map_err(driver_error("to_device"))?;
-                super::count_host_wait();
-                stream.synchronize().map_err(driver_error("to_device"))?;
-            }
-            Ok(data)
+    /// The elements copied back to the host as `T`, which must be the storage's dtype (waits
+    /// for the work that makes them). An index out of range found by a kernel since the last
+    /// readback is reported now.
+    pub fn to_host<T: WithDType>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.dtype {
+            return Err(crate::Error::DTypeMismatch {
+                op: "to_host",
+                lhs: self.dtype,
+                rhs: T::DTYPE,
+            });
         }
-        let data = match self.dtype {
-            DType::U8 => CpuStorage::U8(download(self)?),
-            DType::U32 => CpuStorage::U32(download(self)?),
-            DType::F16 => CpuStorage::F16(download(self)?),
-            DType::BF16 => CpuStorage::BF16(download(self)?),
-            DType::F32 => CpuStorage::F32(download(self)?),
-            DType::F64 => CpuStorage::F64(download(self)?),
-        };
-        // An index out of range found by a kernel since the last readback is reported now.
+        let mut data = vec![T::default(); self.len];
+        if self.len > 0 {
+            // Safety: as `as_bytes`; the buffer holds `len` elements of T.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(
+                    data.as_mut_ptr() as *mut u8,
+                    self.len * std::mem::size_of::<T>(),
+                )
+            };
+            let source = self.buffer.slice(..bytes.len());
+            let stream = self.device.stream();
+            stream
+                .memcpy_dtoh(&source, bytes)
+                .map_err(driver_error("to_device"))?;
+            super::count_host_wait();
+            stream.synchronize().map_err(driver_error("to_device"))?;
+        }
         self.device.take_index_fault()?;
         Ok(data)
     }
 
-    /// Every element `value` rounded to `dtype` (see `CpuStorage::full`).
+    /// Every element `value` rounded to `dtype` (as the host's fill rounds it).
     pub fn full(
         device: &Arc<CudaDevice>,
         value: f64,

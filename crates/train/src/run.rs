@@ -56,6 +56,8 @@ const GRID_IMAGES: usize = 64;
 const EVAL_SEED: u64 = 0x5EED;
 /// The fewest samples a shortened end-of-run evaluation scores.
 const MIN_SCALED_EVAL_SAMPLES: usize = 100;
+/// The fewest test images a shortened run's per-epoch test measure averages over.
+const MIN_SCALED_TEST_IMAGES: usize = 1_000;
 
 /// config.json: everything that defines the run.
 #[derive(Serialize)]
@@ -120,9 +122,10 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
         )));
     }
     let full_run = family.default_epochs(&options.model) * per_epoch;
-    let eval_samples = options
-        .eval_samples
-        .unwrap_or_else(|| scaled_eval_samples(trainer.default_eval_samples(), total, full_run));
+    let eval_samples = options.eval_samples.unwrap_or_else(|| {
+        let default = trainer.default_eval_samples();
+        scaled_to_run(default, (total, full_run), MIN_SCALED_EVAL_SAMPLES)
+    });
 
     let out = run_folder(&options)?;
     let run = RunDir::create(&out)?;
@@ -163,13 +166,21 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
             if scaled { ", scaled down to the run's length" } else { "" }
         ));
     }
-    // A model with a test-split measure takes it at every epoch's end.
+    // A model with a test-split measure takes it at every epoch's end: on the whole split, or
+    // on its first images in the share a shorter run has of the model's default length.
     let test_images = match trainer.has_test_measure() {
-        true => Some(evaluate::split_images(
-            &Dataset::load(dataset_kind, Split::Test, options.data_dir.as_deref())?,
-            trainer.batching().scale,
-            options.device,
-        )?),
+        true => {
+            let test = Dataset::load(dataset_kind, Split::Test, options.data_dir.as_deref())?;
+            let images = scaled_to_run(test.len(), (total, full_run), MIN_SCALED_TEST_IMAGES);
+            if images < test.len() {
+                progress.println(format!(
+                    "the test measure at each epoch's end uses the first {images} of the {} test images, scaled down to the run's length",
+                    test.len()
+                ));
+            }
+            let test = evaluate::split_images(&test, trainer.batching().scale, options.device)?;
+            Some(test.narrow(0, 0, images)?)
+        }
         false => None,
     };
     let checkpoint_path = run.latest_checkpoint_path();
@@ -235,16 +246,16 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
     }
 }
 
-/// The end-of-run evaluation's size when not given: the model's default for a run of its
-/// default length, and for a shorter one the same share of it (at least
-/// [`MIN_SCALED_EVAL_SAMPLES`]): a user who asks for 20 steps expects seconds, not the minutes
-/// 2,000 DDIM samples take.
-fn scaled_eval_samples(default: usize, total: u64, full_run: u64) -> usize {
+/// How much of `default` (end-of-run samples, test images) a run of `total` steps gets when
+/// the model's default run is `full_run` steps: all of it for a run that long or longer, the
+/// same share of it (at least `floor`) for a shorter one — a user who asks for 20 steps
+/// expects seconds, not the minutes 2,000 DDIM samples take.
+fn scaled_to_run(default: usize, (total, full_run): (u64, u64), floor: usize) -> usize {
     if total >= full_run || full_run == 0 {
         return default;
     }
     let share = (default as f64 * total as f64 / full_run as f64).ceil() as usize;
-    share.clamp(MIN_SCALED_EVAL_SAMPLES.min(default), default)
+    share.clamp(floor.min(default), default)
 }
 
 /// `kiln train`'s side of the loop: the run folder, the terminal, Ctrl-C.
@@ -526,18 +537,19 @@ fn run_folder(options: &TrainOptions) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::scaled_eval_samples;
+    use super::scaled_to_run;
 
     #[test]
     fn the_evaluation_shrinks_with_the_run() {
         // A full-length run (or longer) scores the model's default.
-        assert_eq!(scaled_eval_samples(2_000, 938, 938), 2_000);
-        assert_eq!(scaled_eval_samples(2_000, 5_000, 938), 2_000);
+        assert_eq!(scaled_to_run(2_000, (938, 938), 100), 2_000);
+        assert_eq!(scaled_to_run(2_000, (5_000, 938), 100), 2_000);
         // Half a run: half the samples; 20 steps: the floor.
-        assert_eq!(scaled_eval_samples(2_000, 469, 938), 1_000);
-        assert_eq!(scaled_eval_samples(2_000, 20, 938), 100);
-        assert_eq!(scaled_eval_samples(10_000, 20, 18_740), 100);
-        // A default under the floor stays as it is.
-        assert_eq!(scaled_eval_samples(50, 1, 1_000), 50);
+        assert_eq!(scaled_to_run(2_000, (469, 938), 100), 1_000);
+        assert_eq!(scaled_to_run(2_000, (20, 938), 100), 100);
+        assert_eq!(scaled_to_run(10_000, (20, 18_740), 1_000), 1_000);
+        // A default under the floor stays as it is (a 500-image test split).
+        assert_eq!(scaled_to_run(50, (1, 1_000), 100), 50);
+        assert_eq!(scaled_to_run(500, (20, 1_000), 1_000), 500);
     }
 }

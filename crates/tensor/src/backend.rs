@@ -1,15 +1,38 @@
 //! The contract a device backend fulfils: the primitive kernels the tensor layer is built on.
-//! The CPU implements it today (`cpu::CpuStorage`); the CUDA backend will implement the same
-//! trait, so every op and every backward rule (written with tensor ops) works on both.
+//! The CPU (`cpu::CpuStorage`) and CUDA (`cuda::CudaStorage`) backends implement it, so every
+//! op and every backward rule (written with tensor ops) works on both.
 //!
-//! Layout rules: inputs come with their layouts and may be any strided view; outputs are
-//! contiguous, row-major, offset 0. Shapes are validated by the tensor layer before a call;
+//! Layout rules: inputs come with their layouts and may be any strided view — the storage a
+//! primitive is called on with its `layout`, every other input as an [`Operand`] (storage and
+//! layout together); outputs are contiguous, row-major, offset 0. Shapes are validated by the tensor layer before a call;
 //! a backend checks only what depends on data (index values).
 
 use crate::{
     Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result,
     UnaryOp,
 };
+
+/// An input of a backend primitive beside the storage it is called on: the storage and the
+/// layout (shape, strides, offset) to read it through. Any strided view of any storage.
+#[derive(Debug)]
+pub struct Operand<'a, S> {
+    pub storage: &'a S,
+    pub layout: &'a Layout,
+}
+
+impl<'a, S> Operand<'a, S> {
+    pub fn new(storage: &'a S, layout: &'a Layout) -> Operand<'a, S> {
+        Operand { storage, layout }
+    }
+}
+
+// Not derived: that would ask S: Clone, and an Operand copies two references whatever S is.
+impl<S> Clone for Operand<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for Operand<'_, S> {}
 
 pub trait BackendStorage: Sized + Send + Sync {
     fn dtype(&self) -> DType;
@@ -21,23 +44,15 @@ pub trait BackendStorage: Sized + Send + Sync {
 
     fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self>;
     /// Both layouts have the same shape (broadcasting is done by the views).
-    fn binary(
-        &self,
-        layout: &Layout,
-        rhs: &Self,
-        rhs_layout: &Layout,
-        op: BinaryOp,
-    ) -> Result<Self>;
+    fn binary(&self, layout: &Layout, rhs: Operand<'_, Self>, op: BinaryOp) -> Result<Self>;
     /// A `u8` mask, 1 where `self op rhs`.
-    fn compare(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self>;
+    fn compare(&self, layout: &Layout, rhs: Operand<'_, Self>, op: CmpOp) -> Result<Self>;
     /// `self` is the condition (nonzero is true); all three layouts have one shape.
     fn where_cond(
         &self,
         layout: &Layout,
-        on_true: &Self,
-        true_layout: &Layout,
-        on_false: &Self,
-        false_layout: &Layout,
+        on_true: Operand<'_, Self>,
+        on_false: Operand<'_, Self>,
     ) -> Result<Self>;
 
     /// Reduces over `dims` (sorted, distinct), keeping them as dims of size 1.
@@ -47,15 +62,14 @@ pub trait BackendStorage: Sized + Send + Sync {
 
     /// `[batch.., m, k] x [batch.., k, n] -> [batch.., n]`, any strides (transposed views are
     /// read in place). Both operands have the same batch dims.
-    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
+    fn matmul(&self, layout: &Layout, rhs: Operand<'_, Self>) -> Result<Self>;
     /// `activation(self @ rhs + bias)` with `bias` a `[n]` added to every row, as `matmul`
     /// otherwise; the CUDA GEMMs apply the bias and activation as they store the product.
     fn matmul_bias_act(
         &self,
         layout: &Layout,
-        rhs: &Self,
-        rhs_layout: &Layout,
-        bias: Option<(&Self, &Layout)>,
+        rhs: Operand<'_, Self>,
+        bias: Option<Operand<'_, Self>>,
         activation: Activation,
     ) -> Result<Self>;
 
@@ -71,22 +85,15 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// what `adam_step` gives it. The CPU takes the parameters one after another; the CUDA
     /// backend updates them all in one launch (per 32 parameters).
     fn adam_step_many(
-        entries: &[[(&Self, &Layout); 4]],
+        entries: &[[Operand<'_, Self>; 4]],
         step: &AdamStep,
     ) -> Result<Vec<(Self, Self, Self)>> {
         entries
             .iter()
-            .map(|&[(param, layout), grad, exp_avg, exp_avg_sq]| {
-                param.adam_step(
-                    layout,
-                    grad.0,
-                    grad.1,
-                    exp_avg.0,
-                    exp_avg.1,
-                    exp_avg_sq.0,
-                    exp_avg_sq.1,
-                    step,
-                )
+            .map(|&[param, grad, exp_avg, exp_avg_sq]| {
+                param
+                    .storage
+                    .adam_step(param.layout, grad, exp_avg, exp_avg_sq, step)
             })
             .collect()
     }
@@ -97,17 +104,19 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// them). What gradient-norm clipping needs; the CUDA backend sums up to 32 tensors in one
     /// launch (and a second that adds the blocks' partial sums). The default is the CPU's: the
     /// composition `x.square().sum_all()` of each, then a `cat`.
-    fn sum_of_squares_many(tensors: &[(&Self, &Layout)]) -> Result<Self> {
+    fn sum_of_squares_many(tensors: &[Operand<'_, Self>]) -> Result<Self> {
         let sums = tensors
             .iter()
-            .map(|&(storage, layout)| {
+            .map(|&x| {
+                let (storage, layout) = (x.storage, x.layout);
                 let squares = match storage.dtype() {
                     DType::F16 | DType::BF16 => {
                         let wide = storage.to_dtype(layout, DType::F32)?;
                         let contiguous = Layout::contiguous(layout.shape().clone());
-                        wide.binary(&contiguous, &wide, &contiguous, BinaryOp::Mul)?
+                        let rhs = Operand::new(&wide, &contiguous);
+                        wide.binary(&contiguous, rhs, BinaryOp::Mul)?
                     }
-                    _ => storage.binary(layout, storage, layout, BinaryOp::Mul)?,
+                    _ => storage.binary(layout, x, BinaryOp::Mul)?,
                 };
                 let contiguous = Layout::contiguous(layout.shape().clone());
                 let dims: Vec<usize> = (0..layout.dims().len()).collect();
@@ -115,62 +124,42 @@ pub trait BackendStorage: Sized + Send + Sync {
             })
             .collect::<Result<Vec<Self>>>()?;
         let one = Layout::contiguous([1]);
-        let parts: Vec<(&Self, &Layout)> = sums.iter().map(|sum| (sum, &one)).collect();
+        let parts: Vec<Operand<Self>> = sums.iter().map(|sum| Operand::new(sum, &one)).collect();
         Self::cat(&parts, 0)
     }
 
     /// Concatenation along `dim` of parts whose other dims agree.
-    fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self>;
+    fn cat(parts: &[Operand<'_, Self>], dim: usize) -> Result<Self>;
     /// Entries `index[j]` (a 1-D `u32` tensor) of `dim`.
-    fn index_select(
-        &self,
-        layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
-        dim: usize,
-    ) -> Result<Self>;
+    fn index_select(&self, layout: &Layout, index: Operand<'_, Self>, dim: usize) -> Result<Self>;
     /// `self` with `source[.., j, ..]` added at `self[.., index[j], ..]` along `dim`.
     fn index_add(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
-        source: &Self,
-        source_layout: &Layout,
+        index: Operand<'_, Self>,
+        source: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self>;
     /// `out[i][j][k] = self[i][index[i][j][k]][k]` for `dim == 1`, and so on for any dim.
-    fn gather(
-        &self,
-        layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
-        dim: usize,
-    ) -> Result<Self>;
+    fn gather(&self, layout: &Layout, index: Operand<'_, Self>, dim: usize) -> Result<Self>;
     /// `self` with `source[i][j][k]` added at `[i][index[i][j][k]][k]` (for `dim == 1`).
     fn scatter_add(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
-        source: &Self,
-        source_layout: &Layout,
+        index: Operand<'_, Self>,
+        source: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self>;
 
     /// One fused Adam/AdamW step of a parameter (`self`) with its gradient and its moments,
     /// all four of one shape and dtype: the new `(parameter, exp_avg, exp_avg_sq)`, each equal
     /// bit for bit to the unfused composition of kiln's ops (see [`AdamStep`]).
-    #[allow(clippy::too_many_arguments)]
     fn adam_step(
         &self,
         layout: &Layout,
-        grad: &Self,
-        grad_layout: &Layout,
-        exp_avg: &Self,
-        exp_avg_layout: &Layout,
-        exp_avg_sq: &Self,
-        exp_avg_sq_layout: &Layout,
+        grad: Operand<'_, Self>,
+        exp_avg: Operand<'_, Self>,
+        exp_avg_sq: Operand<'_, Self>,
         step: &AdamStep,
     ) -> Result<(Self, Self, Self)>;
 
@@ -186,8 +175,7 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn max_pool2d_backward(
         &self,
         layout: &Layout,
-        indices: &Self,
-        indices_layout: &Layout,
+        indices: Operand<'_, Self>,
         g: &Conv2dGeometry,
     ) -> Result<Self>;
     /// Average pooling, padding counted as zeros: `[N, C, OH, OW]` (float dtypes).
@@ -236,8 +224,7 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn batch_norm_backward(
         &self,
         layout: &Layout,
-        x: &Self,
-        x_layout: &Layout,
+        x: Operand<'_, Self>,
         mean: &Self,
         invstd: &Self,
         weight: Option<&Self>,
@@ -246,19 +233,12 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// Per-element binary cross-entropy of logits `self` against `targets` (one shape):
     /// `softplus(x) - x·y`, each of softplus, the product and the difference rounded to the
     /// element type as the unfused ops would.
-    fn bce_with_logits(
-        &self,
-        layout: &Layout,
-        targets: &Self,
-        targets_layout: &Layout,
-    ) -> Result<Self>;
+    fn bce_with_logits(&self, layout: &Layout, targets: Operand<'_, Self>) -> Result<Self>;
     /// The logits' gradient of [`BackendStorage::bce_with_logits`]: `(sigmoid(x) - y)·grad`.
     fn bce_with_logits_backward(
         &self,
         layout: &Layout,
-        targets: &Self,
-        targets_layout: &Layout,
-        grad: &Self,
-        grad_layout: &Layout,
+        targets: Operand<'_, Self>,
+        grad: Operand<'_, Self>,
     ) -> Result<Self>;
 }

@@ -34,7 +34,7 @@ mod shape;
 mod storage;
 mod tensor;
 
-pub use backend::BackendStorage;
+pub use backend::{BackendStorage, Operand};
 pub use backprop::Gradients;
 pub use device::Device;
 pub use dtype::{DType, FloatDType, WithDType};

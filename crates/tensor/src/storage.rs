@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::BackendStorage;
+use crate::backend::{BackendStorage, Operand};
 use crate::cpu::CpuStorage;
 use crate::cuda::{CudaDevice, CudaStorage};
 use crate::rng::Distribution;
@@ -90,13 +90,14 @@ fn as_cuda<'a>(op: &'static str, first: &Storage, s: &'a Storage) -> Result<&'a 
 /// device: the tensor layer checks that first.
 macro_rules! forward {
     ($name:ident($($arg:ident: $ty:ty),*) with $($other:ident: $other_layout:ident),*) => {
-        pub(crate) fn $name(&self, layout: &Layout, $($other: &Storage, $other_layout: &Layout,)* $($arg: $ty),*) -> Result<Storage> {
+        pub(crate) fn $name(&self, layout: &Layout, $($other: Operand<'_, Storage>,)* $($arg: $ty),*) -> Result<Storage> {
+            $(let Operand { storage: $other, layout: $other_layout } = $other;)*
             match (self, $($other),*) {
                 (Storage::Cpu(s), $(Storage::Cpu($other)),*) => {
-                    s.$name(layout, $($other, $other_layout,)* $($arg),*).map(Storage::Cpu)
+                    s.$name(layout, $(Operand::new($other, $other_layout),)* $($arg),*).map(Storage::Cpu)
                 }
                 (Storage::Cuda(s), $(Storage::Cuda($other)),*) => {
-                    s.$name(layout, $($other, $other_layout,)* $($arg),*).map(Storage::Cuda)
+                    s.$name(layout, $(Operand::new($other, $other_layout),)* $($arg),*).map(Storage::Cuda)
                 }
                 #[allow(unreachable_patterns)]
                 (_, $($other),*) => {
@@ -279,8 +280,10 @@ impl Storage {
     pub(crate) fn batch_norm_backward(
         &self,
         layout: &Layout,
-        x: &Storage,
-        x_layout: &Layout,
+        Operand {
+            storage: x,
+            layout: x_layout,
+        }: Operand<'_, Storage>,
         mean: &Storage,
         invstd: &Storage,
         weight: Option<&Storage>,
@@ -291,8 +294,7 @@ impl Storage {
             Storage::Cpu(g) => {
                 let (dx, dw, db) = g.batch_norm_backward(
                     layout,
-                    cpu(x)?,
-                    x_layout,
+                    Operand::new(cpu(x)?, x_layout),
                     cpu(mean)?,
                     cpu(invstd)?,
                     weight.map(cpu).transpose()?,
@@ -302,8 +304,7 @@ impl Storage {
             Storage::Cuda(g) => {
                 let (dx, dw, db) = g.batch_norm_backward(
                     layout,
-                    cuda(x)?,
-                    x_layout,
+                    Operand::new(cuda(x)?, x_layout),
                     cuda(mean)?,
                     cuda(invstd)?,
                     weight.map(cuda).transpose()?,
@@ -337,24 +338,28 @@ impl Storage {
 
     /// See [`BackendStorage::adam_step_many`]; every storage on one device.
     pub(crate) fn adam_step_many(
-        entries: &[[(&Storage, &Layout); 4]],
+        entries: &[[Operand<'_, Storage>; 4]],
         step: &AdamStep,
     ) -> Result<Vec<(Storage, Storage, Storage)>> {
-        let Some(&[(first, _), ..]) = entries.first() else {
+        let Some(&[first, ..]) = entries.first() else {
             return Ok(Vec::new());
         };
+        let first = first.storage;
         // Each entry's storages as one backend's, or the first that is elsewhere.
         fn typed<'a, S>(
             first: &Storage,
-            entries: &[[(&'a Storage, &'a Layout); 4]],
+            entries: &[[Operand<'a, Storage>; 4]],
             unwrap: impl Fn(&'a Storage) -> Option<&'a S>,
-        ) -> Result<Vec<[(&'a S, &'a Layout); 4]>> {
+        ) -> Result<Vec<[Operand<'a, S>; 4]>> {
             let storages = entries.iter().flatten();
-            if let Some((other, _)) = storages.clone().find(|(s, _)| s.device() != first.device()) {
-                return Err(mixed("adam_step", first, other));
+            if let Some(other) = storages
+                .clone()
+                .find(|x| x.storage.device() != first.device())
+            {
+                return Err(mixed("adam_step", first, other.storage));
             }
-            let typed: Vec<(&S, &Layout)> = storages
-                .filter_map(|&(s, l)| unwrap(s).map(|s| (s, l)))
+            let typed: Vec<Operand<S>> = storages
+                .filter_map(|x| unwrap(x.storage).map(|s| Operand::new(s, x.layout)))
                 .collect();
             Ok(typed
                 .chunks_exact(4)
@@ -386,19 +391,22 @@ impl Storage {
     }
 
     /// See [`BackendStorage::sum_of_squares_many`]; every storage on one device.
-    pub(crate) fn sum_of_squares_many(tensors: &[(&Storage, &Layout)]) -> Result<Storage> {
-        let Some(&(first, _)) = tensors.first() else {
+    pub(crate) fn sum_of_squares_many(tensors: &[Operand<'_, Storage>]) -> Result<Storage> {
+        let Some(first) = tensors.first().map(|x| x.storage) else {
             return Err(crate::Error::invalid("sum_of_squares", "no tensors"));
         };
-        if let Some(&(other, _)) = tensors.iter().find(|(s, _)| s.device() != first.device()) {
-            return Err(mixed("sum_of_squares", first, other));
+        if let Some(other) = tensors
+            .iter()
+            .find(|x| x.storage.device() != first.device())
+        {
+            return Err(mixed("sum_of_squares", first, other.storage));
         }
         Ok(match first {
             Storage::Cpu(_) => {
                 let tensors: Vec<_> = tensors
                     .iter()
-                    .filter_map(|&(s, l)| match s {
-                        Storage::Cpu(s) => Some((s, l)),
+                    .filter_map(|x| match x.storage {
+                        Storage::Cpu(s) => Some(Operand::new(s, x.layout)),
                         Storage::Cuda(_) => None,
                     })
                     .collect();
@@ -407,8 +415,8 @@ impl Storage {
             Storage::Cuda(_) => {
                 let tensors: Vec<_> = tensors
                     .iter()
-                    .filter_map(|&(s, l)| match s {
-                        Storage::Cuda(s) => Some((s, l)),
+                    .filter_map(|x| match x.storage {
+                        Storage::Cuda(s) => Some(Operand::new(s, x.layout)),
                         Storage::Cpu(_) => None,
                     })
                     .collect();
@@ -421,36 +429,40 @@ impl Storage {
     pub(crate) fn matmul_bias_act(
         &self,
         layout: &Layout,
-        rhs: &Storage,
-        rhs_layout: &Layout,
-        bias: Option<(&Storage, &Layout)>,
+        rhs: Operand<'_, Storage>,
+        bias: Option<Operand<'_, Storage>>,
         activation: crate::Activation,
     ) -> Result<Storage> {
-        match (self, rhs, bias) {
+        let rhs_layout = rhs.layout;
+        match (self, rhs.storage, bias.map(|c| (c.storage, c.layout))) {
             (Storage::Cpu(a), Storage::Cpu(b), None) => a
-                .matmul_bias_act(layout, b, rhs_layout, None, activation)
+                .matmul_bias_act(layout, Operand::new(b, rhs_layout), None, activation)
                 .map(Storage::Cpu),
-            (Storage::Cpu(a), Storage::Cpu(b), Some((Storage::Cpu(c), c_layout))) => a
-                .matmul_bias_act(layout, b, rhs_layout, Some((c, c_layout)), activation)
-                .map(Storage::Cpu),
+            (Storage::Cpu(a), Storage::Cpu(b), Some((Storage::Cpu(c), c_layout))) => {
+                let (b, c) = (Operand::new(b, rhs_layout), Operand::new(c, c_layout));
+                a.matmul_bias_act(layout, b, Some(c), activation)
+                    .map(Storage::Cpu)
+            }
             (Storage::Cuda(a), Storage::Cuda(b), None) => a
-                .matmul_bias_act(layout, b, rhs_layout, None, activation)
+                .matmul_bias_act(layout, Operand::new(b, rhs_layout), None, activation)
                 .map(Storage::Cuda),
-            (Storage::Cuda(a), Storage::Cuda(b), Some((Storage::Cuda(c), c_layout))) => a
-                .matmul_bias_act(layout, b, rhs_layout, Some((c, c_layout)), activation)
-                .map(Storage::Cuda),
+            (Storage::Cuda(a), Storage::Cuda(b), Some((Storage::Cuda(c), c_layout))) => {
+                let (b, c) = (Operand::new(b, rhs_layout), Operand::new(c, c_layout));
+                a.matmul_bias_act(layout, b, Some(c), activation)
+                    .map(Storage::Cuda)
+            }
             (a, b, _) => Err(mixed("matmul_bias_act", a, b)),
         }
     }
 
-    pub(crate) fn cat(parts: &[(&Storage, &Layout)], dim: usize) -> Result<Storage> {
-        match parts.first() {
-            Some((Storage::Cuda(_), _)) => {
+    pub(crate) fn cat(parts: &[Operand<'_, Storage>], dim: usize) -> Result<Storage> {
+        match parts.first().map(|first| first.storage) {
+            Some(Storage::Cuda(_)) => {
                 let cuda_parts = parts
                     .iter()
-                    .map(|(storage, layout)| match storage {
-                        Storage::Cuda(s) => Ok((s, *layout)),
-                        other => Err(mixed("cat", parts[0].0, other)),
+                    .map(|x| match x.storage {
+                        Storage::Cuda(s) => Ok(Operand::new(s, x.layout)),
+                        other => Err(mixed("cat", parts[0].storage, other)),
                     })
                     .collect::<Result<Vec<_>>>()?;
                 CudaStorage::cat(&cuda_parts, dim).map(Storage::Cuda)
@@ -458,9 +470,9 @@ impl Storage {
             _ => {
                 let cpu_parts = parts
                     .iter()
-                    .map(|(storage, layout)| match storage {
-                        Storage::Cpu(s) => Ok((s, *layout)),
-                        other => Err(mixed("cat", parts[0].0, other)),
+                    .map(|x| match x.storage {
+                        Storage::Cpu(s) => Ok(Operand::new(s, x.layout)),
+                        other => Err(mixed("cat", parts[0].storage, other)),
                     })
                     .collect::<Result<Vec<_>>>()?;
                 CpuStorage::cat(&cpu_parts, dim).map(Storage::Cpu)

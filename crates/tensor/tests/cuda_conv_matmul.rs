@@ -12,7 +12,7 @@ use kiln_tensor::cpu::CpuStorage;
 use kiln_tensor::cuda::CudaStorage;
 use kiln_tensor::{
     BackendStorage, Conv2dGeometry, Conv2dOptions, ConvTranspose2dOptions, DType, Error, Layout,
-    Pool2dOptions, Shape, Tensor,
+    Operand, Pool2dOptions, Shape, Tensor,
 };
 
 /// The geometries every conv primitive is checked over: stride 2, padding 1, dilation 2, 1x1,
@@ -489,7 +489,7 @@ fn matmul_rejects_what_the_cpu_rejects() {
     let layout = Layout::contiguous([2, 2]);
     for dtype in [DType::U8, DType::U32] {
         let a = kiln_tensor::upload(&device, &host_storage(&[1.0; 4], dtype)).unwrap();
-        match a.matmul(&layout, &a, &layout) {
+        match a.matmul(&layout, Operand::new(&a, &layout)) {
             Err(Error::UnsupportedDType {
                 op: "matmul",
                 dtype: d,
@@ -499,7 +499,7 @@ fn matmul_rejects_what_the_cpu_rejects() {
     }
     let a = kiln_tensor::upload(&device, &host_storage(&[1.0; 4], DType::F32)).unwrap();
     let b = kiln_tensor::upload(&device, &host_storage(&[1.0; 4], DType::F64)).unwrap();
-    match a.matmul(&layout, &b, &layout) {
+    match a.matmul(&layout, Operand::new(&b, &layout)) {
         Err(Error::DTypeMismatch {
             op: "matmul",
             lhs: DType::F32,
@@ -508,8 +508,13 @@ fn matmul_rejects_what_the_cpu_rejects() {
         other => panic!("f32 x f64: {other:?}"),
     }
     // Shapes that do not chain, and a layout past its buffer, are errors, not bad reads.
-    assert!(a.matmul(&layout, &a, &Layout::contiguous([1, 4])).is_err());
     assert!(a
-        .matmul(&Layout::contiguous([2, 3]), &a, &Layout::contiguous([3, 1]))
+        .matmul(&layout, Operand::new(&a, &Layout::contiguous([1, 4])))
+        .is_err());
+    assert!(a
+        .matmul(
+            &Layout::contiguous([2, 3]),
+            Operand::new(&a, &Layout::contiguous([3, 1]))
+        )
         .is_err());
 }

@@ -14,7 +14,8 @@ use half::{bf16, f16};
 use kiln_tensor::cpu::CpuStorage;
 use kiln_tensor::cuda::CudaStorage;
 use kiln_tensor::{
-    BackendStorage, CmpOp, DType, Device, Error, Layout, Result, Tensor, UnaryOp, WithDType,
+    BackendStorage, CmpOp, DType, Device, Error, Layout, Operand, Result, Tensor, UnaryOp,
+    WithDType,
 };
 
 /// Values where the ops' semantics differ from the obvious: signed zeros, NaN, infinities,
@@ -506,23 +507,47 @@ fn backend_errors_match_the_cpu() {
     );
     same(
         "binary on u8",
-        cpu_u8.binary(&layout, &cpu_u8, &layout, kiln_tensor::BinaryOp::Add),
-        gpu_u8.binary(&layout, &gpu_u8, &layout, kiln_tensor::BinaryOp::Add),
+        cpu_u8.binary(
+            &layout,
+            Operand::new(&cpu_u8, &layout),
+            kiln_tensor::BinaryOp::Add,
+        ),
+        gpu_u8.binary(
+            &layout,
+            Operand::new(&gpu_u8, &layout),
+            kiln_tensor::BinaryOp::Add,
+        ),
     );
     same(
         "binary f32 with f16",
-        cpu_f32.binary(&layout, &cpu_f16, &layout, kiln_tensor::BinaryOp::Mul),
-        gpu_f32.binary(&layout, &gpu_f16, &layout, kiln_tensor::BinaryOp::Mul),
+        cpu_f32.binary(
+            &layout,
+            Operand::new(&cpu_f16, &layout),
+            kiln_tensor::BinaryOp::Mul,
+        ),
+        gpu_f32.binary(
+            &layout,
+            Operand::new(&gpu_f16, &layout),
+            kiln_tensor::BinaryOp::Mul,
+        ),
     );
     same(
         "compare u8 with f32",
-        cpu_u8.compare(&layout, &cpu_f32, &layout, CmpOp::Lt),
-        gpu_u8.compare(&layout, &gpu_f32, &layout, CmpOp::Lt),
+        cpu_u8.compare(&layout, Operand::new(&cpu_f32, &layout), CmpOp::Lt),
+        gpu_u8.compare(&layout, Operand::new(&gpu_f32, &layout), CmpOp::Lt),
     );
     same(
         "where_cond f32 or f16",
-        cpu_u8.where_cond(&layout, &cpu_f32, &layout, &cpu_f16, &layout),
-        gpu_u8.where_cond(&layout, &gpu_f32, &layout, &gpu_f16, &layout),
+        cpu_u8.where_cond(
+            &layout,
+            Operand::new(&cpu_f32, &layout),
+            Operand::new(&cpu_f16, &layout),
+        ),
+        gpu_u8.where_cond(
+            &layout,
+            Operand::new(&gpu_f32, &layout),
+            Operand::new(&gpu_f16, &layout),
+        ),
     );
     // A layout reaching past its buffer is refused before any kernel could read there.
     let too_long = Layout::contiguous([5]);
@@ -534,8 +559,7 @@ fn backend_errors_match_the_cpu() {
     let error = gpu_f32
         .binary(
             &layout,
-            &gpu_f32,
-            &too_long.narrow(0, 1, 4).unwrap(),
+            Operand::new(&gpu_f32, &too_long.narrow(0, 1, 4).unwrap()),
             kiln_tensor::BinaryOp::Add,
         )
         .unwrap_err();

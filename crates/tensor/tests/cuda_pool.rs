@@ -10,7 +10,9 @@ mod cuda_common;
 use cuda_common::*;
 use kiln_tensor::cpu::CpuStorage;
 use kiln_tensor::cuda::CudaStorage;
-use kiln_tensor::{BackendStorage, Conv2dGeometry, DType, Error, Layout, Pool2dOptions, Shape};
+use kiln_tensor::{
+    BackendStorage, Conv2dGeometry, DType, Error, Layout, Operand, Pool2dOptions, Shape,
+};
 
 /// Pooling geometries: overlapping, strided, kernel 1, kernel = image, asymmetric, dilated
 /// (the backend takes it though the op layer passes 1), prime sizes, and one whose output and
@@ -179,12 +181,16 @@ fn max_pool2d_and_its_backward_match_the_cpu_bit_for_bit() {
                     ] {
                         let index_layout = Layout::contiguous(pooled);
                         let expected = grad
-                            .max_pool2d_backward(&grad_layout, index, &index_layout, &g)
+                            .max_pool2d_backward(
+                                &grad_layout,
+                                Operand::new(index, &index_layout),
+                                &g,
+                            )
                             .expect("cpu");
+                        let index = upload(index);
                         let got = download(upload(&grad).max_pool2d_backward(
                             &grad_layout,
-                            &upload(index),
-                            &index_layout,
+                            Operand::new(&index, &index_layout),
                             &g,
                         ));
                         assert_same(
@@ -367,7 +373,7 @@ fn pool_primitives_reject_what_the_cpu_rejects() {
     // Indices of the wrong dtype, and a resize to nothing.
     let grad = upload(&host_storage(&[1.0; 16], DType::F32));
     assert!(grad
-        .max_pool2d_backward(&layout, &grad, &layout, &g)
+        .max_pool2d_backward(&layout, Operand::new(&grad, &layout), &g)
         .is_err());
     assert!(grad.upsample_nearest2d(&layout, 0, 3).is_err());
 }

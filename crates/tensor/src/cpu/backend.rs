@@ -1,7 +1,7 @@
 //! The backend trait over `CpuStorage`: each primitive dispatched by dtype to the kernels of
 //! the sibling modules (elementwise.rs, reduce.rs, gemm.rs, conv.rs, ...).
 
-use crate::backend::BackendStorage;
+use crate::backend::{BackendStorage, Operand};
 use crate::ops::conv::check_resize;
 use crate::{
     Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType,
@@ -67,8 +67,10 @@ impl BackendStorage for CpuStorage {
     fn binary(
         &self,
         layout: &Layout,
-        rhs: &Self,
-        rhs_layout: &Layout,
+        Operand {
+            storage: rhs,
+            layout: rhs_layout,
+        }: Operand<'_, Self>,
         op: BinaryOp,
     ) -> Result<Self> {
         Ok(map_float!("binary op", self, data => {
@@ -77,7 +79,15 @@ impl BackendStorage for CpuStorage {
         }))
     }
 
-    fn compare(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self> {
+    fn compare(
+        &self,
+        layout: &Layout,
+        Operand {
+            storage: rhs,
+            layout: rhs_layout,
+        }: Operand<'_, Self>,
+        op: CmpOp,
+    ) -> Result<Self> {
         Ok(CpuStorage::U8(zip_same!("compare", self, rhs, (a, b) => {
             elementwise::compare(a, layout, b, rhs_layout, op)
         })))
@@ -86,10 +96,14 @@ impl BackendStorage for CpuStorage {
     fn where_cond(
         &self,
         layout: &Layout,
-        on_true: &Self,
-        true_layout: &Layout,
-        on_false: &Self,
-        false_layout: &Layout,
+        Operand {
+            storage: on_true,
+            layout: true_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: on_false,
+            layout: false_layout,
+        }: Operand<'_, Self>,
     ) -> Result<Self> {
         fn select<C: WithDType>(
             condition: (&[C], &Layout),
@@ -123,7 +137,14 @@ impl BackendStorage for CpuStorage {
         Ok(map_float!("softmax", self, data => reduce::softmax(data, layout, dim, log)))
     }
 
-    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+    fn matmul(
+        &self,
+        layout: &Layout,
+        Operand {
+            storage: rhs,
+            layout: rhs_layout,
+        }: Operand<'_, Self>,
+    ) -> Result<Self> {
         // Half types widen to f32 (exactly), multiply with f32 accumulation, and round once.
         fn widened<T: FloatDType<Math = f32>>(
             lhs: (&[T], &Layout),
@@ -175,18 +196,24 @@ impl BackendStorage for CpuStorage {
     fn matmul_bias_act(
         &self,
         layout: &Layout,
-        rhs: &Self,
-        rhs_layout: &Layout,
-        bias: Option<(&Self, &Layout)>,
+        Operand {
+            storage: rhs,
+            layout: rhs_layout,
+        }: Operand<'_, Self>,
+        bias: Option<Operand<'_, Self>>,
         activation: Activation,
     ) -> Result<Self> {
         // The composition, as the tensor ops would run it: the product, then the bias
         // broadcast along rows, then the activation.
-        let mut out = self.matmul(layout, rhs, rhs_layout)?;
+        let mut out = self.matmul(layout, Operand::new(rhs, rhs_layout))?;
         let out_layout = Layout::contiguous(output_shape(layout, rhs_layout));
-        if let Some((bias, bias_layout)) = bias {
-            let rows = bias_layout.broadcast_as(out_layout.shape())?;
-            out = out.binary(&out_layout, bias, &rows, BinaryOp::Add)?;
+        if let Some(bias) = bias {
+            let rows = bias.layout.broadcast_as(out_layout.shape())?;
+            out = out.binary(
+                &out_layout,
+                Operand::new(bias.storage, &rows),
+                BinaryOp::Add,
+            )?;
         }
         if let Some(unary) = activation.unary() {
             out = out.unary(&out_layout, unary)?;
@@ -202,18 +229,19 @@ impl BackendStorage for CpuStorage {
         Ok(map_float!("col2im", self, data => conv::col2im(&index::row_major(data, layout), g)))
     }
 
-    fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {
-        let (first, _) = parts
+    fn cat(parts: &[Operand<'_, Self>], dim: usize) -> Result<Self> {
+        let first = parts
             .first()
-            .ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
+            .ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?
+            .storage;
         Ok(map_any!(first, data => {
             let _ = data;
             let typed = parts
                 .iter()
-                .map(|(storage, layout)| {
+                .map(|&Operand { storage, layout }| {
                     storage
                         .as_slice()
-                        .map(|slice| (slice, *layout))
+                        .map(|slice| (slice, layout))
                         .ok_or(Error::DTypeMismatch { op: "cat", lhs: first.dtype(), rhs: storage.dtype() })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -224,8 +252,10 @@ impl BackendStorage for CpuStorage {
     fn index_select(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
+        Operand {
+            storage: index,
+            layout: index_layout,
+        }: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self> {
         let indices = index.indices(index_layout, "index_select", dim, layout.dims()[dim])?;
@@ -235,10 +265,14 @@ impl BackendStorage for CpuStorage {
     fn index_add(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
-        source: &Self,
-        source_layout: &Layout,
+        Operand {
+            storage: index,
+            layout: index_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: source,
+            layout: source_layout,
+        }: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self> {
         let indices = index.indices(index_layout, "index_add", dim, layout.dims()[dim])?;
@@ -251,8 +285,10 @@ impl BackendStorage for CpuStorage {
     fn gather(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
+        Operand {
+            storage: index,
+            layout: index_layout,
+        }: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self> {
         let indices = index.indices(index_layout, "gather", dim, layout.dims()[dim])?;
@@ -262,10 +298,14 @@ impl BackendStorage for CpuStorage {
     fn scatter_add(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
-        source: &Self,
-        source_layout: &Layout,
+        Operand {
+            storage: index,
+            layout: index_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: source,
+            layout: source_layout,
+        }: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self> {
         let indices = index.indices(index_layout, "scatter_add", dim, layout.dims()[dim])?;
@@ -278,12 +318,18 @@ impl BackendStorage for CpuStorage {
     fn adam_step(
         &self,
         layout: &Layout,
-        grad: &Self,
-        grad_layout: &Layout,
-        exp_avg: &Self,
-        exp_avg_layout: &Layout,
-        exp_avg_sq: &Self,
-        exp_avg_sq_layout: &Layout,
+        Operand {
+            storage: grad,
+            layout: grad_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: exp_avg,
+            layout: exp_avg_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: exp_avg_sq,
+            layout: exp_avg_sq_layout,
+        }: Operand<'_, Self>,
         step: &AdamStep,
     ) -> Result<(Self, Self, Self)> {
         fn typed<T: FloatDType>(
@@ -355,8 +401,10 @@ impl BackendStorage for CpuStorage {
     fn max_pool2d_backward(
         &self,
         layout: &Layout,
-        indices: &Self,
-        indices_layout: &Layout,
+        Operand {
+            storage: indices,
+            layout: indices_layout,
+        }: Operand<'_, Self>,
         g: &Conv2dGeometry,
     ) -> Result<Self> {
         let CpuStorage::U32(indices) = indices else {
@@ -463,8 +511,10 @@ impl BackendStorage for CpuStorage {
     fn batch_norm_backward(
         &self,
         layout: &Layout,
-        x: &Self,
-        x_layout: &Layout,
+        Operand {
+            storage: x,
+            layout: x_layout,
+        }: Operand<'_, Self>,
         mean: &Self,
         invstd: &Self,
         weight: Option<&Self>,
@@ -514,8 +564,10 @@ impl BackendStorage for CpuStorage {
     fn bce_with_logits(
         &self,
         layout: &Layout,
-        targets: &Self,
-        targets_layout: &Layout,
+        Operand {
+            storage: targets,
+            layout: targets_layout,
+        }: Operand<'_, Self>,
     ) -> Result<Self> {
         const OP: &str = "bce_with_logits";
         Ok(map_float!(OP, self, x => {
@@ -526,10 +578,14 @@ impl BackendStorage for CpuStorage {
     fn bce_with_logits_backward(
         &self,
         layout: &Layout,
-        targets: &Self,
-        targets_layout: &Layout,
-        grad: &Self,
-        grad_layout: &Layout,
+        Operand {
+            storage: targets,
+            layout: targets_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: grad,
+            layout: grad_layout,
+        }: Operand<'_, Self>,
     ) -> Result<Self> {
         const OP: &str = "bce_with_logits_backward";
         Ok(map_float!(OP, self, x => {

@@ -9,7 +9,7 @@ use cudarc::driver::CudaSlice;
 use super::{
     conv, driver_error, elementwise, index, loss, matmul, norm, optim, pool, reduce, CudaDevice,
 };
-use crate::backend::BackendStorage;
+use crate::backend::{BackendStorage, Operand};
 use crate::{
     Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result,
     UnaryOp, WithDType,
@@ -154,24 +154,38 @@ impl BackendStorage for CudaStorage {
     fn binary(
         &self,
         layout: &Layout,
-        rhs: &Self,
-        rhs_layout: &Layout,
+        Operand {
+            storage: rhs,
+            layout: rhs_layout,
+        }: Operand<'_, Self>,
         op: BinaryOp,
     ) -> Result<Self> {
         elementwise::binary(self, layout, rhs, rhs_layout, op)
     }
 
-    fn compare(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self> {
+    fn compare(
+        &self,
+        layout: &Layout,
+        Operand {
+            storage: rhs,
+            layout: rhs_layout,
+        }: Operand<'_, Self>,
+        op: CmpOp,
+    ) -> Result<Self> {
         elementwise::compare(self, layout, rhs, rhs_layout, op)
     }
 
     fn where_cond(
         &self,
         layout: &Layout,
-        on_true: &Self,
-        true_layout: &Layout,
-        on_false: &Self,
-        false_layout: &Layout,
+        Operand {
+            storage: on_true,
+            layout: true_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: on_false,
+            layout: false_layout,
+        }: Operand<'_, Self>,
     ) -> Result<Self> {
         elementwise::where_cond(self, layout, on_true, true_layout, on_false, false_layout)
     }
@@ -184,18 +198,28 @@ impl BackendStorage for CudaStorage {
         reduce::softmax(self, layout, dim, log)
     }
 
-    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+    fn matmul(
+        &self,
+        layout: &Layout,
+        Operand {
+            storage: rhs,
+            layout: rhs_layout,
+        }: Operand<'_, Self>,
+    ) -> Result<Self> {
         matmul::matmul(self, layout, rhs, rhs_layout)
     }
 
     fn matmul_bias_act(
         &self,
         layout: &Layout,
-        rhs: &Self,
-        rhs_layout: &Layout,
-        bias: Option<(&Self, &Layout)>,
+        Operand {
+            storage: rhs,
+            layout: rhs_layout,
+        }: Operand<'_, Self>,
+        bias: Option<Operand<'_, Self>>,
         activation: Activation,
     ) -> Result<Self> {
+        let bias = bias.map(|b| (b.storage, b.layout));
         matmul::matmul_bias_act(self, layout, rhs, rhs_layout, bias, activation)
     }
 
@@ -207,15 +231,17 @@ impl BackendStorage for CudaStorage {
         conv::col2im(self, layout, g)
     }
 
-    fn cat(parts: &[(&Self, &Layout)], dim: usize) -> Result<Self> {
-        index::cat(parts, dim)
+    fn cat(parts: &[Operand<'_, Self>], dim: usize) -> Result<Self> {
+        index::cat(&pairs(parts), dim)
     }
 
     fn index_select(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
+        Operand {
+            storage: index,
+            layout: index_layout,
+        }: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self> {
         index::index_select(self, layout, index, index_layout, dim)
@@ -224,10 +250,14 @@ impl BackendStorage for CudaStorage {
     fn index_add(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
-        source: &Self,
-        source_layout: &Layout,
+        Operand {
+            storage: index,
+            layout: index_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: source,
+            layout: source_layout,
+        }: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self> {
         index::index_add(
@@ -244,8 +274,10 @@ impl BackendStorage for CudaStorage {
     fn gather(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
+        Operand {
+            storage: index,
+            layout: index_layout,
+        }: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self> {
         index::gather(self, layout, index, index_layout, dim)
@@ -254,10 +286,14 @@ impl BackendStorage for CudaStorage {
     fn scatter_add(
         &self,
         layout: &Layout,
-        index: &Self,
-        index_layout: &Layout,
-        source: &Self,
-        source_layout: &Layout,
+        Operand {
+            storage: index,
+            layout: index_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: source,
+            layout: source_layout,
+        }: Operand<'_, Self>,
         dim: usize,
     ) -> Result<Self> {
         index::scatter_add(
@@ -274,12 +310,18 @@ impl BackendStorage for CudaStorage {
     fn adam_step(
         &self,
         layout: &Layout,
-        grad: &Self,
-        grad_layout: &Layout,
-        exp_avg: &Self,
-        exp_avg_layout: &Layout,
-        exp_avg_sq: &Self,
-        exp_avg_sq_layout: &Layout,
+        Operand {
+            storage: grad,
+            layout: grad_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: exp_avg,
+            layout: exp_avg_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: exp_avg_sq,
+            layout: exp_avg_sq_layout,
+        }: Operand<'_, Self>,
         step: &AdamStep,
     ) -> Result<(Self, Self, Self)> {
         let entry = [
@@ -293,14 +335,18 @@ impl BackendStorage for CudaStorage {
     }
 
     fn adam_step_many(
-        entries: &[[(&Self, &Layout); 4]],
+        entries: &[[Operand<'_, Self>; 4]],
         step: &AdamStep,
     ) -> Result<Vec<(Self, Self, Self)>> {
-        optim::adam_step_many(entries, step)
+        let entries: Vec<[(&Self, &Layout); 4]> = entries
+            .iter()
+            .map(|entry| (*entry).map(|x| (x.storage, x.layout)))
+            .collect();
+        optim::adam_step_many(&entries, step)
     }
 
-    fn sum_of_squares_many(tensors: &[(&Self, &Layout)]) -> Result<Self> {
-        optim::sum_of_squares_many(tensors)
+    fn sum_of_squares_many(tensors: &[Operand<'_, Self>]) -> Result<Self> {
+        optim::sum_of_squares_many(&pairs(tensors))
     }
 
     fn max_pool2d(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<(Self, Self)> {
@@ -310,8 +356,10 @@ impl BackendStorage for CudaStorage {
     fn max_pool2d_backward(
         &self,
         layout: &Layout,
-        indices: &Self,
-        indices_layout: &Layout,
+        Operand {
+            storage: indices,
+            layout: indices_layout,
+        }: Operand<'_, Self>,
         g: &Conv2dGeometry,
     ) -> Result<Self> {
         pool::max_pool2d_backward(self, layout, indices, indices_layout, g)
@@ -361,8 +409,10 @@ impl BackendStorage for CudaStorage {
     fn batch_norm_backward(
         &self,
         layout: &Layout,
-        x: &Self,
-        x_layout: &Layout,
+        Operand {
+            storage: x,
+            layout: x_layout,
+        }: Operand<'_, Self>,
         mean: &Self,
         invstd: &Self,
         weight: Option<&Self>,
@@ -373,8 +423,10 @@ impl BackendStorage for CudaStorage {
     fn bce_with_logits(
         &self,
         layout: &Layout,
-        targets: &Self,
-        targets_layout: &Layout,
+        Operand {
+            storage: targets,
+            layout: targets_layout,
+        }: Operand<'_, Self>,
     ) -> Result<Self> {
         loss::bce_with_logits((self, layout), (targets, targets_layout))
     }
@@ -382,10 +434,14 @@ impl BackendStorage for CudaStorage {
     fn bce_with_logits_backward(
         &self,
         layout: &Layout,
-        targets: &Self,
-        targets_layout: &Layout,
-        grad: &Self,
-        grad_layout: &Layout,
+        Operand {
+            storage: targets,
+            layout: targets_layout,
+        }: Operand<'_, Self>,
+        Operand {
+            storage: grad,
+            layout: grad_layout,
+        }: Operand<'_, Self>,
     ) -> Result<Self> {
         loss::bce_with_logits_backward(
             (self, layout),
@@ -393,4 +449,9 @@ impl BackendStorage for CudaStorage {
             (grad, grad_layout),
         )
     }
+}
+
+/// Operands as the (storage, layout) pairs the kernel modules take.
+fn pairs<'a>(operands: &[Operand<'a, CudaStorage>]) -> Vec<(&'a CudaStorage, &'a Layout)> {
+    operands.iter().map(|x| (x.storage, x.layout)).collect()
 }

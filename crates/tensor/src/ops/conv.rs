@@ -11,6 +11,7 @@
 //! with their backwards, and max pooling's backward is differentiated by gathering at its
 //! indices.
 
+use crate::backend::Operand;
 use crate::op::Op;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -374,8 +375,7 @@ impl Tensor {
         self.same_device("max_pool2d_backward", indices)?;
         let storage = self.storage().max_pool2d_backward(
             self.layout(),
-            &indices.storage(),
-            indices.layout(),
+            Operand::new(&indices.storage(), indices.layout()),
             g,
         )?;
         let record = Tensor::record(&[self], || Op::MaxPool2dBackward {

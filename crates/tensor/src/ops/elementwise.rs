@@ -1,6 +1,7 @@
 //! Elementwise ops: unary functions, broadcasting arithmetic, comparisons, `where_cond` and
 //! dtype conversion, with their backward rules.
 
+use crate::backend::Operand;
 use crate::op::{BinaryOp, CmpOp, Op, UnaryOp};
 use crate::{DType, Result, Tensor};
 
@@ -91,9 +92,9 @@ impl Tensor {
         self.same_dtype(name, rhs)?;
         self.float_only(name)?;
         let (lhs, rhs) = self.broadcast_pair(name, rhs)?;
-        let storage = lhs
-            .storage()
-            .binary(lhs.layout(), &rhs.storage(), rhs.layout(), op)?;
+        let storage =
+            lhs.storage()
+                .binary(lhs.layout(), Operand::new(&rhs.storage(), rhs.layout()), op)?;
         let record = Tensor::record(&[&lhs, &rhs], || Op::Binary(lhs.clone(), rhs.clone(), op));
         Ok(Tensor::from_storage(storage, lhs.shape().clone(), record))
     }
@@ -115,9 +116,9 @@ impl Tensor {
     pub(crate) fn compare(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
         self.same_dtype("compare", rhs)?;
         let (lhs, rhs) = self.broadcast_pair("compare", rhs)?;
-        let storage = lhs
-            .storage()
-            .compare(lhs.layout(), &rhs.storage(), rhs.layout(), op)?;
+        let storage =
+            lhs.storage()
+                .compare(lhs.layout(), Operand::new(&rhs.storage(), rhs.layout()), op)?;
         Ok(Tensor::from_storage(storage, lhs.shape().clone(), None))
     }
 
@@ -157,10 +158,8 @@ impl Tensor {
         );
         let storage = condition.storage().where_cond(
             condition.layout(),
-            &on_true.storage(),
-            on_true.layout(),
-            &on_false.storage(),
-            on_false.layout(),
+            Operand::new(&on_true.storage(), on_true.layout()),
+            Operand::new(&on_false.storage(), on_false.layout()),
         )?;
         let record = Tensor::record(&[&on_true, &on_false], || {
             Op::WhereCond(condition.clone(), on_true.clone(), on_false.clone())

@@ -1,6 +1,7 @@
 //! Joining and indexing: cat/stack, index_select/index_add, gather/scatter_add, with backward
 //! rules. Index tensors are `u32`; an index past the end of its dim is an error.
 
+use crate::backend::Operand;
 use crate::op::Op;
 use crate::storage::Storage;
 use crate::{DType, Error, Result, Tensor};
@@ -28,10 +29,10 @@ impl Tensor {
             }
         }
         let guards: Vec<_> = tensors.iter().map(|t| t.storage()).collect();
-        let parts: Vec<(&Storage, &crate::Layout)> = guards
+        let parts: Vec<Operand<Storage>> = guards
             .iter()
             .zip(tensors)
-            .map(|(guard, t)| (&**guard, t.layout()))
+            .map(|(guard, t)| Operand::new(&**guard, t.layout()))
             .collect();
         let storage = Storage::cat(&parts, dim)?;
         let mut dims = first.dims().to_vec();
@@ -80,9 +81,11 @@ impl Tensor {
                 format!("index must be 1-D, got shape {}", index.shape()),
             ));
         }
-        let storage =
-            self.storage()
-                .index_select(self.layout(), &index.storage(), index.layout(), dim)?;
+        let storage = self.storage().index_select(
+            self.layout(),
+            Operand::new(&index.storage(), index.layout()),
+            dim,
+        )?;
         let mut dims = self.dims().to_vec();
         dims[dim] = index.elem_count();
         let record = Tensor::record(&[self], || {
@@ -113,10 +116,8 @@ impl Tensor {
         }
         let storage = self.storage().index_add(
             self.layout(),
-            &index.storage(),
-            index.layout(),
-            &source.storage(),
-            source.layout(),
+            Operand::new(&index.storage(), index.layout()),
+            Operand::new(&source.storage(), source.layout()),
             dim,
         )?;
         let record = Tensor::record(&[self, source], || {
@@ -148,9 +149,11 @@ impl Tensor {
     /// `torch.gather`. The result has the index's shape.
     pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         self.check_gather_index("gather", dim, index)?;
-        let storage =
-            self.storage()
-                .gather(self.layout(), &index.storage(), index.layout(), dim)?;
+        let storage = self.storage().gather(
+            self.layout(),
+            Operand::new(&index.storage(), index.layout()),
+            dim,
+        )?;
         let record = Tensor::record(&[self], || Op::Gather(self.clone(), index.clone(), dim));
         Ok(Tensor::from_storage(storage, index.shape().clone(), record))
     }
@@ -169,10 +172,8 @@ impl Tensor {
         }
         let storage = self.storage().scatter_add(
             self.layout(),
-            &index.storage(),
-            index.layout(),
-            &source.storage(),
-            source.layout(),
+            Operand::new(&index.storage(), index.layout()),
+            Operand::new(&source.storage(), source.layout()),
             dim,
         )?;
         let record = Tensor::record(&[self, source], || {

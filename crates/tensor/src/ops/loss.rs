@@ -2,6 +2,7 @@
 //! kernel forward and one backward where the composite took three and five. Not for the
 //! reduction that follows (kiln-nn's `Reduction`).
 
+use crate::backend::Operand;
 use crate::op::Op;
 use crate::{is_grad_enabled, Error, Result, Tensor};
 
@@ -25,9 +26,10 @@ impl Tensor {
                 ),
             ));
         }
-        let storage =
-            self.storage()
-                .bce_with_logits(self.layout(), &targets.storage(), targets.layout())?;
+        let storage = self.storage().bce_with_logits(
+            self.layout(),
+            Operand::new(&targets.storage(), targets.layout()),
+        )?;
         let record = Tensor::record(&[self, targets], || {
             Op::BceWithLogits(self.clone(), targets.clone())
         });
@@ -48,10 +50,8 @@ pub(crate) fn bce_with_logits_backward(
     } else {
         let storage = logits.storage().bce_with_logits_backward(
             logits.layout(),
-            &targets.storage(),
-            targets.layout(),
-            &grad.storage(),
-            grad.layout(),
+            Operand::new(&targets.storage(), targets.layout()),
+            Operand::new(&grad.storage(), grad.layout()),
         )?;
         Tensor::from_storage(storage, logits.shape().clone(), None)
     };

@@ -1,5 +1,6 @@
 //! Matrix products: 2-D and batched (batch dims broadcast), with backward rules.
 
+use crate::backend::Operand;
 use crate::op::Op;
 use crate::{is_grad_enabled, Activation, Error, Result, Shape, Tensor, UnaryOp};
 
@@ -10,7 +11,7 @@ impl Tensor {
         let (lhs, rhs, out_shape) = matmul_operands("matmul", self, rhs)?;
         let storage = lhs
             .storage()
-            .matmul(lhs.layout(), &rhs.storage(), rhs.layout())?;
+            .matmul(lhs.layout(), Operand::new(&rhs.storage(), rhs.layout()))?;
         let record = Tensor::record(&[&lhs, &rhs], || Op::Matmul(lhs.clone(), rhs.clone()));
         Ok(Tensor::from_storage(storage, out_shape, record))
     }
@@ -113,12 +114,11 @@ impl Tensor {
             let bias_storage = bias.map(|b| b.storage());
             lhs.storage().matmul_bias_act(
                 lhs.layout(),
-                &rhs.storage(),
-                rhs.layout(),
+                Operand::new(&rhs.storage(), rhs.layout()),
                 bias_storage
                     .as_ref()
                     .zip(bias)
-                    .map(|(s, b)| (&**s, b.layout())),
+                    .map(|(s, b)| Operand::new(&**s, b.layout())),
                 activation,
             )?
         };

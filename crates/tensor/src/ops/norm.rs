@@ -3,6 +3,7 @@
 //! evaluation mode with given statistics (`Tensor::batch_norm_eval`, untracked) in the same
 //! normalising kernel. Not for layer or group norm.
 
+use crate::backend::Operand;
 use crate::op::Op;
 use crate::storage::Storage;
 use crate::{is_grad_enabled, Error, Result, Shape, Tensor};
@@ -205,8 +206,7 @@ pub(crate) fn batch_norm_backward(
             let weight_storage = weight.map(|w| w.storage());
             grad.storage().batch_norm_backward(
                 grad.layout(),
-                &x.storage(),
-                x.layout(),
+                Operand::new(&x.storage(), x.layout()),
                 &mean.storage(),
                 &invstd.storage(),
                 weight_storage.as_deref(),

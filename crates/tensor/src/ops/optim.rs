@@ -3,6 +3,7 @@
 //! of squares gradient-norm clipping takes. Not differentiable: optimizers run them outside
 //! the graph, on detached values.
 
+use crate::backend::Operand;
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// The hyperparameters of one Adam (or AdamW) step, as `torch.optim.Adam` / `AdamW` take
@@ -79,7 +80,9 @@ impl Tensor {
         let operands: Vec<_> = guards
             .iter()
             .zip(entries)
-            .map(|(storages, tensors)| [0, 1, 2, 3].map(|i| (&*storages[i], tensors[i].layout())))
+            .map(|(storages, tensors)| {
+                [0, 1, 2, 3].map(|i| Operand::new(&*storages[i], tensors[i].layout()))
+            })
             .collect();
         let updated = crate::Storage::adam_step_many(&operands, step)?;
         Ok(updated
@@ -114,7 +117,7 @@ impl Tensor {
         let operands: Vec<_> = guards
             .iter()
             .zip(tensors)
-            .map(|(storage, tensor)| (&**storage, tensor.layout()))
+            .map(|(storage, tensor)| Operand::new(&**storage, tensor.layout()))
             .collect();
         let storage = crate::Storage::sum_of_squares_many(&operands)?;
         Ok(Tensor::from_storage(storage, [tensors.len()].into(), None))

@@ -165,8 +165,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     log_every: u64,
     /// Samples kiln-eval scores at the end of the run, into eval.json (0: no evaluation;
-    /// default 10000, 2000 for the DDPM, 1000 for the PixelCNN, scaled down for a run shorter
-    /// than the model's default length).
+    /// default: the model's number, scaled down for a run shorter than the model's default
+    /// length; the run says how many before it starts).
     #[arg(long)]
     eval_samples: Option<usize>,
     /// Also score every this many epochs (into eval/step_NNNNNNN.json).
@@ -286,8 +286,8 @@ struct EvalArgs {
     /// safetensors with `images` [N, 1, 28, 28] in [-1, 1] (what `kiln sample` writes) or u8.
     #[arg(long)]
     samples: Option<PathBuf>,
-    /// How many samples (default: all of a file; from a checkpoint 10000, or 2000 for the DDPM
-    /// and 1000 for the PixelCNN).
+    /// How many samples (default: all of a file; from a checkpoint, the model's own number,
+    /// fewer for the models whose samples take many network passes; the report says it).
     #[arg(long)]
     n: Option<usize>,
     /// The real data to compare with (default: what the checkpoint trained on, else mnist).

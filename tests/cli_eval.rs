@@ -181,3 +181,28 @@ fn bad_input_is_one_line_and_a_failed_exit() {
     ));
     assert!(m.contains("holds 10000 images"), "{m}");
 }
+
+/// Issue 24, finding 2: `kiln train classifier` with a batch larger than the training set took
+/// no step and wrote the untrained network (by default over the committed classifier). Now it
+/// fails with one line and writes nothing.
+#[test]
+fn a_classifier_training_that_takes_no_step_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("classifier.safetensors");
+    let output = kiln(
+        &[
+            "train",
+            "classifier",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "100000",
+            "--out",
+            path_str(&out),
+        ],
+        &[],
+    );
+    let line = error_line(&output);
+    assert!(line.contains("take no step"), "{line}");
+    assert!(!out.exists(), "an untrained classifier was written");
+}

@@ -297,6 +297,19 @@ pub fn train(
         },
     )?;
     let per_epoch = loader.batches_per_epoch() as u64;
+    // No step at all would leave the initial weights, and a 0/0 loss, to be saved as trained.
+    if per_epoch == 0 || config.epochs == 0 {
+        return Err(NnError::invalid(
+            "classifier",
+            format!(
+                "{} epochs of batches of {} from {} training images take no step: ask for at least one epoch and at most {} images per batch",
+                config.epochs,
+                config.batch_size,
+                train.len(),
+                train.len()
+            ),
+        ));
+    }
     let steps = per_epoch * config.epochs as u64;
     let mut step = 0;
     let mut report = TrainReport {

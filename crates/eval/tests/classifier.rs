@@ -210,3 +210,21 @@ fn training_is_deterministic_for_a_seed() {
     let (_, other_weights) = run(4);
     assert!(first_weights != other_weights);
 }
+
+/// Issue 24, finding 2: a batch larger than the training set (or no epochs) took no step and
+/// returned the untrained network as trained, which `kiln train classifier` then wrote over
+/// the committed one. Now it is an error before any work.
+#[test]
+fn a_training_that_would_take_no_step_is_refused() {
+    let (train, test) = (mnist(Split::Train), mnist(Split::Test));
+    for (batch_size, epochs) in [(100_000, 1), (128, 0)] {
+        let mut config = TrainConfig::default_for(DatasetKind::Mnist);
+        config.batch_size = batch_size;
+        config.epochs = epochs;
+        let mut steps = 0;
+        let result = classifier::train(&config, &train, &test, &mut |_| steps += 1);
+        let error = result.err().expect("no step is no training").to_string();
+        assert!(error.contains("take no step"), "{error}");
+        assert_eq!(steps, 0);
+    }
+}

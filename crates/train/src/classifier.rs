@@ -67,6 +67,13 @@ pub fn train_classifier(options: ClassifierOptions) -> Result<String> {
         bar.finish();
     }
     let (classifier, report) = trained?;
+    // A diverged training is not written, least of all over the committed classifier.
+    if let Some(loss) = report.train_loss.iter().find(|l| !l.is_finite()) {
+        return Err(TrainError::refused(format!(
+            "the classifier's training loss became {loss}; {} was not written",
+            out.display()
+        )));
+    }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| TrainError::refused(format!("{}: {e}", parent.display())))?;

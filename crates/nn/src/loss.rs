@@ -58,14 +58,17 @@ fn log_at_least_minus_100(x: &Tensor) -> Result<Tensor> {
 /// `-(y·log p + (1 - y)·log(1 - p))` per element, each log clamped at ≥ -100 as PyTorch does
 /// so p = 0 or 1 gives a finite loss (PyTorch's `F.binary_cross_entropy`).
 ///
+/// The gradient with respect to p is PyTorch's, `(p - y) / max(p·(1 - p), 1e-12)`: autograd's
+/// `(p - y) / (p·(1 - p))` where `p·(1 - p)` ≥ 1e-12, and the clamped denominator where it is
+/// smaller — without the clamp a saturated f32 sigmoid (a logit near -90, whose probability is
+/// a subnormal) would give an infinite gradient. There the loss keeps its value and takes that
+/// gradient (first order only: its second derivative there is 0).
+///
 /// Where it differs from PyTorch: `probabilities` should lie in [0, 1], which PyTorch checks
 /// (raising) and kiln does not (values outside give NaN; the check would read the values
 /// back). PyTorch's kernels take the second log as `log1p(-p)`, here `log(1 - p)`, which
-/// differs by the rounding of 1 - p, at most about an ulp of 1 in absolute terms. The
-/// gradient is autograd's, (p - y) / (p·(1 - p)), zero for a clamped log; PyTorch's fused
-/// backward divides by max(p·(1 - p), 1e-12) instead, so the two differ only where
-/// p·(1 - p) < 1e-12. For saturated probabilities use
-/// [`binary_cross_entropy_with_logits`].
+/// differs by the rounding of 1 - p, at most about an ulp of 1 in absolute terms. For
+/// saturated probabilities prefer [`binary_cross_entropy_with_logits`].
 pub fn binary_cross_entropy(
     probabilities: &Tensor,
     targets: &Tensor,
@@ -73,14 +76,30 @@ pub fn binary_cross_entropy(
 ) -> Result<Tensor> {
     const OP: &str = "binary_cross_entropy";
     same_shape(OP, ["probabilities", "targets"], probabilities, targets)?;
-    let log_p = log_at_least_minus_100(probabilities)?;
-    let log_one_minus_p = log_at_least_minus_100(&probabilities.affine(-1.0, 1.0)?)?;
+    let p = probabilities;
+    let log_p = log_at_least_minus_100(p)?;
+    let log_one_minus_p = log_at_least_minus_100(&p.affine(-1.0, 1.0)?)?;
     let losses = targets
         .mul(&log_p)?
         .add(&targets.affine(-1.0, 1.0)?.mul(&log_one_minus_p)?)?
         .neg()?;
-    reduction.apply(losses)
+    if !p.is_tracked() {
+        return reduction.apply(losses);
+    }
+    // Where p·(1 - p) < 1e-12: the loss's value, with gradient (p - y) / 1e-12 through the
+    // term (p - p̄)·g, which is 0 in value.
+    let (fixed_p, fixed_y) = (p.detach(), targets.detach());
+    let spread = fixed_p.mul(&fixed_p.affine(-1.0, 1.0)?)?;
+    let saturated = spread.lt(&spread.scalar_like(BCE_EPSILON)?)?;
+    let clamped_gradient = fixed_p.sub(&fixed_y)?.affine(1.0 / BCE_EPSILON, 0.0)?;
+    let straight = losses
+        .detach()
+        .add(&p.sub(&fixed_p)?.mul(&clamped_gradient)?)?;
+    reduction.apply(Tensor::where_cond(&saturated, &straight, &losses)?)
 }
+
+/// PyTorch's floor on p·(1 - p) in the gradient of `binary_cross_entropy`.
+const BCE_EPSILON: f64 = 1e-12;
 
 /// `binary_cross_entropy(sigmoid(x), y)` computed stably as `softplus(x) - x·y` per element
 /// (PyTorch's `F.binary_cross_entropy_with_logits` without weights): finite for any finite

@@ -112,9 +112,15 @@ fn binary_cross_entropy_clamps_each_log_at_minus_100_with_finite_gradients() {
     );
     let grads = losses.sum_all().unwrap().backward().unwrap();
     let grad = values(grads.get(&tracked).unwrap());
-    assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
-    // Where neither log is clamped, the gradient is (p - y) / (p·(1 - p)) = -1/p for y = 1.
-    assert_close(&grad[5..], &[-(99.0f64.exp())], 1e-12);
+    // PyTorch's gradient, (p - y) / max(p·(1 - p), 1e-12): every p here has p·(1 - p) below
+    // 1e-12, so the denominator is 1e-12 (for e^-99, whose log is not clamped, autograd's
+    // -1/p would be -9.9e42).
+    let pytorch: Vec<f64> = values(&p)
+        .iter()
+        .zip(values(&y))
+        .map(|(p, y)| (p - y) / (p * (1.0 - p)).max(1e-12))
+        .collect();
+    assert_close(&grad, &pytorch, 1e-12);
 
     // The same at p = 0 and 1 in f32, where the clamp's threshold e^-100 is below the
     // smallest f32 and 1/e^-100 overflows.
@@ -128,6 +134,42 @@ fn binary_cross_entropy_clamps_each_log_at_minus_100_with_finite_gradients() {
     let grads = losses.sum_all().unwrap().backward().unwrap();
     let grad = values(grads.get(&p32).unwrap());
     assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
+}
+
+/// Issue 24, finding 6: `binary_cross_entropy(sigmoid(x), y)` in f32 over the whole range of
+/// logits. Near x = -89 to -104 the sigmoid is a subnormal, and the autograd gradient
+/// -y/p overflowed to -inf; with PyTorch's floor on p·(1 - p) every gradient is finite, and
+/// where the sigmoid is not saturated it is σ(x) - y, as the fused loss's.
+#[test]
+fn binary_cross_entropy_of_a_sigmoid_has_finite_gradients_for_every_f32_logit() {
+    let logits: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.1).collect(); // -200 to 200
+    let n = logits.len();
+    for target in [0.0f32, 0.3, 1.0] {
+        let x = Tensor::from_vec(logits.clone(), [n], Device::Cpu)
+            .unwrap()
+            .track()
+            .unwrap();
+        let y = Tensor::full(target as f64, [n], DType::F32, Device::Cpu).unwrap();
+        let losses = binary_cross_entropy(&x.sigmoid().unwrap(), &y, Reduction::None).unwrap();
+        let loss = values(&losses);
+        assert!(loss.iter().all(|l| l.is_finite()), "y = {target}: a loss");
+        let grads = losses.sum_all().unwrap().backward().unwrap();
+        let grad = values(grads.get(&x).unwrap());
+        for (i, (&x, g)) in logits.iter().zip(&grad).enumerate() {
+            assert!(
+                g.is_finite(),
+                "y = {target}, x = {x}: gradient {g} (index {i})"
+            );
+            if x.abs() <= 15.0 {
+                let sigmoid = 1.0 / (1.0 + (-(x as f64)).exp());
+                let expected = sigmoid - target as f64;
+                assert!(
+                    (g - expected).abs() < 1e-3,
+                    "y = {target}, x = {x}: {g} vs {expected}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -316,7 +316,7 @@ fn bad_input_is_one_line_and_a_failed_exit() {
 }
 
 #[test]
-fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+fn a_checkpoint_with_nan_weights_is_not_resumed() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     assert!(train(&run, &["--steps", "3"]).status.success());
@@ -346,20 +346,58 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         ],
         &[],
     );
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    let last = stderr.lines().last().unwrap();
+    // Issue 24, finding 4: this run used to take a step, stop on its NaN loss and call the
+    // poisoned file "the last good checkpoint"; now the file is refused before any work.
+    let line = error_line(&output);
     assert!(
-        last.starts_with("error: step 4 (epoch 1): loss_")
-            && last.contains("is NaN; training stopped and the last good checkpoint is")
-            && last.ends_with("(step 3)"),
-        "{stderr}"
+        line.contains("`generator.main.0.weight` holds NaN or infinite values")
+            && line.contains("cannot continue from it"),
+        "{line}"
     );
     assert_eq!(
         std::fs::read(&path).unwrap(),
         before,
         "the checkpoint was overwritten"
     );
+}
+
+/// Issue 24, finding 4: the NaN guard looked only at the loss, which is measured before the
+/// update, so an update that made the weights non-finite was saved as the run's checkpoint.
+#[test]
+fn an_update_that_makes_the_weights_non_finite_is_not_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // Learning rate 1e39 is finite as the config's f64 and infinite as the step's f32: the
+    // VAE's first update makes its weights infinite while the step's loss (measured before the
+    // update) is finite. (A GAN's generator loss, measured after the discriminator's update,
+    // would catch it.)
+    let output = kiln(
+        &[
+            "train",
+            "vae",
+            "--quiet",
+            "--steps",
+            "1",
+            "--lr",
+            "1e39",
+            "--eval-samples",
+            "0",
+            "--out",
+            path_str(&run),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let line = stderr.lines().last().unwrap();
+    assert!(
+        line.starts_with("error: step 1: `model.")
+            && line.contains("holds NaN or infinite values after the update")
+            && line.ends_with("no checkpoint had been saved yet"),
+        "{line}"
+    );
+    let path = run.join("checkpoints/latest.safetensors");
+    assert!(!path.exists(), "a non-finite checkpoint was written");
 }
 
 #[test]

@@ -81,6 +81,22 @@ impl Checkpoint {
         self.tensors.len()
     }
 
+    /// The name of the first float tensor holding a NaN or an infinity, if any: a checkpoint
+    /// of a run that diverged in its weights (or its optimizer's moments), which must neither
+    /// be saved over a good one nor resumed. Reads every float tensor back to the host.
+    pub fn first_non_finite(&self) -> Result<Option<&str>> {
+        for (name, tensor) in &self.tensors {
+            if !tensor.dtype().is_float() {
+                continue;
+            }
+            let values = tensor.to_dtype(kiln_tensor::DType::F64)?.to_vec::<f64>()?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }

@@ -205,19 +205,11 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
     let ending = fit(trainer.as_mut(), &loader, total, &mut observer);
     observer.progress.finish();
     match ending {
-        Err(TrainError::Diverged { step, name, value }) => {
-            let kept = match observer.last_saved {
-                Some(saved) => format!(
-                    "the last good checkpoint is {} (step {saved})",
-                    checkpoint_path.display()
-                ),
-                None => "no checkpoint had been saved yet".to_string(),
-            };
-            Err(TrainError::refused(format!(
-                "step {step} (epoch {}): {name} is {value}; training stopped and {kept}",
-                (step - 1) / per_epoch + 1
-            )))
-        }
+        Err(TrainError::Diverged { step, name, value }) => Err(TrainError::refused(format!(
+            "step {step} (epoch {}): {name} is {value}; training stopped and {}",
+            (step - 1) / per_epoch + 1,
+            observer.kept()
+        ))),
         Err(error) => Err(error),
         Ok(Ending::Stopped { step }) => Ok(Finish::Interrupted(format!(
             "interrupted at step {step}; checkpoint saved to {}\nresume with: kiln train {} --resume {}",
@@ -287,8 +279,28 @@ impl RunObserver<'_> {
             || step == self.total
     }
 
+    /// What is left of the run after a failure: "the last good checkpoint is PATH (step N)".
+    fn kept(&self) -> String {
+        match self.last_saved {
+            Some(saved) => format!(
+                "the last good checkpoint is {} (step {saved})",
+                self.run.latest_checkpoint_path().display()
+            ),
+            None => "no checkpoint had been saved yet".to_string(),
+        }
+    }
+
+    /// Writes the run's checkpoint, unless the update left a weight (or an optimizer moment)
+    /// NaN or infinite: then the run stops and the last good checkpoint stays.
     fn save(&self, trainer: &dyn Trainer) -> Result<()> {
         let mut checkpoint = trainer.checkpoint()?;
+        if let Some(name) = checkpoint.first_non_finite()? {
+            return Err(TrainError::refused(format!(
+                "step {}: `{name}` holds NaN or infinite values after the update; training stopped and {}",
+                trainer.steps_done(),
+                self.kept()
+            )));
+        }
         // Which data the run learned, so `kiln eval` compares with the right dataset.
         checkpoint.set_meta(DATASET_KEY, self.dataset.name());
         Ok(checkpoint.save(self.run.latest_checkpoint_path())?)
@@ -483,6 +495,11 @@ fn resume(
     let checkpoint = Checkpoint::load(path)?;
     let context = path.display().to_string();
     let model = registry.model_of(&checkpoint, &context)?;
+    if let Some(name) = checkpoint.first_non_finite()? {
+        return Err(TrainError::refused(format!(
+            "{context}: `{name}` holds NaN or infinite values, so the run cannot continue from it; resume from a checkpoint saved before it diverged"
+        )));
+    }
     if model != options.model {
         return Err(TrainError::refused(format!(
             "{context}: holds a {model} model, not a {}",

@@ -1,6 +1,7 @@
 //! What defines a PixelCNN run: the pixels' distribution, the network's size and the
 //! optimiser's settings. Saved as the run's config.json and inside every checkpoint.
 
+use kiln_nn::limits::{all_at_most, MAX_BATCH, MAX_CHANNELS, MAX_LAYERS};
 use serde::{Deserialize, Serialize};
 
 /// p(x_i | x_<i), the distribution of one pixel given the pixels before it.
@@ -99,7 +100,19 @@ impl PixelCnnConfig {
                 self.lr
             ));
         }
-        Ok(())
+        all_at_most(&[
+            (
+                "number of hidden channels",
+                self.hidden_channels,
+                MAX_CHANNELS,
+            ),
+            (
+                "number of residual blocks",
+                self.residual_blocks,
+                MAX_LAYERS,
+            ),
+            ("batch size", self.batch_size, MAX_BATCH),
+        ])
     }
 }
 

@@ -2,6 +2,7 @@
 //! with Ho et al.'s (2020) published settings where they apply to MNIST. Saved as the run's
 //! config.json and inside every checkpoint.
 
+use kiln_nn::limits::{all_at_most, MAX_BATCH, MAX_CHANNELS, MAX_TIMESTEPS};
 use serde::{Deserialize, Serialize};
 
 /// The name the command line and checkpoints use for the model.
@@ -85,7 +86,11 @@ impl DdpmConfig {
                 self.groups
             ));
         }
-        Ok(())
+        all_at_most(&[
+            ("U-Net's widest level", c0.max(c1).max(c2), MAX_CHANNELS),
+            ("number of diffusion steps", self.timesteps, MAX_TIMESTEPS),
+            ("batch size", self.batch_size, MAX_BATCH),
+        ])
     }
 }
 

@@ -1,6 +1,7 @@
 //! What defines a GAN run: the architecture and its hyperparameters, with each model's
 //! published defaults. Saved as the run's config.json and inside every checkpoint.
 
+use kiln_nn::limits::{all_at_most, MAX_BATCH, MAX_LAYERS, MAX_WIDTH};
 use serde::{Deserialize, Serialize};
 
 /// The four GANs kiln trains.
@@ -127,9 +128,35 @@ impl GanConfig {
                 "DCGAN's batch norm needs batches of at least 2",
             ),
         ];
-        match problems.iter().find(|(bad, _)| *bad) {
-            Some((_, message)) => Err(message.to_string()),
-            None => Ok(()),
+        if let Some((_, message)) = problems.iter().find(|(bad, _)| *bad) {
+            return Err(message.to_string());
         }
+        let widest = |widths: &[usize]| widths.iter().copied().max().unwrap_or(0);
+        all_at_most(&[
+            ("latent size", self.latent_dim, MAX_WIDTH),
+            ("embedding size", self.embedding_dim, MAX_WIDTH),
+            (
+                "widest generator layer",
+                widest(&self.generator_widths),
+                MAX_WIDTH,
+            ),
+            (
+                "widest discriminator layer",
+                widest(&self.discriminator_widths),
+                MAX_WIDTH,
+            ),
+            (
+                "number of generator layers",
+                self.generator_widths.len(),
+                MAX_LAYERS,
+            ),
+            (
+                "number of discriminator layers",
+                self.discriminator_widths.len(),
+                MAX_LAYERS,
+            ),
+            ("batch size", self.batch_size, MAX_BATCH),
+            ("number of critic steps", self.critic_steps, MAX_LAYERS),
+        ])
     }
 }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 mod error;
 pub mod init;
 pub mod layers;
+pub mod limits;
 pub mod loss;
 pub mod metrics;
 mod module;

@@ -14,6 +14,7 @@ use kiln_eval::scores::{
     class_coverage_of_probabilities, classifier_score, precision_recall, Coverage, PrecisionRecall,
     DEFAULT_NEIGHBOURS,
 };
+use kiln_nn::limits::{at_most, MAX_IMAGES};
 use kiln_tensor::{no_grad, DType, Device, Tensor};
 use serde::Serialize;
 
@@ -134,6 +135,7 @@ impl Evaluator {
                 "--n {samples}: score at least {MIN_SAMPLES} samples"
             )));
         }
+        at_most("number of samples (--n)", samples, MAX_IMAGES).map_err(TrainError::Refused)?;
         let sampler = trainer.sampler(&settings.sampler)?;
         trainer.check_importance(settings.importance)?;
         let images =

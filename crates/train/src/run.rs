@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use kiln_data::{Dataset, DatasetKind, Scale, Split};
 use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::limits::{at_most, MAX_IMAGES};
 use kiln_run::{plot, Interrupt, MetricsLog, Progress, RunDir, Throughput};
 use kiln_tensor::{Device, Tensor};
 use serde::Serialize;
@@ -112,8 +113,23 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
     let family = registry.family(&options.model)?;
     let total = match (options.steps, options.epochs) {
         (Some(steps), _) => steps,
-        (None, epochs) => epochs.unwrap_or(family.default_epochs(&options.model)) * per_epoch,
+        (None, epochs) => {
+            let epochs = epochs.unwrap_or(family.default_epochs(&options.model));
+            epochs.checked_mul(per_epoch).ok_or_else(|| {
+                TrainError::refused(format!(
+                    "--epochs {epochs}: {per_epoch} steps each make more than 2^64 steps"
+                ))
+            })?
+        }
     };
+    if let Some(samples) = options.eval_samples {
+        at_most(
+            "number of evaluation samples (--eval-samples)",
+            samples,
+            MAX_IMAGES,
+        )
+        .map_err(TrainError::Refused)?;
+    }
     let start = trainer.steps_done();
     if start >= total {
         return Err(TrainError::refused(format!(

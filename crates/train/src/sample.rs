@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_data::{IdxArray, IdxData, Scale};
 use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::limits::{at_most, MAX_IMAGES};
 use kiln_run::Progress;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
 
@@ -51,6 +52,9 @@ pub fn sampling_progress(quiet: bool, what: String) -> impl FnMut(usize, usize) 
 pub fn sample(registry: &Registry, options: SampleOptions) -> Result<String> {
     let format = OutputFormat::of(&options.out)?;
     check_device(options.device)?;
+    if let Some(n) = options.n {
+        at_most("number of samples (--n)", n, MAX_IMAGES).map_err(TrainError::Refused)?;
+    }
     let (trainer, _) = registry.load(&options.checkpoint, options.device)?;
     let trainer = trainer.as_ref();
     let context = options.checkpoint.display().to_string();

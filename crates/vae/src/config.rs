@@ -2,6 +2,7 @@
 //! optimiser's settings, with the published defaults. Saved as the run's config.json and
 //! inside every checkpoint.
 
+use kiln_nn::limits::{all_at_most, MAX_BATCH, MAX_CHANNELS, MAX_WIDTH};
 use serde::{Deserialize, Serialize};
 
 /// The two VAEs kiln trains.
@@ -131,9 +132,15 @@ impl VaeConfig {
                 "beta must be a number >= 0",
             ),
         ];
-        match problems.iter().find(|(bad, _)| *bad) {
-            Some((_, message)) => Err(message.to_string()),
-            None => Ok(()),
+        if let Some((_, message)) = problems.iter().find(|(bad, _)| *bad) {
+            return Err(message.to_string());
         }
+        all_at_most(&[
+            ("latent size", self.latent_dim, MAX_WIDTH),
+            ("hidden width", self.hidden_dim, MAX_WIDTH),
+            ("first channels", self.channels[0], MAX_CHANNELS),
+            ("second channels", self.channels[1], MAX_CHANNELS),
+            ("batch size", self.batch_size, MAX_BATCH),
+        ])
     }
 }

@@ -7,13 +7,17 @@
 use std::path::Path;
 
 use kiln_data::{Dataset, Scale};
+use kiln_nn::limits::at_most;
 use kiln_tensor::{no_grad, Device, Tensor};
 use kiln_train::{Result, TrainError};
 
 use crate::{latent, Reconstruction, VaeTrainer};
 
-/// Tiles per row of every grid here.
+/// Tiles per row of the reconstruction grid.
 const COLUMNS: usize = 8;
+/// The most tiles along a side of a manifold grid or a walk: a 256 x 256 grid of 28-pixel
+/// tiles is already a 7,680-pixel-wide PNG of 65,536 decoded images.
+const MAX_GRID_SIDE: usize = 256;
 
 /// Writes `images [N, 1, 28, 28]` in [0, 1] as a grid of [`COLUMNS`] per row.
 fn save(images: &Tensor, out: &Path) -> Result<()> {
@@ -84,6 +88,8 @@ pub fn interpolate(
             "--steps {steps}: a walk needs at least 2 images (its ends)"
         )));
     }
+    at_most("number of images per walk (--steps)", steps, MAX_GRID_SIDE)
+        .map_err(TrainError::Refused)?;
     let pairs = match pair {
         Some((from, to)) => {
             if let Some(bad) = [from, to].into_iter().find(|&i| i >= test.len()) {
@@ -148,6 +154,7 @@ pub fn manifold(trainer: &VaeTrainer, out: &Path, size: usize) -> Result<String>
             "--size {size}: the grid needs at least 2 x 2 images"
         )));
     }
+    at_most("grid's side (--size)", size, MAX_GRID_SIDE).map_err(TrainError::Refused)?;
     let latents = latent::manifold_latents(size, trainer.device())?;
     let images = trainer.sample(&latents)?; // [size², 1, 28, 28]
     kiln_data::save_grid(&images, out, Scale::ZeroToOne, size, 0)?;

@@ -78,7 +78,17 @@ pub fn manifold_latents(size: usize, device: Device) -> Result<Tensor> {
         ));
     }
     let coordinate = |k: usize| normal_quantile((k as f64 + 0.5) / size as f64) as f32;
-    let mut latents = Vec::with_capacity(size * size * 2);
+    let cells = size
+        .checked_mul(size)
+        .filter(|&cells| cells <= kiln_nn::limits::MAX_IMAGES)
+        .ok_or_else(|| {
+            let most = kiln_nn::limits::MAX_IMAGES;
+            NnError::invalid(
+                "manifold",
+                format!("a {size} x {size} grid is more than {most} images"),
+            )
+        })?;
+    let mut latents = Vec::with_capacity(cells * 2);
     for row in 0..size {
         for column in 0..size {
             latents.extend([coordinate(column), coordinate(size - 1 - row)]);

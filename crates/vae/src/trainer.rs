@@ -243,6 +243,9 @@ impl VaeTrainer {
                 "needs at least 1 sample",
             ));
         }
+        let most = kiln_nn::limits::MAX_IMPORTANCE_SAMPLES;
+        kiln_nn::limits::at_most("number of importance samples", samples, most)
+            .map_err(|message| NnError::invalid("importance_weighted_nll", message))?;
         let latent = self.config.latent_dim;
         // G images at a time, C samples of each per pass: C·G decoder rows.
         let group = (IMPORTANCE_ROWS / samples).clamp(1, n);

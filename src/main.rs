@@ -16,7 +16,7 @@ use kiln_data::{Dataset, DatasetKind, Grid, Split};
 use kiln_tensor::Device;
 use kiln_train::classifier::ClassifierOptions;
 use kiln_train::evaluate::EvalOptions;
-use kiln_train::run::{Finish, TrainOptions};
+use kiln_train::run::{CheckpointEvery, Finish, TrainOptions};
 use kiln_train::sample::SampleOptions;
 use kiln_train::{Family, Importance, Overrides, Registry, SamplerChoice};
 
@@ -172,6 +172,11 @@ struct TrainArgs {
     /// Also score every this many epochs (into eval/step_NNNNNNN.json).
     #[arg(long, default_value_t = 0)]
     eval_every: u64,
+    /// Write a checkpoint every N steps (500), or once this long has passed (30s, 10m, 2h),
+    /// besides each epoch's end, Ctrl-C and the last step; 0: only those. What a kill can lose
+    /// at most. The checkpoint it replaces is kept as checkpoints/previous.safetensors.
+    #[arg(long, default_value = "10m")]
+    checkpoint_every: CheckpointEvery,
     /// DDPM: the U-Net's channels at 28, 14 and 7 pixels, e.g. 16,32,64. PixelCNN: its
     /// hidden channels, e.g. 32. conv-vae: the channels after its two convolutions, e.g. 32,64.
     #[arg(long, value_delimiter = ',')]
@@ -555,6 +560,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<Finish> {
         log_every: args.log_every,
         eval_samples: args.eval_samples,
         eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
     };
     Ok(kiln_train::run::train(&REGISTRY, options)?)
 }

@@ -25,6 +25,7 @@ pub fn write_file_atomically(
         out.into_inner()
             .map_err(io::IntoInnerError::into_error)?
             .sync_all()?;
+        pause_for_fault_injection();
         std::fs::rename(&temporary, path)
     })();
     if let Err(err) = result {
@@ -32,6 +33,16 @@ pub fn write_file_atomically(
         return Err(err);
     }
     sync_directory(path)
+}
+
+/// With `KILN_FAULT_INJECTION_WRITE_PAUSE_MS` set (tests only), waits that long between
+/// writing a file's temporary and renaming it, so a test that kills the process can land in
+/// the middle of a write.
+fn pause_for_fault_injection() {
+    let pause = std::env::var("KILN_FAULT_INJECTION_WRITE_PAUSE_MS").ok();
+    if let Some(ms) = pause.and_then(|ms| ms.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// Flushes the directory holding `path`, so that a rename into it is on disk.

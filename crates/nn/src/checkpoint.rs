@@ -24,6 +24,10 @@ use crate::{NnError, ParamStore, Result};
 pub const MODEL_KEY: &str = "kiln.model";
 /// The metadata key of the model's configuration, as JSON.
 pub const CONFIG_KEY: &str = "kiln.config";
+/// The metadata key of the tensors' checksum ([`Checkpoint::save`] writes it,
+/// [`Checkpoint::load`] checks it): FNV-1a (64-bit) over every tensor's name, dtype, shape and
+/// little-endian bytes, in name order, as 16 hex digits.
+pub const CHECKSUM_KEY: &str = "kiln.checksum";
 
 /// Ordered named tensors plus string metadata: the contents of one safetensors file.
 #[derive(Clone, Default)]
@@ -277,20 +281,31 @@ impl Checkpoint {
             .iter()
             .map(|(name, tensor)| Ok((name.as_str(), RawTensor::from_tensor(tensor)?)))
             .collect::<Result<Vec<_>>>()?;
-        let metadata = (!self.metadata.is_empty()).then(|| {
-            self.metadata
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect::<HashMap<_, _>>()
+        let mut metadata: HashMap<String, String> = self
+            .metadata
+            .iter()
+            .filter(|(key, _)| key.as_str() != CHECKSUM_KEY)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let entries = raw.iter().map(|(name, tensor)| {
+            (
+                *name,
+                tensor.dtype,
+                tensor.shape.as_slice(),
+                &tensor.data[..],
+            )
         });
-        safetensors::serialize(raw.iter().map(|(name, tensor)| (*name, tensor)), metadata).map_err(
-            |err| {
-                NnError::invalid(
-                    "Checkpoint",
-                    format!("{}: cannot encode as safetensors: {err}", self.context()),
-                )
-            },
+        metadata.insert(CHECKSUM_KEY.to_string(), checksum(entries));
+        safetensors::serialize(
+            raw.iter().map(|(name, tensor)| (*name, tensor)),
+            Some(metadata),
         )
+        .map_err(|err| {
+            NnError::invalid(
+                "Checkpoint",
+                format!("{}: cannot encode as safetensors: {err}", self.context()),
+            )
+        })
     }
 
     /// Parses a safetensors file's bytes; errors name `source` as the file.
@@ -303,6 +318,29 @@ impl Checkpoint {
             })?;
         // read_metadata checked that the header's offsets tile exactly the bytes after it.
         let data = &bytes[8 + header_len..];
+        if let Some(saved) = header.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) {
+            let mut names = header.offset_keys();
+            names.sort();
+            let entries = names.iter().filter_map(|name| {
+                let info = header.info(name)?;
+                let (start, end) = info.data_offsets;
+                Some((
+                    name.as_str(),
+                    info.dtype,
+                    info.shape.as_slice(),
+                    &data[start..end],
+                ))
+            });
+            let found = checksum(entries);
+            if &found != saved {
+                return Err(NnError::Format {
+                    path: source.to_path_buf(),
+                    message: format!(
+                        "the tensors' checksum is {found}, not the {saved} they were saved with: the file is corrupt or was altered"
+                    ),
+                });
+            }
+        }
         let mut tensors = Vec::new();
         for name in header.offset_keys() {
             let Some(info) = header.info(&name) else {
@@ -317,10 +355,12 @@ impl Checkpoint {
                 })??;
             tensors.push((name, tensor));
         }
+        // The checksum belongs to the file, checked above; a checkpoint saved again gets its own.
         let metadata = header
             .metadata()
             .iter()
             .flatten()
+            .filter(|(key, _)| key.as_str() != CHECKSUM_KEY)
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         Ok(Checkpoint {
@@ -475,4 +515,28 @@ fn tensor_from_le_bytes(dtype: Dtype, shape: &[usize], data: &[u8]) -> Option<Re
         Dtype::F64 => build(shape, data, f64::from_le_bytes),
         _ => return None,
     })
+}
+
+/// [`CHECKSUM_KEY`]'s value for `entries` (name, dtype, shape, bytes), taken in name order.
+fn checksum<'a>(entries: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut entries: Vec<_> = entries.collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let mut hash = OFFSET;
+    let mut feed = |bytes: &[u8]| {
+        for &byte in bytes {
+            hash = (hash ^ byte as u64).wrapping_mul(PRIME);
+        }
+    };
+    for (name, dtype, shape, data) in entries {
+        feed(name.as_bytes());
+        feed(dtype.to_string().as_bytes());
+        for &dim in shape {
+            feed(&(dim as u64).to_le_bytes());
+        }
+        feed(&(data.len() as u64).to_le_bytes());
+        feed(data);
+    }
+    format!("{hash:016x}")
 }

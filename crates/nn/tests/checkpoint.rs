@@ -246,6 +246,49 @@ fn a_failed_write_leaves_the_previous_checkpoint_and_no_temporary() {
     );
 }
 
+/// Issue 24: a bit flipped in a tensor's bytes leaves a well-formed safetensors file that loads
+/// into a silently different run; the checksum saved in the metadata makes it an error naming
+/// the file. A file without a checksum (another tool's, or kiln's before it kept one) loads.
+#[test]
+fn a_flipped_bit_in_a_tensor_is_a_checksum_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("all.safetensors");
+    every_dtype().save(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let (header_len, _) = safetensors::SafeTensors::read_metadata(&good).unwrap();
+    let data_start = 8 + header_len;
+    for at in [data_start, (data_start + good.len()) / 2, good.len() - 1] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = Checkpoint::load(&path).unwrap_err();
+        assert!(matches!(error, NnError::Format { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("all.safetensors") && message.contains("checksum"),
+            "{message}"
+        );
+    }
+    // The same tensors written by the reference crate, with no checksum: they load.
+    let file = safetensors::SafeTensors::deserialize(&good).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = file.tensors();
+    let plain = safetensors::serialize(views, None).unwrap();
+    std::fs::write(&path, plain).unwrap();
+    assert_same_contents(
+        &Checkpoint::load(&path).unwrap(),
+        &strip_metadata(every_dtype()),
+    );
+}
+
+/// `checkpoint`'s tensors without its metadata.
+fn strip_metadata(checkpoint: Checkpoint) -> Checkpoint {
+    let mut plain = Checkpoint::new();
+    for (name, tensor) in checkpoint.tensors() {
+        plain.insert(name.clone(), tensor).unwrap();
+    }
+    plain
+}
+
 #[test]
 fn a_missing_file_names_the_path() {
     let directory = tempfile::tempdir().unwrap();

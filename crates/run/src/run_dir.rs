@@ -8,7 +8,7 @@
 //! ├── metrics.jsonl                one JSON object per logged step
 //! ├── loss.png, loss.svg           the loss curves so far
 //! ├── samples/epoch_001.png        images sampled after each epoch
-//! └── checkpoints/latest.safetensors
+//! └── checkpoints/latest.safetensors, previous.safetensors
 //! ```
 
 use std::io::Write;
@@ -55,6 +55,12 @@ impl RunDir {
     /// `checkpoints/latest.safetensors`: the checkpoint a resumed run starts from.
     pub fn latest_checkpoint_path(&self) -> PathBuf {
         self.checkpoints_dir().join("latest.safetensors")
+    }
+
+    /// `checkpoints/previous.safetensors`: the checkpoint `latest` replaced, kept so that a
+    /// newest checkpoint that turns out bad (or a file damaged later) does not lose the run.
+    pub fn previous_checkpoint_path(&self) -> PathBuf {
+        self.checkpoints_dir().join("previous.safetensors")
     }
 
     /// `samples/epoch_001.png` for `epoch` 1 (the first epoch), `epoch_010.png` for 10: at

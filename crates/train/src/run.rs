@@ -40,6 +40,55 @@ pub struct TrainOptions {
     pub eval_samples: Option<usize>,
     /// Also score every this many epochs (0: only at the end).
     pub eval_every: u64,
+    /// How often a checkpoint is written between epoch ends.
+    pub checkpoint_every: CheckpointEvery,
+}
+
+/// How often `kiln train` writes a checkpoint besides each epoch's end, Ctrl-C and the last
+/// step: what a kill (the OOM killer, a preempted job) can lose at most.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CheckpointEvery {
+    /// Every this many steps.
+    Steps(u64),
+    /// Once this much time has passed since the last checkpoint.
+    Interval(std::time::Duration),
+    /// Only at epoch ends, Ctrl-C and the last step.
+    EpochEnds,
+}
+
+impl CheckpointEvery {
+    /// Ten minutes: a kill loses at most that much of a run.
+    pub const DEFAULT: CheckpointEvery =
+        CheckpointEvery::Interval(std::time::Duration::from_secs(600));
+}
+
+impl std::str::FromStr for CheckpointEvery {
+    type Err = String;
+
+    /// `500` (steps), `30s`, `10m`, `2h`, or `0` (epoch ends only).
+    fn from_str(text: &str) -> std::result::Result<CheckpointEvery, String> {
+        let bad =
+            || format!("{text}: expected a number of steps (500), a time (30s, 10m, 2h) or 0");
+        let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+            Some(at) => text.split_at(at),
+            None => (text, ""),
+        };
+        let number: u64 = number.parse().map_err(|_| bad())?;
+        let seconds = match unit {
+            "" if number == 0 => return Ok(CheckpointEvery::EpochEnds),
+            "" => return Ok(CheckpointEvery::Steps(number)),
+            "s" => number,
+            "m" => number.saturating_mul(60),
+            "h" => number.saturating_mul(3600),
+            _ => return Err(bad()),
+        };
+        match seconds {
+            0 => Ok(CheckpointEvery::EpochEnds),
+            seconds => Ok(CheckpointEvery::Interval(std::time::Duration::from_secs(
+                seconds,
+            ))),
+        }
+    }
 }
 
 /// How a training run ended when it did not fail.
@@ -145,6 +194,7 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
 
     let out = run_folder(&options)?;
     let run = RunDir::create(&out)?;
+    remove_leftovers(&run);
     run.write_config(&RunRecord {
         kiln_version: env!("CARGO_PKG_VERSION"),
         model: trainer.config_json()?,
@@ -213,6 +263,7 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
         total,
         batch_size,
         last_saved: (start > 0).then_some(start),
+        last_save_time: Instant::now(),
         last_summary: None,
         test_images,
         eval_samples,
@@ -280,6 +331,7 @@ struct RunObserver<'a> {
     total: u64,
     batch_size: usize,
     last_saved: Option<u64>,
+    last_save_time: Instant,
     /// The losses of the last step read, for the closing summary.
     last_summary: Option<String>,
     test_images: Option<Tensor>,
@@ -306,9 +358,20 @@ impl RunObserver<'_> {
         }
     }
 
+    /// Whether a checkpoint is due at `step` (besides epoch ends).
+    fn checkpoint_due(&self, step: u64) -> bool {
+        match self.options.checkpoint_every {
+            CheckpointEvery::Steps(every) => step.is_multiple_of(every),
+            CheckpointEvery::Interval(interval) => self.last_save_time.elapsed() >= interval,
+            CheckpointEvery::EpochEnds => false,
+        }
+    }
+
     /// Writes the run's checkpoint, unless the update left a weight (or an optimizer moment)
-    /// NaN or infinite: then the run stops and the last good checkpoint stays.
-    fn save(&self, trainer: &dyn Trainer) -> Result<()> {
+    /// NaN or infinite: then the run stops and the last good checkpoint stays. The checkpoint
+    /// it replaces becomes `previous.safetensors` (a hard link made before the new one is
+    /// renamed into place, so a crash at any moment leaves `latest` or `previous` whole).
+    fn save(&mut self, trainer: &dyn Trainer) -> Result<()> {
         let mut checkpoint = trainer.checkpoint()?;
         if let Some(name) = checkpoint.first_non_finite()? {
             return Err(TrainError::refused(format!(
@@ -319,7 +382,14 @@ impl RunObserver<'_> {
         }
         // Which data the run learned, so `kiln eval` compares with the right dataset.
         checkpoint.set_meta(DATASET_KEY, self.dataset.name());
-        Ok(checkpoint.save(self.run.latest_checkpoint_path())?)
+        let latest = self.run.latest_checkpoint_path();
+        if latest.exists() {
+            keep_as_previous(&latest, &self.run.previous_checkpoint_path())?;
+        }
+        checkpoint.save(&latest)?;
+        self.last_saved = Some(trainer.steps_done());
+        self.last_save_time = Instant::now();
+        Ok(())
     }
 
     /// Scores the model (see [`evaluate`]), writes eval.json and eval/step_NNNNNNN.json, and
@@ -401,6 +471,10 @@ impl Observer for RunObserver<'_> {
             self.save(trainer)?;
             return Ok(Flow::Stop);
         }
+        // Epoch ends save anyway.
+        if self.checkpoint_due(step) && !step.is_multiple_of(self.per_epoch) && step != self.total {
+            self.save(trainer)?;
+        }
         Ok(Flow::Continue)
     }
 
@@ -427,7 +501,6 @@ impl Observer for RunObserver<'_> {
         let images = trainer.grid_images(GRID_IMAGES)?;
         kiln_data::save_grid(&images, &grid, Scale::MinusOneToOne, 8, 2)?;
         self.save(trainer)?;
-        self.last_saved = Some(step);
         draw_plot(self.run, trainer, self.per_epoch)?;
         self.progress.println(format!(
             "epoch {epochs_done:.2}: samples {}, checkpoint {}",
@@ -568,9 +641,68 @@ fn run_folder(options: &TrainOptions) -> Result<PathBuf> {
     Ok(candidate)
 }
 
+/// Removes what a killed run leaves half-done in its folder: the temporary files of atomic
+/// writes (`.name.<pid>.<n>.tmp`) and a `previous` link not yet renamed. Best effort: a file
+/// that cannot be removed is left.
+fn remove_leftovers(run: &RunDir) {
+    for dir in [
+        run.path().to_path_buf(),
+        run.checkpoints_dir(),
+        run.samples_dir(),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let temporary = name.starts_with('.') && name.ends_with(".tmp");
+            if temporary || name.ends_with(".safetensors.linking") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Makes `previous` the file `latest` now is: a hard link under a temporary name renamed over
+/// `previous`, so `previous` is at every moment a whole checkpoint (the old one or the new one).
+fn keep_as_previous(latest: &Path, previous: &Path) -> Result<()> {
+    let staging = previous.with_extension("safetensors.linking");
+    let _ = std::fs::remove_file(&staging);
+    std::fs::hard_link(latest, &staging)
+        .and_then(|()| std::fs::rename(&staging, previous))
+        .map_err(|e| {
+            TrainError::refused(format!(
+                "{}: cannot keep as previous: {e}",
+                previous.display()
+            ))
+        })?;
+    // When `previous` already was `latest` (a run killed between this and the write that
+    // follows it), renaming one link over another to the same file does nothing (POSIX), and
+    // the staging name would remain.
+    let _ = std::fs::remove_file(&staging);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::scaled_to_run;
+    use super::{scaled_to_run, CheckpointEvery};
+    use std::time::Duration;
+
+    #[test]
+    fn checkpoint_cadences_parse() {
+        let parse = |text: &str| text.parse::<CheckpointEvery>();
+        assert_eq!(parse("500"), Ok(CheckpointEvery::Steps(500)));
+        assert_eq!(parse("0"), Ok(CheckpointEvery::EpochEnds));
+        assert_eq!(parse("0m"), Ok(CheckpointEvery::EpochEnds));
+        let every = |seconds| Ok(CheckpointEvery::Interval(Duration::from_secs(seconds)));
+        assert_eq!(parse("30s"), every(30));
+        assert_eq!(parse("10m"), every(600));
+        assert_eq!(parse("2h"), every(7200));
+        assert_eq!(CheckpointEvery::DEFAULT, every(600).unwrap());
+        for bad in ["", "m", "10x", "-5", "1.5m", "10 m"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_evaluation_shrinks_with_the_run() {

@@ -464,7 +464,8 @@ fn main() -> ExitCode {
     let report = match report {
         Ok(report) => report,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // kiln's errors name their cause in their own line; the chain would repeat it.
+            eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
     };

@@ -497,7 +497,7 @@ fn a_run_killed_at_any_moment_resumes_from_a_checkpoint_that_loads() {
     let previous = run.join("checkpoints/previous.safetensors");
     let mut state = 0x2545_F491_4F6C_DD1Du64; // xorshift: arbitrary but repeatable delays
     let mut last_step = 0;
-    for round in 0..12 {
+    for round in 0..20 {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
@@ -568,4 +568,85 @@ fn a_run_killed_at_any_moment_resumes_from_a_checkpoint_that_loads() {
         .filter(|name| name.ends_with(".tmp") || name.ends_with(".linking"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// Issue 24, fault injection: a full disk (a write hook that fails as ENOSPC after the first
+/// few files) stops the run with one line naming the file, and the checkpoint written before
+/// it stays whole and resumable.
+#[test]
+fn a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args = [
+        "train",
+        "gan",
+        "--quiet",
+        "--eval-samples",
+        "0",
+        "--steps",
+        "50",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        path_str(&run),
+    ];
+    // config.json, then checkpoints at steps 2 and 4; the fourth file fails.
+    let output = common::command(&args, &[])
+        .env("KILN_FAULT_INJECTION_DISK_FULL_AFTER", "3")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("No space left on device")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let latest = run.join("checkpoints/latest.safetensors");
+    let checkpoint = kiln_nn::checkpoint::Checkpoint::load(&latest).unwrap();
+    assert_eq!(checkpoint.step().unwrap(), 4);
+    let resumed = train(&run, &["--steps", "6", "--resume", path_str(&latest)]);
+    assert!(resumed.status.success(), "{resumed:?}");
+}
+
+/// Issue 24, fault injection: the run folder deleted while the run writes into it: one line,
+/// a failed exit, no panic.
+#[test]
+fn a_vanished_run_folder_stops_the_run_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args = [
+        "train",
+        "gan",
+        "--quiet",
+        "--eval-samples",
+        "0",
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        path_str(&run),
+    ];
+    let child = common::command(&args, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let latest = run.join("checkpoints/latest.safetensors");
+    let started = std::time::Instant::now();
+    while !latest.exists() && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(&run).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }

@@ -22,6 +22,7 @@ pub fn write_file_atomically(
     let result = (|| {
         let mut out = BufWriter::new(File::create(&temporary)?);
         write(&mut out)?;
+        disk_full_for_fault_injection()?;
         out.into_inner()
             .map_err(io::IntoInnerError::into_error)?
             .sync_all()?;
@@ -42,6 +43,21 @@ fn pause_for_fault_injection() {
     let pause = std::env::var("KILN_FAULT_INJECTION_WRITE_PAUSE_MS").ok();
     if let Some(ms) = pause.and_then(|ms| ms.parse::<u64>().ok()) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// With `KILN_FAULT_INJECTION_DISK_FULL_AFTER=N` set (tests only), every write after the
+/// process's first N fails as a full disk does (ENOSPC), after its temporary file was
+/// written and before the rename.
+fn disk_full_for_fault_injection() -> io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let limit = std::env::var("KILN_FAULT_INJECTION_DISK_FULL_AFTER").ok();
+    let Some(limit) = limit.and_then(|n| n.parse::<u64>().ok()) else {
+        return Ok(());
+    };
+    match WRITES.fetch_add(1, Ordering::Relaxed) >= limit {
+        true => Err(io::Error::from_raw_os_error(28)), // ENOSPC
+        false => Ok(()),
     }
 }
 

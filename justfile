@@ -106,6 +106,12 @@ fuzz seconds="600":
     mkdir -p fuzz/corpus/idx_reader
     RUSTC_BOOTSTRAP=1 cargo fuzz run idx_reader fuzz/corpus/idx_reader fuzz/seeds -- -max_total_time={{seconds}} -print_final_stats=1
 
+# Fuzz checkpoint loading (safetensors header, tensors, kiln's metadata) for `seconds`
+fuzz-checkpoint seconds="600":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    mkdir -p fuzz/corpus/checkpoint_loader
+    RUSTC_BOOTSTRAP=1 cargo fuzz run checkpoint_loader fuzz/corpus/checkpoint_loader fuzz/seeds-checkpoint -- -max_total_time={{seconds}} -print_final_stats=1
+
 # Save kiln's GAN and VAE checkpoints and check that PyTorch loads them (strict) and computes
 # the same outputs (needs `pip install torch safetensors`; set PYTHON to pick the interpreter)
 interop out="target/interop":

@@ -361,6 +361,25 @@ fn a_checkpoint_with_nan_weights_is_not_resumed() {
     );
 }
 
+/// A loss that becomes NaN stops the run with one line naming the step, the loss and what is
+/// left of the run, and writes no checkpoint. (A GAN at learning rate 1e39 — infinite in the
+/// step's f32 — makes the discriminator's update infinite, so the generator's loss, measured
+/// through the updated discriminator in the same step, is NaN.)
+#[test]
+fn a_nan_loss_stops_the_run_and_says_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let output = train(&run, &["--steps", "5", "--lr", "1e39"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap();
+    assert_eq!(
+        last,
+        "error: step 1 (epoch 1): loss_g is NaN; training stopped and no checkpoint had been saved yet"
+    );
+    assert!(!run.join("checkpoints/latest.safetensors").exists());
+}
+
 /// Issue 24, finding 4: the NaN guard looked only at the loss, which is measured before the
 /// update, so an update that made the weights non-finite was saved as the run's checkpoint.
 #[test]

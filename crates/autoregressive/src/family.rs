@@ -10,8 +10,8 @@ use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{Device, Tensor};
 use kiln_train::config::{from_config, to_config};
 use kiln_train::{
-    refuse_importance, Batching, Family, Importance, OwnScores, PendingMetrics as Pending,
-    PlotPanel, PlotSpec, SamplerChoice, TestMeasure, TrainError, Trainer,
+    Batching, Family, Importance, OwnScores, PendingMetrics as Pending, PlotPanel, PlotSpec,
+    SamplerChoice, TestMeasure, TrainError, Trainer,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -163,12 +163,8 @@ impl Trainer for PixelCnnTrainer {
         }))
     }
 
-    fn check_importance(&self, importance: Importance) -> kiln_train::Result<()> {
-        refuse_importance(
-            MODEL_NAME,
-            importance,
-            "whose likelihood is exact: kiln eval reports its test NLL without --iw-samples",
-        )
+    fn importance_unsupported(&self) -> Option<&'static str> {
+        Some("whose likelihood is exact: kiln eval reports its test NLL without --iw-samples")
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -117,14 +117,7 @@ impl Registry {
         device: Device,
     ) -> Result<Box<dyn Trainer>> {
         let config = self.configure(model, overrides)?;
-        self.family(model)?
-            .build(config, device)
-            .map_err(|e| match e {
-                TrainError::Nn(kiln_nn::NnError::Mismatch { message, .. }) => {
-                    TrainError::refused(format!("{model}: {message}"))
-                }
-                other => other,
-            })
+        self.family(model)?.build(config, device)
     }
 
     /// The model `checkpoint` holds, by name, or the one-line reason it holds none kiln knows.

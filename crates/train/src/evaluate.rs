@@ -22,7 +22,7 @@ use crate::config::Registry;
 use crate::error::{Result, TrainError};
 use crate::run::{check_device, trained_on};
 use crate::sample::{entry_or_only, sampling_progress};
-use crate::trainer::{Importance, OwnScores, SamplerChoice, Trainer};
+use crate::trainer::{check_importance, Importance, OwnScores, SamplerChoice, Trainer};
 
 /// How [`Evaluator::score_model`] draws and scores a model's samples.
 pub struct ModelScoring<'a> {
@@ -137,7 +137,7 @@ impl Evaluator {
         }
         at_most("number of samples (--n)", samples, MAX_IMAGES).map_err(TrainError::Refused)?;
         let sampler = trainer.sampler(&settings.sampler)?;
-        trainer.check_importance(settings.importance)?;
+        check_importance(trainer, settings.importance, "the checkpoint")?;
         let images =
             trainer.generate(samples, settings.seed, &settings.sampler, settings.on_step)?;
         let mut report = self.score(&images)?;
@@ -304,9 +304,7 @@ pub fn eval(registry: &Registry, options: EvalOptions) -> Result<String> {
         (Some(checkpoint), None) => {
             let (trainer, file) = registry.load(checkpoint, options.device)?;
             let context = checkpoint.display().to_string();
-            trainer.check_importance(options.importance).map_err(|e| {
-                TrainError::refused(e.to_string().replace("the checkpoint", &context))
-            })?;
+            check_importance(trainer.as_ref(), options.importance, &context)?;
             let trained_on = trained_on(&file, &context)?;
             let dataset = options.dataset.or(trained_on).unwrap_or(DatasetKind::Mnist);
             let data_dir = options.data_dir.as_deref();

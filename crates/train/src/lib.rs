@@ -41,6 +41,6 @@ pub use error::{Result, TrainError};
 pub use evaluate::{EvalReport, Evaluator, ModelScoring};
 pub use fit::{fit, loader_for, train_steps, Ending, Flow, Observer};
 pub use trainer::{
-    refuse_importance, Batching, Family, Importance, OwnScores, PendingMetrics, PlotPanel,
-    PlotSpec, SamplerChoice, StepMetrics, TestMeasure, Trainer,
+    check_importance, Batching, Family, Importance, OwnScores, PendingMetrics, PlotPanel, PlotSpec,
+    SamplerChoice, StepMetrics, TestMeasure, Trainer,
 };

@@ -215,26 +215,34 @@ pub trait Trainer {
     fn own_scores(&self, _test: &Tensor, _importance: Importance) -> Result<Option<OwnScores>> {
         Ok(None)
     }
-    /// Refuses an importance-weighted estimate the model cannot make, before any work.
-    fn check_importance(&self, importance: Importance) -> Result<()> {
-        refuse_importance(
-            self.name(),
-            importance,
-            "which has no likelihood to estimate (the VAEs do)",
-        )
+    /// Why the model cannot make an importance-weighted likelihood estimate, or `None` when
+    /// it can (the VAEs).
+    fn importance_unsupported(&self) -> Option<&'static str> {
+        Some("which has no likelihood to estimate (the VAEs do)")
     }
     /// The run itself, for callers that need the family's own type (`kiln reconstruct`).
     fn as_any(&self) -> &dyn Any;
 }
 
-/// Refuses an importance-weighted estimate for a model that has none, saying `why`.
-pub fn refuse_importance(model: &str, importance: Importance, why: &str) -> Result<()> {
-    if importance.samples > 0 {
+/// Refuses, before any work, an importance-weighted estimate that `trainer` (read from
+/// `source`, e.g. a checkpoint's path) cannot make, or one of more samples than the limit.
+pub fn check_importance(trainer: &dyn Trainer, importance: Importance, source: &str) -> Result<()> {
+    if importance.samples == 0 {
+        return Ok(());
+    }
+    if let Some(why) = trainer.importance_unsupported() {
         return Err(TrainError::refused(format!(
-            "--iw-samples: the checkpoint holds a {model} model, {why}"
+            "--iw-samples: {source} holds a {} model, {why}",
+            trainer.name()
         )));
     }
-    Ok(())
+    let what = "number of importance samples (--iw-samples)";
+    kiln_nn::limits::at_most(
+        what,
+        importance.samples,
+        kiln_nn::limits::MAX_IMPORTANCE_SAMPLES,
+    )
+    .map_err(TrainError::Refused)
 }
 
 /// A family of models (the GANs, the VAEs, ..): the names it answers to and how it makes a

@@ -8,7 +8,6 @@ use std::time::Instant;
 use kiln_data::{Batch, Scale};
 use kiln_eval::similarity::{mse, psnr, ssim_batch};
 use kiln_nn::checkpoint::Checkpoint;
-use kiln_nn::limits::{at_most, MAX_IMPORTANCE_SAMPLES};
 use kiln_tensor::{Device, Tensor};
 use kiln_train::config::{from_config, to_config};
 use kiln_train::{
@@ -282,9 +281,8 @@ impl Trainer for VaeTrainer {
         }))
     }
 
-    fn check_importance(&self, importance: Importance) -> kiln_train::Result<()> {
-        let what = "number of importance samples (--iw-samples)";
-        at_most(what, importance.samples, MAX_IMPORTANCE_SAMPLES).map_err(TrainError::Refused)
+    fn importance_unsupported(&self) -> Option<&'static str> {
+        None
     }
 
     fn as_any(&self) -> &dyn Any {

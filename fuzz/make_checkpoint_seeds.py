@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the checkpoint fuzzer's seed inputs to fuzz/seeds-checkpoint/: small safetensors files
-as kiln writes them (a few dtypes, kiln's metadata, the tensors' FNV-1a checksum) and one
+as kiln writes them (a few dtypes, kiln's metadata, the FNV-1a checksum of both) and one
 without metadata, as other tools write them. Run from the repository root:
 python3 fuzz/make_checkpoint_seeds.py"""
 import json
@@ -10,15 +10,20 @@ import struct
 OFFSET, PRIME, MASK = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
 
 
-def fnv(entries):
-    """kiln_nn::checkpoint's checksum: name, dtype, shape and bytes of each tensor, by name."""
-    h = OFFSET
+def fnv(entries, metadata):
+    """kiln_nn::checkpoint's checksum: name, dtype, shape and bytes of each tensor, by name,
+    then each metadata entry's key and value (each after its length), by key."""
+    blob = b""
     for name, dtype, shape, data in sorted(entries):
-        blob = name.encode() + dtype.encode()
+        blob += name.encode() + dtype.encode()
         blob += b"".join(struct.pack("<Q", d) for d in shape)
         blob += struct.pack("<Q", len(data)) + data
-        for byte in blob:
-            h = ((h ^ byte) * PRIME) & MASK
+    for key, value in sorted(metadata.items()):
+        for text in (key.encode(), value.encode()):
+            blob += struct.pack("<Q", len(text)) + text
+    h = OFFSET
+    for byte in blob:
+        h = ((h ^ byte) * PRIME) & MASK
     return f"{h:016x}"
 
 
@@ -53,7 +58,7 @@ metadata = {
 }
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds-checkpoint")
 os.makedirs(out, exist_ok=True)
-kiln = dict(metadata, **{"kiln.checksum": fnv(tensors)})
+kiln = dict(metadata, **{"kiln.checksum": fnv(tensors, metadata)})
 for name, blob in [("kiln.safetensors", safetensors(tensors, kiln)),
                    ("plain.safetensors", safetensors(tensors[:2], None)),
                    ("empty.safetensors", safetensors([], {"note": "no tensors"}))]:

@@ -24,9 +24,11 @@ use crate::{NnError, ParamStore, Result};
 pub const MODEL_KEY: &str = "kiln.model";
 /// The metadata key of the model's configuration, as JSON.
 pub const CONFIG_KEY: &str = "kiln.config";
-/// The metadata key of the tensors' checksum ([`Checkpoint::save`] writes it,
+/// The metadata key of the file's checksum ([`Checkpoint::save`] writes it,
 /// [`Checkpoint::load`] checks it): FNV-1a (64-bit) over every tensor's name, dtype, shape and
-/// little-endian bytes, in name order, as 16 hex digits.
+/// little-endian bytes, in name order, then every other metadata entry's key and value, in key
+/// order, as 16 hex digits. A file whose checksum covers its tensors alone (kiln's first
+/// checksummed files) still loads.
 pub const CHECKSUM_KEY: &str = "kiln.checksum";
 
 /// Ordered named tensors plus string metadata: the contents of one safetensors file.
@@ -295,7 +297,8 @@ impl Checkpoint {
                 &tensor.data[..],
             )
         });
-        metadata.insert(CHECKSUM_KEY.to_string(), checksum(entries));
+        let sum = checksum(entries, &metadata);
+        metadata.insert(CHECKSUM_KEY.to_string(), sum);
         safetensors::serialize(
             raw.iter().map(|(name, tensor)| (*name, tensor)),
             Some(metadata),
@@ -318,25 +321,36 @@ impl Checkpoint {
             })?;
         // read_metadata checked that the header's offsets tile exactly the bytes after it.
         let data = &bytes[8 + header_len..];
+        // The checksum belongs to the file, checked here; a checkpoint saved again gets its own.
+        let metadata: BTreeMap<String, String> = header
+            .metadata()
+            .iter()
+            .flatten()
+            .filter(|(key, _)| key.as_str() != CHECKSUM_KEY)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
         if let Some(saved) = header.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) {
-            let mut names = header.offset_keys();
-            names.sort();
-            let entries = names.iter().filter_map(|name| {
-                let info = header.info(name)?;
-                let (start, end) = info.data_offsets;
-                Some((
-                    name.as_str(),
-                    info.dtype,
-                    info.shape.as_slice(),
-                    &data[start..end],
-                ))
-            });
-            let found = checksum(entries);
-            if &found != saved {
+            let names = header.offset_keys();
+            let entries = || {
+                names.iter().filter_map(|name| {
+                    let info = header.info(name)?;
+                    let (start, end) = info.data_offsets;
+                    Some((
+                        name.as_str(),
+                        info.dtype,
+                        info.shape.as_slice(),
+                        &data[start..end],
+                    ))
+                })
+            };
+            let found = checksum(entries(), &metadata);
+            // A tensors-only checksum is the older form; a file of the current form whose
+            // metadata was altered matches neither.
+            if &found != saved && &checksum(entries(), &BTreeMap::new()) != saved {
                 return Err(NnError::Format {
                     path: source.to_path_buf(),
                     message: format!(
-                        "the tensors' checksum is {found}, not the {saved} they were saved with: the file is corrupt or was altered"
+                        "the checksum of its tensors and metadata is {found}, not the {saved} they were saved with: the file is corrupt or was altered"
                     ),
                 });
             }
@@ -355,14 +369,6 @@ impl Checkpoint {
                 })??;
             tensors.push((name, tensor));
         }
-        // The checksum belongs to the file, checked above; a checkpoint saved again gets its own.
-        let metadata = header
-            .metadata()
-            .iter()
-            .flatten()
-            .filter(|(key, _)| key.as_str() != CHECKSUM_KEY)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
         Ok(Checkpoint {
             tensors,
             metadata,
@@ -517,8 +523,13 @@ fn tensor_from_le_bytes(dtype: Dtype, shape: &[usize], data: &[u8]) -> Option<Re
     })
 }
 
-/// [`CHECKSUM_KEY`]'s value for `entries` (name, dtype, shape, bytes), taken in name order.
-fn checksum<'a>(entries: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+/// [`CHECKSUM_KEY`]'s value for `entries` (name, dtype, shape, bytes), taken in name order,
+/// and then `metadata`'s entries (without the checksum), in key order; with no metadata, the
+/// older form, of the tensors alone.
+fn checksum<'a>(
+    entries: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+    metadata: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> String {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0100_0000_01b3;
     let mut entries: Vec<_> = entries.collect();
@@ -537,6 +548,14 @@ fn checksum<'a>(entries: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a 
         }
         feed(&(data.len() as u64).to_le_bytes());
         feed(data);
+    }
+    let mut metadata: Vec<_> = metadata.into_iter().collect();
+    metadata.sort();
+    for (key, value) in metadata {
+        for text in [key, value] {
+            feed(&(text.len() as u64).to_le_bytes());
+            feed(text.as_bytes());
+        }
     }
     format!("{hash:016x}")
 }

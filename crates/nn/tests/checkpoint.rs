@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use half::{bf16, f16};
-use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::checkpoint::{Checkpoint, CHECKSUM_KEY};
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
 use kiln_nn::{Init, NnError, ParamStore};
 use kiln_tensor::{DType, Device, Generator, Tensor, WithDType};
@@ -278,6 +278,86 @@ fn a_flipped_bit_in_a_tensor_is_a_checksum_error() {
         &Checkpoint::load(&path).unwrap(),
         &strip_metadata(every_dtype()),
     );
+}
+
+/// Issue 24: a flipped bit anywhere in the header (the size field, and the JSON of names,
+/// dtypes, shapes, offsets and metadata, a model's config among them) is an error naming the
+/// file, because the checksum covers the metadata too. The one exception is a flip in the
+/// checksum's own key: the file then loads unchecked, with every tensor and metadata entry as
+/// saved and the checksum under the damaged key.
+#[test]
+fn a_flipped_bit_anywhere_in_the_header_is_an_error_or_changes_nothing() {
+    let mut original = every_dtype();
+    original.set_meta("kiln.config", r#"{"hidden": 256, "lr": 0.0002}"#);
+    let bytes = original.to_bytes().unwrap();
+    let (header_len, _) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let (mut refused, mut unchecked) = (0, 0);
+    for at in 0..8 + header_len {
+        for bit in 0..8 {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 1 << bit;
+            match Checkpoint::from_bytes(&flipped, "flipped.safetensors") {
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(
+                        message.contains("flipped.safetensors") && !message.contains('\n'),
+                        "byte {at} bit {bit}: {message}"
+                    );
+                    refused += 1;
+                }
+                Ok(loaded) => {
+                    let mut metadata = loaded.metadata().clone();
+                    let stray: Vec<String> = metadata
+                        .keys()
+                        .filter(|key| !original.metadata().contains_key(*key))
+                        .cloned()
+                        .collect();
+                    assert!(
+                        stray.len() == 1 && stray[0].len() == CHECKSUM_KEY.len(),
+                        "byte {at} bit {bit} loaded with metadata {metadata:?}"
+                    );
+                    metadata.remove(&stray[0]);
+                    assert_eq!(&metadata, original.metadata(), "byte {at} bit {bit}");
+                    assert_same_contents(
+                        &strip_metadata(loaded),
+                        &strip_metadata(original.clone()),
+                    );
+                    unchecked += 1;
+                }
+            }
+        }
+    }
+    // The checksum's key: 13 bytes, and not every flip of them leaves valid JSON.
+    assert!(
+        unchecked <= 8 * CHECKSUM_KEY.len(),
+        "{unchecked} flips loaded, {refused} refused"
+    );
+}
+
+/// A file whose checksum covers its tensors alone (the form kiln wrote before the checksum
+/// took in the metadata) still loads; its checksum is still checked.
+#[test]
+fn a_tensors_only_checksum_still_loads_and_is_checked() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tensors_only_checksum.safetensors");
+    let loaded = Checkpoint::load(&path).unwrap();
+    assert_eq!(loaded.meta("kiln.model"), Some("gan"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let error = Checkpoint::from_bytes(&bytes, &path).unwrap_err();
+    assert!(error.to_string().contains("checksum"), "{error}");
+}
+
+/// The checkpoint fuzzer's seeds (fuzz/make_checkpoint_seeds.py computes the checksum on its
+/// own) load: the script and the loader agree on the checksum.
+#[test]
+fn the_fuzz_seeds_load() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds-checkpoint");
+    for name in ["kiln.safetensors", "plain.safetensors", "empty.safetensors"] {
+        let loaded = Checkpoint::load(seeds.join(name));
+        assert!(loaded.is_ok(), "{name}: {:?}", loaded.err());
+    }
 }
 
 /// `checkpoint`'s tensors without its metadata.

@@ -1659,3 +1659,43 @@ fn matmul_precision_parses_and_sticks() -> R {
     assert_eq!(kiln_tensor::matmul_precision(), MatmulPrecision::Fp32);
     Ok(())
 }
+
+/// A CPU sum is the same to the last bit whatever the thread count: a row long enough to be
+/// split over the threads gives what one thread's pass over it gives (issue 24's soak compares
+/// a resumed run with an uninterrupted one bit for bit; issue 23 asks it of every reduction).
+#[test]
+fn a_long_sum_is_the_same_on_any_number_of_threads() -> R {
+    // 4 rows of 300,000: one thread sums each row whole, more threads split each row (at
+    // 262,144, a multiple of the 1,024-element blocks). Each row: 1e20 at 0, -1e20 at 262,144,
+    // and 1 at every other multiple of 1,024. In order, the 255 ones between the two big values
+    // vanish beside 1e20 and the 36 after them count: 36. Added as two partial sums (1e20, and
+    // -1e20 + 36, in which the 36 vanish) the total would be 0.
+    let row: Vec<f32> = (0..300_000)
+        .map(|i| match i {
+            0 => 1e20,
+            262_144 => -1e20,
+            i if i % 1024 == 0 => 1.0,
+            _ => 0.0,
+        })
+        .collect();
+    let data = row.repeat(4);
+    let rows = t32(&data, &[4, 300_000])?;
+    let whole = t32(&data, &[1_200_000])?;
+    let on = |threads: usize| -> kiln_tensor::Result<(Vec<u32>, u32)> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let per_row = rows.sum(&[1], false)?.to_vec::<f32>()?;
+            let all = whole.sum_all()?.to_vec::<f32>()?[0];
+            Ok((per_row.iter().map(|x| x.to_bits()).collect(), all.to_bits()))
+        })
+    };
+    let one = on(1)?;
+    assert_eq!(one.0, [36f32.to_bits(); 4]);
+    for threads in [2, 3, 8] {
+        assert_eq!(on(threads)?, one, "{threads} threads");
+    }
+    Ok(())
+}

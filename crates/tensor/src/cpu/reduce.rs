@@ -106,11 +106,14 @@ fn reduce_rows<T: FloatDType>(
         .chunks(row_len)
         .map(|row| match op {
             ReduceOp::Sum => {
-                let total: f64 = row
-                    .par_chunks(Work::Light.parallel_min() / 4)
-                    .map(sum_f64)
-                    .sum();
-                T::from_math(T::math_from_f64(total))
+                // The blocks `sum_f64` takes, summed on the threads and added in order: the
+                // same result as one thread's, bit for bit, whatever the thread count.
+                let blocks: Vec<f64> = row
+                    .par_chunks(SUM_BLOCK)
+                    .with_min_len(Work::Light.parallel_min() / 4 / SUM_BLOCK)
+                    .map(block_sum)
+                    .collect();
+                T::from_math(T::math_from_f64(blocks.into_iter().sum()))
             }
             ReduceOp::Max => {
                 let partial: Vec<T::Math> = row
@@ -128,27 +131,30 @@ fn reduce_rows<T: FloatDType>(
     Some(out)
 }
 
-/// The sum of `values`: blocks of 1024 summed in the element's math type over 16 lanes (which
-/// the compiler vectorizes), block sums added in f64. A cascade like PyTorch's: the rounding
-/// error grows with the block length, not with the whole length.
+/// The length of the blocks [`sum_f64`] sums in the element's math type.
+const SUM_BLOCK: usize = 1024;
+
+/// The sum of `values`: blocks of [`SUM_BLOCK`] summed in the element's math type over 16
+/// lanes (which the compiler vectorizes), block sums added in f64, in order. A cascade like
+/// PyTorch's: the rounding error grows with the block length, not with the whole length.
 fn sum_f64<T: FloatDType>(values: &[T]) -> f64 {
-    values
-        .chunks(1024)
-        .map(|block| {
-            let mut lanes = [T::Math::zero(); 16];
-            let chunks = block.chunks_exact(16);
-            let tail = chunks
-                .remainder()
-                .iter()
-                .fold(T::Math::zero(), |s, &v| s + v.to_math());
-            for chunk in chunks {
-                for (lane, &v) in lanes.iter_mut().zip(chunk) {
-                    *lane = *lane + v.to_math();
-                }
-            }
-            T::math_to_f64(lanes.iter().fold(tail, |s, &v| s + v))
-        })
-        .sum()
+    values.chunks(SUM_BLOCK).map(block_sum).sum()
+}
+
+/// One block of [`sum_f64`].
+fn block_sum<T: FloatDType>(block: &[T]) -> f64 {
+    let mut lanes = [T::Math::zero(); 16];
+    let chunks = block.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(T::Math::zero(), |s, &v| s + v.to_math());
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = *lane + v.to_math();
+        }
+    }
+    T::math_to_f64(lanes.iter().fold(tail, |s, &v| s + v))
 }
 
 /// The larger of two values, or NaN if either is NaN (as in PyTorch).

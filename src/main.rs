@@ -20,6 +20,11 @@ use kiln_train::run::{CheckpointEvery, Finish, TrainOptions};
 use kiln_train::sample::SampleOptions;
 use kiln_train::{Family, Importance, Overrides, Registry, SamplerChoice};
 
+/// A block larger than the memory available is one line and exit status 1, not an abort or
+/// the OOM killer (see `MemoryGuard`).
+#[global_allocator]
+static ALLOCATOR: kiln_tensor::cpu::MemoryGuard = kiln_tensor::cpu::MemoryGuard;
+
 /// The model families `kiln` knows: adding one is a line here (and its crate's `Family`).
 static FAMILIES: [&dyn Family; 4] = [
     &kiln_gan::FAMILY,
@@ -401,6 +406,11 @@ impl From<SplitArg> for Split {
 
 fn main() -> ExitCode {
     kiln_tensor::cpu::tune_allocator();
+    // Tests only: the memory the guard takes as available, in bytes.
+    let pretend = std::env::var("KILN_FAULT_INJECTION_MEMORY_AVAILABLE").ok();
+    if let Some(bytes) = pretend.and_then(|bytes| bytes.parse().ok()) {
+        kiln_tensor::cpu::MemoryGuard::pretend_available(bytes);
+    }
     let command =
         Cli::command().mut_subcommand("train", |train| train.after_help(defaults_table()));
     let cli = match command

@@ -18,7 +18,7 @@ mod pool;
 mod reduce;
 mod storage;
 
-pub use allocator::tune_allocator;
+pub use allocator::{tune_allocator, MemoryGuard};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use loops::simd;
 pub(crate) use loops::{map1, map1_work, map2, map3, Work};

@@ -669,3 +669,96 @@ fn a_vanished_run_folder_stops_the_run_with_one_line() {
         "{stderr}"
     );
 }
+
+/// Issue 24, fault injection: a training checkpoint cut at every 4 KiB, and with bytes flipped
+/// across its header and its payload, is refused with one line naming the file by the loader
+/// that `--resume`, `kiln sample` and `kiln eval` share (a flip in the checksum's own key, the
+/// one kind that loads, leaves every tensor as saved); and through the binary: one line, a
+/// failed exit, no panic.
+#[test]
+fn a_truncated_or_flipped_checkpoint_is_one_line_never_a_panic() {
+    use kiln_nn::checkpoint::Checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert!(train(&run, &["--steps", "2"]).status.success());
+    let good_path = run.join("checkpoints/latest.safetensors");
+    let bytes = std::fs::read(&good_path).unwrap();
+    let good = Checkpoint::from_bytes(&bytes, "good").unwrap();
+    let (header_len, _) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let refused = |damaged: &[u8], what: &str| match Checkpoint::from_bytes(damaged, "bad.st") {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("bad.st") && !message.contains('\n'),
+                "{what}: {message}"
+            );
+            true
+        }
+        Ok(loaded) => {
+            for (name, tensor) in good.tensors() {
+                let same = loaded.tensor(name).unwrap().to_vec::<f32>().ok();
+                assert_eq!(same, tensor.to_vec::<f32>().ok(), "{what}: {name}");
+            }
+            false
+        }
+    };
+    for cut in (0..bytes.len()).step_by(4096) {
+        assert!(refused(&bytes[..cut], &format!("cut at {cut}")));
+    }
+    let mut flipped = bytes.clone();
+    let mut flip = |at: usize, mask: u8| {
+        flipped[at] ^= mask;
+        let verdict = refused(&flipped, &format!("byte {at} ^ {mask:#x}"));
+        flipped[at] ^= mask;
+        verdict
+    };
+    let payload = 8 + header_len..bytes.len();
+    let step = payload.len() / 40;
+    for at in payload.clone().step_by(step).chain([bytes.len() - 1]) {
+        assert!(flip(at, 0x01), "a payload flip at {at} loaded");
+    }
+    let mut loaded = 0;
+    for at in (0..8 + header_len).step_by(97) {
+        for mask in [0x01, 0x02, 0x10, 0x40] {
+            loaded += usize::from(!flip(at, mask));
+        }
+    }
+    assert!(loaded <= 4, "{loaded} header flips loaded");
+
+    // Through the binary: a cut, a payload flip and a header flip, resumed and sampled from.
+    let damaged = dir.path().join("damaged.safetensors");
+    let config_digit = 8 + bytes[8..8 + header_len]
+        .windows(8)
+        .position(|w| w == b"\\\"lr\\\":0")
+        .unwrap_or(header_len / 2);
+    for (what, contents) in [
+        ("cut", bytes[..bytes.len() / 2].to_vec()),
+        ("payload flip", {
+            let mut b = bytes.clone();
+            b[bytes.len() / 3] ^= 0x08;
+            b
+        }),
+        ("header flip", {
+            let mut b = bytes.clone();
+            b[config_digit + 7] ^= 0x01;
+            b
+        }),
+    ] {
+        std::fs::write(&damaged, contents).unwrap();
+        let grid = dir.path().join("grid.png");
+        let resume = ["train", "gan", "--quiet", "--steps", "4", "--resume"];
+        for args in [
+            &[
+                "sample",
+                "--checkpoint",
+                path_str(&damaged),
+                "--out",
+                path_str(&grid),
+            ][..],
+            &[&resume[..], &[path_str(&damaged)]].concat(),
+        ] {
+            let line = error_line(&kiln(args, &[]));
+            assert!(line.contains("damaged.safetensors"), "{what}: {line}");
+        }
+    }
+}

@@ -762,3 +762,82 @@ fn a_truncated_or_flipped_checkpoint_is_one_line_never_a_panic() {
         }
     }
 }
+
+/// Issue 24, fault injection: the run folder made read-only while the run writes into it (a
+/// read-only bind mount over it when the test runs as root, whom permissions do not stop;
+/// its permissions otherwise): one line, a failed exit, no panic, and the checkpoint before
+/// it whole and resumable once the folder is writable again.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_read_only_run_folder_stops_the_run_with_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args = [
+        "train",
+        "gan",
+        "--quiet",
+        "--eval-samples",
+        "0",
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        path_str(&run),
+    ];
+    let child = command(&args, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let latest = run.join("checkpoints/latest.safetensors");
+    let started = Instant::now();
+    while !latest.exists() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let folders = [run.clone(), run.join("checkpoints")];
+    let mount = |args: &[&str]| Command::new("mount").args(args).status();
+    let mounted = root && {
+        // The run folder a read-only view of itself, its subfolders with it: creating or
+        // renaming a file in them fails with EROFS, for root too.
+        let run = path_str(&run);
+        mount(&["--bind", run, run]).is_ok_and(|s| s.success())
+            && mount(&["-o", "remount,ro,bind", run]).is_ok_and(|s| s.success())
+    };
+    if !root {
+        for folder in &folders {
+            std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+    }
+    let mut child = child;
+    if root && !mounted {
+        child.kill().unwrap();
+        let _ = Command::new("umount").arg(&run).status();
+        panic!("running as root without the right to mount: cannot make the folder read-only");
+    }
+    let output = child.wait_with_output().unwrap();
+    if mounted {
+        assert!(Command::new("umount").arg(&run).status().unwrap().success());
+    }
+    for folder in &folders {
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ")
+            && (last.contains("Read-only file system") || last.contains("Permission denied"))
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let checkpoint = kiln_nn::checkpoint::Checkpoint::load(&latest).unwrap();
+    let step = checkpoint.step().unwrap();
+    let end = (step + 2).to_string();
+    let resumed = train(&run, &["--steps", &end, "--resume", path_str(&latest)]);
+    assert!(resumed.status.success(), "{resumed:?}");
+}

@@ -21,11 +21,18 @@ fn elementwise(c: &mut Criterion) {
         for (label, len) in [("1M", 1 << 20), ("16M", 1 << 24)] {
             let x = Tensor::rand([len], DType::F32, Device::Cpu, &mut rng).unwrap();
             let y = Tensor::rand([len], DType::F32, Device::Cpu, &mut rng).unwrap();
-            let cases: [(&str, u64, &(dyn Fn() -> Tensor + Sync)); 4] = [
+            // Inputs in [-4, 4): where activations and logits live.
+            let z = x.affine(8.0, -4.0).unwrap();
+            let cases: [(&str, u64, &(dyn Fn() -> Tensor + Sync)); 9] = [
                 ("add", 12, &|| x.add(&y).unwrap()),
                 ("mul", 12, &|| x.mul(&y).unwrap()),
                 ("leaky_relu", 8, &|| x.leaky_relu(0.2).unwrap()),
                 ("sum", 4, &|| x.sum_all().unwrap()),
+                ("exp", 8, &|| z.exp().unwrap()),
+                ("log", 8, &|| x.log().unwrap()),
+                ("tanh", 8, &|| z.tanh().unwrap()),
+                ("sigmoid", 8, &|| z.sigmoid().unwrap()),
+                ("softplus", 8, &|| z.softplus().unwrap()),
             ];
             for (name, bytes, op) in cases {
                 group.throughput(Throughput::Bytes(bytes * len as u64));

@@ -59,7 +59,13 @@ pub trait WithDType: Copy + Send + Sync + PartialOrd + std::fmt::Debug + Default
 
 /// A float element type, with the type its arithmetic is done in (`f32` for the half types).
 pub trait FloatDType: WithDType {
-    type Math: num_traits::Float + Default + Send + Sync + std::fmt::Debug + 'static;
+    type Math: num_traits::Float
+        + crate::cpu::vmath::VectorMath
+        + Default
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static;
     fn to_math(self) -> Self::Math;
     fn from_math(value: Self::Math) -> Self;
     fn math_from_f64(value: f64) -> Self::Math;

@@ -3,6 +3,7 @@
 
 use num_traits::Float;
 
+use super::vmath::VectorMath;
 use super::{map1_work, map2, Work};
 use crate::{BinaryOp, CmpOp, FloatDType, Layout, UnaryOp, WithDType};
 
@@ -30,8 +31,8 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
     let zero = c(0.0);
     match op {
         UnaryOp::Neg => map_math(data, layout, work, move |x| -x),
-        UnaryOp::Exp => map_math(data, layout, work, move |x| x.exp()),
-        UnaryOp::Log => map_math(data, layout, work, move |x| x.ln()),
+        UnaryOp::Exp => map_math(data, layout, work, VectorMath::vexp),
+        UnaryOp::Log => map_math(data, layout, work, VectorMath::vln),
         UnaryOp::Sqrt => map_math(data, layout, work, move |x| x.sqrt()),
         UnaryOp::Abs => map_math(data, layout, work, move |x| x.abs()),
         UnaryOp::Sign => map_math(data, layout, work, move |x| {
@@ -52,9 +53,9 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
                 move |x| if x > zero { x } else { x * slope },
             )
         }
-        UnaryOp::Sigmoid => map_math(data, layout, work, sigmoid),
-        UnaryOp::Tanh => map_math(data, layout, work, move |x| x.tanh()),
-        UnaryOp::Softplus => map_math(data, layout, work, softplus),
+        UnaryOp::Sigmoid => map_math(data, layout, work, VectorMath::vsigmoid),
+        UnaryOp::Tanh => map_math(data, layout, work, VectorMath::vtanh),
+        UnaryOp::Softplus => map_math(data, layout, work, VectorMath::vsoftplus),
         UnaryOp::Powf(exponent) => map_math(data, layout, work, move |x| x.powf(c(exponent))),
         UnaryOp::Clamp(min, max) => {
             let (min, max) = (c(min), c(max));
@@ -67,22 +68,6 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
             })
         }
         UnaryOp::Affine(mul, add) => map_math(data, layout, work, move |x| x * c(mul) + c(add)),
-    }
-}
-
-/// log(1 + e^x) as `max(x, 0) + log1p(e^-|x|)`, which neither overflows nor loses the small
-/// values.
-pub(super) fn softplus<F: Float>(x: F) -> F {
-    x.max(F::zero()) + (-x.abs()).exp().ln_1p()
-}
-
-/// 1 / (1 + e^-x), written so that neither branch overflows.
-pub(super) fn sigmoid<F: Float>(x: F) -> F {
-    if x >= F::zero() {
-        F::one() / (F::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (F::one() + e)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The one loop under every elementwise CPU kernel (`fill`, and `map1`/`map2`/`map3` on it):
 //! strided layouts walked in row-major order, split over rayon's threads above measured sizes
-//! (`Work`), slices compiled again for AVX2 where the CPU has it.
+//! (`Work`), slices compiled again for AVX-512 or AVX2+FMA where the CPU has them.
 
 use std::mem::MaybeUninit;
 
@@ -124,8 +124,8 @@ pub(crate) fn map1_work<T: Copy + Sync, U: Copy + Send>(
 /// `out[i] = f(src[i])` over slices. A function of its own so that `out` arrives as a `&mut`
 /// argument, which the compiler knows aliases nothing else: in a closure it cannot tell `out`
 /// from the values `f` captured, reloads them every element and gives up on vectorizing.
-/// On CPUs with AVX2 the same loop runs compiled for AVX2 (the crate itself targets baseline
-/// x86-64, SSE2).
+/// On CPUs with AVX-512 or AVX2 the same loop runs compiled for them (`simd::level`; the crate
+/// itself targets baseline x86-64, SSE2).
 #[inline]
 fn apply1<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Fn(T) -> U) {
     #[inline(always)]
@@ -136,13 +136,28 @@ fn apply1<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Fn(T) -> U
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if simd::has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Fn(T) -> U) {
-            body(out, src, f)
+    match simd::level() {
+        simd::Level::Avx512 => {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<T: Copy, U>(
+                out: &mut [MaybeUninit<U>],
+                src: &[T],
+                f: &impl Fn(T) -> U,
+            ) {
+                body(out, src, f)
+            }
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+            return unsafe { avx512(out, src, f) };
         }
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2(out, src, f) };
+        simd::Level::Avx2 => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Fn(T) -> U) {
+                body(out, src, f)
+            }
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { avx2(out, src, f) };
+        }
+        simd::Level::Baseline => {}
     }
     body(out, src, f)
 }
@@ -168,18 +183,34 @@ fn apply2<A: Copy, B: Copy, U>(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if simd::has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<A: Copy, B: Copy, U>(
-            out: &mut [MaybeUninit<U>],
-            lhs: &[A],
-            rhs: &[B],
-            f: &impl Fn(A, B) -> U,
-        ) {
-            body(out, lhs, rhs, f)
+    match simd::level() {
+        simd::Level::Avx512 => {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<A: Copy, B: Copy, U>(
+                out: &mut [MaybeUninit<U>],
+                lhs: &[A],
+                rhs: &[B],
+                f: &impl Fn(A, B) -> U,
+            ) {
+                body(out, lhs, rhs, f)
+            }
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+            return unsafe { avx512(out, lhs, rhs, f) };
         }
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2(out, lhs, rhs, f) };
+        simd::Level::Avx2 => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<A: Copy, B: Copy, U>(
+                out: &mut [MaybeUninit<U>],
+                lhs: &[A],
+                rhs: &[B],
+                f: &impl Fn(A, B) -> U,
+            ) {
+                body(out, lhs, rhs, f)
+            }
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { avx2(out, lhs, rhs, f) };
+        }
+        simd::Level::Baseline => {}
     }
     body(out, lhs, rhs, f)
 }
@@ -188,13 +219,36 @@ fn apply2<A: Copy, B: Copy, U>(
 pub(crate) mod simd {
     use std::sync::OnceLock;
 
-    /// Whether this CPU has AVX2 and FMA (checked once).
-    pub(crate) fn has_avx2() -> bool {
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
+    /// The widest vectors the elementwise loops are compiled for on this CPU.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub(crate) enum Level {
+        Avx512,
+        Avx2,
+        Baseline,
+    }
+
+    /// This CPU's level (checked once): AVX-512F (with AVX2 and FMA), else AVX2 and FMA, else
+    /// baseline x86-64; `KILN_CPU_KERNEL`, which picks the GEMM's micro-kernel, caps it
+    /// (`avx2+fma`: an AVX2-only machine; `portable`: baseline).
+    pub(crate) fn level() -> Level {
+        static LEVEL: OnceLock<Level> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            let avx512 = avx2 && std::arch::is_x86_feature_detected!("avx512f");
+            match std::env::var("KILN_CPU_KERNEL").as_deref() {
+                Ok("portable") => Level::Baseline,
+                Ok("avx2+fma") if avx2 => Level::Avx2,
+                _ if avx512 => Level::Avx512,
+                _ if avx2 => Level::Avx2,
+                _ => Level::Baseline,
+            }
         })
+    }
+
+    /// Whether the loops may use AVX2 and FMA.
+    pub(crate) fn has_avx2() -> bool {
+        level() != Level::Baseline
     }
 }
 

@@ -2,12 +2,12 @@
 //! the references of kernels/loss.cu. Not for the reductions of a loss (kiln-nn's
 //! `Reduction`), which are ordinary reduce ops.
 
-use super::elementwise::{sigmoid, softplus};
 use super::map2;
+use super::vmath::VectorMath;
 use crate::{FloatDType, Layout};
 
 /// `softplus(x) - x·y` per element, exactly as the unfused ops computed it: softplus as
-/// `UnaryOp::Softplus` (`max(x, 0) + log1p(e^-|x|)`), the product and the difference each
+/// `UnaryOp::Softplus` (`VectorMath::vsoftplus`), the product and the difference each
 /// rounded to T where the unfused op stored its output, so the two agree bit for bit.
 pub(crate) fn bce_with_logits<T: FloatDType>(
     logits: (&[T], &Layout),
@@ -16,12 +16,12 @@ pub(crate) fn bce_with_logits<T: FloatDType>(
     let r = |v: T::Math| T::from_math(v).to_math();
     map2(logits.0, logits.1, targets.0, targets.1, |x: T, y: T| {
         let (x, y) = (x.to_math(), y.to_math());
-        T::from_math(r(softplus(x)) - r(x * y))
+        T::from_math(r(x.vsoftplus()) - r(x * y))
     })
 }
 
 /// `(sigmoid(x) - y)·grad` per element in the math type, sigmoid as `UnaryOp::Sigmoid`
-/// (split on the sign so neither branch overflows).
+/// (`VectorMath::vsigmoid`).
 pub(crate) fn bce_with_logits_backward<T: FloatDType>(
     logits: (&[T], &Layout),
     targets: (&[T], &Layout),
@@ -29,6 +29,6 @@ pub(crate) fn bce_with_logits_backward<T: FloatDType>(
 ) -> Vec<T> {
     super::map3(logits, targets, grad, |x: T, y: T, g: T| {
         let (x, y, g) = (x.to_math(), y.to_math(), g.to_math());
-        T::from_math((sigmoid(x) - y) * g)
+        T::from_math((x.vsigmoid() - y) * g)
     })
 }

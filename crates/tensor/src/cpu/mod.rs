@@ -1,7 +1,9 @@
 //! The CPU backend: storage as typed `Vec`s (storage.rs), the backend trait over it
 //! (backend.rs), and kernels over strided layouts. Elementwise kernels share one loop
 //! (loops.rs: `fill`/`map1`/`map2`/`map3`), split over rayon's threads above measured sizes
-//! (`Work`); the matrix product is the packed SIMD GEMM in gemm.rs.
+//! (`Work`) and compiled for AVX-512 or AVX2+FMA where the CPU has them; exp, log, tanh,
+//! sigmoid and softplus are straight-line f32 code those loops vectorize (vmath.rs); the matrix
+//! product is the packed SIMD GEMM in gemm.rs.
 
 mod allocator;
 mod backend;
@@ -17,6 +19,7 @@ mod optim;
 mod pool;
 mod reduce;
 mod storage;
+pub mod vmath;
 
 pub use allocator::{tune_allocator, MemoryGuard};
 #[cfg(target_arch = "x86_64")]

@@ -3,6 +3,7 @@
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
+use super::vmath::VectorMath;
 use super::{map1, Work};
 use crate::layout::Runs;
 use crate::{FloatDType, Layout, ReduceOp, Shape};
@@ -208,17 +209,17 @@ pub(crate) fn softmax<T: FloatDType>(data: &[T], layout: &Layout, dim: usize, lo
         };
         let sum = row
             .iter()
-            .fold(T::Math::zero(), |s, &x| s + (x - shift).exp());
+            .fold(T::Math::zero(), |s, &x| s + (x - shift).vexp());
         if log {
             // (x - shift) - ln(sum), not x - (ln(sum) + shift): for large logits the latter
             // rounds ln(sum) + shift to the logits' coarse spacing (6e-5 near 1000 in f32).
-            let log_sum = sum.ln();
+            let log_sum = sum.vln();
             for (o, &x) in out.iter_mut().zip(row) {
                 *o = T::from_math((x - shift) - log_sum);
             }
         } else {
             for (o, &x) in out.iter_mut().zip(row) {
-                *o = T::from_math((x - shift).exp() / sum);
+                *o = T::from_math((x - shift).vexp() / sum);
             }
         }
     };

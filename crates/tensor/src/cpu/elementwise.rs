@@ -4,7 +4,7 @@
 use num_traits::Float;
 
 use super::vmath::VectorMath;
-use super::{map1_work, map2, Work};
+use super::{map1_work, map2, Elementwise, Work};
 use crate::{BinaryOp, CmpOp, FloatDType, Layout, UnaryOp, WithDType};
 
 /// Applies `f` to each element in `T`'s math type.
@@ -14,7 +14,7 @@ fn map_math<T: FloatDType>(
     work: Work,
     f: impl Fn(T::Math) -> T::Math + Sync,
 ) -> Vec<T> {
-    map1_work(work, data, layout, |x| T::from_math(f(x.to_math())))
+    map1_work(work, data, layout, |x: T| T::from_math(f(x.to_math())))
 }
 
 pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> Vec<T> {
@@ -31,8 +31,8 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
     let zero = c(0.0);
     match op {
         UnaryOp::Neg => map_math(data, layout, work, move |x| -x),
-        UnaryOp::Exp => map_math(data, layout, work, VectorMath::vexp),
-        UnaryOp::Log => map_math(data, layout, work, VectorMath::vln),
+        UnaryOp::Exp => map1_work(work, data, layout, Transcendental::<EXP>),
+        UnaryOp::Log => map1_work(work, data, layout, Transcendental::<LOG>),
         UnaryOp::Sqrt => map_math(data, layout, work, move |x| x.sqrt()),
         UnaryOp::Abs => map_math(data, layout, work, move |x| x.abs()),
         UnaryOp::Sign => map_math(data, layout, work, move |x| {
@@ -53,9 +53,9 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
                 move |x| if x > zero { x } else { x * slope },
             )
         }
-        UnaryOp::Sigmoid => map_math(data, layout, work, VectorMath::vsigmoid),
-        UnaryOp::Tanh => map_math(data, layout, work, VectorMath::vtanh),
-        UnaryOp::Softplus => map_math(data, layout, work, VectorMath::vsoftplus),
+        UnaryOp::Sigmoid => map1_work(work, data, layout, Transcendental::<SIGMOID>),
+        UnaryOp::Tanh => map1_work(work, data, layout, Transcendental::<TANH>),
+        UnaryOp::Softplus => map1_work(work, data, layout, Transcendental::<SOFTPLUS>),
         UnaryOp::Powf(exponent) => map_math(data, layout, work, move |x| x.powf(c(exponent))),
         UnaryOp::Clamp(min, max) => {
             let (min, max) = (c(min), c(max));
@@ -68,6 +68,30 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
             })
         }
         UnaryOp::Affine(mul, add) => map_math(data, layout, work, move |x| x * c(mul) + c(add)),
+    }
+}
+
+/// A transcendental op as a type, so that its code (vmath.rs) is inlined into the loops'
+/// SIMD copies whatever its size (see `Elementwise`).
+struct Transcendental<const OP: u8>;
+
+const EXP: u8 = 0;
+const LOG: u8 = 1;
+const SIGMOID: u8 = 2;
+const TANH: u8 = 3;
+const SOFTPLUS: u8 = 4;
+
+impl<T: FloatDType, const OP: u8> Elementwise<T, T> for Transcendental<OP> {
+    #[inline(always)]
+    fn apply(&self, x: T) -> T {
+        let x = x.to_math();
+        T::from_math(match OP {
+            EXP => x.vexp(),
+            LOG => x.vln(),
+            SIGMOID => x.vsigmoid(),
+            TANH => x.vtanh(),
+            _ => x.vsoftplus(),
+        })
     }
 }
 

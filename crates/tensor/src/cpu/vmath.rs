@@ -14,10 +14,10 @@
 //! | [`softplus`] | 2.5 ulp | max(x, 0) + ln_1p(e^−\|x\|) |
 //!
 //! (The bounds are what the test asserts; the measured maxima are in its output.) NaN in gives
-//! NaN out; the infinities and signed zeros give what libm gives. Every multiply-add is a fused
-//! one (`mul_add`), so the baseline build (which calls libm's `fmaf`), AVX2+FMA and AVX-512
-//! give the same bits. f64 (gradient checks) keeps libm: [`VectorMath`]'s f64 methods are
-//! std's.
+//! NaN out; the infinities and signed zeros give what libm gives. No multiply-add is fused
+//! ([`madd`]), so the baseline build, AVX2+FMA and AVX-512 give the same bits, and code that
+//! stays scalar (softmax's running sum) runs at a multiply and an add per term, not a call to
+//! a software `fmaf`. f64 (gradient checks) keeps libm: [`VectorMath`]'s f64 methods are std's.
 
 // The polynomials' coefficients as Cephes publishes them, some with a digit more than an f32
 // holds.
@@ -98,21 +98,29 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Beyond these the result is inf or 0 already; clamping keeps n within 2⁸. NaN passes.
     let x = x.clamp(-104.0, 89.0);
-    let shifted = x.mul_add(LOG2_E, ROUND);
+    let shifted = madd(x, LOG2_E, ROUND);
     let n = shifted - ROUND;
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let r = madd(n, -LN2_LO, madd(n, -LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
-    let p = (p * r).mul_add(r, r) + 1.0;
+    p = madd(p, r, 1.398_199_9e-3);
+    p = madd(p, r, 8.333_452e-3);
+    p = madd(p, r, 4.166_579_6e-2);
+    p = madd(p, r, 1.666_666_5e-1);
+    p = madd(p, r, 5.000_000_1e-1);
+    let p = madd(p * r, r, r) + 1.0;
     // 2ⁿ as two powers of two, each a normal float: n in [-150, 128].
     let k = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let k1 = k >> 1;
     let k2 = k - k1;
     p * pow2(k1) * pow2(k2)
+}
+
+/// a·b + c with two roundings, as Cephes evaluates its polynomials. Not `mul_add`: on baseline
+/// x86-64 (no FMA) that is a call to a software `fmaf` per use, and code that stays scalar or
+/// is not inlined into the SIMD loops is compiled for that baseline.
+#[inline(always)]
+fn madd(a: f32, b: f32, c: f32) -> f32 {
+    a * b + c
 }
 
 /// 2ᵏ for k in [-126, 127].
@@ -139,17 +147,17 @@ pub fn ln(x: f32) -> f32 {
     let f = if low { m + m - 1.0 } else { m - 1.0 };
     let z = f * f;
     let mut y = 7.037_683_6e-2_f32;
-    y = y.mul_add(f, -1.151_461e-1);
-    y = y.mul_add(f, 1.167_699_9e-1);
-    y = y.mul_add(f, -1.242_014_1e-1);
-    y = y.mul_add(f, 1.424_932_3e-1);
-    y = y.mul_add(f, -1.666_805_8e-1);
-    y = y.mul_add(f, 2.000_071_4e-1);
-    y = y.mul_add(f, -2.499_999_4e-1);
-    y = y.mul_add(f, 3.333_333_1e-1);
-    let y = e.mul_add(LN2_LO, y * f * z);
-    let y = z.mul_add(-0.5, y);
-    let result = e.mul_add(LN2_HI, f + y);
+    y = madd(y, f, -1.151_461e-1);
+    y = madd(y, f, 1.167_699_9e-1);
+    y = madd(y, f, -1.242_014_1e-1);
+    y = madd(y, f, 1.424_932_3e-1);
+    y = madd(y, f, -1.666_805_8e-1);
+    y = madd(y, f, 2.000_071_4e-1);
+    y = madd(y, f, -2.499_999_4e-1);
+    y = madd(y, f, 3.333_333_1e-1);
+    let y = madd(e, LN2_LO, y * f * z);
+    let y = madd(z, -0.5, y);
+    let result = madd(e, LN2_HI, f + y);
     if x == f32::INFINITY {
         x
     } else if x == 0.0 {
@@ -182,11 +190,11 @@ pub fn ln_1p(t: f32) -> f32 {
 pub fn tanh(x: f32) -> f32 {
     let z = x * x;
     let mut p = -5.704_988_7e-3_f32;
-    p = p.mul_add(z, 2.063_908_9e-2);
-    p = p.mul_add(z, -5.373_971_6e-2);
-    p = p.mul_add(z, 1.333_144_2e-1);
-    p = p.mul_add(z, -3.333_328_2e-1);
-    let small = (p * z).mul_add(x, x);
+    p = madd(p, z, 2.063_908_9e-2);
+    p = madd(p, z, -5.373_971_6e-2);
+    p = madd(p, z, 1.333_144_2e-1);
+    p = madd(p, z, -3.333_328_2e-1);
+    let small = madd(p * z, x, x);
     let a = x.abs();
     let large = (1.0 - 2.0 / (exp(a + a) + 1.0)).copysign(x);
     if a < 0.625 {

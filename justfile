@@ -106,6 +106,13 @@ fuzz seconds="600":
     mkdir -p fuzz/corpus/idx_reader
     RUSTC_BOOTSTRAP=1 cargo fuzz run idx_reader fuzz/corpus/idx_reader fuzz/seeds -- -max_total_time={{seconds}} -print_final_stats=1
 
+# The soak (not in CI): `kiln train gan` for `minutes` beside the same run interrupted with
+# Ctrl-C every few minutes and resumed; RSS per epoch, metrics and evaluations compared
+# (summary in runs/soak/summary.txt)
+soak minutes="60":
+    cargo build --release
+    python3 scripts/soak.py --minutes {{minutes}} --out runs/soak
+
 # Fuzz checkpoint loading (safetensors header, tensors, kiln's metadata) for `seconds`
 fuzz-checkpoint seconds="600":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

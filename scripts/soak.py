@@ -252,9 +252,9 @@ def main():
     log(f"kiln train gan {' '.join(train_args)}; {options.threads} thread(s) per run; "
         f"{options.minutes} minutes; cut every {options.cycle_min_s}-{options.cycle_max_s} s")
     rng = random.Random(options.seed)
-    runs = (options.kiln, options.threads, options.eval_every, log)
-    cut = Run("cut", options.out / "cut", train_args, *runs)
-    whole = Run("whole", options.out / "whole", train_args, *runs)
+    shared = (options.kiln, options.threads, options.eval_every, log)
+    cut = Run("cut", options.out / "cut", train_args, *shared)
+    whole = Run("whole", options.out / "whole", train_args, *shared)
     deadline = time.monotonic() + options.minutes * 60
     failures = []
     whole.start()

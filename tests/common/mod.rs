@@ -41,6 +41,19 @@ pub fn error_line(output: &Output) -> String {
     stderr
 }
 
+/// The last stderr line of a run that stopped part way (after progress lines) with exit
+/// status 1: asserts that it starts with "error: " and that nothing panicked, and returns it.
+pub fn last_error_line(output: &Output) -> String {
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("error: ") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    last
+}
+
 /// A run folder's metrics.jsonl lines, without the timing fields, which differ from run to run.
 pub fn metrics(run: &Path) -> Vec<String> {
     std::fs::read_to_string(run.join("metrics.jsonl"))

@@ -114,6 +114,8 @@ unsafe impl GlobalAlloc for MemoryGuard {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // The growth: what a block grown in place takes (one that moves takes new_size,
+        // briefly, while the old is copied).
         if new_size > layout.size() {
             refuse_if_unavailable(new_size - layout.size());
         }

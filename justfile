@@ -88,6 +88,14 @@ bench:
 bench-torch:
     python3 benches/reference/torch_gemm.py --kiln target/criterion
 
+# Every model's training step in kiln and in PyTorch eager, alternately in fresh processes on
+# this machine, 1 thread and all: images/s, the ratio, page faults per step and peak RSS; add
+# `--avx2` for kiln as an AVX2-only machine runs it, `--epoch` for a whole `kiln train gan
+# --epochs 1` against the same PyTorch loop, `--models gan,dcgan` for fewer (needs torch)
+bench-vs-torch *flags="":
+    cargo build --release --example step_rate --bin kiln
+    ${PYTHON:-python3} benches/reference/vs_torch.py {{flags}}
+
 # Print the version, platform, CPU features and devices kiln sees
 info:
     cargo run --release -- info

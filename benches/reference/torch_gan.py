@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""PyTorch (eager) training steps of kiln's MLP GAN and DCGAN, with the same shapes, batch,
-losses and optimizer as kiln-gan, on random images (the step's cost does not depend on the
-pixels), to compare images/s with `kiln train`.
+"""PyTorch (eager) training steps of kiln's MLP GAN, DCGAN, conditional GAN and WGAN-GP, with
+the same shapes, batch, losses and optimizer as kiln-gan, on random images (the step's cost
+does not depend on the pixels), to compare images/s with `kiln train`. benches/reference/
+torch_steps.py and vs_torch.py (`just bench-vs-torch`) use its `make_step`.
 
-Usage: python benches/reference/torch_gan.py [--model gan|dcgan] [--batch 64] [--steps 200]
+Usage: python benches/reference/torch_gan.py [--model gan|dcgan|cgan|wgan-gp] [--batch 64] [--steps 200]
                                              [--device cpu|cuda] [--threads N]
 """
 
@@ -24,10 +25,26 @@ def mlp(widths):
     return nn.Sequential(*layers)
 
 
+class Conditional(nn.Module):
+    """The conditional GAN's networks: a label embedding (10 → 10) joined to the input."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.label_embedding = nn.Embedding(10, 10)
+        self.main = body
+
+    def forward(self, x, labels):
+        return self.main(torch.cat([x.flatten(1), self.label_embedding(labels)], 1))
+
+
 def models(name):
-    if name == "gan":
+    if name in ("gan", "wgan-gp"):
         return (nn.Sequential(mlp([100, 256, 512, 1024, 784]), nn.Tanh(), nn.Unflatten(1, (1, 28, 28))),
                 nn.Sequential(nn.Flatten(), mlp([784, 512, 256, 1])))
+    if name == "cgan":
+        return (Conditional(nn.Sequential(mlp([110, 256, 512, 1024, 784]), nn.Tanh(),
+                                          nn.Unflatten(1, (1, 28, 28)))),
+                Conditional(mlp([794, 512, 256, 1])))
     generator = nn.Sequential(
         nn.Linear(100, 128 * 7 * 7), nn.BatchNorm1d(128 * 7 * 7), nn.ReLU(),
         nn.Unflatten(1, (128, 7, 7)),
@@ -40,9 +57,72 @@ def models(name):
     return generator, discriminator
 
 
+def make_step(name, batch, device):
+    """One training step of `name` as kiln-gan takes it, on `real [batch, 1, 28, 28]` images
+    (and labels) given to the returned function; returns (step, networks)."""
+    g, d = (m.to(device) for m in models(name))
+    if name == "wgan-gp":
+        return wasserstein_step(g, d, batch, device), (g, d)
+    g_opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    ones = torch.ones(batch, 1, device=device)
+    zeros = torch.zeros(batch, 1, device=device)
+    conditional = name == "cgan"
+
+    def call(net, x, labels):
+        return net(x, labels) if conditional else net(x)
+
+    def step(real, labels):
+        # The order kiln-gan uses (PyTorch's DCGAN example): fakes once, D on real and detached
+        # fakes, then G through the updated D.
+        fake_labels = (torch.rand(batch, device=device) * 10).long().clamp(0, 9) if conditional else None
+        fake = call(g, torch.randn(batch, 100, device=device), fake_labels)
+        d_opt.zero_grad()
+        loss_d = (F.binary_cross_entropy_with_logits(call(d, real, labels), ones)
+                  + F.binary_cross_entropy_with_logits(call(d, fake.detach(), fake_labels), zeros))
+        loss_d.backward()
+        d_opt.step()
+        g_opt.zero_grad()
+        loss_g = F.binary_cross_entropy_with_logits(call(d, fake, fake_labels), ones)
+        loss_g.backward()
+        g_opt.step()
+        return loss_d
+
+    return step, (g, d)
+
+
+def wasserstein_step(g, d, batch, device, critic_steps=5, penalty_weight=10.0):
+    """WGAN-GP's step as kiln-gan takes it: the critic on real, fake and the gradient penalty at
+    points between them every call; G every `critic_steps`-th call."""
+    g_opt = torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    d_opt = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    calls = [0]
+
+    def step(real, labels):
+        with torch.no_grad():
+            fake = g(torch.randn(batch, 100, device=device))
+        epsilon = torch.rand(batch, 1, 1, 1, device=device)
+        between = (real * epsilon + fake * (1 - epsilon)).requires_grad_(True)
+        (grad,) = torch.autograd.grad(d(between).sum(), between, create_graph=True)
+        penalty = (grad.square().sum((1, 2, 3)).sqrt() - 1).square().mean()
+        loss_d = d(fake).mean() - d(real).mean() + penalty_weight * penalty
+        d_opt.zero_grad()
+        loss_d.backward()
+        d_opt.step()
+        calls[0] += 1
+        if calls[0] % critic_steps == 0:
+            g_opt.zero_grad()
+            loss_g = -d(g(torch.randn(batch, 100, device=device))).mean()
+            loss_g.backward()
+            g_opt.step()
+        return loss_d
+
+    return step
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="gan", choices=["gan", "dcgan"])
+    parser.add_argument("--model", default="gan", choices=["gan", "dcgan", "cgan", "wgan-gp"])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="cpu")
@@ -51,36 +131,18 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    g, d = (m.to(device) for m in models(args.model))
-    g_opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    d_opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    step, _ = make_step(args.model, args.batch, device)
     real = torch.rand(args.batch, 1, 28, 28, device=device) * 2 - 1
-    ones = torch.ones(args.batch, 1, device=device)
-    zeros = torch.zeros(args.batch, 1, device=device)
-
-    def step():
-        # The order kiln-gan uses (PyTorch's DCGAN example): fakes once, D on real and detached
-        # fakes, then G through the updated D.
-        fake = g(torch.randn(args.batch, 100, device=device))
-        d_opt.zero_grad()
-        loss_d = (F.binary_cross_entropy_with_logits(d(real), ones)
-                  + F.binary_cross_entropy_with_logits(d(fake.detach()), zeros))
-        loss_d.backward()
-        d_opt.step()
-        g_opt.zero_grad()
-        loss_g = F.binary_cross_entropy_with_logits(d(fake), ones)
-        loss_g.backward()
-        g_opt.step()
-        return loss_d, loss_g
+    labels = torch.arange(args.batch, device=device) % 10
 
     for _ in range(10):
-        step()
+        step(real, labels)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
-        losses = step()
-    float(losses[0].detach())  # one sync at the end, as kiln logs
+        loss = step(real, labels)
+    float(loss.detach())  # one sync at the end, as kiln logs
     elapsed = time.perf_counter() - start
     print(f"torch {torch.__version__} {args.model} batch {args.batch} on {args.device} "
           f"({torch.get_num_threads()} threads): {args.steps * args.batch / elapsed:.0f} images/s, "

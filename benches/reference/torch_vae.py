@@ -88,6 +88,23 @@ def loss_function(recon_x, x, mu, logvar):
     return bce + kld
 
 
+def make_step(name, batch):
+    """One training step of the MLP (`vae`) or convolutional (`conv-vae`) VAE, as in `main`'s
+    epoch, on the images `[batch, 1, 28, 28]` in [0, 1] given to the returned function."""
+    model = VAE() if name == "vae" else ConvVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(data):
+        optimizer.zero_grad()
+        recon_batch, mu, logvar = model(data)
+        loss = loss_function(recon_batch, data, mu, logvar) / batch  # kiln: the batch's mean
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=["mlp", "conv"], default="mlp")

@@ -202,6 +202,18 @@ impl Storage {
         }
     }
 
+    /// The number of elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(s) => s.device(),

@@ -476,6 +476,28 @@ impl Var {
         *self.0 .0.storage.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
+
+    /// [`Var::set`] from a tensor given up: when nothing else holds its storage and it covers
+    /// that storage exactly in row-major order (an optimizer's freshly computed update), the
+    /// storage itself moves into the variable, with no copy; otherwise as `set`. The copy was
+    /// 4% of an MLP GAN training step on the CPU (every parameter, every step).
+    pub fn set_owned(&self, values: Tensor) -> Result<()> {
+        let whole = values.layout().contiguous_range().is_some_and(|range| {
+            range.start == 0
+                && Arc::strong_count(&values.0) == 1
+                && Arc::strong_count(&values.0.storage) == 1
+                && values.0.storage.read().is_ok_and(|s| s.len() == range.end)
+        });
+        if !whole || values.shape() != self.0.shape() || values.dtype() != self.0.dtype() {
+            return self.set(&values);
+        }
+        // Neither lock can be held elsewhere: `values` is the only handle on its storage, and
+        // it is not this variable's (its storage is its own).
+        let mut source = values.0.storage.write().unwrap_or_else(|e| e.into_inner());
+        let mut target = self.0 .0.storage.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *source, &mut *target);
+        Ok(())
+    }
 }
 
 impl std::ops::Deref for Var {

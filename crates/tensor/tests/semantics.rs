@@ -1305,6 +1305,32 @@ fn var_set_is_seen_through_earlier_views_only() -> R {
 }
 
 #[test]
+fn var_set_owned_moves_a_fresh_tensor_in_and_copies_anything_shared() -> R {
+    let v = Var::new(&iota(&[2, 2])?)?;
+    let view = v.t()?; // made before the updates: sees each one, as with `set`
+    let before = v.mul_scalar(10.0)?;
+    // A fresh, whole tensor: its storage moves in.
+    v.set_owned(t32(&[5., 6., 7., 8.], &[2, 2])?)?;
+    assert_eq!(v.to_vec::<f32>()?, vec![5., 6., 7., 8.]);
+    assert_eq!(view.to_vec::<f32>()?, vec![5., 7., 6., 8.]);
+    assert_eq!(before.to_vec::<f32>()?, vec![0., 10., 20., 30.]);
+    // A tensor someone else still holds: copied, so the other handle keeps its values.
+    let kept = t32(&[1., 1., 2., 2.], &[2, 2])?;
+    v.set_owned(kept.clone())?;
+    v.set_owned(v.add_scalar(1.0)?)?;
+    assert_eq!(kept.to_vec::<f32>()?, vec![1., 1., 2., 2.]);
+    assert_eq!(v.to_vec::<f32>()?, vec![2., 2., 3., 3.]);
+    // A part of a larger storage, and a view of the variable itself: copied.
+    v.set_owned(iota(&[8])?.narrow(0, 4, 4)?.reshape([2, 2])?)?;
+    assert_eq!(v.to_vec::<f32>()?, vec![4., 5., 6., 7.]);
+    v.set_owned(v.t()?)?;
+    assert_eq!(v.to_vec::<f32>()?, vec![4., 6., 5., 7.]);
+    // The same checks as `set`.
+    error_mentions(v.set_owned(iota(&[4])?), &["[2, 2]", "[4]"]);
+    Ok(())
+}
+
+#[test]
 fn var_set_checks_shape_and_dtype() -> R {
     let v = Var::new(&iota(&[2, 2])?)?;
     error_mentions(v.set(&iota(&[4])?), &["[2, 2]", "[4]"]);

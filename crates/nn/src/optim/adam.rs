@@ -274,7 +274,7 @@ impl Core {
                 )?;
                 for (&i, (value, exp_avg, exp_avg_sq)) in group.iter().zip(updated) {
                     let index = pending[i].0;
-                    self.params[index].1.set(&value)?;
+                    self.params[index].1.set_owned(value)?;
                     self.states[index] = Some(State {
                         step: step_tensor(step)?,
                         exp_avg,

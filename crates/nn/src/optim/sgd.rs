@@ -126,7 +126,7 @@ impl Optimizer for Sgd {
                     };
                     *buffer = Some(next);
                 }
-                param.set(&param.add(&grad.mul_scalar(-lr)?)?)?;
+                param.set_owned(param.add(&grad.mul_scalar(-lr)?)?)?;
             }
             Ok(())
         })

@@ -804,6 +804,7 @@ mod tests {
     fn every_kernel_straddles_every_blocking_boundary() {
         // MR (6, 8, 4), NR (16, 32), KC (256), MC (192), NC (1024), primes, and 1.
         let shapes = [
+            (64, 100, 600),
             (1, 1, 1),
             (1, 1, 300),
             (7, 13, 17),

@@ -94,6 +94,30 @@ impl<T, U, F: Fn(T) -> U + Sync> Elementwise<T, U> for F {
     }
 }
 
+/// [`Elementwise`] of two inputs, for `map2_work`.
+pub(crate) trait Elementwise2<A, B, U>: Sync {
+    fn apply(&self, a: A, b: B) -> U;
+}
+
+impl<A, B, U, F: Fn(A, B) -> U + Sync> Elementwise2<A, B, U> for F {
+    #[inline(always)]
+    fn apply(&self, a: A, b: B) -> U {
+        self(a, b)
+    }
+}
+
+/// [`Elementwise`] of three inputs, for `map3_work`.
+pub(crate) trait Elementwise3<A, B, C, U>: Sync {
+    fn apply(&self, a: A, b: B, c: C) -> U;
+}
+
+impl<A, B, C, U, F: Fn(A, B, C) -> U + Sync> Elementwise3<A, B, C, U> for F {
+    #[inline(always)]
+    fn apply(&self, a: A, b: B, c: C) -> U {
+        self(a, b, c)
+    }
+}
+
 /// `out[i] = f(src[i])` in the row-major order of `layout`, for light work.
 pub(crate) fn map1<T: Copy + Sync, U: Copy + Send>(
     src: &[T],
@@ -187,18 +211,18 @@ fn apply2<A: Copy, B: Copy, U>(
     out: &mut [MaybeUninit<U>],
     lhs: &[A],
     rhs: &[B],
-    f: &impl Fn(A, B) -> U,
+    f: &impl Elementwise2<A, B, U>,
 ) {
     #[inline(always)]
     fn body<A: Copy, B: Copy, U>(
         out: &mut [MaybeUninit<U>],
         lhs: &[A],
         rhs: &[B],
-        f: &impl Fn(A, B) -> U,
+        f: &impl Elementwise2<A, B, U>,
     ) {
         debug_assert!(out.len() == lhs.len() && out.len() == rhs.len());
         for ((o, &x), &y) in out.iter_mut().zip(lhs).zip(rhs) {
-            o.write(f(x, y));
+            o.write(f.apply(x, y));
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -209,7 +233,7 @@ fn apply2<A: Copy, B: Copy, U>(
                 out: &mut [MaybeUninit<U>],
                 lhs: &[A],
                 rhs: &[B],
-                f: &impl Fn(A, B) -> U,
+                f: &impl Elementwise2<A, B, U>,
             ) {
                 body(out, lhs, rhs, f)
             }
@@ -222,7 +246,7 @@ fn apply2<A: Copy, B: Copy, U>(
                 out: &mut [MaybeUninit<U>],
                 lhs: &[A],
                 rhs: &[B],
-                f: &impl Fn(A, B) -> U,
+                f: &impl Elementwise2<A, B, U>,
             ) {
                 body(out, lhs, rhs, f)
             }
@@ -232,6 +256,55 @@ fn apply2<A: Copy, B: Copy, U>(
         simd::Level::Baseline => {}
     }
     body(out, lhs, rhs, f)
+}
+
+/// `out[i] = f(a[i], b[i], c[i])` over slices (see `apply1`).
+#[inline]
+fn apply3<A: Copy, B: Copy, C: Copy, U>(
+    out: &mut [MaybeUninit<U>],
+    (a, b, c): (&[A], &[B], &[C]),
+    f: &impl Elementwise3<A, B, C, U>,
+) {
+    #[inline(always)]
+    fn body<A: Copy, B: Copy, C: Copy, U>(
+        out: &mut [MaybeUninit<U>],
+        (a, b, c): (&[A], &[B], &[C]),
+        f: &impl Elementwise3<A, B, C, U>,
+    ) {
+        debug_assert!(out.len() == a.len() && out.len() == b.len() && out.len() == c.len());
+        for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
+            o.write(f.apply(x, y, z));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    match simd::level() {
+        simd::Level::Avx512 => {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<A: Copy, B: Copy, C: Copy, U>(
+                out: &mut [MaybeUninit<U>],
+                inputs: (&[A], &[B], &[C]),
+                f: &impl Elementwise3<A, B, C, U>,
+            ) {
+                body(out, inputs, f)
+            }
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+            return unsafe { avx512(out, (a, b, c), f) };
+        }
+        simd::Level::Avx2 => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<A: Copy, B: Copy, C: Copy, U>(
+                out: &mut [MaybeUninit<U>],
+                inputs: (&[A], &[B], &[C]),
+                f: &impl Elementwise3<A, B, C, U>,
+            ) {
+                body(out, inputs, f)
+            }
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { avx2(out, (a, b, c), f) };
+        }
+        simd::Level::Baseline => {}
+    }
+    body(out, (a, b, c), f)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -271,7 +344,7 @@ pub(crate) mod simd {
     }
 }
 
-/// `out[i] = f(lhs[i], rhs[i])` for two same-shaped layouts.
+/// `out[i] = f(lhs[i], rhs[i])` for two same-shaped layouts, for light work.
 pub(crate) fn map2<A: Copy + Sync, B: Copy + Sync, U: Copy + Send>(
     lhs: &[A],
     lhs_layout: &Layout,
@@ -279,39 +352,65 @@ pub(crate) fn map2<A: Copy + Sync, B: Copy + Sync, U: Copy + Send>(
     rhs_layout: &Layout,
     f: impl Fn(A, B) -> U + Sync,
 ) -> Vec<U> {
+    map2_work(Work::Light, (lhs, lhs_layout), (rhs, rhs_layout), f)
+}
+
+/// `out[i] = f(lhs[i], rhs[i])` for two same-shaped layouts.
+pub(crate) fn map2_work<A: Copy + Sync, B: Copy + Sync, U: Copy + Send>(
+    work: Work,
+    (lhs, lhs_layout): (&[A], &Layout),
+    (rhs, rhs_layout): (&[B], &Layout),
+    f: impl Elementwise2<A, B, U>,
+) -> Vec<U> {
     let runs = Runs::for_layouts([lhs_layout, rhs_layout]);
     filled(lhs_layout.elem_count(), |out| match runs.run_strides() {
         // Both contiguous along the run: slices, which the compiler vectorizes.
-        [1, 1] => fill(out, &runs, Work::Light, |span, [a, b]| {
+        [1, 1] => fill(out, &runs, work, |span, [a, b]| {
             let len = span.len();
             apply2(span, &lhs[a..a + len], &rhs[b..b + len], &f)
         }),
         // A row against a broadcast scalar (bias-like).
-        [1, 0] => fill(out, &runs, Work::Light, |span, [a, b]| {
+        [1, 0] => fill(out, &runs, work, |span, [a, b]| {
             let (y, len) = (rhs[b], span.len());
-            apply1(span, &lhs[a..a + len], &|x| f(x, y))
+            apply1(span, &lhs[a..a + len], &|x| f.apply(x, y))
         }),
-        [lhs_stride, rhs_stride] => fill(out, &runs, Work::Light, |span, [a, b]| {
+        [lhs_stride, rhs_stride] => fill(out, &runs, work, |span, [a, b]| {
             for (i, o) in span.iter_mut().enumerate() {
-                o.write(f(lhs[a + i * lhs_stride], rhs[b + i * rhs_stride]));
+                o.write(f.apply(lhs[a + i * lhs_stride], rhs[b + i * rhs_stride]));
             }
         }),
     })
 }
 
-/// `out[i] = f(a[i], b[i], c[i])` for three same-shaped layouts.
+/// `out[i] = f(a[i], b[i], c[i])` for three same-shaped layouts, for light work.
 pub(crate) fn map3<A: Copy + Sync, B: Copy + Sync, C: Copy + Sync, U: Copy + Send>(
+    a: (&[A], &Layout),
+    b: (&[B], &Layout),
+    c: (&[C], &Layout),
+    f: impl Fn(A, B, C) -> U + Sync,
+) -> Vec<U> {
+    map3_work(Work::Light, a, b, c, f)
+}
+
+/// `out[i] = f(a[i], b[i], c[i])` for three same-shaped layouts.
+pub(crate) fn map3_work<A: Copy + Sync, B: Copy + Sync, C: Copy + Sync, U: Copy + Send>(
+    work: Work,
     (a, a_layout): (&[A], &Layout),
     (b, b_layout): (&[B], &Layout),
     (c, c_layout): (&[C], &Layout),
-    f: impl Fn(A, B, C) -> U + Sync,
+    f: impl Elementwise3<A, B, C, U>,
 ) -> Vec<U> {
     let runs = Runs::for_layouts([a_layout, b_layout, c_layout]);
     let [sa, sb, sc] = runs.run_strides();
     filled(a_layout.elem_count(), |out| {
-        fill(out, &runs, Work::Light, |span, [oa, ob, oc]| {
+        fill(out, &runs, work, |span, [oa, ob, oc]| {
+            let len = span.len();
+            if [sa, sb, sc] == [1, 1, 1] {
+                let inputs = (&a[oa..oa + len], &b[ob..ob + len], &c[oc..oc + len]);
+                return apply3(span, inputs, &f);
+            }
             for (i, o) in span.iter_mut().enumerate() {
-                o.write(f(a[oa + i * sa], b[ob + i * sb], c[oc + i * sc]));
+                o.write(f.apply(a[oa + i * sa], b[ob + i * sb], c[oc + i * sc]));
             }
         })
     })

@@ -1382,6 +1382,40 @@ fn large_elementwise_ops_match_sequential_loops() -> R {
 }
 
 #[test]
+fn sums_and_maxima_over_leading_dims_match_the_general_walk_to_the_bit() -> R {
+    // Irrational-ish values, so a different order of f64 additions would show in the bits.
+    let mut rng = kiln_tensor::Generator::new(5);
+    let x = Tensor::randn([3, 500, 700], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng)?;
+    // The same values laid out backwards: a reduction over them takes the general walk.
+    let strided = x.permute(&[2, 1, 0])?.contiguous()?.permute(&[2, 1, 0])?;
+    assert!(!strided.is_contiguous());
+    for dims in [&[0][..], &[0, 1][..]] {
+        let fast = x.sum(dims, false)?.to_vec::<f32>()?;
+        let general = strided.sum(dims, false)?.to_vec::<f32>()?;
+        assert!(fast_eq(&fast, &general));
+        let fast = x.max(dims, false)?.to_vec::<f32>()?;
+        assert_eq!(fast, strided.max(dims, false)?.to_vec::<f32>()?);
+        // One thread: the same bits as the parallel cut into column ranges.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let single = pool.install(|| x.sum(dims, false)?.to_vec::<f32>())?;
+        assert!(fast_eq(&single, &x.sum(dims, false)?.to_vec::<f32>()?));
+    }
+    // NaN wins a column's maximum wherever it is.
+    let mut values = vec![1.0f32; 4 * 300];
+    values[2 * 300 + 7] = f32::NAN;
+    let maxima = t32(&values, &[4, 300])?.max(&[0], false)?.to_vec::<f32>()?;
+    assert!(maxima[7].is_nan() && maxima.iter().filter(|m| m.is_nan()).count() == 1);
+    Ok(())
+}
+
+fn fast_eq(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
 fn large_transpose_copy_and_unary_of_a_view() -> R {
     let a = big_values(3);
     let ta = t32(&a, &[ROWS, COLS])?;

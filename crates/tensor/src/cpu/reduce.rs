@@ -21,6 +21,9 @@ pub(crate) fn reduce<T: FloatDType>(
     if let Some(out) = reduce_rows(data, layout, op, dims) {
         return out;
     }
+    if let Some(out) = reduce_columns(data, layout, op, dims) {
+        return out;
+    }
     let mut out_dims = layout.dims().to_vec();
     for &d in dims {
         out_dims[d] = 1;
@@ -130,6 +133,134 @@ fn reduce_rows<T: FloatDType>(
         })
         .collect();
     Some(out)
+}
+
+/// The other fast path of `reduce`, when the input is contiguous and the reduced dims are its
+/// outermost ones (a bias gradient: the sum over a batch of rows): output `j` folds column `j`
+/// of the `[rows, cols]` input, row after row, in the order (and so to the bits) of the
+/// general walk. Each row is added across the columns in SIMD (`fold_row_into`), and wide
+/// outputs are cut into column ranges for rayon's threads, each summing its columns over all
+/// the rows: the same additions whatever the thread count. The general walk ran this as
+/// baseline-x86 f64 adds, a tenth of an MLP VAE step.
+fn reduce_columns<T: FloatDType>(
+    data: &[T],
+    layout: &Layout,
+    op: ReduceOp,
+    dims: &[usize],
+) -> Option<Vec<T>> {
+    let range = layout.contiguous_range()?;
+    let outermost = dims.iter().enumerate().all(|(i, &d)| d == i);
+    let rows: usize = dims.iter().map(|&d| layout.dims()[d]).product();
+    if dims.is_empty() || !outermost || rows == 0 || range.is_empty() {
+        return None;
+    }
+    let data = &data[range];
+    let cols = data.len() / rows;
+    let fold = |first: usize, out: &mut [T]| {
+        let width = out.len();
+        let row = |r: usize| &data[r * cols + first..r * cols + first + width];
+        match op {
+            ReduceOp::Sum => {
+                let mut sums = vec![0f64; width];
+                for r in 0..rows {
+                    fold_row_into(&mut sums, row(r), &AddF64);
+                }
+                for (o, s) in out.iter_mut().zip(sums) {
+                    *o = T::from_math(T::math_from_f64(s));
+                }
+            }
+            ReduceOp::Max => {
+                let mut maxima = vec![T::Math::neg_infinity(); width];
+                for r in 0..rows {
+                    fold_row_into(&mut maxima, row(r), &MaxOrNan);
+                }
+                for (o, m) in out.iter_mut().zip(maxima) {
+                    *o = T::from_math(m);
+                }
+            }
+        }
+    };
+    let mut out = vec![T::from_math(T::Math::zero()); cols];
+    let chunk = (cols / (4 * rayon::current_num_threads())).max(256);
+    if data.len() < Work::Light.parallel_min() / 4 || cols <= chunk {
+        fold(0, &mut out);
+    } else {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, out)| fold(i * chunk, out));
+    }
+    Some(out)
+}
+
+/// How `reduce_columns` folds one input value into its column's accumulator.
+trait ColumnFold<T, A>: Sync {
+    fn fold(&self, accumulator: A, x: T) -> A;
+}
+
+/// Sums in f64, as the general walk.
+struct AddF64;
+
+impl<T: FloatDType> ColumnFold<T, f64> for AddF64 {
+    #[inline(always)]
+    fn fold(&self, sum: f64, x: T) -> f64 {
+        sum + T::math_to_f64(x.to_math())
+    }
+}
+
+/// The maximum, NaN winning, as the general walk.
+struct MaxOrNan;
+
+impl<T: FloatDType> ColumnFold<T, T::Math> for MaxOrNan {
+    #[inline(always)]
+    fn fold(&self, m: T::Math, x: T) -> T::Math {
+        let x = x.to_math();
+        if x > m || x.is_nan() {
+            x
+        } else {
+            m
+        }
+    }
+}
+
+/// `accumulators[j] = fold(accumulators[j], row[j])`, compiled for AVX-512 or AVX2 where the
+/// CPU has them (as the elementwise loops).
+#[inline]
+fn fold_row_into<T: Copy, A: Copy>(accumulators: &mut [A], row: &[T], f: &impl ColumnFold<T, A>) {
+    #[inline(always)]
+    fn body<T: Copy, A: Copy>(accumulators: &mut [A], row: &[T], f: &impl ColumnFold<T, A>) {
+        for (a, &x) in accumulators.iter_mut().zip(row) {
+            *a = f.fold(*a, x);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    match super::simd::level() {
+        super::simd::Level::Avx512 => {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<T: Copy, A: Copy>(
+                accumulators: &mut [A],
+                row: &[T],
+                f: &impl ColumnFold<T, A>,
+            ) {
+                body(accumulators, row, f)
+            }
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+            return unsafe { avx512(accumulators, row, f) };
+        }
+        super::simd::Level::Avx2 => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<T: Copy, A: Copy>(
+                accumulators: &mut [A],
+                row: &[T],
+                f: &impl ColumnFold<T, A>,
+            ) {
+                body(accumulators, row, f)
+            }
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { avx2(accumulators, row, f) };
+        }
+        super::simd::Level::Baseline => {}
+    }
+    body(accumulators, row, f)
 }
 
 /// The length of the blocks [`sum_f64`] sums in the element's math type.

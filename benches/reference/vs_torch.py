@@ -102,7 +102,7 @@ def main():
     rows = []
     for model, batch in cases:
         for t in threads:
-            sides = {"kiln": [], "torch": [], "kiln avx2": []}
+            sides = {"kiln": [], "torch": []} | ({"kiln avx2": []} if args.avx2 else {})
             for _ in range(args.rounds):
                 sides["kiln"].append(kiln(model, batch, t, args.seconds))
                 if args.avx2:
@@ -142,6 +142,8 @@ def main():
                                       "torch_seconds": torch_seconds}) + "\n")
             print(f"| {t} | {kiln_seconds:.1f} s | {torch_seconds:.1f} s "
                   f"| {torch_seconds / kiln_seconds:.2f} |", flush=True)
+    if log:
+        log.close()
 
 
 if __name__ == "__main__":

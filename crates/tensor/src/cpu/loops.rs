@@ -160,61 +160,62 @@ pub(crate) fn map1_work<T: Copy + Sync, U: Copy + Send>(
     })
 }
 
-/// `out[i] = f(src[i])` over slices. A function of its own so that `out` arrives as a `&mut`
-/// argument, which the compiler knows aliases nothing else: in a closure it cannot tell `out`
-/// from the values `f` captured, reloads them every element and gives up on vectorizing.
-/// On CPUs with AVX-512 or AVX2 the same loop runs compiled for them (`simd::level`; the crate
-/// itself targets baseline x86-64, SSE2).
-#[inline]
-fn apply1<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Elementwise<T, U>) {
-    #[inline(always)]
-    fn body<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Elementwise<T, U>) {
+/// Defines a function whose body runs compiled for AVX-512 or AVX2+FMA when the CPU has them
+/// (`simd::level`), else for baseline x86-64 (the crate's own target, SSE2): the body is
+/// an `#[inline(always)]` function, copied into one `#[target_feature]` function per level.
+/// Its arguments are plain names; what the body calls through them must be inlinable
+/// (`Elementwise` and the like) for the copies to vectorize it.
+macro_rules! simd_versions {
+    (
+        $(#[$attr:meta])*
+        fn $name:ident<$($g:ident $(: $bound:path)?),*>($($arg:ident: $ty:ty),* $(,)?) $body:block
+    ) => {
+        $(#[$attr])*
+        #[inline]
+        fn $name<$($g $(: $bound)?),*>($($arg: $ty),*) {
+            #[inline(always)]
+            fn body<$($g $(: $bound)?),*>($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            match $crate::cpu::simd::level() {
+                $crate::cpu::simd::Level::Avx512 => {
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    unsafe fn avx512<$($g $(: $bound)?),*>($($arg: $ty),*) {
+                        body($($arg),*)
+                    }
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+                    return unsafe { avx512($($arg),*) };
+                }
+                $crate::cpu::simd::Level::Avx2 => {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn avx2<$($g $(: $bound)?),*>($($arg: $ty),*) {
+                        body($($arg),*)
+                    }
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+                $crate::cpu::simd::Level::Baseline => {}
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_versions;
+
+simd_versions! {
+    /// `out[i] = f(src[i])` over slices. A function of its own so that `out` arrives as a `&mut`
+    /// argument, which the compiler knows aliases nothing else: in a closure it cannot tell `out`
+    /// from the values `f` captured, reloads them every element and gives up on vectorizing.
+    fn apply1<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Elementwise<T, U>) {
         debug_assert_eq!(out.len(), src.len());
         for (o, &x) in out.iter_mut().zip(src) {
             o.write(f.apply(x));
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    match simd::level() {
-        simd::Level::Avx512 => {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512<T: Copy, U>(
-                out: &mut [MaybeUninit<U>],
-                src: &[T],
-                f: &impl Elementwise<T, U>,
-            ) {
-                body(out, src, f)
-            }
-            // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-            return unsafe { avx512(out, src, f) };
-        }
-        simd::Level::Avx2 => {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<T: Copy, U>(
-                out: &mut [MaybeUninit<U>],
-                src: &[T],
-                f: &impl Elementwise<T, U>,
-            ) {
-                body(out, src, f)
-            }
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { avx2(out, src, f) };
-        }
-        simd::Level::Baseline => {}
-    }
-    body(out, src, f)
 }
 
-/// `out[i] = f(lhs[i], rhs[i])` over slices (see `apply1`).
-#[inline]
-fn apply2<A: Copy, B: Copy, U>(
-    out: &mut [MaybeUninit<U>],
-    lhs: &[A],
-    rhs: &[B],
-    f: &impl Elementwise2<A, B, U>,
-) {
-    #[inline(always)]
-    fn body<A: Copy, B: Copy, U>(
+simd_versions! {
+    /// `out[i] = f(lhs[i], rhs[i])` over slices (see `apply1`).
+    fn apply2<A: Copy, B: Copy, U>(
         out: &mut [MaybeUninit<U>],
         lhs: &[A],
         rhs: &[B],
@@ -225,86 +226,21 @@ fn apply2<A: Copy, B: Copy, U>(
             o.write(f.apply(x, y));
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    match simd::level() {
-        simd::Level::Avx512 => {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512<A: Copy, B: Copy, U>(
-                out: &mut [MaybeUninit<U>],
-                lhs: &[A],
-                rhs: &[B],
-                f: &impl Elementwise2<A, B, U>,
-            ) {
-                body(out, lhs, rhs, f)
-            }
-            // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-            return unsafe { avx512(out, lhs, rhs, f) };
-        }
-        simd::Level::Avx2 => {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<A: Copy, B: Copy, U>(
-                out: &mut [MaybeUninit<U>],
-                lhs: &[A],
-                rhs: &[B],
-                f: &impl Elementwise2<A, B, U>,
-            ) {
-                body(out, lhs, rhs, f)
-            }
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { avx2(out, lhs, rhs, f) };
-        }
-        simd::Level::Baseline => {}
-    }
-    body(out, lhs, rhs, f)
 }
 
-/// `out[i] = f(a[i], b[i], c[i])` over slices (see `apply1`).
-#[inline]
-fn apply3<A: Copy, B: Copy, C: Copy, U>(
-    out: &mut [MaybeUninit<U>],
-    (a, b, c): (&[A], &[B], &[C]),
-    f: &impl Elementwise3<A, B, C, U>,
-) {
-    #[inline(always)]
-    fn body<A: Copy, B: Copy, C: Copy, U>(
+simd_versions! {
+    /// `out[i] = f(a[i], b[i], c[i])` over slices (see `apply1`).
+    fn apply3<A: Copy, B: Copy, C: Copy, U>(
         out: &mut [MaybeUninit<U>],
-        (a, b, c): (&[A], &[B], &[C]),
+        inputs: (&[A], &[B], &[C]),
         f: &impl Elementwise3<A, B, C, U>,
     ) {
+        let (a, b, c) = inputs;
         debug_assert!(out.len() == a.len() && out.len() == b.len() && out.len() == c.len());
         for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
             o.write(f.apply(x, y, z));
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    match simd::level() {
-        simd::Level::Avx512 => {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512<A: Copy, B: Copy, C: Copy, U>(
-                out: &mut [MaybeUninit<U>],
-                inputs: (&[A], &[B], &[C]),
-                f: &impl Elementwise3<A, B, C, U>,
-            ) {
-                body(out, inputs, f)
-            }
-            // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-            return unsafe { avx512(out, (a, b, c), f) };
-        }
-        simd::Level::Avx2 => {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<A: Copy, B: Copy, C: Copy, U>(
-                out: &mut [MaybeUninit<U>],
-                inputs: (&[A], &[B], &[C]),
-                f: &impl Elementwise3<A, B, C, U>,
-            ) {
-                body(out, inputs, f)
-            }
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { avx2(out, (a, b, c), f) };
-        }
-        simd::Level::Baseline => {}
-    }
-    body(out, (a, b, c), f)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -222,45 +222,18 @@ impl<T: FloatDType> ColumnFold<T, T::Math> for MaxOrNan {
     }
 }
 
-/// `accumulators[j] = fold(accumulators[j], row[j])`, compiled for AVX-512 or AVX2 where the
-/// CPU has them (as the elementwise loops).
-#[inline]
-fn fold_row_into<T: Copy, A: Copy>(accumulators: &mut [A], row: &[T], f: &impl ColumnFold<T, A>) {
-    #[inline(always)]
-    fn body<T: Copy, A: Copy>(accumulators: &mut [A], row: &[T], f: &impl ColumnFold<T, A>) {
+super::loops::simd_versions! {
+    /// `accumulators[j] = fold(accumulators[j], row[j])`, compiled for AVX-512 or AVX2 where
+    /// the CPU has them (as the elementwise loops).
+    fn fold_row_into<T: Copy, A: Copy>(
+        accumulators: &mut [A],
+        row: &[T],
+        f: &impl ColumnFold<T, A>,
+    ) {
         for (a, &x) in accumulators.iter_mut().zip(row) {
             *a = f.fold(*a, x);
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    match super::simd::level() {
-        super::simd::Level::Avx512 => {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512<T: Copy, A: Copy>(
-                accumulators: &mut [A],
-                row: &[T],
-                f: &impl ColumnFold<T, A>,
-            ) {
-                body(accumulators, row, f)
-            }
-            // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-            return unsafe { avx512(accumulators, row, f) };
-        }
-        super::simd::Level::Avx2 => {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<T: Copy, A: Copy>(
-                accumulators: &mut [A],
-                row: &[T],
-                f: &impl ColumnFold<T, A>,
-            ) {
-                body(accumulators, row, f)
-            }
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { avx2(accumulators, row, f) };
-        }
-        super::simd::Level::Baseline => {}
-    }
-    body(accumulators, row, f)
 }
 
 /// The length of the blocks [`sum_f64`] sums in the element's math type.

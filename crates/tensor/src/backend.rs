@@ -73,6 +73,40 @@ pub trait BackendStorage: Sized + Send + Sync {
         activation: Activation,
     ) -> Result<Self>;
 
+    /// The convolution of an image batch `g.image_shape()` with a weight `[OC, C, kh, kw]`:
+    /// `[N, OC, OH, OW]`. The default lowers it to `im2col` and a matrix product
+    /// ([`conv2d_by_im2col`]); the CPU has direct kernels.
+    fn conv2d(
+        &self,
+        layout: &Layout,
+        weight: Operand<'_, Self>,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        conv2d_by_im2col(self, layout, weight, g)
+    }
+    /// The gradient `[N, OC, OH, OW]` of a convolution's output carried back through its
+    /// weight `[OC, C, kh, kw]` onto its input, `g.image_shape()` (and `conv_transpose2d`).
+    /// The default is a matrix product and `col2im` ([`conv2d_input_grad_by_col2im`]).
+    fn conv2d_input_grad(
+        &self,
+        layout: &Layout,
+        weight: Operand<'_, Self>,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        conv2d_input_grad_by_col2im(self, layout, weight, g)
+    }
+    /// A convolution's weight gradient `[OC, C, kh, kw]` from its input `g.image_shape()` and
+    /// the gradient `[N, OC, OH, OW]` of its output. The default is `im2col` and a matrix
+    /// product ([`conv2d_weight_grad_by_im2col`]).
+    fn conv2d_weight_grad(
+        &self,
+        layout: &Layout,
+        grad: Operand<'_, Self>,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        conv2d_weight_grad_by_im2col(self, layout, grad, g)
+    }
+
     /// An image batch `g.image_shape()` unfolded into convolution columns
     /// `g.columns_shape()`: row `(c, ki, kj)`, column `(n, oh, ow)`, zeros for padding.
     fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self>;
@@ -241,4 +275,72 @@ pub trait BackendStorage: Sized + Send + Sync {
         targets: Operand<'_, Self>,
         grad: Operand<'_, Self>,
     ) -> Result<Self>;
+}
+
+/// A `[N, C, P]` tensor (`P` = the positions of an image) as the matrix `[C, N·P]`: a
+/// contiguous copy through the permuted view.
+fn channels_by_positions<S: BackendStorage>(x: &S, layout: &Layout) -> Result<S> {
+    let [batch, channels, height, width] = layout.image_dims("conv2d")?;
+    let x = x.copy_strided(layout)?;
+    let view = Layout::contiguous([batch, channels, height * width]).permute(&[1, 0, 2])?;
+    x.copy_strided(&view)
+}
+
+/// A weight `[OC, C, kh, kw]` as a contiguous matrix `[OC, C·kh·kw]`.
+fn weight_matrix<S: BackendStorage>(weight: Operand<'_, S>) -> Result<(S, Layout)> {
+    let [out_channels, channels, kh, kw] = weight.layout.image_dims("conv2d")?;
+    let matrix = weight.storage.copy_strided(weight.layout)?;
+    Ok((
+        matrix,
+        Layout::contiguous([out_channels, channels * kh * kw]),
+    ))
+}
+
+/// `conv2d` as `weight · im2col(x)`, permuted from `[OC, N, P]` to `[N, OC, P]`: the lowering
+/// every backend can run, and the reference the CPU's direct kernels are tested against.
+pub(crate) fn conv2d_by_im2col<S: BackendStorage>(
+    x: &S,
+    layout: &Layout,
+    weight: Operand<'_, S>,
+    g: &Conv2dGeometry,
+) -> Result<S> {
+    let columns = x.im2col(layout, g)?; // [C·kh·kw, N·P]
+    let (w, w_layout) = weight_matrix(weight)?; // [OC, C·kh·kw]
+    let columns_layout = Layout::contiguous(g.columns_shape());
+    let out = w.matmul(&w_layout, Operand::new(&columns, &columns_layout))?; // [OC, N·P]
+    let out_channels = w_layout.dims()[0];
+    let positions = g.out_height * g.out_width;
+    let view = Layout::contiguous([out_channels, g.batch, positions]).permute(&[1, 0, 2])?;
+    out.copy_strided(&view) // [N, OC, P]
+}
+
+/// `conv2d_input_grad` as `col2im(weightᵀ · grad)`.
+pub(crate) fn conv2d_input_grad_by_col2im<S: BackendStorage>(
+    grad: &S,
+    layout: &Layout,
+    weight: Operand<'_, S>,
+    g: &Conv2dGeometry,
+) -> Result<S> {
+    let grad = channels_by_positions(grad, layout)?; // [OC, N·P]
+    let (w, w_layout) = weight_matrix(weight)?;
+    let out_channels = w_layout.dims()[0];
+    let grad_layout = Layout::contiguous([out_channels, g.batch * g.out_height * g.out_width]);
+    let wt = w_layout.permute(&[1, 0])?; // [C·kh·kw, OC]
+    let columns = w.matmul(&wt, Operand::new(&grad, &grad_layout))?; // [C·kh·kw, N·P]
+    columns.col2im(&Layout::contiguous(g.columns_shape()), g)
+}
+
+/// `conv2d_weight_grad` as `grad · im2col(x)ᵀ`.
+pub(crate) fn conv2d_weight_grad_by_im2col<S: BackendStorage>(
+    x: &S,
+    layout: &Layout,
+    grad: Operand<'_, S>,
+    g: &Conv2dGeometry,
+) -> Result<S> {
+    let columns = x.im2col(layout, g)?; // [C·kh·kw, N·P]
+    let out_channels = grad.layout.dims()[1];
+    let grad = channels_by_positions(grad.storage, grad.layout)?; // [OC, N·P]
+    let grad_layout = Layout::contiguous([out_channels, g.batch * g.out_height * g.out_width]);
+    let columns_t = Layout::contiguous(g.columns_shape()).permute(&[1, 0])?; // [N·P, C·kh·kw]
+    grad.matmul(&grad_layout, Operand::new(&columns, &columns_t)) // [OC, C·kh·kw]
 }

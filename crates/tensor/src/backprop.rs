@@ -183,6 +183,28 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
                 reduce::softmax_backward(node, *dim, false, grad)?,
             )]
         }
+        // The three convolution ops are linear in each input, and each one's adjoints are
+        // the other two: ⟨G, conv(x, W)⟩ = ⟨input_grad(G, W), x⟩ = ⟨weight_grad(x, G), W⟩.
+        Op::Conv2d { input, weight, g } => vec![
+            (input.clone(), grad.conv2d_input_grad_over(weight, g)?),
+            (weight.clone(), input.conv2d_weight_grad_over(grad, g)?),
+        ],
+        Op::Conv2dInputGrad {
+            grad: g_out,
+            weight,
+            g,
+        } => vec![
+            (g_out.clone(), grad.conv2d_over(weight, g)?),
+            (weight.clone(), grad.conv2d_weight_grad_over(g_out, g)?),
+        ],
+        Op::Conv2dWeightGrad {
+            input,
+            grad: g_out,
+            g,
+        } => vec![
+            (input.clone(), g_out.conv2d_input_grad_over(grad, g)?),
+            (g_out.clone(), input.conv2d_over(grad, g)?),
+        ],
         Op::Im2Col(x, g) => vec![(x.clone(), grad.col2im(g)?)],
         Op::Col2Im(columns, g) => vec![(columns.clone(), grad.im2col(g)?)],
         Op::MaxPool2d { input, indices, g } => {

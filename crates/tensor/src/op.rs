@@ -97,6 +97,26 @@ pub(crate) enum Op {
     WhereCond(Tensor, Tensor, Tensor),
     Softmax(Tensor, usize),
     LogSoftmax(Tensor, usize),
+    /// 2-D convolution of `input` (`g.image_shape()`) with `weight` `[OC, C, kh, kw]`.
+    Conv2d {
+        input: Tensor,
+        weight: Tensor,
+        g: Conv2dGeometry,
+    },
+    /// The input gradient of a convolution (also `conv_transpose2d`): `grad` `[N, OC, OH, OW]`
+    /// through `weight` `[OC, C, kh, kw]` onto `g.image_shape()`.
+    Conv2dInputGrad {
+        grad: Tensor,
+        weight: Tensor,
+        g: Conv2dGeometry,
+    },
+    /// The weight gradient of a convolution: `input` (`g.image_shape()`) against `grad`
+    /// `[N, OC, OH, OW]`.
+    Conv2dWeightGrad {
+        input: Tensor,
+        grad: Tensor,
+        g: Conv2dGeometry,
+    },
     /// Image batch unfolded into convolution columns.
     Im2Col(Tensor, Conv2dGeometry),
     /// Convolution columns folded into an image batch.
@@ -159,6 +179,17 @@ impl Op {
             // The indices are integers: no gradient reaches them.
             Op::MaxPool2d { input: x, .. } | Op::MaxPool2dBackward { grad: x, .. } => vec![x],
             Op::Binary(a, b, _) | Op::Matmul(a, b) | Op::BceWithLogits(a, b) => vec![a, b],
+            Op::Conv2d {
+                input: a,
+                weight: b,
+                ..
+            }
+            | Op::Conv2dInputGrad {
+                grad: a, weight: b, ..
+            }
+            | Op::Conv2dWeightGrad {
+                input: a, grad: b, ..
+            } => vec![a, b],
             Op::BatchNorm {
                 x, weight, bias, ..
             } => [x].into_iter().chain(weight).chain(bias).collect(),

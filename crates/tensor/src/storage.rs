@@ -234,6 +234,9 @@ impl Storage {
     forward!(index_add(dim: usize) with index: index_layout, source: source_layout);
     forward!(gather(dim: usize) with index: index_layout);
     forward!(scatter_add(dim: usize) with index: index_layout, source: source_layout);
+    forward!(conv2d(g: &Conv2dGeometry) with weight: weight_layout);
+    forward!(conv2d_input_grad(g: &Conv2dGeometry) with weight: weight_layout);
+    forward!(conv2d_weight_grad(g: &Conv2dGeometry) with grad: grad_layout);
     forward!(im2col(g: &Conv2dGeometry) with);
     forward!(col2im(g: &Conv2dGeometry) with);
     forward!(max_pool2d_backward(g: &Conv2dGeometry) with indices: indices_layout);

@@ -155,6 +155,51 @@ pub(crate) fn check_resize(
     Ok(())
 }
 
+/// The geometry of a sliding window over a `[N, C, H, W]` batch of `dims`, with the output
+/// grid the window positions make, or an error if the window does not fit.
+fn window_geometry(
+    op: &'static str,
+    [batch, channels, height, width]: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Result<Conv2dGeometry> {
+    check_positive(op, "kernel size", kernel)?;
+    check_positive(op, "stride", stride)?;
+    check_positive(op, "dilation", dilation)?;
+    let fits = |axis: usize, size: usize| {
+        positions(
+            size,
+            kernel[axis],
+            stride[axis],
+            padding[axis],
+            dilation[axis],
+        )
+    };
+    let (Some(out_height), Some(out_width)) = (fits(0, height), fits(1, width)) else {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "a {}x{} kernel (dilation {:?}) does not fit the {}x{} input padded by {:?}",
+                kernel[0], kernel[1], dilation, height, width, padding
+            ),
+        ));
+    };
+    Ok(Conv2dGeometry {
+        batch,
+        channels,
+        height,
+        width,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        out_height,
+        out_width,
+    })
+}
+
 impl Tensor {
     /// `[N, C, H, W]` as a 4-tuple, or an error naming `op` and what it expects.
     pub(crate) fn image_dims(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
@@ -180,40 +225,8 @@ impl Tensor {
         padding: [usize; 2],
         dilation: [usize; 2],
     ) -> Result<Conv2dGeometry> {
-        let [batch, channels, height, width] = self.image_dims(op, "input")?;
-        check_positive(op, "kernel size", kernel)?;
-        check_positive(op, "stride", stride)?;
-        check_positive(op, "dilation", dilation)?;
-        let fits = |axis: usize, size: usize| {
-            positions(
-                size,
-                kernel[axis],
-                stride[axis],
-                padding[axis],
-                dilation[axis],
-            )
-        };
-        let (Some(out_height), Some(out_width)) = (fits(0, height), fits(1, width)) else {
-            return Err(Error::invalid(
-                op,
-                format!(
-                    "a {}x{} kernel (dilation {:?}) does not fit the {}x{} input padded by {:?}",
-                    kernel[0], kernel[1], dilation, height, width, padding
-                ),
-            ));
-        };
-        Ok(Conv2dGeometry {
-            batch,
-            channels,
-            height,
-            width,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            out_height,
-            out_width,
-        })
+        let dims = self.image_dims(op, "input")?;
+        window_geometry(op, dims, kernel, stride, padding, dilation)
     }
 
     /// 2-D convolution (cross-correlation, as in PyTorch) of `[N, C, H, W]` with a weight
@@ -242,12 +255,149 @@ impl Tensor {
                 ),
             ));
         }
-        let columns = self.im2col(&g)?; // [C·kh·kw, N·OH·OW]
-        let weight = weight.reshape([out_channels, in_channels * kh * kw])?; // [OC, C·kh·kw]
-        let out = weight.matmul(&columns)?; // [OC, N·OH·OW]
-        out.reshape([out_channels, g.batch, g.out_height, g.out_width])? // [OC, N, OH, OW]
-            .permute(&[1, 0, 2, 3])? // [N, OC, OH, OW]
-            .contiguous()
+        let _ = out_channels;
+        self.conv2d_over(weight, &g)
+    }
+
+    /// The gradient of `conv2d` with respect to its input (PyTorch's
+    /// `torch.nn.grad.conv2d_input`): `self` is the gradient `[N, OC, OH, OW]` of the output,
+    /// `weight` the convolution's `[OC, C, kh, kw]`, `input_size` the input's `[H, W]` (several
+    /// sizes give one output size when the stride is above 1). Returns `[N, C, H, W]`.
+    pub fn conv2d_input_grad(
+        &self,
+        weight: &Tensor,
+        input_size: [usize; 2],
+        options: Conv2dOptions,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_input_grad";
+        self.same_dtype(OP, weight)?;
+        self.float_only(OP)?;
+        let [batch, out_channels, _, _] = self.image_dims(OP, "grad")?;
+        let [weight_out, channels, kh, kw] = weight.image_dims(OP, "weight")?;
+        let g = window_geometry(
+            OP,
+            [batch, channels, input_size[0], input_size[1]],
+            [kh, kw],
+            options.stride,
+            options.padding,
+            options.dilation,
+        )?;
+        let expected = Shape::from([batch, weight_out, g.out_height, g.out_width]);
+        if out_channels != weight_out || self.shape() != &expected {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "grad {} does not fit weight {} over a {}x{} input: expected {expected}",
+                    self.shape(),
+                    weight.shape(),
+                    input_size[0],
+                    input_size[1]
+                ),
+            ));
+        }
+        self.conv2d_input_grad_over(weight, &g)
+    }
+
+    /// The gradient of `conv2d` with respect to its weight (PyTorch's
+    /// `torch.nn.grad.conv2d_weight`): `self` is the convolution's input `[N, C, H, W]`,
+    /// `grad` the gradient `[N, OC, OH, OW]` of its output, `kernel` the weight's `[kh, kw]`.
+    /// Returns `[OC, C, kh, kw]`.
+    pub fn conv2d_weight_grad(
+        &self,
+        grad: &Tensor,
+        kernel: [usize; 2],
+        options: Conv2dOptions,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_weight_grad";
+        self.same_dtype(OP, grad)?;
+        self.float_only(OP)?;
+        let g = self.window_geometry(
+            OP,
+            kernel,
+            options.stride,
+            options.padding,
+            options.dilation,
+        )?;
+        let [grad_batch, out_channels, grad_height, grad_width] = grad.image_dims(OP, "grad")?;
+        if [grad_batch, grad_height, grad_width] != [g.batch, g.out_height, g.out_width] {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "grad {} does not fit input {} under a {}x{} kernel: expected [{}, {out_channels}, {}, {}]",
+                    grad.shape(),
+                    self.shape(),
+                    kernel[0],
+                    kernel[1],
+                    g.batch,
+                    g.out_height,
+                    g.out_width
+                ),
+            ));
+        }
+        self.conv2d_weight_grad_over(grad, &g)
+    }
+
+    /// `conv2d` over a checked geometry: `self` is `g.image_shape()`, `weight` `[OC, C, kh,
+    /// kw]`.
+    pub(crate) fn conv2d_over(&self, weight: &Tensor, g: &Conv2dGeometry) -> Result<Tensor> {
+        self.same_device("conv2d", weight)?;
+        let out_channels = weight.dims()[0];
+        let storage = self.storage().conv2d(
+            self.layout(),
+            Operand::new(&weight.storage(), weight.layout()),
+            g,
+        )?;
+        let record = Tensor::record(&[self, weight], || Op::Conv2d {
+            input: self.clone(),
+            weight: weight.clone(),
+            g: *g,
+        });
+        let shape = Shape::from([g.batch, out_channels, g.out_height, g.out_width]);
+        Ok(Tensor::from_storage(storage, shape, record))
+    }
+
+    /// `conv2d_input_grad` over a checked geometry: `self` is the grad `[N, OC, OH, OW]`,
+    /// `weight` `[OC, C, kh, kw]`; returns `g.image_shape()`.
+    pub(crate) fn conv2d_input_grad_over(
+        &self,
+        weight: &Tensor,
+        g: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        self.same_device("conv2d_input_grad", weight)?;
+        let storage = self.storage().conv2d_input_grad(
+            self.layout(),
+            Operand::new(&weight.storage(), weight.layout()),
+            g,
+        )?;
+        let record = Tensor::record(&[self, weight], || Op::Conv2dInputGrad {
+            grad: self.clone(),
+            weight: weight.clone(),
+            g: *g,
+        });
+        Ok(Tensor::from_storage(storage, g.image_shape(), record))
+    }
+
+    /// `conv2d_weight_grad` over a checked geometry: `self` is `g.image_shape()`, `grad`
+    /// `[N, OC, OH, OW]`; returns `[OC, C, kh, kw]`.
+    pub(crate) fn conv2d_weight_grad_over(
+        &self,
+        grad: &Tensor,
+        g: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        self.same_device("conv2d_weight_grad", grad)?;
+        let out_channels = grad.dims()[1];
+        let storage = self.storage().conv2d_weight_grad(
+            self.layout(),
+            Operand::new(&grad.storage(), grad.layout()),
+            g,
+        )?;
+        let record = Tensor::record(&[self, grad], || Op::Conv2dWeightGrad {
+            input: self.clone(),
+            grad: grad.clone(),
+            g: *g,
+        });
+        let shape = Shape::from([out_channels, g.channels, g.kernel[0], g.kernel[1]]);
+        Ok(Tensor::from_storage(storage, shape, record))
     }
 
     /// 2-D transposed convolution of `[N, IC, H, W]` with a weight `[IC, OC, kh, kw]` (the
@@ -323,12 +473,7 @@ impl Tensor {
             out_height: height,
             out_width: width,
         };
-        let input = self
-            .permute(&[1, 0, 2, 3])? // [IC, N, H, W]
-            .reshape([in_channels, batch * height * width])?; // [IC, N·H·W]
-        let weight = weight.reshape([in_channels, out_channels * kh * kw])?.t()?; // [OC·kh·kw, IC]
-        let columns = weight.matmul(&input)?; // [OC·kh·kw, N·H·W]
-        columns.col2im(&g) // [N, OC, OH, OW]
+        self.conv2d_input_grad_over(weight, &g) // [N, OC, OH, OW]
     }
 
     /// Max pooling of `[N, C, H, W]` over windows of `options.kernel`: `[N, C, OH, OW]`.

@@ -1,7 +1,10 @@
 //! The backend trait over `CpuStorage`: each primitive dispatched by dtype to the kernels of
 //! the sibling modules (elementwise.rs, reduce.rs, gemm.rs, conv.rs, ...).
 
-use crate::backend::{BackendStorage, Operand};
+use crate::backend::{
+    conv2d_by_im2col, conv2d_input_grad_by_col2im, conv2d_weight_grad_by_im2col, BackendStorage,
+    Operand,
+};
 use crate::ops::conv::check_resize;
 use crate::{
     Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, FloatDType,
@@ -17,6 +20,39 @@ fn output_shape(layout: &Layout, rhs_layout: &Layout) -> crate::Shape {
     let last = dims.len() - 1;
     dims[last] = rhs_layout.dims()[last];
     crate::Shape::from(dims)
+}
+
+/// A direct convolution kernel of `cpu/conv.rs`: `(kernel, first operand, second operand,
+/// out channels, geometry)`.
+type ConvKernel<T> = fn(gemm::Kernel<T>, &[T], &[T], usize, &Conv2dGeometry) -> Vec<T>;
+
+/// Runs the f32 or f64 kernel of `kernels` on `a` and `b` (row-major copies where they are
+/// strided); `None` for the half types, which take the lowering.
+fn direct_conv(
+    op: &'static str,
+    (a, a_layout): (&CpuStorage, &Layout),
+    b: Operand<'_, CpuStorage>,
+    out_channels: usize,
+    g: &Conv2dGeometry,
+    kernels: (ConvKernel<f32>, ConvKernel<f64>),
+) -> Result<Option<CpuStorage>> {
+    Ok(Some(match a {
+        CpuStorage::F32(x) => CpuStorage::F32(kernels.0(
+            gemm::f32_kernel(),
+            &index::row_major(x, a_layout),
+            &index::row_major(a.same_typed(op, b.storage)?, b.layout),
+            out_channels,
+            g,
+        )),
+        CpuStorage::F64(x) => CpuStorage::F64(kernels.1(
+            gemm::f64_kernel(),
+            &index::row_major(x, a_layout),
+            &index::row_major(a.same_typed(op, b.storage)?, b.layout),
+            out_channels,
+            g,
+        )),
+        _ => return Ok(None),
+    }))
 }
 
 impl BackendStorage for CpuStorage {
@@ -219,6 +255,82 @@ impl BackendStorage for CpuStorage {
             out = out.unary(&out_layout, unary)?;
         }
         Ok(out)
+    }
+
+    // f32 and f64 run the direct kernels of `cpu/conv.rs` ([`direct_conv`]); the half types,
+    // and convolutions to one channel, the lowering.
+    fn conv2d(
+        &self,
+        layout: &Layout,
+        weight: Operand<'_, Self>,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        let out_channels = weight.layout.dims()[0];
+        let kernels = (
+            conv::conv2d as ConvKernel<f32>,
+            conv::conv2d as ConvKernel<f64>,
+        );
+        // With one output channel the product is a matrix-vector one, which the lowering's
+        // matmul runs as dot products (so for the weight gradient below).
+        if out_channels > 1 {
+            if let Some(out) =
+                direct_conv("conv2d", (self, layout), weight, out_channels, g, kernels)?
+            {
+                return Ok(out);
+            }
+        }
+        conv2d_by_im2col(self, layout, weight, g)
+    }
+
+    fn conv2d_input_grad(
+        &self,
+        layout: &Layout,
+        weight: Operand<'_, Self>,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        let out_channels = weight.layout.dims()[0];
+        let kernels = (
+            conv::conv2d_input_grad as ConvKernel<f32>,
+            conv::conv2d_input_grad as ConvKernel<f64>,
+        );
+        match direct_conv(
+            "conv2d_input_grad",
+            (self, layout),
+            weight,
+            out_channels,
+            g,
+            kernels,
+        )? {
+            Some(out) => Ok(out),
+            None => conv2d_input_grad_by_col2im(self, layout, weight, g),
+        }
+    }
+
+    fn conv2d_weight_grad(
+        &self,
+        layout: &Layout,
+        grad: Operand<'_, Self>,
+        g: &Conv2dGeometry,
+    ) -> Result<Self> {
+        let out_channels = grad.layout.dims()[1];
+        let kernels = (
+            conv::conv2d_weight_grad as ConvKernel<f32>,
+            conv::conv2d_weight_grad as ConvKernel<f64>,
+        );
+        if out_channels > 1 {
+            let direct = direct_conv(
+                "conv2d_weight_grad",
+                (self, layout),
+                grad,
+                out_channels,
+                g,
+                kernels,
+            )?;
+            if let Some(out) = direct {
+                return Ok(out);
+            }
+        }
+        conv2d_weight_grad_by_im2col(self, layout, grad, g)
     }
 
     fn im2col(&self, layout: &Layout, g: &Conv2dGeometry) -> Result<Self> {

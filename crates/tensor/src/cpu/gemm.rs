@@ -124,6 +124,35 @@ pub(crate) trait GemmElem:
 impl GemmElem for f32 {}
 impl GemmElem for f64 {}
 
+/// A B operand of the GEMM, packed a block at a time: a strided matrix ([`Operand`]), or one
+/// formed while it is packed (a convolution's columns, read from the image: `cpu/conv.rs`).
+pub(crate) trait PanelSource<T>: Sync {
+    /// Packs rows `p0..p0 + kc` and columns `j0..j0 + nc` into `nr`-wide panels: panel `q`
+    /// holds, for each of the `kc` steps, the `nr` values of columns `j0 + q·nr..` (zeros past
+    /// the last column). `scratch` is this thread's buffer for staging, kept between calls.
+    fn pack(
+        &self,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        nr: usize,
+        out: &mut [T],
+        scratch: &mut Scratch,
+    );
+}
+
+impl<T: GemmElem> PanelSource<T> for Operand<'_, T> {
+    fn pack(
+        &self,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        nr: usize,
+        out: &mut [T],
+        _: &mut Scratch,
+    ) {
+        pack_b(*self, rows, cols, nr, out);
+    }
+}
+
 /// `c[m x n]` (row-major, contiguous, zero-initialized) = `a[m x k] · b[k x n]`.
 pub(crate) fn gemm<T: GemmElem>(
     kernel: Kernel<T>,
@@ -142,10 +171,29 @@ pub(crate) fn gemm<T: GemmElem>(
     if n == 1 || m == 1 {
         return matrix_vector((n, k), a, b, c, parallel);
     }
+    gemm_with(kernel, (m, n, k), a, &b, c, false, parallel);
+}
+
+/// `c[m x n]` (row-major, contiguous) = `a · b`, or `c += a · b` when `accumulate`, with B
+/// from any [`PanelSource`]; over rayon's threads when `parallel`, else on the calling thread.
+pub(crate) fn gemm_with<T: GemmElem>(
+    kernel: Kernel<T>,
+    (m, n, k): (usize, usize, usize),
+    a: Operand<'_, T>,
+    b: &impl PanelSource<T>,
+    c: &mut [T],
+    accumulate: bool,
+    parallel: bool,
+) {
+    debug_assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
     if !parallel {
         let c = CPtr(c.as_mut_ptr());
-        return block(kernel, (0..m, 0..n), k, a, b, c, n);
+        return block(kernel, (0..m, 0..n), k, a, b, c, n, accumulate);
     }
+    let threads = rayon::current_num_threads();
     let (rows, cols) = split(kernel, (m, n, k), threads);
     let tasks: Vec<(usize, usize)> = (0..m)
         .step_by(rows)
@@ -161,6 +209,7 @@ pub(crate) fn gemm<T: GemmElem>(
             b,
             c,
             n,
+            accumulate,
         );
     });
 }
@@ -276,8 +325,20 @@ impl<T> CPtr<T> {
 }
 
 thread_local! {
-    /// Per-thread packing buffers, kept between calls so a training step does not allocate.
-    static PACK_BUFFERS: RefCell<(Vec<Aligned>, Vec<Aligned>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread packing buffers (A, B and a B source's scratch), kept between calls so a
+    /// training step does not allocate.
+    static PACK_BUFFERS: RefCell<(Vec<Aligned>, Vec<Aligned>, Scratch)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Scratch(Vec::new()))) };
+}
+
+/// A thread's staging buffer for a [`PanelSource`], kept between calls.
+pub(crate) struct Scratch(Vec<Aligned>);
+
+impl Scratch {
+    /// The buffer grown to hold `len` values of `T` (contents unspecified).
+    pub(crate) fn get<T: GemmElem>(&mut self, len: usize) -> &mut [T] {
+        typed_buffer(&mut self.0, len)
+    }
 }
 
 /// 64-byte-aligned storage for packed panels, so vector loads never split a cache line.
@@ -297,25 +358,28 @@ fn typed_buffer<T: GemmElem>(buffer: &mut Vec<Aligned>, len: usize) -> &mut [T] 
     unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<T>(), len) }
 }
 
-/// Computes the block `rows x cols` of C (full depth k).
+/// Computes the block `rows x cols` of C (full depth k), added to C's values when
+/// `accumulate`.
+#[allow(clippy::too_many_arguments)]
 fn block<T: GemmElem>(
     kernel: Kernel<T>,
     (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
     k: usize,
     a: Operand<'_, T>,
-    b: Operand<'_, T>,
+    b: &impl PanelSource<T>,
     c: CPtr<T>,
     ldc: usize,
+    accumulate: bool,
 ) {
     PACK_BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
-        let (a_buffer, b_buffer) = &mut *buffers;
+        let (a_buffer, b_buffer, scratch) = &mut *buffers;
         for j0 in cols.clone().step_by(NC) {
             let nc = (cols.end - j0).min(NC);
             for p0 in (0..k).step_by(KC) {
                 let kc = (k - p0).min(KC);
                 let b_packed = typed_buffer::<T>(b_buffer, nc.next_multiple_of(kernel.nr) * kc);
-                pack_b(b, (p0, kc), (j0, nc), kernel.nr, b_packed);
+                b.pack((p0, kc), (j0, nc), kernel.nr, b_packed, scratch);
                 for i0 in rows.clone().step_by(MC) {
                     let mc = (rows.end - i0).min(MC);
                     let a_packed = typed_buffer::<T>(a_buffer, mc.next_multiple_of(kernel.mr) * kc);
@@ -328,7 +392,7 @@ fn block<T: GemmElem>(
                         c,
                         (i0, j0),
                         ldc,
-                        p0 > 0,
+                        accumulate || p0 > 0,
                     );
                 }
             }
@@ -354,7 +418,7 @@ fn pack_a<T: GemmElem>(
 
 /// Packs `b[depth, cols]` into NR-wide panels: panel `q` holds, for each k step, the NR values
 /// of columns `q*NR..` (zeros past the last column).
-fn pack_b<T: GemmElem>(
+pub(crate) fn pack_b<T: GemmElem>(
     b: Operand<'_, T>,
     (p0, kc): (usize, usize),
     (j0, nc): (usize, usize),

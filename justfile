@@ -75,18 +75,22 @@ eval-reference out="target/reference":
 train-classifier dataset="mnist":
     cargo run --release -- train classifier --dataset {{dataset}}
 
-# Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads), elementwise GB/s,
+# Kernel throughput: GEMM GFLOP/s (square and GAN shapes, 1 and all threads), the models'
+# convolutions (fwd, dx, dw) in GFLOP/s, elementwise GB/s,
 # and every model's training step (images/s); with a GPU, also their CUDA tables (GEMM against
 # cuBLAS, the GANs' steps on cuda:0)
 bench:
     cargo bench --bench gemm
+    cargo bench --bench conv
     cargo bench --bench elementwise
     cargo bench --bench train_step
 
-# PyTorch's CPU matmul on the GEMM bench's cases, side by side with the last `just bench`
+# PyTorch's CPU matmul and convolutions on the GEMM and conv benches' cases, side by side with
+# the last `just bench`
 # (needs `pip install torch`; kiln's own tests never do)
 bench-torch:
     python3 benches/reference/torch_gemm.py --kiln target/criterion
+    python3 benches/reference/torch_conv.py --kiln target/criterion
 
 # Every model's training step in kiln and in PyTorch eager, alternately in fresh processes on
 # this machine, 1 thread and all: images/s, the ratio, page faults per step and peak RSS; add

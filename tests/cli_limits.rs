@@ -152,9 +152,12 @@ fn a_checkpoint_whose_config_is_beyond_the_limits_is_refused() {
 }
 
 /// Issue 24, item 1's "against available memory where that is knowable": settings within the
-/// limits whose blocks the machine cannot hold (a batch of 8192 through a U-Net of 32
-/// channels asks for several GiB at once) are one line and exit 1 before the kernel's overcommit
-/// hands the memory out, not an abort, a swap storm or the OOM killer. The machine is told it
+/// limits whose blocks the machine cannot hold (a batch of 8192 through a U-Net of 64
+/// channels: each first-level activation is 1.6 GiB) are one line and exit 1 before the
+/// kernel's overcommit hands the memory out, not an abort, a swap storm or the OOM killer.
+/// (With 32 channels the largest block was im2col's columns, 7 GiB; the direct convolutions
+/// have none, and 0.8 GiB activations each fit a 1 GiB machine while together they do not,
+/// which the guard cannot see: its documentation says so.) The machine is told it
 /// has 1 GiB (KILN_FAULT_INJECTION_MEMORY_AVAILABLE), so the test means the same on any
 /// machine; `kiln_tensor::cpu::MemoryGuard` reads /proc/meminfo and the cgroup otherwise.
 #[test]
@@ -170,7 +173,7 @@ fn a_block_larger_than_the_memory_available_is_one_line() {
         "--batch-size",
         "8192",
         "--channels",
-        "32,32,32",
+        "64,64,64",
         "--eval-samples",
         "0",
         "--out",

@@ -239,7 +239,7 @@ impl<T: GemmElem> Columns<'_, T> {
         let mut plane = (n * g.channels + tap.channel) * plane_len;
         let (low, high) = tap.cols;
         // Column `o`'s pixel within its image row, for `o` in `low..high`.
-        let col_base = (low * stride + tap.col_offset - g.padding[1]).wrapping_sub(low * stride);
+        let col_base = tap.col_offset.wrapping_sub(g.padding[1]);
         let mut rest = dest;
         while !rest.is_empty() {
             let len = (out_width - ow).min(rest.len());

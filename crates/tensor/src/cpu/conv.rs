@@ -147,43 +147,41 @@ fn fold_plane<T: FloatDType>(
     let row_len = g.batch * positions;
     let plane_len = g.height * g.width;
     let zero = T::math_from_f64(0.0);
-    {
-        let mut sums = vec![zero; plane_len];
-        for ki in 0..kh {
-            let (oh_low, oh_high) = valid_range(
-                g.out_height,
-                g.height,
-                g.stride[0],
-                ki * g.dilation[0],
-                g.padding[0],
+    let mut sums = vec![zero; plane_len];
+    for ki in 0..kh {
+        let (oh_low, oh_high) = valid_range(
+            g.out_height,
+            g.height,
+            g.stride[0],
+            ki * g.dilation[0],
+            g.padding[0],
+        );
+        for kj in 0..kw {
+            let (ow_low, ow_high) = valid_range(
+                g.out_width,
+                g.width,
+                g.stride[1],
+                kj * g.dilation[1],
+                g.padding[1],
             );
-            for kj in 0..kw {
-                let (ow_low, ow_high) = valid_range(
-                    g.out_width,
-                    g.width,
-                    g.stride[1],
-                    kj * g.dilation[1],
-                    g.padding[1],
-                );
-                if ow_low == ow_high {
-                    continue;
-                }
-                let row = &cols[((c * kh + ki) * kw + kj) * row_len + n * positions..][..positions];
-                for oh in oh_low..oh_high {
-                    let ih = oh * g.stride[0] + ki * g.dilation[0] - g.padding[0];
-                    let source = &row[oh * g.out_width..][..g.out_width];
-                    let first = ow_low * g.stride[1] + kj * g.dilation[1] - g.padding[1];
-                    let dest = &mut sums[ih * g.width..][..g.width];
-                    for (i, &value) in source[ow_low..ow_high].iter().enumerate() {
-                        let target = &mut dest[first + i * g.stride[1]];
-                        *target = *target + value.to_math();
-                    }
+            if ow_low == ow_high {
+                continue;
+            }
+            let row = &cols[((c * kh + ki) * kw + kj) * row_len + n * positions..][..positions];
+            for oh in oh_low..oh_high {
+                let ih = oh * g.stride[0] + ki * g.dilation[0] - g.padding[0];
+                let source = &row[oh * g.out_width..][..g.out_width];
+                let first = ow_low * g.stride[1] + kj * g.dilation[1] - g.padding[1];
+                let dest = &mut sums[ih * g.width..][..g.width];
+                for (i, &value) in source[ow_low..ow_high].iter().enumerate() {
+                    let target = &mut dest[first + i * g.stride[1]];
+                    *target = *target + value.to_math();
                 }
             }
         }
-        for (out, sum) in plane.iter_mut().zip(sums) {
-            *out = T::from_math(sum);
-        }
+    }
+    for (out, sum) in plane.iter_mut().zip(sums) {
+        *out = T::from_math(sum);
     }
 }
 
@@ -380,7 +378,6 @@ pub(crate) fn conv2d<T: GemmElem>(
         weight,
         &Columns { image, g },
         &mut product,
-        false,
         parallel_product(out_channels, columns, depth),
     );
     swap_leading(&product, (out_channels, g.batch, positions))
@@ -413,7 +410,6 @@ pub(crate) fn conv2d_weight_grad<T: GemmElem>(
         grad,
         &ColumnsT(Columns { image, g }),
         &mut out,
-        false,
         parallel_product(out_channels, depth, columns),
     );
     out
@@ -509,7 +505,6 @@ pub(crate) fn conv2d_input_grad<T: GemmElem + FloatDType>(
             weight_t,
             &grad,
             &mut block,
-            false,
             inner,
         );
         let g = Conv2dGeometry { batch, ..*g };

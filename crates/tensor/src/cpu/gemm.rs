@@ -171,18 +171,17 @@ pub(crate) fn gemm<T: GemmElem>(
     if n == 1 || m == 1 {
         return matrix_vector((n, k), a, b, c, parallel);
     }
-    gemm_with(kernel, (m, n, k), a, &b, c, false, parallel);
+    gemm_with(kernel, (m, n, k), a, &b, c, parallel);
 }
 
-/// `c[m x n]` (row-major, contiguous) = `a · b`, or `c += a · b` when `accumulate`, with B
-/// from any [`PanelSource`]; over rayon's threads when `parallel`, else on the calling thread.
+/// `c[m x n]` (row-major, contiguous) = `a · b` with B from any [`PanelSource`]; over rayon's
+/// threads when `parallel`, else on the calling thread.
 pub(crate) fn gemm_with<T: GemmElem>(
     kernel: Kernel<T>,
     (m, n, k): (usize, usize, usize),
     a: Operand<'_, T>,
     b: &impl PanelSource<T>,
     c: &mut [T],
-    accumulate: bool,
     parallel: bool,
 ) {
     debug_assert_eq!(c.len(), m * n);
@@ -191,7 +190,7 @@ pub(crate) fn gemm_with<T: GemmElem>(
     }
     if !parallel {
         let c = CPtr(c.as_mut_ptr());
-        return block(kernel, (0..m, 0..n), k, a, b, c, n, accumulate);
+        return block(kernel, (0..m, 0..n), k, a, b, c, n);
     }
     let threads = rayon::current_num_threads();
     let (rows, cols) = split(kernel, (m, n, k), threads);
@@ -209,7 +208,6 @@ pub(crate) fn gemm_with<T: GemmElem>(
             b,
             c,
             n,
-            accumulate,
         );
     });
 }
@@ -358,9 +356,7 @@ fn typed_buffer<T: GemmElem>(buffer: &mut Vec<Aligned>, len: usize) -> &mut [T] 
     unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<T>(), len) }
 }
 
-/// Computes the block `rows x cols` of C (full depth k), added to C's values when
-/// `accumulate`.
-#[allow(clippy::too_many_arguments)]
+/// Computes the block `rows x cols` of C (full depth k).
 fn block<T: GemmElem>(
     kernel: Kernel<T>,
     (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
@@ -369,7 +365,6 @@ fn block<T: GemmElem>(
     b: &impl PanelSource<T>,
     c: CPtr<T>,
     ldc: usize,
-    accumulate: bool,
 ) {
     PACK_BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
@@ -392,7 +387,7 @@ fn block<T: GemmElem>(
                         c,
                         (i0, j0),
                         ldc,
-                        accumulate || p0 > 0,
+                        p0 > 0,
                     );
                 }
             }

@@ -21,10 +21,10 @@
 // memory (so every global load is a 16-byte copy along it), in 16-byte chunks whose position in
 // a row is XOR-swizzled with the row so that the fragment loads (ldmatrix for BF16, 32-bit
 // loads in the documented m16n8k8 fragment layout for TF32) hit 32 distinct banks.
-// Partial tiles copy fewer source bytes and zero-fill the rest (cp.async's src-size), so
-// nothing outside the matrices is read and the padding adds 0 * 0; operands whose address or
-// leading stride does not allow 16-byte copies are staged with plain element loads instead
-// (same tile layout, no overlap of load and compute).
+// Chunks reaching past a matrix's edge are staged with element loads that read only the
+// elements inside and write zeros for the rest, so nothing outside the matrices is read and
+// the padding adds 0 * 0; operands whose address or leading stride does not allow 16-byte
+// copies are staged that way throughout (same tile layout, no overlap of load and compute).
 
 #define KILN_GEMM_TC_TILE 128
 #define KILN_GEMM_TC_THREADS 256
@@ -156,11 +156,13 @@ __device__ __forceinline__ void load_operand_tile(u8* tile, const T* matrix, u64
         u8* destination = tile + (K_MAJOR ? tile_offset<E, true>(row, first)
                                           : tile_offset<E, false>(first, row));
         const T* source = matrix + outer * stride + inner;
-        if (vector) {
-            // With nothing to copy the source must still be a valid address: the matrix's
-            // first element.
-            cp_async_16(destination, valid ? (const void*)source : (const void*)matrix, valid * E);
+        if (vector && valid == PER_CHUNK) {
+            cp_async_16(destination, source, 16);
         } else {
+            // A chunk reaching past the matrix (or an operand that allows no 16-byte copies):
+            // element loads, so that no read starts outside the matrix (a 16-byte cp.async
+            // with a shorter src-size still counts as a 16-byte read to compute-sanitizer,
+            // and past the end of the allocation).
             T* elements = (T*)destination;
 #pragma unroll
             for (u32 j = 0; j < PER_CHUNK; ++j) {

@@ -396,19 +396,19 @@ fn a_bad_index_is_reported_once_at_the_next_readback_and_the_first_one_wins() {
     let good = indices(vec![4, 0], &[2], gpu).unwrap();
     let bad_rows = indices(vec![0, 7], &[2], gpu).unwrap();
     let bad_columns = indices(vec![3], &[1], gpu).unwrap();
+    // The CPU's copies and error first: a copy to the host is a readback too, and would
+    // report the faults below.
+    let cpu = data.to_device(Device::Cpu).unwrap();
+    let expected = cpu
+        .index_select(0, &bad_rows.to_device(Device::Cpu).unwrap())
+        .unwrap_err();
     // No synchronisation at the ops: both return, and the readback names the first fault.
     let first = data.index_select(0, &bad_rows).unwrap();
     let second = data.index_select(1, &bad_columns).unwrap();
-    let expected = data
-        .to_device(Device::Cpu)
-        .unwrap()
-        .index_select(0, &bad_rows.to_device(Device::Cpu).unwrap())
-        .unwrap_err();
     assert_eq!(second.to_vec::<f32>().unwrap_err(), expected);
     // Reported once: the next readbacks succeed, and a bad index reads as zero.
     assert_eq!(first.to_vec::<f32>().unwrap()[3..], [0.0; 3]);
     let selected = data.index_select(0, &good).unwrap();
-    let cpu = data.to_device(Device::Cpu).unwrap();
     let want = cpu
         .index_select(0, &good.to_device(Device::Cpu).unwrap())
         .unwrap();

@@ -39,9 +39,11 @@ fn stored(
     device: Device,
 ) -> Result<(Tensor, Vec<usize>)> {
     let rank = shape.len();
-    // The memory order: channels last moves dim 1 to the end.
+    // The memory order: channels last moves dim 1 to the end, which for [N, C] would change
+    // nothing, so there the matrix is stored transposed.
     let order: Vec<usize> = match memory {
         Memory::Contiguous => (0..rank).collect(),
+        Memory::ChannelsLast if rank == 2 => vec![1, 0],
         Memory::ChannelsLast => (0..rank).filter(|&d| d != 1).chain([1]).collect(),
     };
     let dims: Vec<usize> = order.iter().map(|&d| shape[d]).collect();

@@ -139,8 +139,16 @@ fn select(
     let device = s.device.clone();
     let mut out = device.alloc(s.dtype, n)?;
     let size = layout.dims()[dim];
-    if n == 0 {
+    if n == 0 || size == 0 {
+        // Nothing to read (and along an empty dim every index is out of range, reported at
+        // the next readback): a bad index reads as zero.
         check_unread_indices(index, index_layout, op, dim, size)?;
+        if n > 0 {
+            device
+                .stream()
+                .memset_zeros(&mut out.buffer)
+                .map_err(driver_error(op))?;
+        }
         return Ok(out);
     }
     let positions = StridedArg::new(op, &positions(layout, dim, out_dims)?)?;

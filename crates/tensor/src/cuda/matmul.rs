@@ -193,11 +193,21 @@ fn to_bf16<'a>(storage: &'a CudaStorage, layout: &Layout) -> Result<Prepared<'a>
     if storage.dtype == DType::BF16 {
         return operand(storage, layout);
     }
-    let order = memory_order(layout);
-    let permuted = layout.permute(&order)?;
+    // Broadcast dims (stride 0: a right operand shared by every batch entry) are converted
+    // once and broadcast again; copied out, they would land innermost and leave the matrix
+    // with no unit stride.
+    let mut compact = layout.clone();
+    for (d, (&size, &stride)) in layout.dims().iter().zip(layout.strides()).enumerate() {
+        if stride == 0 && size > 1 {
+            compact = compact.narrow(d, 0, 1)?;
+        }
+    }
+    let order = memory_order(&compact);
+    let permuted = compact.permute(&order)?;
     let converted = elementwise::to_dtype(storage, &permuted, DType::BF16)?;
-    let converted_layout =
-        Layout::contiguous(permuted.shape().clone()).permute(&inverse(&order))?;
+    let converted_layout = Layout::contiguous(permuted.shape().clone())
+        .permute(&inverse(&order))?
+        .broadcast_as(layout.shape())?;
     Ok(Prepared::Owned(converted, converted_layout))
 }
 

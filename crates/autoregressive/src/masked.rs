@@ -5,7 +5,7 @@
 
 use kiln_nn::layers::{Conv2d, Conv2dConfig};
 use kiln_nn::{Module, NnError, Path, Result};
-use kiln_tensor::{no_grad, Conv2dOptions, Device, Tensor, Var};
+use kiln_tensor::{no_grad, Conv2dOptions, Tensor, Var};
 
 /// Which kernel taps a [`MaskedConv2d`] keeps: those before the centre in raster order (the
 /// rows above it, and its own row left of it), and for type B the centre too.
@@ -78,7 +78,7 @@ impl MaskedConv2d {
         let mask = Tensor::from_vec(
             mask_type.values(kernel),
             [1, 1, kernel, kernel],
-            Device::Cpu,
+            path.device(),
         )?
         .to_dtype(path.dtype())?; // [1, 1, k, k]
         let weight = conv.weight().clone();

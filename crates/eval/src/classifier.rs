@@ -78,8 +78,14 @@ impl Classifier {
         })
     }
 
-    /// The classifier saved at `path` by [`Classifier::save`].
+    /// The classifier saved at `path` by [`Classifier::save`], on the CPU.
     pub fn load(path: impl AsRef<Path>) -> Result<Classifier> {
+        Classifier::load_on(path, Device::Cpu)
+    }
+
+    /// The classifier saved at `path`, its weights on `device` (where the images it scores
+    /// must be).
+    pub fn load_on(path: impl AsRef<Path>, device: Device) -> Result<Classifier> {
         let path = path.as_ref();
         let context = path.display().to_string();
         let checkpoint = Checkpoint::load(path)?;
@@ -95,7 +101,7 @@ impl Classifier {
             })?,
             None => return Err(NnError::mismatch(&context, "no `kiln.dataset` metadata")),
         };
-        let mut classifier = Classifier::new(dataset, Device::Cpu, 0)?;
+        let mut classifier = Classifier::new(dataset, device, 0)?;
         checkpoint.load_store("", &classifier.store)?;
         classifier.test_accuracy = checkpoint.meta(ACCURACY_KEY).and_then(|a| a.parse().ok());
         Ok(classifier)

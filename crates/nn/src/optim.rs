@@ -237,7 +237,8 @@ fn sort_state(
                     ),
                 ));
             }
-            no_grad(|| value.copy())?
+            // On the parameter's device (a checkpoint is read to the host).
+            no_grad(|| value.to_device(var.device())?.copy())?
         });
     }
     Ok(slots)

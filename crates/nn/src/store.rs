@@ -164,8 +164,10 @@ impl ParamStore {
                 format!("unexpected `{name}`: the model has no entry of that name"),
             ));
         }
+        // A checkpoint is read to the host: each value goes to its variable's device (as
+        // PyTorch's load_state_dict copies across devices).
         for (var, value) in updates {
-            var.set(value)?;
+            var.set(&value.to_device(var.device())?)?;
         }
         Ok(())
     }

@@ -88,7 +88,7 @@ impl Evaluator {
             Some(path) => path.to_path_buf(),
             None => committed_classifier(dataset)?,
         };
-        let classifier = Classifier::load(&classifier_path)?;
+        let classifier = Classifier::load_on(&classifier_path, device)?;
         let test = Dataset::load(dataset, Split::Test, data_dir)?;
         let real = dataset_images(&test, device)?; // [10000, 1, 28, 28]
         Ok(Evaluator {

@@ -78,52 +78,13 @@ template <> __device__ __forceinline__ u32 from_f64<u32>(double value) {
     if (value >= 4294967295.0) return 4294967295u;
     return (u32)value;
 }
-// half's f16::from_f64 on an x86 host with F16C (every x86 CPU since 2013) rounds to f32 and
-// then to f16, and so does this; rounding once (cvt.rn.f16.f64) differs in rare ties.
+// The halves round to f32 first, then to the half, as the CPU's `from_f64` (src/dtype.rs) and
+// PyTorch's casts: exact for every f32 source.
 template <> __device__ __forceinline__ f16 from_f64<f16>(double value) {
     return from_math<f16>((float)value);
 }
-// half's bf16::from_f64 (bfloat/convert.rs f64_to_bf16) line for line: it drops the low 32 bits
-// of the f64 before rounding to nearest even, so a tie broken only by those bits rounds as a
-// tie. Correctly rounded conversion would differ there.
 template <> __device__ __forceinline__ bf16 from_f64<bf16>(double value) {
-    const u64 all = (u64)__double_as_longlong(value);
-    const u32 x = (u32)(all >> 32);
-    const u32 sign = x & 0x80000000u;
-    const u32 exponent = x & 0x7FF00000u;
-    const u32 mantissa = x & 0x000FFFFFu;
-    bf16 result;
-    if (exponent == 0x7FF00000u) {
-        // Infinity, or NaN (kept quiet, with the top of its payload).
-        const u32 nan_bit = (mantissa == 0 && (u32)all == 0) ? 0u : 0x0040u;
-        result.bits = (unsigned short)((sign >> 16) | 0x7F80u | nan_bit | (mantissa >> 13));
-        return result;
-    }
-    const u32 half_sign = sign >> 16;
-    const i64 half_exponent = (i64)(exponent >> 20) - 1023 + 127;
-    if (half_exponent >= 0xFF) {
-        result.bits = (unsigned short)(half_sign | 0x7F80u);
-        return result;
-    }
-    if (half_exponent <= 0) {
-        if (7 - half_exponent > 21) {
-            result.bits = (unsigned short)half_sign;  // below the smallest subnormal: ±0
-            return result;
-        }
-        // A subnormal: the hidden bit becomes explicit. Shifts are 13..28, within a u32.
-        const u32 full = mantissa | 0x00100000u;
-        u32 half_mantissa = full >> (14 - half_exponent);
-        const u32 round_bit = 1u << (13 - half_exponent);
-        if ((full & round_bit) != 0 && (full & (3u * round_bit - 1u)) != 0) half_mantissa += 1;
-        result.bits = (unsigned short)(half_sign | half_mantissa);
-        return result;
-    }
-    const u32 bits = half_sign | ((u32)half_exponent << 7) | (mantissa >> 13);
-    const u32 round_bit = 0x00001000u;
-    // A carry out of the mantissa steps the exponent, up to infinity: the right result.
-    const bool round_up = (mantissa & round_bit) != 0 && (mantissa & (3u * round_bit - 1u)) != 0;
-    result.bits = (unsigned short)(round_up ? bits + 1u : bits);
-    return result;
+    return from_math<bf16>((float)value);
 }
 template <> __device__ __forceinline__ float from_f64<float>(double value) { return (float)value; }
 template <> __device__ __forceinline__ double from_f64<double>(double value) { return value; }

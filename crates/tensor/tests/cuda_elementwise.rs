@@ -55,14 +55,14 @@ fn edge_values() -> Vec<f64> {
         65520.0,
         3.4e38,
         1e39,
-        // f64 -> f16: a tie at f32 precision broken only below it. half's from_f64 rounds
-        // through f32 (F16C) or truncates (software), and both give 1.0; rounding once gives
-        // 1 + 2^-10.
+        // f64 -> f16: a tie at f32 precision broken only below it. Both sides round through
+        // f32 (src/dtype.rs), which gives 1.0; rounding once would give 1 + 2^-10.
         1.0 + two(-11) + two(-40),
-        // f64 -> bf16: the same near-tie for bf16, broken below the 32 bits half keeps.
+        // f64 -> bf16: the same near-tie for bf16.
         1.0 + two(-8) + two(-40),
         // f32 -> bf16 through f64 (what the CPU's to_dtype does): the tie-breaking bit is
-        // among the 3 low f32 bits that half's f64_to_bf16 drops.
+        // among the 3 low f32 bits, which half's own f64_to_bf16 dropped (rounding to 1.0);
+        // through f32 it rounds up, as from the f32 itself.
         1.0 + two(-8) + two(-23),
         // bf16 and f16 subnormals, and ties at their smallest.
         two(-130),

@@ -38,12 +38,13 @@ pub(super) fn fill(
     dtype: DType,
 ) -> Result<CudaStorage> {
     let bits: u64 = match dtype {
-        DType::U8 => u64::from(u8::from_f64(value)),
-        DType::U32 => u64::from(u32::from_f64(value)),
-        DType::F16 => u64::from(f16::from_f64(value).to_bits()),
-        DType::BF16 => u64::from(bf16::from_f64(value).to_bits()),
-        DType::F32 => u64::from(f32::from_f64(value).to_bits()),
-        DType::F64 => f64::from_f64(value).to_bits(),
+        // Spelled as the trait's: half's own inherent `from_f64` would be taken otherwise.
+        DType::U8 => u64::from(<u8 as WithDType>::from_f64(value)),
+        DType::U32 => u64::from(<u32 as WithDType>::from_f64(value)),
+        DType::F16 => u64::from(<f16 as WithDType>::from_f64(value).to_bits()),
+        DType::BF16 => u64::from(<bf16 as WithDType>::from_f64(value).to_bits()),
+        DType::F32 => u64::from(<f32 as WithDType>::from_f64(value).to_bits()),
+        DType::F64 => <f64 as WithDType>::from_f64(value).to_bits(),
     };
     let mut out = device.alloc(dtype, len)?;
     if len == 0 {

@@ -13,7 +13,8 @@
 #               `kiln sample --latents` on CUDA against the CPU (items: gan dcgan cgan
 #               wgan-gp epoch latents)
 #     bench     the elementwise, GEMM (against cuBLAS) and training-step tables beside PyTorch
-#               eager's steps (items: elementwise gemm train_step torch)
+#               eager's steps (items: elementwise gemm train_step torch; and, only when named,
+#               compile: PyTorch's torch.compile(mode="reduce-overhead") steps)
 #     sanitize  compute-sanitizer memcheck over short training runs and the tensor tests,
 #               racecheck over the shared-memory kernels' tests (items: train-dcgan
 #               train-wgan-gp, memcheck-NAME, racecheck-NAME)
@@ -38,8 +39,9 @@ tensor_tests=(cuda_tensor cuda_elementwise cuda_reduce cuda_index cuda_conv_matm
 parity_tests=(cuda_kernels_compile kiln_tensor "${tensor_tests[@]}" loader optim gradcheck
     cuda_train)
 benches=(elementwise gemm train_step)
-# Seconds per stage: parity + train + bench + sanitize = 400, plus unpacking.
-declare -A budget=([parity]=150 [train]=70 [bench]=80 [sanitize]=100)
+# Seconds per stage: parity + train + bench + sanitize = 440, plus unpacking (the first H200
+# run took 240 s of it). `bench:compile` alone gets 180 s: PyTorch compiles three steps.
+declare -A budget=([parity]=150 [train]=70 [bench]=80 [sanitize]=140)
 
 build() {
     rm -rf "$dir" && mkdir -p "$dir/bin"
@@ -232,11 +234,10 @@ bench() {
         grep -A80 "^cuda:0" "$scratch" | grep -v "^Benchmarking\|^$" | sed 's/^/           /' \
             | tee -a "$summary"
         [ "$status" = 0 ] || failed=1
-        for precision in fp32 bf16; do
-            # kiln/cuBLAS at 4096³ (the table prints cuBLAS/kiln time, i.e. kiln/cuBLAS rate).
-            say "gemm-$precision-4096-vs-cublas: $(awk -v p="$precision" \
-                '$1 == "4096x4096x4096" && $2 == p { print $NF }' "$scratch")"
-        done
+        # kiln/cuBLAS at 4096³: FP32, and BF16 on bf16 tensors (the "bf16" row without
+        # "tensors" also counts the f32 operands' conversion).
+        say "gemm-fp32-4096-vs-cublas: $(awk '$1 == "4096x4096x4096" && $2 == "fp32" { print $NF }' "$scratch")"
+        say "gemm-bf16-4096-vs-cublas: $(awk '$1 == "4096x4096x4096" && $2 == "bf16" && $3 == "tensors" { print $NF }' "$scratch")"
     fi
     local kiln_b64="" kiln_b256="" kiln_dcgan=""
     if wanted train_step; then
@@ -261,6 +262,16 @@ bench() {
                 "${kiln_rate:-nan}" "${torch_rate:-nan}" 2>/dev/null)
             say "bench    $model b$batch: kiln ${kiln_rate:-?} images/s, PyTorch eager ${torch_rate:-?} (kiln/PyTorch ${ratio:-?})"
             [ "$model $batch" = "gan 64" ] && say "mlp-gan-b64-vs-torch-eager: ${ratio:-?}"
+        done
+    fi
+    # torch.compile(mode="reduce-overhead") takes a minute to compile each step: only when
+    # named (`run bench:compile`).
+    if [[ ",$items," == *",compile,"* ]]; then
+        for case in "gan 64" "gan 256" "dcgan 64"; do
+            read -r model batch <<<"$case"
+            timed "$(left)" python3 benches/reference/torch_gan.py --model "$model" \
+                --batch "$batch" --device cuda --steps 300 --compile
+            say "bench    $model b$batch: PyTorch compile(reduce-overhead) $(grep -o '[0-9]* images/s' "$scratch" || echo "failed (exit $status): $(tail -1 "$scratch" | cut -c1-200)")"
         done
     fi
 }
@@ -293,14 +304,15 @@ sanitize() {
         [ "$status" = 0 ] || failed=1
         say "$(printf 'sanitize memcheck %-24s exit %-3s %4ss  %s' "train-$model" "$status" "$took" "$(sanitizer_errors)")"
     done
-    # Racecheck first (few binaries, the shared-memory kernels), then memcheck over the rest
-    # in the time left: a timed-out run still reports what it saw.
-    for pass in racecheck memcheck; do
-        local list=("${tensor_tests[@]}")
-        [ "$pass" = racecheck ] && list=(cuda_reduce cuda_gemm cuda_norm)
+    # Memcheck over the tensor tests first (each a few seconds under it), then racecheck over
+    # the shared-memory kernels' (tens of seconds each) in the time left: a timed-out run still
+    # reports what it saw.
+    for pass in memcheck racecheck; do
+        local list=("${tensor_tests[@]}") cap=30
+        [ "$pass" = racecheck ] && list=(cuda_reduce cuda_norm cuda_gemm) && cap=60
         for name in "${list[@]}"; do
             wanted "$pass-$name" || continue
-            timed "$(( $(left) < 40 ? $(left) : 40 ))" "${sanitizer[@]}" --tool "$pass" \
+            timed "$(( $(left) < cap ? $(left) : cap ))" "${sanitizer[@]}" --tool "$pass" \
                 "$bin/$name" --test-threads 1
             [ "$status" = 0 ] || [ "$status" = 124 ] || failed=1
             say "$(printf 'sanitize %-9s %-24s exit %-3s %4ss  %s' "$pass" "$name" "$status" "$took" "$(sanitizer_errors)")"
@@ -349,6 +361,7 @@ run() {
         esac
         log=$logs/$stage.log
         stage_end=$((SECONDS + ${budget[$stage]}))
+        [ "$selection" = bench:compile ] && stage_end=$((SECONDS + 180))
         say "== $stage${items:+ ($items)}, budget ${budget[$stage]}s"
         "$stage"
         say "== $stage done at ${SECONDS}s"

@@ -5,7 +5,10 @@ does not depend on the pixels), to compare images/s with `kiln train`. benches/r
 torch_steps.py and vs_torch.py (`just bench-vs-torch`) use its `make_step`.
 
 Usage: python benches/reference/torch_gan.py [--model gan|dcgan|cgan|wgan-gp] [--batch 64] [--steps 200]
-                                             [--device cpu|cuda] [--threads N]
+                                             [--device cpu|cuda] [--threads N] [--compile]
+
+--compile runs the step through torch.compile(mode="reduce-overhead") (CUDA graphs and fusion;
+the backward calls are graph breaks, each side compiled).
 """
 
 import argparse
@@ -127,11 +130,15 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--compile", action="store_true",
+                        help='torch.compile(mode="reduce-overhead") the step')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     step, _ = make_step(args.model, args.batch, device)
+    if args.compile:
+        step = torch.compile(step, mode="reduce-overhead")
     real = torch.rand(args.batch, 1, 28, 28, device=device) * 2 - 1
     labels = torch.arange(args.batch, device=device) % 10
 
@@ -144,7 +151,8 @@ def main():
         loss = step(real, labels)
     float(loss.detach())  # one sync at the end, as kiln logs
     elapsed = time.perf_counter() - start
-    print(f"torch {torch.__version__} {args.model} batch {args.batch} on {args.device} "
+    mode = "compile(reduce-overhead)" if args.compile else "eager"
+    print(f"torch {torch.__version__} {mode} {args.model} batch {args.batch} on {args.device} "
           f"({torch.get_num_threads()} threads): {args.steps * args.batch / elapsed:.0f} images/s, "
           f"{elapsed / args.steps * 1e3:.2f} ms/step")
 

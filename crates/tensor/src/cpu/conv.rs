@@ -537,7 +537,6 @@ mod tests {
     use proptest::prelude::*;
 
     /// A geometry, or `None` when the window does not fit the padded image.
-    #[allow(clippy::too_many_arguments)]
     fn geometry(
         (batch, channels, height, width): (usize, usize, usize, usize),
         kernel: [usize; 2],
@@ -545,23 +544,15 @@ mod tests {
         padding: [usize; 2],
         dilation: [usize; 2],
     ) -> Option<Conv2dGeometry> {
-        let out = |size: usize, i: usize| {
-            (size + 2 * padding[i])
-                .checked_sub(dilation[i] * (kernel[i] - 1) + 1)
-                .map(|room| room / stride[i] + 1)
-        };
-        Some(Conv2dGeometry {
-            batch,
-            channels,
-            height,
-            width,
+        crate::ops::conv::window_geometry(
+            "conv test",
+            [batch, channels, height, width],
             kernel,
             stride,
             padding,
             dilation,
-            out_height: out(height, 0)?,
-            out_width: out(width, 1)?,
-        })
+        )
+        .ok()
     }
 
     /// Values that are multiples of 1/4 in -2.75..=2.75: every product and every sum the

@@ -157,7 +157,7 @@ pub(crate) fn check_resize(
 
 /// The geometry of a sliding window over a `[N, C, H, W]` batch of `dims`, with the output
 /// grid the window positions make, or an error if the window does not fit.
-fn window_geometry(
+pub(crate) fn window_geometry(
     op: &'static str,
     [batch, channels, height, width]: [usize; 4],
     kernel: [usize; 2],

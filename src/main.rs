@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod distributed;
+
 use anyhow::{anyhow, bail};
 use clap::builder::PossibleValuesParser;
 use clap::error::ErrorKind;
@@ -182,6 +184,16 @@ struct TrainArgs {
     /// at most. The checkpoint it replaces is kept as checkpoints/previous.safetensors.
     #[arg(long, default_value = "10m")]
     checkpoint_every: CheckpointEvery,
+    /// Train data-parallel over the processes of an MPI job: `mpirun -np N kiln train ..`
+    /// (on by default under mpirun or srun with more than one rank). Each rank takes its
+    /// share of every batch; rank 0 writes the run folder. Needs a kiln built with
+    /// `--features distributed`.
+    #[arg(long)]
+    distributed: bool,
+    /// Data-parallel runs: batch norm with the statistics of the whole batch (every rank's
+    /// share), not of each rank's own (PyTorch's SyncBatchNorm).
+    #[arg(long)]
+    sync_batch_norm: bool,
     /// DDPM: the U-Net's channels at 28, 14 and 7 pixels, e.g. 16,32,64. PixelCNN: its
     /// hidden channels, e.g. 32. conv-vae: the channels after its two convolutions, e.g. 32,64.
     #[arg(long, value_delimiter = ',')]
@@ -572,6 +584,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<Finish> {
         eval_samples: args.eval_samples,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
+        parallel: distributed::join(args.distributed, args.sync_batch_norm)?,
     };
     Ok(kiln_train::run::train(&REGISTRY, options)?)
 }

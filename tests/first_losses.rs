@@ -44,6 +44,7 @@ fn run<M: serde::Serialize>(
         scale,
         seed,
         device: Device::Cpu,
+        ..Default::default()
     };
     let loader = Loader::new(dataset, options).unwrap();
     loader

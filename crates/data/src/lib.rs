@@ -30,7 +30,7 @@ pub use grid::{save_grid, Grid};
 pub use idx::{
     encode_idx, parse_idx, read_idx, write_idx, ElementType, Encoding, IdxArray, IdxData,
 };
-pub use loader::{Batch, Loader, LoaderOptions, Scale};
+pub use loader::{Batch, Loader, LoaderOptions, Scale, Shard};
 
 use std::fs::File;
 use std::io::{self, BufWriter};

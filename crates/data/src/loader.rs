@@ -3,6 +3,7 @@
 //! held on the device and batches are gathered there (one upload of the epoch's order, then no
 //! host-to-device copy per batch). Not for augmentation.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use kiln_tensor::{DType, Device, Generator, Tensor};
@@ -32,6 +33,33 @@ impl Scale {
     }
 }
 
+/// The part of every batch one process takes in a data-parallel run of `world` processes
+/// (a distributed sampler): rank `r` takes rows `B·r/world .. B·(r+1)/world` of each batch of
+/// `B` images, so the ranks' shards together are exactly the batch one process would take,
+/// in the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole batch: one process.
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// This rank's rows of a batch of `global` images.
+    pub fn rows(&self, global: usize) -> Range<usize> {
+        let at = |rank: usize| global * rank / self.world.max(1);
+        at(self.rank)..at(self.rank + 1)
+    }
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard::WHOLE
+    }
+}
+
 /// How a [`Loader`] batches.
 #[derive(Debug, Clone)]
 pub struct LoaderOptions {
@@ -44,6 +72,9 @@ pub struct LoaderOptions {
     pub seed: u64,
     /// Where the batches' tensors are made.
     pub device: Device,
+    /// The rows of each batch this process takes (data-parallel training); the order, the
+    /// batch size and the number of batches are those of the whole batch.
+    pub shard: Shard,
 }
 
 impl Default for LoaderOptions {
@@ -54,15 +85,27 @@ impl Default for LoaderOptions {
             scale: Scale::MinusOneToOne,
             seed: 0,
             device: Device::Cpu,
+            shard: Shard::WHOLE,
         }
     }
 }
 
-/// One batch: `images` [B, 1, 28, 28] f32 in the loader's scale, `labels` [B] u32.
+/// One batch: `images` [B, 1, 28, 28] f32 in the loader's scale, `labels` [B] u32. In a
+/// data-parallel run, B is this rank's shard of a batch of `global` images, starting at row
+/// `offset` of it; otherwise `global` = B and `offset` = 0.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub images: Tensor,
     pub labels: Tensor,
+    pub global: usize,
+    pub offset: usize,
+}
+
+impl Batch {
+    /// The rows of the whole batch this one holds.
+    pub fn rows(&self) -> Range<usize> {
+        self.offset..self.offset + self.images.dims()[0]
+    }
 }
 
 /// Batches over a dataset's images, in a new seeded order each epoch.
@@ -177,6 +220,8 @@ impl Loader {
         Ok(Batch {
             images: self.options.scale.to_float(&pixels)?, // [B, 1, 28, 28] f32
             labels: labels.index_select(0, indices)?,      // [B] u32
+            global: batch,
+            offset: 0,
         })
     }
 
@@ -206,6 +251,8 @@ impl Loader {
         Ok(Batch {
             images,
             labels: Tensor::from_vec(labels, [batch], device)?,
+            global: batch,
+            offset: 0,
         })
     }
 }
@@ -240,6 +287,10 @@ impl Iterator for Epoch<'_> {
             (self.next + self.loader.options.batch_size).min(self.order.len()),
         );
         self.next = end;
+        // This rank's rows of the whole batch.
+        let global = end - start;
+        let rows = self.loader.options.shard.rows(global);
+        let (start, end) = (start + rows.start, start + rows.end);
         let batch = match (&self.loader.resident, &self.device_order) {
             (Some(resident), Some(order)) => match order {
                 Ok(order) => order
@@ -250,7 +301,11 @@ impl Iterator for Epoch<'_> {
             },
             _ => self.loader.batch(&self.order[start..end]),
         };
-        Some(batch)
+        Some(batch.map(|batch| Batch {
+            global,
+            offset: rows.start,
+            ..batch
+        }))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

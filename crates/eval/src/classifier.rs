@@ -292,6 +292,7 @@ pub fn train(
             scale: Scale::MinusOneToOne,
             seed: config.seed,
             device: Device::Cpu,
+            ..Default::default()
         },
     )
     .map_err(|e| NnError::invalid("classifier", e.to_string()))?;

@@ -5,6 +5,7 @@ use std::any::Any;
 
 use kiln_data::{Batch, Scale};
 use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::parallel::DataParallel;
 use kiln_tensor::{Device, Tensor};
 use kiln_train::config::{from_config, to_config};
 use kiln_train::{Batching, Family, PendingMetrics as Pending, PlotPanel, PlotSpec, Trainer};
@@ -76,7 +77,17 @@ impl Trainer for GanTrainer {
     }
 
     fn step(&mut self, batch: &Batch) -> kiln_train::Result<Box<dyn Pending>> {
-        Ok(Box::new(self.step_deferred(&batch.images, &batch.labels)?))
+        Ok(Box::new(self.step_rows(
+            &batch.images,
+            &batch.labels,
+            batch.global,
+            batch.offset,
+        )?))
+    }
+
+    fn set_parallel(&mut self, parallel: DataParallel) -> kiln_train::Result<()> {
+        GanTrainer::set_parallel(self, parallel);
+        Ok(())
     }
 
     fn checkpoint(&self) -> kiln_train::Result<Checkpoint> {

@@ -15,9 +15,10 @@ use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::loss::{binary_cross_entropy_with_logits, Reduction};
 use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
+use kiln_nn::parallel::DataParallel;
 use kiln_nn::NnError;
 use kiln_tensor::rng::stream_seed;
-use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
+use kiln_tensor::{no_grad, DType, Device, Generator, Gradients, Tensor, Var};
 use serde::Serialize;
 
 use crate::models::{DiscriminatorModel, GeneratorModel, NUM_CLASSES};
@@ -60,6 +61,8 @@ pub struct PendingMetrics {
     values: DeviceScalars,
     has_loss_g: bool,
     has_gradient_penalty: bool,
+    /// In a data-parallel run: the ranks, and this rank's share of the batch.
+    parallel: Option<(DataParallel, f64)>,
 }
 
 impl PendingMetrics {
@@ -79,12 +82,18 @@ impl PendingMetrics {
             values: DeviceScalars::new(&scalars)?,
             has_loss_g: loss_g.is_some(),
             has_gradient_penalty: gradient_penalty.is_some(),
+            parallel: None,
         })
     }
 
-    /// The values, read back from the device in one transfer.
+    /// The values, read back from the device in one transfer; in a data-parallel run, the
+    /// whole batch's (every rank must read the same steps' metrics).
     pub fn read(&self) -> Result<StepMetrics> {
-        let mut values = self.values.read()?.into_iter();
+        let mut values = self.values.read()?;
+        if let Some((parallel, share)) = &self.parallel {
+            values = parallel.weighted_mean(&values, *share)?;
+        }
+        let mut values = values.into_iter();
         let mut next = || values.next().unwrap_or(f64::NAN);
         Ok(StepMetrics {
             loss_d: next(),
@@ -111,6 +120,33 @@ pub struct GanTrainer {
     noise: Generator,
     /// Steps (batches) taken.
     step: u64,
+    /// The other ranks of a data-parallel run, if any.
+    parallel: Option<DataParallel>,
+}
+
+/// The rows of a whole batch one step takes: `rows` of a batch of `global` images (in a
+/// data-parallel run, this rank's shard). Noise is drawn for the whole batch and cut to the
+/// rows, so the ranks together draw what one process would.
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    global: usize,
+    start: usize,
+    len: usize,
+}
+
+impl Rows {
+    /// This rank's share of the whole batch.
+    fn share(&self) -> f64 {
+        self.len as f64 / self.global as f64
+    }
+
+    /// This shard's rows of a whole batch's `[global, ..]` tensor.
+    fn take(&self, whole: Tensor) -> Result<Tensor> {
+        if self.len == self.global {
+            return Ok(whole);
+        }
+        Ok(whole.narrow(0, self.start, self.len)?)
+    }
 }
 
 impl GanTrainer {
@@ -135,7 +171,22 @@ impl GanTrainer {
             config,
             device,
             step: 0,
+            parallel: None,
         })
+    }
+
+    /// Trains data-parallel with `parallel`'s ranks from now on: every rank must hold the
+    /// same run and be given its shard of each batch ([`GanTrainer::step_rows`]).
+    pub fn set_parallel(&mut self, parallel: DataParallel) {
+        self.parallel = Some(parallel);
+    }
+
+    /// The gradients of `loss` for `params`: over every rank's shard in a data-parallel run.
+    fn gradients(&self, loss: &Tensor, params: &[(String, Var)], rows: Rows) -> Result<Gradients> {
+        match &self.parallel {
+            Some(parallel) => parallel.backward(loss, params, rows.share()),
+            None => Ok(loss.backward()?),
+        }
     }
 
     pub fn config(&self) -> &GanConfig {
@@ -159,9 +210,9 @@ impl GanTrainer {
         self.step
     }
 
-    fn latents(&mut self, batch: usize) -> Result<Tensor> {
-        let shape = [batch, self.config.latent_dim];
-        Ok(Tensor::randn(
+    fn latents(&mut self, rows: Rows) -> Result<Tensor> {
+        let shape = [rows.global, self.config.latent_dim];
+        rows.take(Tensor::randn(
             shape,
             0.0,
             1.0,
@@ -172,12 +223,13 @@ impl GanTrainer {
     }
 
     /// Uniform class labels for the conditional GAN's fakes, `[B]` u32; `None` otherwise.
-    fn fake_labels(&mut self, batch: usize) -> Result<Option<Tensor>> {
+    fn fake_labels(&mut self, rows: Rows) -> Result<Option<Tensor>> {
         if !self.config.architecture.is_conditional() {
             return Ok(None);
         }
         // Drawn on the step's device: u ~ U[0, 1) becomes min(⌊10·u⌋, 9).
-        let uniform = Tensor::rand([batch], DType::F32, self.device, &mut self.noise)?; // [B]
+        let uniform = Tensor::rand([rows.global], DType::F32, self.device, &mut self.noise)?;
+        let uniform = rows.take(uniform)?; // [B]
         let labels = uniform
             .affine(NUM_CLASSES as f64, 0.0)?
             .clamp(0.0, (NUM_CLASSES - 1) as f64)?
@@ -194,20 +246,52 @@ impl GanTrainer {
     /// [`GanTrainer::step`] without reading its metrics back: on a GPU the step is queued and
     /// this returns before it has run.
     pub fn step_deferred(&mut self, images: &Tensor, labels: &Tensor) -> Result<PendingMetrics> {
-        let metrics = match self.config.architecture {
-            Architecture::WganGp => self.wasserstein_step(images)?,
-            _ => self.minimax_step(images, labels)?,
+        let batch = images.dims().first().copied().unwrap_or(0);
+        self.step_rows(images, labels, batch, 0)
+    }
+
+    /// [`GanTrainer::step_deferred`] on rows `offset..offset + B` of a batch of `global`
+    /// images (this rank's shard in a data-parallel run): the noise of those rows, and the
+    /// whole batch's gradients and metrics.
+    pub fn step_rows(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        global: usize,
+        offset: usize,
+    ) -> Result<PendingMetrics> {
+        let len = images.dims().first().copied().unwrap_or(0);
+        if len == 0 || offset + len > global {
+            return Err(NnError::invalid(
+                "GAN step",
+                format!("rows {offset}..{} of a batch of {global}", offset + len),
+            ));
+        }
+        let rows = Rows {
+            global,
+            start: offset,
+            len,
         };
+        let _batch_norm = self.parallel.as_ref().map(DataParallel::batch_norm_scope);
+        let mut metrics = match self.config.architecture {
+            Architecture::WganGp => self.wasserstein_step(images, rows)?,
+            _ => self.minimax_step(images, labels, rows)?,
+        };
+        metrics.parallel = self.parallel.clone().map(|p| (p, rows.share()));
         self.step += 1;
         Ok(metrics)
     }
 
-    fn minimax_step(&mut self, real: &Tensor, labels: &Tensor) -> Result<PendingMetrics> {
-        let batch = real.dims()[0];
+    fn minimax_step(
+        &mut self,
+        real: &Tensor,
+        labels: &Tensor,
+        rows: Rows,
+    ) -> Result<PendingMetrics> {
         let conditional = self.config.architecture.is_conditional();
         let real_labels = conditional.then_some(labels);
-        let z = self.latents(batch)?; // [B, z]
-        let fake_labels = self.fake_labels(batch)?; // [B] or None
+        let z = self.latents(rows)?; // [B, z]
+        let fake_labels = self.fake_labels(rows)?; // [B] or None
         let fake = self.generator.forward_t(&z, fake_labels.as_ref(), true)?; // [B, 1, 28, 28]
 
         // D: real → 1, fake → 0.
@@ -220,14 +304,18 @@ impl GanTrainer {
         let loss_d = binary_cross_entropy_with_logits(&real_logits, &ones, Reduction::Mean)?.add(
             &binary_cross_entropy_with_logits(&fake_logits, &zeros, Reduction::Mean)?,
         )?;
-        self.discriminator_optimizer.step(&loss_d.backward()?)?;
+        let d_params = self.discriminator.store().parameters();
+        let grads = self.gradients(&loss_d, &d_params, rows)?;
+        self.discriminator_optimizer.step(&grads)?;
 
         // G: make the updated D call the fakes real (the non-saturating loss).
         let logits = self
             .discriminator
             .forward_t(&fake, fake_labels.as_ref(), true)?; // [B, 1]
         let loss_g = binary_cross_entropy_with_logits(&logits, &ones, Reduction::Mean)?;
-        self.generator_optimizer.step(&loss_g.backward()?)?;
+        let g_params = self.generator.store().parameters();
+        let grads = self.gradients(&loss_g, &g_params, rows)?;
+        self.generator_optimizer.step(&grads)?;
 
         PendingMetrics::new(
             &loss_d,
@@ -238,15 +326,20 @@ impl GanTrainer {
         )
     }
 
-    fn wasserstein_step(&mut self, real: &Tensor) -> Result<PendingMetrics> {
-        let batch = real.dims()[0];
-        let z = self.latents(batch)?; // [B, z]
+    fn wasserstein_step(&mut self, real: &Tensor, rows: Rows) -> Result<PendingMetrics> {
+        let z = self.latents(rows)?; // [B, z]
         let fake = no_grad(|| self.generator.forward_t(&z, None, true))?; // [B, 1, 28, 28]
 
         let real_scores = self.discriminator.forward_t(real, None, true)?; // [B, 1]
         let fake_scores = self.discriminator.forward_t(&fake, None, true)?; // [B, 1]
                                                                             // x̂ on the line between each real image and its fake, as a new leaf.
-        let epsilon = Tensor::rand([batch, 1, 1, 1], DType::F32, self.device, &mut self.noise)?;
+        let epsilon = Tensor::rand(
+            [rows.global, 1, 1, 1],
+            DType::F32,
+            self.device,
+            &mut self.noise,
+        )?;
+        let epsilon = rows.take(epsilon)?; // [B, 1, 1, 1]
         let between = no_grad(|| {
             real.mul(&epsilon)?
                 .add(&fake.mul(&epsilon.affine(-1.0, 1.0)?)?)
@@ -264,18 +357,22 @@ impl GanTrainer {
             .mean_all()?
             .sub(&real_scores.mean_all()?)?
             .add(&penalty.mul_scalar(self.config.gradient_penalty)?)?;
-        self.discriminator_optimizer.step(&loss_d.backward()?)?;
+        let d_params = self.discriminator.store().parameters();
+        let grads = self.gradients(&loss_d, &d_params, rows)?;
+        self.discriminator_optimizer.step(&grads)?;
 
         let mut loss_g = None;
         if (self.step + 1).is_multiple_of(self.config.critic_steps as u64) {
-            let z = self.latents(batch)?;
+            let z = self.latents(rows)?;
             let fake = self.generator.forward_t(&z, None, true)?;
             let loss = self
                 .discriminator
                 .forward_t(&fake, None, true)?
                 .mean_all()?
                 .neg()?;
-            self.generator_optimizer.step(&loss.backward()?)?;
+            let g_params = self.generator.store().parameters();
+            let grads = self.gradients(&loss, &g_params, rows)?;
+            self.generator_optimizer.step(&grads)?;
             loss_g = Some(loss);
         }
         PendingMetrics::new(

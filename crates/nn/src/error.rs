@@ -32,6 +32,9 @@ pub enum NnError {
     DuplicateName(String),
     #[error("{op}: {message}")]
     Invalid { op: &'static str, message: String },
+    /// The ranks of a data-parallel run could not exchange values, or disagree.
+    #[error("data-parallel run: {0}")]
+    Collective(String),
 }
 
 impl NnError {

@@ -11,6 +11,7 @@ pub mod loss;
 pub mod metrics;
 mod module;
 pub mod optim;
+pub mod parallel;
 pub mod schedule;
 mod store;
 

@@ -42,17 +42,32 @@ impl Tensor {
     /// The gradients carry no history.
     pub fn backward(&self) -> Result<Gradients> {
         let _no_grad = NoGradGuard::new();
-        self.backpropagate()
+        self.backpropagate(&mut |_, _| Ok(()))
+    }
+
+    /// [`Tensor::backward`] that calls `ready(leaf, gradient)` as soon as each leaf's gradient
+    /// is final, while the rest of the graph is still to run: what a data-parallel run needs
+    /// to start sending gradients before the backward pass ends. Leaves come in the order the
+    /// walk finishes them, the same every time for the same graph.
+    pub fn backward_observed(
+        &self,
+        ready: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>,
+    ) -> Result<Gradients> {
+        let _no_grad = NoGradGuard::new();
+        self.backpropagate(ready)
     }
 
     /// Like `backward`, but the gradients are themselves tracked functions of the inputs
     /// (`create_graph=True` in PyTorch), so they can be differentiated again: what WGAN-GP's
     /// gradient penalty needs.
     pub fn backward_with_graph(&self) -> Result<Gradients> {
-        self.backpropagate()
+        self.backpropagate(&mut |_, _| Ok(()))
     }
 
-    fn backpropagate(&self) -> Result<Gradients> {
+    fn backpropagate(
+        &self,
+        ready: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>,
+    ) -> Result<Gradients> {
         if self.elem_count() != 1 {
             return Err(Error::invalid(
                 "backward",
@@ -72,6 +87,7 @@ impl Tensor {
                 continue;
             };
             if node.requires_grad() {
+                ready(node, &grad)?;
                 leaves.0.insert(node.id(), grad.clone());
             }
             let Some(op) = node.op() else { continue };
@@ -154,6 +170,7 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
         Op::Copy(x) => vec![(x.clone(), grad.clone())],
         Op::ToDType(x) => vec![(x.clone(), grad.to_dtype(x.dtype())?)],
         Op::ToDevice(x) => vec![(x.clone(), grad.to_device(x.device())?)],
+        Op::Custom(x, rule) => vec![(x.clone(), rule.backward(grad)?)],
         Op::Cat(parts, dim) => parts
             .iter()
             .cloned()

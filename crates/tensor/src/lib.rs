@@ -42,6 +42,7 @@ pub use error::{Error, Result};
 pub use layout::Layout;
 pub use op::{Activation, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 pub use ops::conv::{Conv2dGeometry, Conv2dOptions, ConvTranspose2dOptions, Pool2dOptions};
+pub use ops::custom::CustomBackward;
 pub use ops::matmul::{matmul_precision, set_matmul_precision, MatmulPrecision};
 pub use ops::optim::AdamStep;
 pub use rng::Generator;

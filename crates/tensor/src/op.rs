@@ -153,6 +153,9 @@ pub(crate) enum Op {
     UpsampleNearest2d(Tensor),
     /// The gradient of a nearest resize (its adjoint), from the grad `[N, C, OH, OW]`.
     UpsampleNearest2dBackward(Tensor),
+    /// A function kiln-tensor does not know, with its caller's backward rule
+    /// (`Tensor::custom_unary`).
+    Custom(Tensor, std::sync::Arc<dyn crate::CustomBackward>),
 }
 
 impl Op {
@@ -175,7 +178,8 @@ impl Op {
             | Op::AvgPool2d(x, _)
             | Op::AvgPool2dBackward(x, _)
             | Op::UpsampleNearest2d(x)
-            | Op::UpsampleNearest2dBackward(x) => vec![x],
+            | Op::UpsampleNearest2dBackward(x)
+            | Op::Custom(x, _) => vec![x],
             // The indices are integers: no gradient reaches them.
             Op::MaxPool2d { input: x, .. } | Op::MaxPool2dBackward { grad: x, .. } => vec![x],
             Op::Binary(a, b, _) | Op::Matmul(a, b) | Op::BceWithLogits(a, b) => vec![a, b],

@@ -4,7 +4,7 @@
 //! told of every step and every epoch's end. `kiln train` observes with its run folder
 //! ([`crate::run`]); tests and examples with a closure ([`train_steps`]).
 
-use kiln_data::{Dataset, Loader, LoaderOptions};
+use kiln_data::{Dataset, Loader, LoaderOptions, Shard};
 use kiln_tensor::Device;
 
 use crate::error::{Result, TrainError};
@@ -91,8 +91,14 @@ pub fn fit(
     Ok(Ending::Completed)
 }
 
-/// The loader `kiln train` makes for `trainer` over `dataset` on `device`.
-pub fn loader_for(trainer: &dyn Trainer, dataset: &Dataset, device: Device) -> Result<Loader> {
+/// The loader `kiln train` makes for `trainer` over `dataset` on `device`, giving this process
+/// `shard` of each batch ([`Shard::WHOLE`] but in a data-parallel run).
+pub fn loader_for(
+    trainer: &dyn Trainer,
+    dataset: &Dataset,
+    device: Device,
+    shard: Shard,
+) -> Result<Loader> {
     let batching = trainer.batching();
     let loader = Loader::new(
         dataset,
@@ -102,6 +108,7 @@ pub fn loader_for(trainer: &dyn Trainer, dataset: &Dataset, device: Device) -> R
             scale: batching.scale,
             seed: batching.seed,
             device,
+            shard,
         },
     )?;
     if loader.batches_per_epoch() == 0 {
@@ -135,7 +142,7 @@ pub fn train_steps(
             Ok(Flow::Continue)
         }
     }
-    let loader = loader_for(trainer, dataset, trainer.device())?;
+    let loader = loader_for(trainer, dataset, trainer.device(), Shard::WHOLE)?;
     let total = trainer.steps_done() + steps;
     fit(trainer, &loader, total, &mut Each(&mut each)).map(|_| ())
 }

@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_data::{Dataset, DatasetKind, Scale, Split};
+use kiln_data::{Dataset, DatasetKind, Scale, Shard, Split};
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::limits::{at_most, MAX_IMAGES};
+use kiln_nn::parallel::DataParallel;
 use kiln_run::{plot, Interrupt, MetricsLog, Progress, RunDir, Throughput};
 use kiln_tensor::{Device, Tensor};
 use serde::Serialize;
@@ -42,6 +43,9 @@ pub struct TrainOptions {
     pub eval_every: u64,
     /// How often a checkpoint is written between epoch ends.
     pub checkpoint_every: CheckpointEvery,
+    /// The ranks of a data-parallel run (`mpirun -np N kiln train`), if any: each trains on
+    /// its shard of every batch, and rank 0 alone writes the run folder.
+    pub parallel: Option<DataParallel>,
 }
 
 /// How often `kiln train` writes a checkpoint besides each epoch's end, Ctrl-C and the last
@@ -157,7 +161,11 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
         }
     };
     let dataset = Dataset::load(dataset_kind, Split::Train, options.data_dir.as_deref())?;
-    let loader = loader_for(trainer.as_ref(), &dataset, options.device)?;
+    let shard = match &options.parallel {
+        Some(parallel) => join_parallel(trainer.as_mut(), parallel, dataset.len())?,
+        None => Shard::WHOLE,
+    };
+    let loader = loader_for(trainer.as_ref(), &dataset, options.device, shard)?;
     let per_epoch = loader.batches_per_epoch() as u64;
     let family = registry.family(&options.model)?;
     let total = match (options.steps, options.epochs) {
@@ -186,6 +194,16 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
              --epochs or --steps to continue it"
         )));
     }
+    if let Some(parallel) = options.parallel.as_ref().filter(|p| p.rank() > 0) {
+        return follow(
+            trainer.as_mut(),
+            &loader,
+            total,
+            &options,
+            parallel,
+            per_epoch,
+        );
+    }
     let full_run = family.default_epochs(&options.model) * per_epoch;
     let eval_samples = options.eval_samples.unwrap_or_else(|| {
         let default = trainer.default_eval_samples();
@@ -211,6 +229,17 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
     metrics_log.truncate_after(start)?;
     let batch_size = trainer.batching().batch_size;
     let mut progress = Progress::new(total, start, options.quiet);
+    if let Some(parallel) = &options.parallel {
+        progress.println(format!(
+            "data-parallel over {} ranks: each takes {} images of every batch of {batch_size}; batch norm {}",
+            parallel.world_size(),
+            shard.rows(batch_size).len(),
+            match parallel.syncs_batch_norm() {
+                true => "over the whole batch (--sync-batch-norm)",
+                false => "per rank",
+            }
+        ));
+    }
     progress.println(format!(
         "training {} on {} ({} images, {per_epoch} steps of {batch_size} per epoch) on {}; run folder {}{}",
         options.model,
@@ -268,9 +297,17 @@ pub fn train(registry: &Registry, options: TrainOptions) -> Result<Finish> {
         test_images,
         eval_samples,
         evaluator: None,
+        parallel: options.parallel.clone(),
     };
     let ending = fit(trainer.as_mut(), &loader, total, &mut observer);
     observer.progress.finish();
+    if let (Some(parallel), Ok(Ending::Completed)) = (&options.parallel, &ending) {
+        check_replicas(
+            trainer.as_ref(),
+            parallel,
+            "parameters at the end of the run",
+        )?;
+    }
     match ending {
         Err(TrainError::Diverged { step, name, value }) => Err(TrainError::refused(format!(
             "step {step} (epoch {}): {name} is {value}; training stopped and {}",
@@ -338,13 +375,23 @@ struct RunObserver<'a> {
     eval_samples: usize,
     /// Made on the first evaluation and kept for later ones.
     evaluator: Option<Evaluator>,
+    /// The other ranks, which stop when this one does.
+    parallel: Option<DataParallel>,
 }
 
 impl RunObserver<'_> {
     fn logged(&self, step: u64) -> bool {
-        step.is_multiple_of(self.options.log_every)
-            || step.is_multiple_of(self.per_epoch)
-            || step == self.total
+        logged(self.options.log_every, self.per_epoch, self.total, step)
+    }
+
+    /// Whether Ctrl-C has asked the run to stop: on any rank, in a data-parallel run (all
+    /// of them ask each other at every step, so they stop at the same one).
+    fn interrupted(&self) -> Result<bool> {
+        let here = self.interrupt.requested();
+        match &self.parallel {
+            Some(parallel) => Ok(parallel.any(here)?),
+            None => Ok(here),
+        }
     }
 
     /// What is left of the run after a failure: "the last good checkpoint is PATH (step N)".
@@ -436,7 +483,9 @@ impl Observer for RunObserver<'_> {
         // the run is about to save; on the CPU reading them costs nothing, so every step is
         // checked for divergence.
         let on_gpu = matches!(self.options.device, Device::Cuda(_));
-        self.logged(step) || !on_gpu || self.interrupt.requested()
+        // Every rank must read the same steps' metrics (they are averaged over the ranks).
+        let interrupted = self.parallel.is_none() && self.interrupt.requested();
+        self.logged(step) || !on_gpu || interrupted
     }
 
     fn after_step(
@@ -447,7 +496,12 @@ impl Observer for RunObserver<'_> {
     ) -> Result<Flow> {
         self.throughput.record(self.batch_size as u64);
         self.progress.inc(1);
+        let interrupted = self.interrupted()?;
         let Some(metrics) = metrics else {
+            if interrupted {
+                self.save(trainer)?;
+                return Ok(Flow::Stop);
+            }
             return Ok(Flow::Continue);
         };
         let images_per_s = self.throughput.per_second().unwrap_or(0.0);
@@ -467,7 +521,7 @@ impl Observer for RunObserver<'_> {
             self.total.div_ceil(self.per_epoch),
         ));
         self.last_summary = Some(summary);
-        if self.interrupt.requested() {
+        if interrupted {
             self.save(trainer)?;
             return Ok(Flow::Stop);
         }
@@ -514,6 +568,108 @@ impl Observer for RunObserver<'_> {
             self.progress.println(line);
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// Whether `kiln train` logs step `step`'s metrics.
+fn logged(log_every: u64, per_epoch: u64, total: u64, step: u64) -> bool {
+    step.is_multiple_of(log_every) || step.is_multiple_of(per_epoch) || step == total
+}
+
+/// Makes `trainer` one replica of `parallel`'s run and returns this rank's shard of each
+/// batch, after checking that every rank starts from the same state (a checksum of the
+/// checkpoint's tensors) and that every batch has a row for every rank.
+fn join_parallel(
+    trainer: &mut dyn Trainer,
+    parallel: &DataParallel,
+    images: usize,
+) -> Result<Shard> {
+    let world = parallel.world_size();
+    let batching = trainer.batching();
+    let last = match batching.drop_last {
+        true => batching.batch_size,
+        false => match images % batching.batch_size {
+            0 => batching.batch_size,
+            rest => rest,
+        },
+    };
+    if batching.batch_size.min(last) < world {
+        return Err(TrainError::refused(format!(
+            "{world} ranks cannot share batches of {} images{}: each rank needs at least one",
+            batching.batch_size.min(last),
+            if last < batching.batch_size {
+                " (the epoch's last)"
+            } else {
+                ""
+            }
+        )));
+    }
+    trainer.set_parallel(parallel.clone())?;
+    check_replicas(trainer, parallel, "parameters and state at the start")?;
+    Ok(Shard {
+        rank: parallel.rank(),
+        world,
+    })
+}
+
+/// Refuses replicas that are not bit-identical to rank 0's.
+fn check_replicas(trainer: &dyn Trainer, parallel: &DataParallel, what: &str) -> Result<()> {
+    let checkpoint = trainer.checkpoint()?;
+    Ok(parallel.check_replicas(checkpoint.tensors(), what)?)
+}
+
+/// A data-parallel run's rank other than 0: the same steps on its shard, no files and no
+/// terminal output, stopping when rank 0 does (Ctrl-C) or on the same error (the metrics
+/// that stop a run are the whole batch's, the same on every rank).
+fn follow(
+    trainer: &mut dyn Trainer,
+    loader: &kiln_data::Loader,
+    total: u64,
+    options: &TrainOptions,
+    parallel: &DataParallel,
+    per_epoch: u64,
+) -> Result<Finish> {
+    struct Follower<'a> {
+        parallel: &'a DataParallel,
+        interrupt: Interrupt,
+        log_every: u64,
+        per_epoch: u64,
+        total: u64,
+        on_gpu: bool,
+    }
+    impl Observer for Follower<'_> {
+        fn wants_metrics(&mut self, step: u64) -> bool {
+            logged(self.log_every, self.per_epoch, self.total, step) || !self.on_gpu
+        }
+        fn after_step(
+            &mut self,
+            _: &dyn Trainer,
+            _: u64,
+            _: Option<&dyn StepMetrics>,
+        ) -> Result<Flow> {
+            match self.parallel.any(self.interrupt.requested())? {
+                true => Ok(Flow::Stop),
+                false => Ok(Flow::Continue),
+            }
+        }
+    }
+    let mut follower = Follower {
+        parallel,
+        interrupt: Interrupt::install()?,
+        log_every: options.log_every,
+        per_epoch,
+        total,
+        on_gpu: matches!(options.device, Device::Cuda(_)),
+    };
+    match fit(trainer, loader, total, &mut follower)? {
+        Ending::Stopped { step } => Ok(Finish::Interrupted(format!(
+            "rank {}: interrupted at step {step}",
+            parallel.rank()
+        ))),
+        Ending::Completed => {
+            check_replicas(trainer, parallel, "parameters at the end of the run")?;
+            Ok(Finish::Completed(String::new()))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::any::Any;
 
 use kiln_data::{Batch, Scale};
 use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::parallel::DataParallel;
 use kiln_tensor::{DType, Device, Generator, Tensor};
 use serde_json::Value;
 
@@ -219,6 +220,15 @@ pub trait Trainer {
     /// it can (the VAEs).
     fn importance_unsupported(&self) -> Option<&'static str> {
         Some("which has no likelihood to estimate (the VAEs do)")
+    }
+    /// Trains data-parallel over `parallel`'s ranks from now on: every rank holds the same
+    /// run, [`Trainer::step`] gets this rank's shard of each batch and takes the whole batch's
+    /// step, and its metrics are the whole batch's. Families that cannot refuse.
+    fn set_parallel(&mut self, _parallel: DataParallel) -> Result<()> {
+        Err(TrainError::refused(format!(
+            "the {} does not train data-parallel yet (the GANs do)",
+            self.name()
+        )))
     }
     /// The run itself, for callers that need the family's own type (`kiln reconstruct`).
     fn as_any(&self) -> &dyn Any;

@@ -200,7 +200,13 @@ impl Observer for Record {
 fn the_loop_visits_each_step_and_each_epoch_end_once() {
     let data = mnist();
     let mut trainer = counter(&Overrides::new());
-    let loader = loader_for(trainer.as_ref(), &data, Device::Cpu).unwrap();
+    let loader = loader_for(
+        trainer.as_ref(),
+        &data,
+        Device::Cpu,
+        kiln_data::Shard::WHOLE,
+    )
+    .unwrap();
     assert_eq!(loader.batches_per_epoch(), 4); // 60,000 / 15,000
     let mut record = Record::default();
     let ending = fit(trainer.as_mut(), &loader, 10, &mut record).unwrap();
@@ -242,7 +248,13 @@ fn a_nan_loss_ends_the_loop_and_an_observer_can_stop_it() {
     }
     // Metrics that are not read are not checked: the NaN at step 3 passes unseen.
     let mut trainer = counter(&poisoned);
-    let loader = loader_for(trainer.as_ref(), &data, Device::Cpu).unwrap();
+    let loader = loader_for(
+        trainer.as_ref(),
+        &data,
+        Device::Cpu,
+        kiln_data::Shard::WHOLE,
+    )
+    .unwrap();
     let mut record = Record {
         read_every: 2,
         stop_at: Some(6),

@@ -76,8 +76,14 @@ pub fn batch_norm(
                 ),
             ));
         }
-        // One fused op: the batch statistics, the normalisation and the affine map.
-        let (y, batch_mean, batch_var) = x.batch_norm_train(weight, bias, eps)?; // [N, C, *], [C], [C]
+        let (y, batch_mean, batch_var, count) = match crate::parallel::synchronised_batch_norm() {
+            Some(parallel) => synchronised(x, weight, bias, eps, &parallel)?,
+            None => {
+                // One fused op: the batch statistics, the normalisation and the affine map.
+                let (y, mean, var) = x.batch_norm_train(weight, bias, eps)?; // [N, C, *], [C], [C]
+                (y, mean, var, count)
+            }
+        };
         if let Some(running) = running {
             no_grad(|| -> Result<()> {
                 let unbiased_var = batch_var.mul_scalar(count as f64 / (count - 1) as f64)?; // [C]
@@ -120,6 +126,42 @@ pub fn batch_norm(
         y = y.add(&broadcastable(bias)?)?;
     }
     Ok(y)
+}
+
+/// Training-mode batch norm of `x [N, C, *]` with the statistics of the whole batch over every
+/// rank of `parallel` (PyTorch's `SyncBatchNorm`): the per-channel sums and the count, then the
+/// sums of squared deviations from the whole batch's mean, are summed over the ranks, and
+/// autograd carries the gradients back through the same sums. Returns the output, the batch
+/// mean and biased variance `[C]`, and the whole batch's count per channel.
+fn synchronised(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    parallel: &crate::parallel::DataParallel,
+) -> Result<(Tensor, Tensor, Tensor, usize)> {
+    let channels = x.dims()[1];
+    let mut channel_dims = vec![1; x.rank()];
+    channel_dims[1] = channels;
+    let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+    let local = x.elem_count() / channels;
+    // [Σx per channel.., count], summed over the ranks; the count is a constant.
+    let count = Tensor::from_vec(vec![local as f64], [1], x.device())?.to_dtype(x.dtype())?;
+    let sums = parallel.sum(&Tensor::cat(&[&x.sum(&dims, false)?, &count], 0)?)?; // [C + 1]
+    let total = no_grad(|| sums.narrow(0, channels, 1)?.to_f64())?;
+    let mean = sums.narrow(0, 0, channels)?.mul_scalar(1.0 / total)?; // [C]
+    let centred = x.sub(&mean.reshape(channel_dims.clone())?)?; // [N, C, *]
+    let squares = parallel.sum(&centred.square()?.sum(&dims, false)?)?; // [C]
+    let var = squares.mul_scalar(1.0 / total)?; // [C], biased
+    let std = var.add_scalar(eps)?.sqrt()?; // [C]
+    let mut y = centred.div(&std.reshape(channel_dims.clone())?)?;
+    if let Some(weight) = weight {
+        y = y.mul(&weight.reshape(channel_dims.clone())?)?;
+    }
+    if let Some(bias) = bias {
+        y = y.add(&bias.reshape(channel_dims)?)?;
+    }
+    Ok((y, mean.detach(), var.detach(), total as usize))
 }
 
 /// How a batch norm layer is built and applied. The default is PyTorch's: eps 1e-5, momentum

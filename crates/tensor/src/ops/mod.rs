@@ -3,6 +3,7 @@
 //! run on every backend and can themselves be differentiated.
 
 pub(crate) mod conv;
+pub(crate) mod custom;
 pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod loss;

@@ -622,3 +622,100 @@ impl<'a> Buckets<'a> {
         Ok(summed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kiln_tensor::Device;
+
+    use super::*;
+
+    /// Runs `body(rank, parallel)` on `world` thread ranks; its results in rank order.
+    fn on_ranks<T: Send>(world: usize, body: impl Fn(usize, DataParallel) -> T + Sync) -> Vec<T> {
+        let body = &body;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = thread_group(world)
+                .into_iter()
+                .enumerate()
+                .map(|(rank, collective)| {
+                    scope.spawn(move || {
+                        let communicator = Communicator::spawn(move || Ok(collective)).unwrap();
+                        body(rank, DataParallel::new(communicator, false))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn sums_and_gathers_agree_on_every_rank() {
+        let results = on_ranks(3, |rank, parallel| {
+            let sum = parallel
+                .communicator()
+                .sum(Values::F32(vec![rank as f32, 1.0]))
+                .unwrap();
+            let all = parallel.communicator().gather(10 + rank as u64).unwrap();
+            (sum, all, parallel.any(rank == 2).unwrap())
+        });
+        for (sum, all, any) in results {
+            assert_eq!(sum, Values::F32(vec![3.0, 3.0]));
+            assert_eq!(all, vec![10, 11, 12]);
+            assert!(any);
+        }
+    }
+
+    #[test]
+    fn the_sum_over_ranks_sends_back_the_sum_of_the_gradients() {
+        // Rank r: y = Σ_ranks x, loss_r = (r + 1)·Σ y. d(Σ_r loss_r)/dx = (1 + 2)·1.
+        let grads = on_ranks(2, |rank, parallel| {
+            let x = Tensor::from_vec(vec![1.0f64, 2.0], [2], Device::Cpu)
+                .unwrap()
+                .track()
+                .unwrap();
+            let y = parallel.sum(&x).unwrap();
+            assert_eq!(y.to_vec::<f64>().unwrap(), vec![2.0, 4.0]);
+            let loss = y.sum_all().unwrap().mul_scalar(rank as f64 + 1.0).unwrap();
+            loss.backward()
+                .unwrap()
+                .get(&x)
+                .unwrap()
+                .to_vec::<f64>()
+                .unwrap()
+        });
+        assert_eq!(grads, vec![vec![3.0, 3.0], vec![3.0, 3.0]]);
+    }
+
+    #[test]
+    fn gradients_are_the_weighted_sum_whatever_the_buckets() {
+        // Rank r's loss: (r + 1)·Σ w² for three parameters; weights 1/4 and 3/4.
+        let run = |bucket_bytes: usize| {
+            on_ranks(2, move |rank, parallel| {
+                let parallel = parallel.with_bucket_bytes(bucket_bytes);
+                let params: Vec<(String, Var)> = (0..3)
+                    .map(|i| {
+                        let value = Tensor::from_vec(vec![i as f32 + 1.0; 5], [5], Device::Cpu);
+                        (format!("w{i}"), Var::new(&value.unwrap()).unwrap())
+                    })
+                    .collect();
+                let mut loss = Tensor::scalar(0.0f32, Device::Cpu).unwrap();
+                for (_, w) in &params {
+                    loss = loss.add(&w.square().unwrap().sum_all().unwrap()).unwrap();
+                }
+                let loss = loss.mul_scalar(rank as f64 + 1.0).unwrap();
+                let share = [0.25, 0.75][rank];
+                let grads = parallel.backward(&loss, &params, share).unwrap();
+                params
+                    .iter()
+                    .map(|(_, w)| grads.get(w).unwrap().to_vec::<f32>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        // d/dw of 0.25·Σw²·1 + 0.75·Σw²·2 = 2w·1.75.
+        let expected: Vec<Vec<f32>> = (0..3).map(|i| vec![(i as f32 + 1.0) * 3.5; 5]).collect();
+        for bucket_bytes in [1, 24, 1 << 20] {
+            for grads in run(bucket_bytes) {
+                assert_eq!(grads, expected, "buckets of {bucket_bytes} bytes");
+            }
+        }
+    }
+}

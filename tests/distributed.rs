@@ -1,0 +1,146 @@
+//! `mpirun -np 2 kiln train` (the `distributed` feature; CI installs Open MPI and runs this
+//! with `cargo test --release --features distributed --test distributed`): two ranks taking
+//! 32 images each of every batch track one process taking 64, rank 0 alone writes the run
+//! folder, and a run resumed from the 2-rank checkpoint in one process goes on as one process
+//! would have. crates/gan/tests/parallel.rs checks the same with ranks that are threads.
+#![cfg(feature = "distributed")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{command, error_line, path_str};
+
+/// `kiln train MODEL` on the CPU with `extra`, logging every step; under `mpirun -np ranks`
+/// when `ranks > 1`.
+fn train(ranks: usize, model: &str, run: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        model,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--log-every",
+        "1",
+        "--eval-samples",
+        "0",
+        "--out",
+        path_str(run),
+    ];
+    args.extend(extra);
+    let output = match ranks {
+        1 => command(&args, &[]).output().unwrap(),
+        n => {
+            let kiln = command(&args, &[]);
+            let mut mpirun = Command::new("mpirun");
+            mpirun
+                .args(["--oversubscribe", "-np", &n.to_string()])
+                // Containers and CI run as root, which Open MPI refuses unless told.
+                .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .arg(kiln.get_program())
+                .args(kiln.get_args());
+            mpirun.output().unwrap()
+        }
+    };
+    output
+}
+
+fn succeeded(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `field` of every metrics.jsonl line of `run` that has it, by step.
+fn losses(run: &Path, field: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            Some((record["step"].as_u64()?, record[field].as_f64()?))
+        })
+        .collect()
+}
+
+/// The largest difference of `a`'s and `b`'s losses at the same steps, relative to 1 + |loss|,
+/// over the steps `a` has.
+fn largest_difference(a: &[(u64, f64)], b: &[(u64, f64)]) -> f64 {
+    a.iter()
+        .map(|&(step, x)| {
+            let &(_, y) = b.iter().find(|(s, _)| *s == step).expect("the same steps");
+            (x - y).abs() / (1.0 + x.abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn two_ranks_match_one_process_and_resume_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (single, pair) = (dir.path().join("single"), dir.path().join("pair"));
+    succeeded(&train(1, "gan", &single, &["--steps", "60"]));
+    let output = train(2, "gan", &pair, &["--steps", "50"]);
+    succeeded(&output);
+    let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("data-parallel over 2 ranks"), "{said}");
+    // Rank 0 alone wrote the run folder: one line per step.
+    assert_eq!(losses(&pair, "loss_d").len(), 50);
+    for field in ["loss_d", "loss_g", "d_real", "d_fake"] {
+        let moved = largest_difference(&losses(&pair, field), &losses(&single, field));
+        assert!(moved < 1e-4, "{field} moved {moved:.2e} from one process's");
+    }
+    // The 2-rank checkpoint goes on in one process as the one-process run did.
+    let checkpoint = pair.join("checkpoints/latest.safetensors");
+    let resumed = train(
+        1,
+        "gan",
+        &pair,
+        &["--steps", "60", "--resume", path_str(&checkpoint)],
+    );
+    succeeded(&resumed);
+    let after: Vec<(u64, f64)> = losses(&pair, "loss_d")
+        .into_iter()
+        .filter(|&(step, _)| step > 50)
+        .collect();
+    assert_eq!(after.len(), 10);
+    let moved = largest_difference(&after, &losses(&single, "loss_d"));
+    assert!(moved < 1e-4, "resumed loss_d moved {moved:.2e}");
+}
+
+#[test]
+fn dcgan_with_synchronised_batch_norm_matches_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (single, pair) = (dir.path().join("single"), dir.path().join("pair"));
+    let settings = ["--steps", "12", "--batch-size", "32"];
+    succeeded(&train(1, "dcgan", &single, &settings));
+    let mut synchronised = settings.to_vec();
+    synchronised.push("--sync-batch-norm");
+    succeeded(&train(2, "dcgan", &pair, &synchronised));
+    let (a, b) = (losses(&pair, "loss_d"), losses(&single, "loss_d"));
+    assert!(largest_difference(&a[..5], &b) < 1e-4);
+    assert!(largest_difference(&a, &b) < 2e-2);
+}
+
+#[test]
+fn models_that_cannot_train_data_parallel_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = train(2, "vae", &dir.path().join("vae"), &["--steps", "2"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not train data-parallel yet") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn one_process_with_sync_batch_norm_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = train(1, "dcgan", &dir.path().join("x"), &["--sync-batch-norm"]);
+    assert!(error_line(&output).contains("--sync-batch-norm is for data-parallel runs"));
+}

@@ -25,6 +25,17 @@ fmt:
 ci:
     bash .ci/run
 
+# Train data-parallel over N MPI ranks on this machine (needs libopenmpi-dev, openmpi-bin and
+# libclang-dev), e.g. `just train-mpi 2 dcgan --sync-batch-norm`
+train-mpi ranks="2" model="gan" *flags:
+    cargo build --release --features distributed
+    mpirun --oversubscribe -np {{ranks}} target/release/kiln train {{model}} {{flags}}
+
+# The all-reduce bandwidth MPI reaches between N ranks of kiln on this machine
+bench-allreduce ranks="2":
+    cargo build --release --features distributed --example allreduce
+    mpirun --oversubscribe -np {{ranks}} target/release/examples/allreduce
+
 # Train a GAN (gan, dcgan, cgan, wgan-gp), a VAE (vae, conv-vae), the DDPM (ddpm) or the
 # PixelCNN (pixelcnn) on MNIST on the CPU for its default epochs (20; dcgan 5; the VAEs 10;
 # ddpm 2; pixelcnn 1), or pass e.g. `just train gan --epochs 1`; the run folder is runs/MODEL

@@ -122,7 +122,7 @@ fn dcgan_with_synchronised_batch_norm_matches_one_process() {
     synchronised.push("--sync-batch-norm");
     succeeded(&train(2, "dcgan", &pair, &synchronised));
     let (a, b) = (losses(&pair, "loss_d"), losses(&single, "loss_d"));
-    assert!(largest_difference(&a[..5], &b) < 1e-4);
+    assert!(largest_difference(&a[..5], &b) < 1e-3);
     assert!(largest_difference(&a, &b) < 2e-2);
 }
 

@@ -277,6 +277,13 @@ impl GanTrainer {
             Architecture::WganGp => self.wasserstein_step(images, rows)?,
             _ => self.minimax_step(images, labels, rows)?,
         };
+        if let Some(parallel) = self.parallel.as_ref().filter(|p| !p.syncs_batch_norm()) {
+            // Batch norm's running statistics came from each rank's own shard: all take
+            // rank 0's, as DDP does.
+            let mut buffers = self.generator.store().buffers();
+            buffers.extend(self.discriminator.store().buffers());
+            parallel.copy_from_first(&buffers)?;
+        }
         metrics.parallel = self.parallel.clone().map(|p| (p, rows.share()));
         self.step += 1;
         Ok(metrics)

@@ -141,8 +141,15 @@ fn two_ranks_of_32_track_one_process_of_64_for_50_steps() {
 
 #[test]
 fn dcgan_with_synchronised_batch_norm_tracks_one_process() {
-    // Per-rank batch norm (no --sync-batch-norm) is 5e-3 away at the first step (batch 64).
-    ranks_track_one_process(Architecture::Dcgan, 32, 2, true, 50, (1e-4, 2e-2));
+    // Per-rank batch norm (no --sync-batch-norm) is 3.9e-2 away within 5 steps.
+    ranks_track_one_process(Architecture::Dcgan, 32, 2, true, 50, (1e-3, 2e-2));
+}
+
+#[test]
+fn dcgan_with_per_rank_batch_norm_keeps_identical_replicas() {
+    // Each rank normalises with its shard's statistics, so the losses differ from one
+    // process's; the running statistics are rank 0's on every rank after each step.
+    ranks_track_one_process(Architecture::Dcgan, 32, 2, false, 5, (5e-2, 5e-2));
 }
 
 #[test]

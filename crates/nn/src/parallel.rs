@@ -415,6 +415,35 @@ impl DataParallel {
         }
     }
 
+    /// Gives every rank rank 0's values of `vars` (batch norm's running statistics, when
+    /// each rank normalises with its own shard's: PyTorch's DDP broadcasts them likewise), so
+    /// the replicas stay identical. A sum of rank 0's values and the others' zeros.
+    pub fn copy_from_first(&self, vars: &[(String, Var)]) -> Result<()> {
+        if vars.is_empty() {
+            return Ok(());
+        }
+        let scale = if self.rank() == 0 { 1.0 } else { 0.0 };
+        let mut flat = Values::F64(Vec::new());
+        for (_, var) in vars {
+            if let (Values::F64(all), Values::F64(v)) =
+                (&mut flat, to_values(&var.to_dtype(DType::F64)?, scale)?)
+            {
+                all.extend(v);
+            }
+        }
+        let Values::F64(summed) = self.communicator.sum(flat)? else {
+            return Err(NnError::Collective("a sum changed its type".into()));
+        };
+        let mut at = 0;
+        for (_, var) in vars {
+            let n = var.elem_count();
+            let part = Values::F64(summed[at..at + n].to_vec());
+            at += n;
+            var.set(&from_values(part, var.as_tensor())?)?;
+        }
+        Ok(())
+    }
+
     /// Whether any rank says `yes` (a rank stopping makes them all stop at the same step).
     pub fn any(&self, yes: bool) -> Result<bool> {
         Ok(self.communicator.gather(u64::from(yes))?.contains(&1))

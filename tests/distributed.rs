@@ -127,13 +127,23 @@ fn dcgan_with_synchronised_batch_norm_matches_one_process() {
 }
 
 #[test]
-fn models_that_cannot_train_data_parallel_say_so() {
+fn the_vae_matches_one_process() {
     let dir = tempfile::tempdir().unwrap();
-    let output = train(2, "vae", &dir.path().join("vae"), &["--steps", "2"]);
+    let (single, pair) = (dir.path().join("single"), dir.path().join("pair"));
+    succeeded(&train(1, "vae", &single, &["--steps", "20"]));
+    succeeded(&train(2, "vae", &pair, &["--steps", "20"]));
+    let moved = largest_difference(&losses(&pair, "loss"), &losses(&single, "loss"));
+    assert!(moved < 1e-4, "loss moved {moved:.2e}");
+}
+
+#[test]
+fn batches_too_small_to_share_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = train(2, "gan", &dir.path().join("x"), &["--batch-size", "1"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("does not train data-parallel yet") && !stderr.contains("panicked"),
+        stderr.contains("2 ranks cannot share batches of 1 images") && !stderr.contains("panicked"),
         "{stderr}"
     );
 }

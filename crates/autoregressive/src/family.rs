@@ -6,6 +6,7 @@ use std::any::Any;
 
 use kiln_data::{Batch, Scale};
 use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::parallel::DataParallel;
 use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{Device, Tensor};
 use kiln_train::config::{from_config, to_config};
@@ -90,7 +91,16 @@ impl Trainer for PixelCnnTrainer {
     }
 
     fn step(&mut self, batch: &Batch) -> kiln_train::Result<Box<dyn Pending>> {
-        Ok(Box::new(self.step_deferred(&batch.images)?))
+        Ok(Box::new(self.step_rows(
+            &batch.images,
+            batch.global,
+            batch.offset,
+        )?))
+    }
+
+    fn set_parallel(&mut self, parallel: DataParallel) -> kiln_train::Result<()> {
+        PixelCnnTrainer::set_parallel(self, parallel);
+        Ok(())
     }
 
     fn checkpoint(&self) -> kiln_train::Result<Checkpoint> {

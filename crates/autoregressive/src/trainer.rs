@@ -10,6 +10,7 @@
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
+use kiln_nn::parallel::{self, DataParallel, Rows};
 use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
@@ -89,6 +90,8 @@ pub struct PixelCnnTrainer {
     binarization: Generator,
     /// Steps (batches) taken.
     step: u64,
+    /// The other ranks of a data-parallel run, if any.
+    parallel: Option<DataParallel>,
 }
 
 impl PixelCnnTrainer {
@@ -109,6 +112,7 @@ impl PixelCnnTrainer {
             config,
             device,
             step: 0,
+            parallel: None,
         })
     }
 
@@ -133,15 +137,8 @@ impl PixelCnnTrainer {
     /// x ~ Bernoulli(grey) drawn from `generator` (1 where a uniform is below the grey level);
     /// for categorical ones, the grey images themselves. `[B, 1, 28, 28]`.
     fn targets(&self, images: &Tensor, generator: &mut Generator) -> Result<Tensor> {
-        let images = images.to_dtype(self.model.store().dtype())?;
-        match self.config.likelihood {
-            PixelLikelihood::Categorical => Ok(images),
-            PixelLikelihood::Bernoulli => {
-                let uniforms =
-                    Tensor::rand(images.shape(), images.dtype(), self.device, generator)?;
-                Ok(uniforms.lt(&images)?.to_dtype(images.dtype())?)
-            }
-        }
+        let n = images.dims().first().copied().unwrap_or(0);
+        self.shard_targets(images, Rows::whole(n), generator)
     }
 
     /// One training step on a batch of grey `images [B, 1, 28, 28]` in [0, 1], its loss read
@@ -153,16 +150,60 @@ impl PixelCnnTrainer {
     /// One training step whose loss stays on the device until read: nothing in it makes the
     /// host wait for a GPU.
     pub fn step_deferred(&mut self, images: &Tensor) -> Result<PendingMetrics> {
-        image_count("step", images, IMAGE_SHAPE)?;
+        let batch = image_count("step", images, IMAGE_SHAPE)?;
+        self.step_rows(images, batch, 0)
+    }
+
+    /// [`PixelCnnTrainer::step_deferred`] on rows `offset..offset + B` of a batch of `global`
+    /// images (this rank's shard in a data-parallel run): the binarization of those rows, and
+    /// the whole batch's gradients and loss.
+    pub fn step_rows(
+        &mut self,
+        images: &Tensor,
+        global: usize,
+        offset: usize,
+    ) -> Result<PendingMetrics> {
+        let rows = Rows::new(global, offset, image_count("step", images, IMAGE_SHAPE)?)?;
+        let _batch_norm = self.parallel.as_ref().map(DataParallel::batch_norm_scope);
         let mut binarization = self.binarization.clone();
-        let targets = self.targets(images, &mut binarization)?;
+        let targets = self.shard_targets(images, rows, &mut binarization)?;
         let loss = self.model.nll_per_image(&targets)?.mean_all()?;
-        self.optimizer.step(&loss.backward()?)?;
+        let params = self.model.store().parameters();
+        let grads = parallel::gradients(self.parallel.as_ref(), &loss, &params, rows)?;
+        self.optimizer.step(&grads)?;
+        parallel::settle_buffers(self.parallel.as_ref(), &[self.model.store()])?;
         self.binarization = binarization;
         self.step += 1;
         Ok(PendingMetrics {
-            values: DeviceScalars::new(&[&loss])?,
+            values: DeviceScalars::new(&[&loss])?.over_ranks(self.parallel.as_ref(), rows),
         })
+    }
+
+    /// [`PixelCnnTrainer::targets`] of this shard's `images`, with the uniforms drawn for
+    /// the whole batch.
+    fn shard_targets(
+        &self,
+        images: &Tensor,
+        rows: Rows,
+        generator: &mut Generator,
+    ) -> Result<Tensor> {
+        let images = images.to_dtype(self.model.store().dtype())?;
+        match self.config.likelihood {
+            PixelLikelihood::Categorical => Ok(images),
+            PixelLikelihood::Bernoulli => {
+                let mut whole = images.dims().to_vec();
+                whole[0] = rows.global;
+                let uniforms = Tensor::rand(whole, images.dtype(), self.device, generator)?;
+                let uniforms = rows.take(uniforms)?;
+                Ok(uniforms.lt(&images)?.to_dtype(images.dtype())?)
+            }
+        }
+    }
+
+    /// Trains data-parallel with `parallel`'s ranks from now on: every rank must hold the
+    /// same run and be given its shard of each batch ([`PixelCnnTrainer::step_rows`]).
+    pub fn set_parallel(&mut self, parallel: DataParallel) {
+        self.parallel = Some(parallel);
     }
 
     /// The exact -log p(x) of grey `images [N, 1, 28, 28]` in [0, 1]. Bernoulli pixels: of the

@@ -11,6 +11,7 @@ use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::loss::{mse_loss, Reduction};
 use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
+use kiln_nn::parallel::{self, DataParallel, Rows};
 use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor, Var};
@@ -73,6 +74,8 @@ pub struct DdpmTrainer {
     optimizer: Adam,
     noise: Generator,
     step: u64,
+    /// The other ranks of a data-parallel run, if any.
+    parallel: Option<DataParallel>,
 }
 
 impl DdpmTrainer {
@@ -98,6 +101,7 @@ impl DdpmTrainer {
             config,
             device,
             step: 0,
+            parallel: None,
         })
     }
 
@@ -175,16 +179,41 @@ impl DdpmTrainer {
     /// host wait for a GPU (the steps t are drawn on the host, ahead of the device's work).
     pub fn step_deferred(&mut self, images: &Tensor) -> Result<PendingMetrics> {
         let batch = image_count("step", images, IMAGE_SHAPE)?;
+        self.step_rows(images, batch, 0)
+    }
+
+    /// [`DdpmTrainer::step_deferred`] on rows `offset..offset + B` of a batch of `global`
+    /// images (this rank's shard in a data-parallel run): the steps and noise of those rows,
+    /// and the whole batch's gradients and loss.
+    pub fn step_rows(
+        &mut self,
+        images: &Tensor,
+        global: usize,
+        offset: usize,
+    ) -> Result<PendingMetrics> {
+        let rows = Rows::new(global, offset, image_count("step", images, IMAGE_SHAPE)?)?;
+        let _batch_norm = self.parallel.as_ref().map(DataParallel::batch_norm_scope);
         let mut generator = self.noise.clone();
-        let (t, noise) = self.draw(batch, &mut generator)?;
-        let loss = Self::loss(&self.model, &self.schedule, images, &t, &noise)?;
-        self.optimizer.step(&loss.backward()?)?;
+        let (t, noise) = self.draw(global, &mut generator)?;
+        let t = &t[rows.start..rows.start + rows.len];
+        let noise = rows.take(noise)?; // [B, 1, 28, 28]
+        let loss = Self::loss(&self.model, &self.schedule, images, t, &noise)?;
+        let params = self.model.store().parameters();
+        let grads = parallel::gradients(self.parallel.as_ref(), &loss, &params, rows)?;
+        self.optimizer.step(&grads)?;
+        parallel::settle_buffers(self.parallel.as_ref(), &[self.model.store()])?;
         self.update_average()?;
         self.noise = generator;
         self.step += 1;
         Ok(PendingMetrics {
-            values: DeviceScalars::new(&[&loss])?,
+            values: DeviceScalars::new(&[&loss])?.over_ranks(self.parallel.as_ref(), rows),
         })
+    }
+
+    /// Trains data-parallel with `parallel`'s ranks from now on: every rank must hold the
+    /// same run and be given its shard of each batch ([`DdpmTrainer::step_rows`]).
+    pub fn set_parallel(&mut self, parallel: DataParallel) {
+        self.parallel = Some(parallel);
     }
 
     /// ema ← d·ema + (1 - d)·θ, with d = min(decay, (1 + s) / (10 + s)) at step s (so the

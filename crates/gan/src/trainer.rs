@@ -15,7 +15,7 @@ use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::loss::{binary_cross_entropy_with_logits, Reduction};
 use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
-use kiln_nn::parallel::DataParallel;
+use kiln_nn::parallel::{self, DataParallel, Rows};
 use kiln_nn::NnError;
 use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{no_grad, DType, Device, Generator, Gradients, Tensor, Var};
@@ -61,8 +61,6 @@ pub struct PendingMetrics {
     values: DeviceScalars,
     has_loss_g: bool,
     has_gradient_penalty: bool,
-    /// In a data-parallel run: the ranks, and this rank's share of the batch.
-    parallel: Option<(DataParallel, f64)>,
 }
 
 impl PendingMetrics {
@@ -82,18 +80,13 @@ impl PendingMetrics {
             values: DeviceScalars::new(&scalars)?,
             has_loss_g: loss_g.is_some(),
             has_gradient_penalty: gradient_penalty.is_some(),
-            parallel: None,
         })
     }
 
     /// The values, read back from the device in one transfer; in a data-parallel run, the
     /// whole batch's (every rank must read the same steps' metrics).
     pub fn read(&self) -> Result<StepMetrics> {
-        let mut values = self.values.read()?;
-        if let Some((parallel, share)) = &self.parallel {
-            values = parallel.weighted_mean(&values, *share)?;
-        }
-        let mut values = values.into_iter();
+        let mut values = self.values.read()?.into_iter();
         let mut next = || values.next().unwrap_or(f64::NAN);
         Ok(StepMetrics {
             loss_d: next(),
@@ -122,31 +115,6 @@ pub struct GanTrainer {
     step: u64,
     /// The other ranks of a data-parallel run, if any.
     parallel: Option<DataParallel>,
-}
-
-/// The rows of a whole batch one step takes: `rows` of a batch of `global` images (in a
-/// data-parallel run, this rank's shard). Noise is drawn for the whole batch and cut to the
-/// rows, so the ranks together draw what one process would.
-#[derive(Debug, Clone, Copy)]
-struct Rows {
-    global: usize,
-    start: usize,
-    len: usize,
-}
-
-impl Rows {
-    /// This rank's share of the whole batch.
-    fn share(&self) -> f64 {
-        self.len as f64 / self.global as f64
-    }
-
-    /// This shard's rows of a whole batch's `[global, ..]` tensor.
-    fn take(&self, whole: Tensor) -> Result<Tensor> {
-        if self.len == self.global {
-            return Ok(whole);
-        }
-        Ok(whole.narrow(0, self.start, self.len)?)
-    }
 }
 
 impl GanTrainer {
@@ -183,10 +151,7 @@ impl GanTrainer {
 
     /// The gradients of `loss` for `params`: over every rank's shard in a data-parallel run.
     fn gradients(&self, loss: &Tensor, params: &[(String, Var)], rows: Rows) -> Result<Gradients> {
-        match &self.parallel {
-            Some(parallel) => parallel.backward(loss, params, rows.share()),
-            None => Ok(loss.backward()?),
-        }
+        parallel::gradients(self.parallel.as_ref(), loss, params, rows)
     }
 
     pub fn config(&self) -> &GanConfig {
@@ -261,30 +226,15 @@ impl GanTrainer {
         offset: usize,
     ) -> Result<PendingMetrics> {
         let len = images.dims().first().copied().unwrap_or(0);
-        if len == 0 || offset + len > global {
-            return Err(NnError::invalid(
-                "GAN step",
-                format!("rows {offset}..{} of a batch of {global}", offset + len),
-            ));
-        }
-        let rows = Rows {
-            global,
-            start: offset,
-            len,
-        };
+        let rows = Rows::new(global, offset, len)?;
         let _batch_norm = self.parallel.as_ref().map(DataParallel::batch_norm_scope);
         let mut metrics = match self.config.architecture {
             Architecture::WganGp => self.wasserstein_step(images, rows)?,
             _ => self.minimax_step(images, labels, rows)?,
         };
-        if let Some(parallel) = self.parallel.as_ref().filter(|p| !p.syncs_batch_norm()) {
-            // Batch norm's running statistics came from each rank's own shard: all take
-            // rank 0's, as DDP does.
-            let mut buffers = self.generator.store().buffers();
-            buffers.extend(self.discriminator.store().buffers());
-            parallel.copy_from_first(&buffers)?;
-        }
-        metrics.parallel = self.parallel.clone().map(|p| (p, rows.share()));
+        let stores = [self.generator.store(), self.discriminator.store()];
+        parallel::settle_buffers(self.parallel.as_ref(), &stores)?;
+        metrics.values = metrics.values.over_ranks(self.parallel.as_ref(), rows);
         self.step += 1;
         Ok(metrics)
     }

@@ -4,6 +4,7 @@
 
 use kiln_tensor::{DType, Tensor};
 
+use crate::parallel::{DataParallel, Rows};
 use crate::Result;
 
 /// Scalars (each a one-element tensor of any float dtype, detached from the graph) gathered
@@ -12,6 +13,8 @@ use crate::Result;
 pub struct DeviceScalars {
     /// `[k]`, f32, on the scalars' device.
     values: Tensor,
+    /// In a data-parallel run: the ranks, and this rank's share of the batch.
+    ranks: Option<(DataParallel, f64)>,
 }
 
 impl DeviceScalars {
@@ -24,18 +27,33 @@ impl DeviceScalars {
         let parts: Vec<&Tensor> = flat.iter().collect();
         Ok(DeviceScalars {
             values: Tensor::cat(&parts, 0)?, // [k]
+            ranks: None,
         })
+    }
+
+    /// The same scalars as means over `rows` of a batch, read as the whole batch's means over
+    /// `parallel`'s ranks (each rank's weighted by its share). Every rank must then read the
+    /// same steps' scalars. Without `parallel`, nothing changes.
+    pub fn over_ranks(self, parallel: Option<&DataParallel>, rows: Rows) -> DeviceScalars {
+        DeviceScalars {
+            ranks: parallel.map(|p| (p.clone(), rows.share())),
+            ..self
+        }
     }
 
     /// The values in the order given to [`DeviceScalars::new`], read back in one transfer
     /// (f32, widened exactly to f64).
     pub fn read(&self) -> Result<Vec<f64>> {
-        Ok(self
+        let values: Vec<f64> = self
             .values
             .to_vec::<f32>()?
             .into_iter()
             .map(f64::from)
-            .collect())
+            .collect();
+        match &self.ranks {
+            Some((parallel, share)) => parallel.weighted_mean(&values, *share),
+            None => Ok(values),
+        }
     }
 }
 

@@ -305,6 +305,86 @@ impl Collective for ThreadRank {
     }
 }
 
+/// The rows of a whole batch one step takes: `len` rows from `start` of a batch of `global`
+/// images (in a data-parallel run, this rank's shard; else the whole batch). A family draws
+/// its noise for the whole batch and [`Rows::take`]s its rows, so the ranks together draw
+/// what one process would, and a checkpoint's noise stream is the same whatever the number of
+/// ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rows {
+    pub global: usize,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Rows {
+    /// All `n` rows of a batch.
+    pub fn whole(n: usize) -> Rows {
+        Rows {
+            global: n,
+            start: 0,
+            len: n,
+        }
+    }
+
+    /// Rows `start..start + len` of a batch of `global`: at least one, inside the batch.
+    pub fn new(global: usize, start: usize, len: usize) -> Result<Rows> {
+        if len == 0 || start + len > global {
+            return Err(NnError::invalid(
+                "step",
+                format!(
+                    "rows {start}..{} are not a shard of a batch of {global}",
+                    start + len
+                ),
+            ));
+        }
+        Ok(Rows { global, start, len })
+    }
+
+    /// This shard's share of the batch, the weight of its mean loss in the batch's.
+    pub fn share(&self) -> f64 {
+        self.len as f64 / self.global as f64
+    }
+
+    /// This shard's rows of a tensor `[global, ..]` drawn for the whole batch.
+    pub fn take(&self, whole: Tensor) -> Result<Tensor> {
+        if self.len == self.global {
+            return Ok(whole);
+        }
+        Ok(whole.narrow(0, self.start, self.len)?)
+    }
+}
+
+/// The gradients of `loss` (a mean over `rows`) for `params`: the whole batch's, summed over
+/// the ranks, in a data-parallel run; else `loss.backward()`'s.
+pub fn gradients(
+    parallel: Option<&DataParallel>,
+    loss: &Tensor,
+    params: &[(String, Var)],
+    rows: Rows,
+) -> Result<Gradients> {
+    match parallel {
+        Some(parallel) => parallel.backward(loss, params, rows.share()),
+        None => Ok(loss.backward()?),
+    }
+}
+
+/// After a step of a data-parallel run whose batch norm is per rank: every rank takes rank
+/// 0's buffers of `stores` (the running statistics), as DDP broadcasts them. Nothing to do
+/// with synchronised batch norm (the statistics are the same everywhere) or one process.
+pub fn settle_buffers(
+    parallel: Option<&DataParallel>,
+    stores: &[&crate::ParamStore],
+) -> Result<()> {
+    match parallel.filter(|p| !p.syncs_batch_norm()) {
+        Some(parallel) => {
+            let buffers: Vec<(String, Var)> = stores.iter().flat_map(|s| s.buffers()).collect();
+            parallel.copy_from_first(&buffers)
+        }
+        None => Ok(()),
+    }
+}
+
 /// Bytes of gradients per bucket: a bucket is sent as soon as it is full, while the backward
 /// pass goes on (PyTorch's DDP: 25 MiB, its first bucket 1 MiB).
 pub const DEFAULT_BUCKET_BYTES: usize = 1 << 20;

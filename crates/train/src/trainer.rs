@@ -226,7 +226,7 @@ pub trait Trainer {
     /// step, and its metrics are the whole batch's. Families that cannot refuse.
     fn set_parallel(&mut self, _parallel: DataParallel) -> Result<()> {
         Err(TrainError::refused(format!(
-            "the {} does not train data-parallel yet (the GANs do)",
+            "the {} does not train data-parallel",
             self.name()
         )))
     }

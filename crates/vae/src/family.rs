@@ -8,6 +8,7 @@ use std::time::Instant;
 use kiln_data::{Batch, Scale};
 use kiln_eval::similarity::{mse, psnr, ssim_batch};
 use kiln_nn::checkpoint::Checkpoint;
+use kiln_nn::parallel::DataParallel;
 use kiln_tensor::{Device, Tensor};
 use kiln_train::config::{from_config, to_config};
 use kiln_train::{
@@ -185,7 +186,16 @@ impl Trainer for VaeTrainer {
     }
 
     fn step(&mut self, batch: &Batch) -> kiln_train::Result<Box<dyn Pending>> {
-        Ok(Box::new(self.step_deferred(&batch.images)?))
+        Ok(Box::new(self.step_rows(
+            &batch.images,
+            batch.global,
+            batch.offset,
+        )?))
+    }
+
+    fn set_parallel(&mut self, parallel: DataParallel) -> kiln_train::Result<()> {
+        VaeTrainer::set_parallel(self, parallel);
+        Ok(())
     }
 
     fn checkpoint(&self) -> kiln_train::Result<Checkpoint> {

@@ -10,6 +10,7 @@
 use kiln_nn::checkpoint::Checkpoint;
 use kiln_nn::metrics::DeviceScalars;
 use kiln_nn::optim::{Adam, AdamConfig, Optimizer};
+use kiln_nn::parallel::{self, DataParallel, Rows};
 use kiln_nn::{image_count, NnError};
 use kiln_tensor::rng::stream_seed;
 use kiln_tensor::{no_grad, DType, Device, Generator, Tensor};
@@ -95,6 +96,8 @@ pub struct VaeTrainer {
     noise: Generator,
     /// Steps (batches) taken.
     step: u64,
+    /// The other ranks of a data-parallel run, if any.
+    parallel: Option<DataParallel>,
 }
 
 impl VaeTrainer {
@@ -115,7 +118,14 @@ impl VaeTrainer {
             config,
             device,
             step: 0,
+            parallel: None,
         })
+    }
+
+    /// Trains data-parallel with `parallel`'s ranks from now on: every rank must hold the
+    /// same run and be given its shard of each batch ([`VaeTrainer::step_rows`]).
+    pub fn set_parallel(&mut self, parallel: DataParallel) {
+        self.parallel = Some(parallel);
     }
 
     pub fn config(&self) -> &VaeConfig {
@@ -157,18 +167,37 @@ impl VaeTrainer {
     /// host wait for a GPU.
     pub fn step_deferred(&mut self, images: &Tensor) -> Result<PendingMetrics> {
         let batch = images.dims().first().copied().unwrap_or(0);
+        self.step_rows(images, batch, 0)
+    }
+
+    /// [`VaeTrainer::step_deferred`] on rows `offset..offset + B` of a batch of `global`
+    /// images (this rank's shard in a data-parallel run): ε of those rows, and the whole
+    /// batch's gradients and metrics.
+    pub fn step_rows(
+        &mut self,
+        images: &Tensor,
+        global: usize,
+        offset: usize,
+    ) -> Result<PendingMetrics> {
+        let rows = Rows::new(global, offset, images.dims().first().copied().unwrap_or(0))?;
+        let _batch_norm = self.parallel.as_ref().map(DataParallel::batch_norm_scope);
         let mut noise = self.noise.clone();
-        let epsilon = self.standard_normal([batch, self.config.latent_dim], &mut noise)?;
+        let epsilon = self.standard_normal([global, self.config.latent_dim], &mut noise)?;
+        let epsilon = rows.take(epsilon)?; // [B, latent]
         let terms = self.model.elbo_terms(images, &epsilon)?;
         let kl_weight = self.config.kl_weight(self.step);
         let reconstruction = terms.reconstruction.mean_all()?;
         let kl = terms.kl.mean_all()?;
         let loss = reconstruction.add(&kl.mul_scalar(kl_weight)?)?;
-        self.optimizer.step(&loss.backward()?)?;
+        let params = self.model.store().parameters();
+        let grads = parallel::gradients(self.parallel.as_ref(), &loss, &params, rows)?;
+        self.optimizer.step(&grads)?;
+        parallel::settle_buffers(self.parallel.as_ref(), &[self.model.store()])?;
         self.noise = noise;
         self.step += 1;
         Ok(PendingMetrics {
-            values: DeviceScalars::new(&[&loss, &reconstruction, &kl])?,
+            values: DeviceScalars::new(&[&loss, &reconstruction, &kl])?
+                .over_ranks(self.parallel.as_ref(), rows),
             kl_weight,
         })
     }

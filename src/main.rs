@@ -569,6 +569,9 @@ fn train_command(args: TrainArgs) -> anyhow::Result<Finish> {
     if args.model == CLASSIFIER {
         return classifier_command(args, overrides, device).map(Finish::Completed);
     }
+    // Under a launcher, `cuda` means each rank's own GPU; elsewhere it stays cuda:0.
+    let device = distributed::rank_device(&args.device, device);
+    let parallel = distributed::join(args.distributed, args.sync_batch_norm, device)?;
     let options = TrainOptions {
         model: args.model,
         overrides,
@@ -584,7 +587,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<Finish> {
         eval_samples: args.eval_samples,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
-        parallel: distributed::join(args.distributed, args.sync_batch_norm)?,
+        parallel,
     };
     Ok(kiln_train::run::train(&REGISTRY, options)?)
 }

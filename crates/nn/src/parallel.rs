@@ -20,7 +20,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use kiln_tensor::{no_grad, CustomBackward, DType, Gradients, Tensor, TensorId, Var};
+use kiln_tensor::{no_grad, CustomBackward, DType, Device, Gradients, Tensor, TensorId, Var};
 
 use crate::{NnError, Result};
 
@@ -385,6 +385,17 @@ pub fn settle_buffers(
     }
 }
 
+/// Sums of tensors on one device over the ranks without passing through the host: NCCL
+/// between GPUs (the binary's `distributed` feature wraps kiln-tensor's `cuda::nccl`). The
+/// sums are queued in order on the device, so every rank must queue the same ones in the
+/// same order, as with a [`Collective`].
+pub trait DeviceSum: Send + Sync {
+    /// The device whose tensors this sums.
+    fn device(&self) -> Device;
+    /// `x` (f32 or f64) summed over the ranks, as a new tensor of its shape.
+    fn sum(&self, x: &Tensor) -> kiln_tensor::Result<Tensor>;
+}
+
 /// Bytes of gradients per bucket: a bucket is sent as soon as it is full, while the backward
 /// pass goes on (PyTorch's DDP: 25 MiB, its first bucket 1 MiB).
 pub const DEFAULT_BUCKET_BYTES: usize = 1 << 20;
@@ -393,6 +404,8 @@ pub const DEFAULT_BUCKET_BYTES: usize = 1 << 20;
 #[derive(Clone)]
 pub struct DataParallel {
     communicator: Communicator,
+    /// Sums of the tensors on one device (a GPU) without the host, if any.
+    device_sum: Option<Arc<dyn DeviceSum>>,
     sync_batch_norm: bool,
     bucket_bytes: usize,
 }
@@ -412,8 +425,24 @@ impl DataParallel {
     pub fn new(communicator: Communicator, sync_batch_norm: bool) -> DataParallel {
         DataParallel {
             communicator,
+            device_sum: None,
             sync_batch_norm,
             bucket_bytes: DEFAULT_BUCKET_BYTES,
+        }
+    }
+
+    /// The same run with the gradients and batch-norm sums of tensors on `device_sum`'s
+    /// device summed there (NCCL), not through the host.
+    pub fn with_device_sum(mut self, device_sum: Arc<dyn DeviceSum>) -> DataParallel {
+        self.device_sum = Some(device_sum);
+        self
+    }
+
+    /// How tensors on `device` are summed: on the device when it has a [`DeviceSum`].
+    fn summer(&self, device: Device) -> Summer {
+        match &self.device_sum {
+            Some(sum) if sum.device() == device => Summer::Device(sum.clone()),
+            _ => Summer::Host(self.communicator.clone()),
         }
     }
 
@@ -481,8 +510,9 @@ impl DataParallel {
     /// sum of every rank's gradient of the result (each rank's loss depends on every rank's
     /// `x`). Through the host; f64 stays f64, other dtypes sum in f32.
     pub fn sum(&self, x: &Tensor) -> Result<Tensor> {
-        let total = no_grad(|| sum_over_ranks(&self.communicator, x))?;
-        Ok(x.custom_unary(&total, Arc::new(SumBackward(self.communicator.clone())))?)
+        let summer = self.summer(x.device());
+        let total = no_grad(|| summer.sum(x))?;
+        Ok(x.custom_unary(&total, Arc::new(SumBackward(summer)))?)
     }
 
     /// The means of `values` over the whole batch, from each rank's means over its shard
@@ -604,11 +634,31 @@ impl Drop for BatchNormScope {
     }
 }
 
-/// `x` summed over the ranks, as a new untracked tensor of its shape, dtype and device.
-fn sum_over_ranks(communicator: &Communicator, x: &Tensor) -> Result<Tensor> {
-    let values = to_values(x, 1.0)?;
-    let summed = communicator.sum(values)?;
-    from_values(summed, x)
+/// How a tensor is summed over the ranks: through the host and the [`Communicator`], or on
+/// its device.
+#[derive(Clone)]
+enum Summer {
+    Host(Communicator),
+    Device(Arc<dyn DeviceSum>),
+}
+
+impl Summer {
+    /// `x` summed over the ranks, as a new untracked tensor of its shape, dtype and device.
+    fn sum(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Summer::Host(communicator) => {
+                let summed = communicator.sum(to_values(x, 1.0)?)?;
+                from_values(summed, x)
+            }
+            Summer::Device(device) => {
+                let wide = match x.dtype() {
+                    DType::F64 | DType::F32 => x.clone(),
+                    _ => x.to_dtype(DType::F32)?,
+                };
+                Ok(device.sum(&wide)?.to_dtype(x.dtype())?)
+            }
+        }
+    }
 }
 
 /// `x`'s elements, times `scale`, flattened for sending: f64 as f64, the rest as f32.
@@ -641,7 +691,7 @@ fn from_values(values: Values, like: &Tensor) -> Result<Tensor> {
 }
 
 /// The backward rule of [`DataParallel::sum`]: the gradients summed over the ranks.
-struct SumBackward(Communicator);
+struct SumBackward(Summer);
 
 impl CustomBackward for SumBackward {
     fn name(&self) -> &'static str {
@@ -649,7 +699,7 @@ impl CustomBackward for SumBackward {
     }
 
     fn backward(&self, grad: &Tensor) -> kiln_tensor::Result<Tensor> {
-        sum_over_ranks(&self.0, grad).map_err(|e| kiln_tensor::Error::Invalid {
+        self.0.sum(grad).map_err(|e| kiln_tensor::Error::Invalid {
             op: "all_reduce",
             message: e.to_string(),
         })
@@ -664,7 +714,13 @@ struct Buckets<'a> {
     /// The gradients not yet sent, by dtype kind (f64 or not): (parameter index, gradient).
     open: [Vec<(usize, Tensor)>; 2],
     open_bytes: [usize; 2],
-    sent: Vec<(Vec<(usize, Tensor)>, PendingSum)>,
+    sent: Vec<(Vec<(usize, Tensor)>, Sent)>,
+}
+
+/// A bucket's sum on its way: from the communication thread, or queued on the device.
+enum Sent {
+    Host(PendingSum),
+    Device(Tensor),
 }
 
 impl<'a> Buckets<'a> {
@@ -694,6 +750,25 @@ impl<'a> Buckets<'a> {
         if grads.is_empty() {
             return Ok(());
         }
+        let device = grads[0].1.device();
+        if let Summer::Device(sum) = self.parallel.summer(device) {
+            if grads.iter().all(|(_, g)| g.device() == device) {
+                // One flat tensor on the device, scaled as it is made, summed there.
+                let dtype = if kind == 1 { DType::F64 } else { DType::F32 };
+                let parts = grads
+                    .iter()
+                    .map(|(_, g)| {
+                        g.reshape([g.elem_count()])?
+                            .to_dtype(dtype)?
+                            .mul_scalar(self.weight)
+                    })
+                    .collect::<kiln_tensor::Result<Vec<Tensor>>>()?;
+                let flat = Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)?;
+                let summed = sum.sum(&flat)?;
+                self.sent.push((grads, Sent::Device(summed)));
+                return Ok(());
+            }
+        }
         let mut flat = match kind {
             1 => Values::F64(Vec::new()),
             _ => Values::F32(Vec::new()),
@@ -706,7 +781,7 @@ impl<'a> Buckets<'a> {
             }
         }
         let pending = self.parallel.communicator.start_sum(flat)?;
-        self.sent.push((grads, pending));
+        self.sent.push((grads, Sent::Host(pending)));
         Ok(())
     }
 
@@ -715,17 +790,32 @@ impl<'a> Buckets<'a> {
         self.send(0)?;
         self.send(1)?;
         let mut summed = Vec::new();
-        for (grads, pending) in self.sent {
-            let values = pending.wait()?;
+        for (grads, sent) in self.sent {
             let mut at = 0;
-            for (index, grad) in grads {
-                let n = grad.elem_count();
-                let part = match &values {
-                    Values::F32(v) => Values::F32(v[at..at + n].to_vec()),
-                    Values::F64(v) => Values::F64(v[at..at + n].to_vec()),
-                };
-                at += n;
-                summed.push((index, from_values(part, &grad)?));
+            match sent {
+                Sent::Host(pending) => {
+                    let values = pending.wait()?;
+                    for (index, grad) in grads {
+                        let n = grad.elem_count();
+                        let part = match &values {
+                            Values::F32(v) => Values::F32(v[at..at + n].to_vec()),
+                            Values::F64(v) => Values::F64(v[at..at + n].to_vec()),
+                        };
+                        at += n;
+                        summed.push((index, from_values(part, &grad)?));
+                    }
+                }
+                Sent::Device(flat) => {
+                    for (index, grad) in grads {
+                        let n = grad.elem_count();
+                        let part = flat
+                            .narrow(0, at, n)?
+                            .reshape(grad.shape().clone())?
+                            .to_dtype(grad.dtype())?;
+                        at += n;
+                        summed.push((index, part));
+                    }
+                }
             }
         }
         Ok(summed)

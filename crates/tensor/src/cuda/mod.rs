@@ -14,6 +14,8 @@ mod gemm_tc;
 mod index;
 mod loss;
 mod matmul;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod norm;
 mod optim;
 mod pool;

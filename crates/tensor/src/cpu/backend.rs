@@ -14,6 +14,13 @@ use crate::{
 use super::storage::{map_any, map_float, zip_same};
 use super::*;
 
+// f32 convolutions: the register-tiled direct kernels on x86-64 (which fall back to
+// `cpu/conv.rs`'s GEMM-based ones where they do not apply), the GEMM-based ones elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+use super::conv as f32_conv;
+#[cfg(target_arch = "x86_64")]
+use super::conv_direct as f32_conv;
+
 /// The shape of `[.., m, k] x [.., k, n]`: `[.., m, n]`.
 fn output_shape(layout: &Layout, rhs_layout: &Layout) -> crate::Shape {
     let mut dims = layout.dims().to_vec();
@@ -257,8 +264,8 @@ impl BackendStorage for CpuStorage {
         Ok(out)
     }
 
-    // f32 and f64 run the direct kernels of `cpu/conv.rs` ([`direct_conv`]); the half types,
-    // and convolutions to one channel, the lowering.
+    // f32 runs `cpu/conv_direct.rs`, f64 the GEMM-based kernels of `cpu/conv.rs`
+    // ([`direct_conv`]); the half types, and convolutions to one channel, the lowering.
     fn conv2d(
         &self,
         layout: &Layout,
@@ -267,7 +274,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<Self> {
         let out_channels = weight.layout.dims()[0];
         let kernels = (
-            conv::conv2d as ConvKernel<f32>,
+            f32_conv::conv2d as ConvKernel<f32>,
             conv::conv2d as ConvKernel<f64>,
         );
         // With one output channel the product is a matrix-vector one, which the lowering's
@@ -290,7 +297,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<Self> {
         let out_channels = weight.layout.dims()[0];
         let kernels = (
-            conv::conv2d_input_grad as ConvKernel<f32>,
+            f32_conv::conv2d_input_grad as ConvKernel<f32>,
             conv::conv2d_input_grad as ConvKernel<f64>,
         );
         match direct_conv(
@@ -314,7 +321,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<Self> {
         let out_channels = grad.layout.dims()[1];
         let kernels = (
-            conv::conv2d_weight_grad as ConvKernel<f32>,
+            f32_conv::conv2d_weight_grad as ConvKernel<f32>,
             conv::conv2d_weight_grad as ConvKernel<f64>,
         );
         if out_channels > 1 {

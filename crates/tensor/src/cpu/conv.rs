@@ -1,10 +1,12 @@
 //! Convolutions on the CPU. `im2col` unfolds an image batch into the columns a GEMM
 //! multiplies, `col2im` folds columns back (summing overlaps: the adjoint of `im2col`); the
 //! backend's default convolutions are built from them and a matrix product, and they stay the
-//! reference the direct kernels are tested against. The direct kernels ([`conv2d`],
+//! reference the other kernels are tested against. The GEMM-based kernels here ([`conv2d`],
 //! [`conv2d_input_grad`], [`conv2d_weight_grad`], f32 and f64) run the same GEMM with the
 //! columns packed straight from the image into its panels ([`PanelSource`]), so no
-//! `[C·kh·kw, N·OH·OW]` buffer is ever formed. Pooling has kernels of its own (`cpu/pool.rs`).
+//! `[C·kh·kw, N·OH·OW]` buffer is ever formed: they run f64, and f32 where the register-tiled
+//! kernels of `cpu/conv_direct.rs` do not apply. Pooling has kernels of its own
+//! (`cpu/pool.rs`).
 //!
 //! Column layout: row `(c, ki, kj)` (channel-major, then kernel row, kernel column), column
 //! `(n, oh, ow)` (image-major, then output row and column): `[C·kh·kw, N·OH·OW]`.
@@ -526,7 +528,7 @@ pub(crate) fn conv2d_input_grad<T: GemmElem + FloatDType>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::gemm::{f32_kernel, f64_kernel};
     use super::super::CpuStorage;
     use super::*;
@@ -537,7 +539,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// A geometry, or `None` when the window does not fit the padded image.
-    fn geometry(
+    pub(crate) fn geometry(
         (batch, channels, height, width): (usize, usize, usize, usize),
         kernel: [usize; 2],
         stride: [usize; 2],
@@ -563,12 +565,32 @@ mod tests {
             .collect()
     }
 
-    /// The three direct kernels against the im2col/col2im compositions, in `T`.
+    /// A convolution kernel's signature (kernel, input, other operand, out channels, geometry).
+    pub(crate) type ConvFn<T> = fn(Kernel<T>, &[T], &[T], usize, &Conv2dGeometry) -> Vec<T>;
+
+    /// The three kernels of this module against the im2col/col2im compositions, in `T`.
     fn check<T: GemmElem + FloatDType>(
         kernel: Kernel<T>,
         wrap: fn(Vec<T>) -> CpuStorage,
         g: &Conv2dGeometry,
         out_channels: usize,
+    ) {
+        let kernels = (
+            conv2d as ConvFn<T>,
+            conv2d_input_grad as ConvFn<T>,
+            conv2d_weight_grad as ConvFn<T>,
+        );
+        check_kernels(kernel, wrap, g, out_channels, kernels);
+    }
+
+    /// `kernels` (conv2d, its input gradient, its weight gradient) against the im2col/col2im
+    /// compositions, in `T`: equal, since every value the tests form is exact.
+    pub(crate) fn check_kernels<T: GemmElem + FloatDType>(
+        kernel: Kernel<T>,
+        wrap: fn(Vec<T>) -> CpuStorage,
+        g: &Conv2dGeometry,
+        out_channels: usize,
+        (forward, input_grad, weight_grad): (ConvFn<T>, ConvFn<T>, ConvFn<T>),
     ) {
         let cast = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::from_f64).collect() };
         let x = cast(values(g.batch * g.channels * g.height * g.width, 1));
@@ -587,9 +609,9 @@ mod tests {
         ]
         .map(|r| r.unwrap().as_slice::<T>().unwrap().to_vec());
         let direct = [
-            conv2d(kernel, &x, &w, out_channels, g),
-            conv2d_input_grad(kernel, &gy, &w, out_channels, g),
-            conv2d_weight_grad(kernel, &x, &gy, out_channels, g),
+            forward(kernel, &x, &w, out_channels, g),
+            input_grad(kernel, &gy, &w, out_channels, g),
+            weight_grad(kernel, &x, &gy, out_channels, g),
         ];
         for (name, (got, want)) in ["conv2d", "input grad", "weight grad"]
             .iter()
@@ -599,7 +621,7 @@ mod tests {
         }
     }
 
-    fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()

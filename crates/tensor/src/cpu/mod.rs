@@ -8,6 +8,8 @@
 mod allocator;
 mod backend;
 mod conv;
+#[cfg(target_arch = "x86_64")]
+mod conv_direct;
 mod elementwise;
 pub(crate) mod gemm;
 mod index;

@@ -1,0 +1,577 @@
+//! Register-tiled direct convolutions for f32 on AVX2+FMA: conv2d, its input gradient (a
+//! transposed convolution's forward) and its weight gradient, with no columns and no packing of
+//! the image. Convolutions that would leave most of a tile's 16 channel lanes empty (one to
+//! fifteen channels), f64, and CPUs without AVX2 take the GEMM-based kernels of `cpu/conv.rs`,
+//! which stay the fallback; `im2col` and a matrix product stay the reference both are tested
+//! against.
+//!
+//! Each kernel keeps a tile of 6 output positions x 16 channels (12 ymm accumulators) in
+//! registers. Per step of the reduction (a channel and a kernel tap) it loads 16 weights and
+//! broadcasts 6 pixels, each read from the zero-padded image at its position's offset plus
+//! the tap's, so any stride and dilation is only a table of offsets:
+//!
+//! ```text
+//! out[n, m, q] = Σ_k source[n][position(q) + tap(k)] · weights[k, m]
+//! ```
+//!
+//! The forward pass reads the padded image (`k` = input channel, kernel row, kernel column);
+//! the input gradient reads the padded output gradient, once per phase of the stride (the
+//! input pixels `(s·i + a, s·j + b)` of one phase `(a, b)` see the kernel taps `(a + s·t,
+//! b + s·u)` only: a stride-1 correlation with that sub-kernel); the weight gradient sums the
+//! same products as the forward pass over positions instead of over taps. Work splits over
+//! images (forward, input gradient) or over taps (weight gradient), and every sum runs in one
+//! order whatever the thread count.
+
+use rayon::prelude::*;
+
+use super::conv::{self as packed, for_each_chunk};
+use super::gemm::{Kernel, PARALLEL_MIN_FLOPS};
+use crate::ops::conv::Conv2dGeometry;
+
+/// Channels per register tile: two ymm vectors of f32.
+const LANES: usize = 16;
+/// Output positions per tile of the forward and input-gradient kernels.
+const POSITIONS: usize = 6;
+/// Taps per tile of the weight-gradient kernel.
+const TAPS: usize = 6;
+/// Positions the weight-gradient kernel sums over per call, at least (whole images).
+const GROUP_POSITIONS: usize = 512;
+
+/// Whether the direct kernels run: on AVX2+FMA (which every AVX-512 CPU also has) unless
+/// `KILN_CPU_KERNEL=portable` chose the portable GEMM, and for at least a tile's worth of
+/// channel lanes.
+fn direct(kernel: &Kernel<f32>, lanes: usize) -> bool {
+    cfg!(target_arch = "x86_64") && kernel.name != "portable" && lanes >= LANES
+}
+
+/// Whether `multiply_adds` are worth rayon's threads (the GEMM's threshold).
+fn worth_threads(multiply_adds: usize) -> bool {
+    rayon::current_num_threads() > 1 && multiply_adds > PARALLEL_MIN_FLOPS
+}
+
+/// `[N, C, H, W] → [N, C, hp, wp]` with the image at row `top`, column `left` of each plane
+/// and zeros around it.
+fn padded(
+    data: &[f32],
+    (batch, channels, height, width): (usize, usize, usize, usize),
+    (top, left): (usize, usize),
+    (hp, wp): (usize, usize),
+) -> Vec<f32> {
+    let mut out = vec![0.0; batch * channels * hp * wp];
+    if out.is_empty() {
+        return out;
+    }
+    let parallel = out.len() >= packed::PARALLEL_MIN;
+    for_each_chunk(&mut out, hp * wp, parallel, |plane, dest| {
+        let source = &data[plane * height * width..][..height * width];
+        for (row, values) in source.chunks_exact(width).enumerate() {
+            dest[(top + row) * wp + left..][..width].copy_from_slice(values);
+        }
+    });
+    out
+}
+
+/// `weights[k, m]` for `m` in `0..lanes` packed as 16-lane blocks `[lanes / 16][depth][16]`,
+/// zero past the last lane.
+fn pack_lanes(depth: usize, lanes: usize, weight: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let blocks = lanes.div_ceil(LANES);
+    let mut packed = vec![0.0; blocks * depth * LANES];
+    for (index, value) in packed.iter_mut().enumerate() {
+        let (block, k, lane) = (
+            index / (depth * LANES),
+            index / LANES % depth,
+            index % LANES,
+        );
+        let m = block * LANES + lane;
+        if m < lanes {
+            *value = weight(k, m);
+        }
+    }
+    packed
+}
+
+/// One correlation pass over every image: `out[n][m·out_plane + position.1] = Σ_k
+/// source[n][position.0 + taps[k]] · weights[k, m]` for each `position` and `m < lanes`.
+struct Pass {
+    /// Offsets of the reduction's steps in an image's source.
+    taps: Vec<usize>,
+    /// (offset in an image's source, offset in an output plane) of each output position.
+    positions: Vec<(usize, usize)>,
+    /// `[lanes / 16][taps.len()][16]` ([`pack_lanes`]).
+    weights: Vec<f32>,
+}
+
+/// Runs `passes` over each image of `source` (`source_len` values apiece) into `out`
+/// (`lanes` planes of `out_plane` values per image), images split over the threads.
+fn correlate(
+    source: &[f32],
+    source_len: usize,
+    passes: &[Pass],
+    (lanes, out_plane): (usize, usize),
+    out: &mut [f32],
+) {
+    let image_len = lanes * out_plane;
+    if image_len == 0 {
+        return;
+    }
+    for pass in passes {
+        let furthest = pass.positions.iter().map(|p| p.0).max().unwrap_or(0)
+            + pass.taps.iter().copied().max().unwrap_or(0);
+        assert!(pass.positions.is_empty() || furthest < source_len);
+    }
+    let work: usize = passes
+        .iter()
+        .map(|p| p.positions.len() * p.taps.len())
+        .sum::<usize>()
+        * lanes
+        * (out.len() / image_len);
+    for_each_chunk(out, image_len, worth_threads(work), |n, image_out| {
+        let image = &source[n * source_len..][..source_len];
+        for pass in passes {
+            correlate_image(image, pass, (lanes, out_plane), image_out);
+        }
+    });
+}
+
+/// One image of [`correlate`].
+fn correlate_image(
+    image: &[f32],
+    pass: &Pass,
+    (lanes, out_plane): (usize, usize),
+    out: &mut [f32],
+) {
+    let depth = pass.taps.len();
+    let mut tile = [0.0f32; POSITIONS * LANES];
+    for (block, weights) in pass.weights.chunks_exact(depth * LANES).enumerate() {
+        let live_lanes = (lanes - block * LANES).min(LANES);
+        for group in pass.positions.chunks(POSITIONS) {
+            // A short last group repeats its last position; those results are dropped.
+            let rows: [*const f32; POSITIONS] = std::array::from_fn(|r| {
+                let position = group[r.min(group.len() - 1)].0;
+                image[position..].as_ptr()
+            });
+            // SAFETY: `direct` checked for AVX2 and FMA; `weights` holds `depth · 16` values;
+            // every `rows[r] + taps[k]` lies inside `image` (asserted in `correlate`).
+            unsafe { x86::tile_6x16(depth, weights.as_ptr(), rows, pass.taps.as_ptr(), &mut tile) };
+            for (r, &(_, offset)) in group.iter().enumerate() {
+                for lane in 0..live_lanes {
+                    out[(block * LANES + lane) * out_plane + offset] = tile[r * LANES + lane];
+                }
+            }
+        }
+    }
+}
+
+/// The offset in a padded `[C, hp, wp]` image of each step `(c, ki, kj)` of a convolution's
+/// reduction.
+fn forward_taps(g: &Conv2dGeometry, wp: usize) -> Vec<usize> {
+    let [kh, kw] = g.kernel;
+    let plane = (g.height + 2 * g.padding[0]) * wp;
+    (0..g.channels * kh * kw)
+        .map(|k| {
+            let (c, ki, kj) = (k / (kh * kw), k / kw % kh, k % kw);
+            c * plane + ki * g.dilation[0] * wp + kj * g.dilation[1]
+        })
+        .collect()
+}
+
+/// (offset of its window in a padded image, offset in an output plane) of each output
+/// position `(oh, ow)`.
+fn forward_positions(g: &Conv2dGeometry, wp: usize) -> Vec<(usize, usize)> {
+    (0..g.out_height * g.out_width)
+        .map(|q| {
+            let (oh, ow) = (q / g.out_width, q % g.out_width);
+            (oh * g.stride[0] * wp + ow * g.stride[1], q)
+        })
+        .collect()
+}
+
+/// `[N, C, H, W] ⋆ [OC, C, kh, kw] → [N, OC, OH, OW]`.
+pub(crate) fn conv2d(
+    kernel: Kernel<f32>,
+    image: &[f32],
+    weight: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    if !direct(&kernel, out_channels) {
+        return packed::conv2d(kernel, image, weight, out_channels, g);
+    }
+    let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
+    let shape = (g.batch, g.channels, g.height, g.width);
+    let source = padded(image, shape, (g.padding[0], g.padding[1]), (hp, wp));
+    let depth = g.channels * g.kernel[0] * g.kernel[1];
+    let pass = Pass {
+        taps: forward_taps(g, wp),
+        positions: forward_positions(g, wp),
+        // weights[k, m] = weight[m, c, ki, kj]
+        weights: pack_lanes(depth, out_channels, |k, m| weight[m * depth + k]),
+    };
+    let out_plane = g.out_height * g.out_width;
+    let mut out = vec![0.0; g.batch * out_channels * out_plane];
+    correlate(
+        &source,
+        g.channels * hp * wp,
+        &[pass],
+        (out_channels, out_plane),
+        &mut out,
+    );
+    out
+}
+
+/// The input gradient `[N, C, H, W]` from the output gradient `[N, OC, OH, OW]` (with no
+/// dilation): per phase `(a, b)` of the stride, the input pixels at padded coordinates
+/// `(s·i + a, s·j + b)` gather `grad[oc, i - t, j - u] · weight[oc, c, a + s·t, b + s·u]`.
+/// The gradient is padded by the widest phase's taps less one above and to the left, so
+/// every read lands in the padded copy.
+pub(crate) fn conv2d_input_grad(
+    kernel: Kernel<f32>,
+    grad: &[f32],
+    weight: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    if !direct(&kernel, g.channels) || g.dilation != [1, 1] {
+        return packed::conv2d_input_grad(kernel, grad, weight, out_channels, g);
+    }
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    // Taps of phase `a` along a dim of kernel size `k`: `a, a + s, …`.
+    let phase_taps = |k: usize, s: usize, a: usize| k.saturating_sub(a).div_ceil(s);
+    let (top, left) = (kh.div_ceil(sh) - 1, kw.div_ceil(sw) - 1);
+    // The last phase index an input pixel has: `(H - 1 + p) / s`.
+    let (last_i, last_j) = ((g.height - 1 + ph) / sh, (g.width - 1 + pw) / sw);
+    let hg = top + g.out_height.max(last_i + 1);
+    let wg = left + g.out_width.max(last_j + 1);
+    let shape = (g.batch, out_channels, g.out_height, g.out_width);
+    let source = padded(grad, shape, (top, left), (hg, wg));
+    let taps_total = kh * kw;
+    let mut passes = Vec::new();
+    for (a, b) in (0..sh).flat_map(|a| (0..sw).map(move |b| (a, b))) {
+        let (rows, cols) = (phase_taps(kh, sh, a), phase_taps(kw, sw, b));
+        // Input rows `ih = s·i + a - p` in `0..H`, columns likewise.
+        let i_range =
+            ph.saturating_sub(a).div_ceil(sh)..(g.height + ph).saturating_sub(a).div_ceil(sh);
+        let j_range =
+            pw.saturating_sub(b).div_ceil(sw)..(g.width + pw).saturating_sub(b).div_ceil(sw);
+        if rows == 0 || cols == 0 || i_range.is_empty() || j_range.is_empty() {
+            continue; // these pixels meet no tap: their gradient stays zero
+        }
+        let depth = out_channels * rows * cols;
+        let step = |k: usize| (k / (rows * cols), k / cols % rows, k % cols); // (oc, t, u)
+        let taps = (0..depth)
+            .map(|k| {
+                let (oc, t, u) = step(k);
+                oc * hg * wg + (top - t) * wg + (left - u)
+            })
+            .collect();
+        let positions = i_range
+            .flat_map(|i| j_range.clone().map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let (ih, iw) = (i * sh + a - ph, j * sw + b - pw);
+                (i * wg + j, ih * g.width + iw)
+            })
+            .collect();
+        // weights[k, c] = weight[oc, c, a + s·t, b + s·u]
+        let weights = pack_lanes(depth, g.channels, |k, c| {
+            let (oc, t, u) = step(k);
+            weight[(oc * g.channels + c) * taps_total + (a + sh * t) * kw + b + sw * u]
+        });
+        passes.push(Pass {
+            taps,
+            positions,
+            weights,
+        });
+    }
+    let plane = g.height * g.width;
+    let mut out = vec![0.0; g.batch * g.channels * plane];
+    correlate(
+        &source,
+        out_channels * hg * wg,
+        &passes,
+        (g.channels, plane),
+        &mut out,
+    );
+    out
+}
+
+/// The weight gradient `[OC, C, kh, kw]`: `Σ_n Σ_q grad[n, oc, q] · source[n][position(q) +
+/// tap(k)]` over the forward pass's padded image, positions and taps. The gradient is
+/// transposed to `[N, OH·OW, OC]` (16-lane rows) for the kernel's loads; the taps split over
+/// the threads, each summing over images and positions in order.
+pub(crate) fn conv2d_weight_grad(
+    kernel: Kernel<f32>,
+    image: &[f32],
+    grad: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    if !direct(&kernel, out_channels) {
+        return packed::conv2d_weight_grad(kernel, image, grad, out_channels, g);
+    }
+    let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
+    let shape = (g.batch, g.channels, g.height, g.width);
+    let source = padded(image, shape, (g.padding[0], g.padding[1]), (hp, wp));
+    let source_len = g.channels * hp * wp;
+    let depth = g.channels * g.kernel[0] * g.kernel[1];
+    let mut taps = forward_taps(g, wp);
+    taps.resize(depth.next_multiple_of(TAPS), 0); // extra taps read pixel 0; dropped
+    let positions: Vec<usize> = forward_positions(g, wp).iter().map(|p| p.0).collect();
+    let out_plane = g.out_height * g.out_width;
+    let blocks = out_channels.div_ceil(LANES);
+    let width = blocks * LANES;
+    // transposed[n, q, oc] = grad[n, oc, q], zero for oc >= OC.
+    let mut transposed = vec![0.0f32; g.batch * out_plane * width];
+    let parallel_copy = worth_threads(transposed.len());
+    for_each_chunk(
+        &mut transposed,
+        out_plane * width,
+        parallel_copy,
+        |n, dest| {
+            for (oc, plane) in grad[n * out_channels * out_plane..]
+                .chunks_exact(out_plane)
+                .take(out_channels)
+                .enumerate()
+            {
+                for (q, &value) in plane.iter().enumerate() {
+                    dest[q * width + oc] = value;
+                }
+            }
+        },
+    );
+    // sums[k, oc]: each task a run of whole tap tiles, all 16-lane blocks of them.
+    let mut sums = vec![0.0f32; taps.len() * width];
+    let tiles = taps.len() / TAPS;
+    let threads = rayon::current_num_threads();
+    let parallel = worth_threads(depth * out_channels * out_plane * g.batch);
+    let tiles_per_task = if parallel {
+        tiles.div_ceil(threads * 4)
+    } else {
+        tiles
+    };
+    // Images go to the kernel in groups of at least `GROUP_POSITIONS` positions, so the
+    // accumulators' loads and stores are few beside the products.
+    let group = GROUP_POSITIONS
+        .div_ceil(out_plane.max(1))
+        .clamp(1, g.batch.max(1));
+    let task = |index: usize, sums: &mut [f32]| {
+        let first_tile = index * tiles_per_task;
+        for n0 in (0..g.batch).step_by(group) {
+            let images = n0..(n0 + group).min(g.batch);
+            for (t, tile_sums) in sums.chunks_exact_mut(TAPS * width).enumerate() {
+                let tile_taps: [usize; TAPS] =
+                    std::array::from_fn(|r| taps[(first_tile + t) * TAPS + r]);
+                for block in 0..blocks {
+                    let group: Vec<(&[f32], &[f32])> = images
+                        .clone()
+                        .map(|n| {
+                            let image = &source[n * source_len..][..source_len];
+                            let grads = &transposed[n * out_plane * width..][..out_plane * width];
+                            (image, &grads[block * LANES..])
+                        })
+                        .collect();
+                    let mut tile = [0.0f32; TAPS * LANES];
+                    for (r, lanes) in tile.chunks_exact_mut(LANES).enumerate() {
+                        lanes.copy_from_slice(&tile_sums[r * width + block * LANES..][..LANES]);
+                    }
+                    // SAFETY: `direct` checked for AVX2 and FMA; each image's `grads` holds
+                    // 16 values at every `q · width`; every position plus tap lies inside its
+                    // image (the forward pass's reads).
+                    unsafe {
+                        x86::tile_weight_grad_6x16(&group, width, &positions, tile_taps, &mut tile);
+                    }
+                    for (r, lanes) in tile.chunks_exact(LANES).enumerate() {
+                        tile_sums[r * width + block * LANES..][..LANES].copy_from_slice(lanes);
+                    }
+                }
+            }
+        }
+    };
+    let chunk = tiles_per_task.max(1) * TAPS * width;
+    if parallel {
+        sums.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, s)| task(i, s));
+    } else {
+        sums.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, s)| task(i, s));
+    }
+    // out[oc, k] = sums[k, oc]
+    let mut out = vec![0.0f32; out_channels * depth];
+    for (index, value) in out.iter_mut().enumerate() {
+        *value = sums[(index % depth) * width + index / depth];
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{LANES, POSITIONS, TAPS};
+
+    /// `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k, m]` for 6 positions `r` and 16 lanes
+    /// `m`: 12 ymm accumulators, 2 weight vectors and a broadcast pixel; 12 FMAs per step.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `weights` holds `depth · 16` values and `taps` `depth`
+    /// offsets, each of which every `rows[r]` may be read at.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_6x16(
+        depth: usize,
+        weights: *const f32,
+        rows: [*const f32; POSITIONS],
+        taps: *const usize,
+        tile: &mut [f32; POSITIONS * LANES],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; POSITIONS];
+        for k in 0..depth {
+            let tap = *taps.add(k);
+            let w0 = _mm256_loadu_ps(weights.add(k * LANES));
+            let w1 = _mm256_loadu_ps(weights.add(k * LANES + 8));
+            for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+                let x = _mm256_broadcast_ss(&*row.add(tap));
+                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * LANES), acc[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * LANES + 8), acc[1]);
+        }
+    }
+
+    /// `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q · stride + m]` for 6 taps
+    /// `r` and 16 lanes `m`, over each `(image, grads)` of `images` in turn and each `q` in
+    /// order: 12 ymm accumulators, 12 FMAs per position.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; each `grads` holds 16 values at every `q · stride` for `q`
+    /// below `positions.len()`; every `positions[q] + taps[r]` lies inside each `image`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_weight_grad_6x16(
+        images: &[(&[f32], &[f32])],
+        stride: usize,
+        positions: &[usize],
+        taps: [usize; TAPS],
+        tile: &mut [f32; TAPS * LANES],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; TAPS];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            acc[0] = _mm256_loadu_ps(tile.as_ptr().add(r * LANES));
+            acc[1] = _mm256_loadu_ps(tile.as_ptr().add(r * LANES + 8));
+        }
+        for (image, grads) in images {
+            let rows: [*const f32; TAPS] = std::array::from_fn(|r| image.as_ptr().add(taps[r]));
+            let grads = grads.as_ptr();
+            for (q, &position) in positions.iter().enumerate() {
+                let g0 = _mm256_loadu_ps(grads.add(q * stride));
+                let g1 = _mm256_loadu_ps(grads.add(q * stride + 8));
+                for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+                    let x = _mm256_broadcast_ss(&*row.add(position));
+                    acc[0] = _mm256_fmadd_ps(x, g0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, g1, acc[1]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * LANES), acc[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * LANES + 8), acc[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conv::tests::{check_kernels, geometry, on_threads, ConvFn};
+    use super::super::gemm::f32_kernel;
+    use super::super::CpuStorage;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// This module's three kernels against the im2col/col2im compositions (exactly: the
+    /// tests' values make every sum exact in any order).
+    fn check(g: &Conv2dGeometry, out_channels: usize) {
+        let kernels = (
+            conv2d as ConvFn<f32>,
+            conv2d_input_grad as ConvFn<f32>,
+            conv2d_weight_grad as ConvFn<f32>,
+        );
+        check_kernels(f32_kernel(), CpuStorage::F32, g, out_channels, kernels);
+    }
+
+    #[test]
+    fn the_models_convolutions_equal_the_reference() {
+        // (image, out channels, kernel, stride, padding): DCGAN, the conv VAE, the U-Net's
+        // and the PixelCNN's shapes at batch 2, some channel counts cut for test time; the
+        // one-channel sides take the fallback.
+        let cases = [
+            ((2, 1, 28, 28), 64, 4, 2, 1),
+            ((2, 16, 14, 14), 32, 4, 2, 1),
+            ((2, 32, 14, 14), 16, 4, 2, 1),
+            ((2, 16, 28, 28), 16, 3, 1, 1),
+            ((2, 16, 28, 28), 16, 3, 2, 1),
+            ((2, 32, 7, 7), 64, 3, 1, 1),
+            ((2, 96, 14, 14), 32, 1, 1, 0),
+            ((2, 1, 28, 28), 32, 7, 1, 3),
+            ((2, 32, 28, 28), 16, 1, 1, 0),
+            ((2, 16, 28, 28), 1, 3, 1, 1),
+            ((3, 17, 9, 11), 33, 5, 2, 2), // partial lane blocks, odd sizes
+        ];
+        for (image, out_channels, k, s, p) in cases {
+            let g = geometry(image, [k, k], [s, s], [p, p], [1, 1]).unwrap();
+            check(&g, out_channels);
+        }
+    }
+
+    #[test]
+    fn one_thread_and_two_give_the_same_bits() {
+        let g = geometry((8, 24, 14, 14), [4, 4], [2, 2], [1, 1], [1, 1]).unwrap();
+        let mut state = 0x2545_f491_u32;
+        let mut random = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    state as f32 / u32::MAX as f32 - 0.5
+                })
+                .collect()
+        };
+        let out_channels = 40;
+        let x = random(8 * 24 * 14 * 14);
+        let w = random(out_channels * 24 * 16);
+        let gy = random(8 * out_channels * g.out_height * g.out_width);
+        let run = || {
+            let k = f32_kernel();
+            [
+                conv2d(k, &x, &w, out_channels, &g),
+                conv2d_input_grad(k, &gy, &w, out_channels, &g),
+                conv2d_weight_grad(k, &x, &gy, out_channels, &g),
+            ]
+        };
+        assert!(on_threads(1, run) == on_threads(2, run));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn random_geometries_equal_the_reference(
+            batch in 1usize..4, channels in 12usize..21, out_channels in 12usize..21,
+            height in 1usize..11, width in 1usize..11, kh in 1usize..6, kw in 1usize..6,
+            stride in (1usize..4, 1usize..4), padding in (0usize..4, 0usize..4),
+            dilation in (1usize..3, 1usize..3), threads in 1usize..=2,
+        ) {
+            let image = (batch, channels, height, width);
+            let stride = [stride.0, stride.1];
+            let padding = [padding.0, padding.1];
+            let dilation = [dilation.0, dilation.1];
+            if let Some(g) = geometry(image, [kh, kw], stride, padding, dilation) {
+                on_threads(threads, || check(&g, out_channels));
+            }
+        }
+    }
+}

@@ -25,7 +25,7 @@
 use rayon::prelude::*;
 
 use super::conv::{self as packed, for_each_chunk};
-use super::gemm::{Kernel, PARALLEL_MIN_FLOPS};
+use super::gemm::{gemm_with, Kernel, Operand, PARALLEL_MIN_FLOPS};
 use crate::ops::conv::Conv2dGeometry;
 
 /// Channels per register tile: two ymm vectors of f32.
@@ -162,6 +162,53 @@ fn correlate_image(
     }
 }
 
+/// Channels on each side from which a pointwise convolution runs as products per image.
+const POINTWISE_MIN_CHANNELS: usize = 8;
+
+/// Whether `g` is a pointwise convolution (a 1x1 kernel, stride 1, no padding) between at
+/// least [`POINTWISE_MIN_CHANNELS`] channels on each side, on a CPU with the SIMD GEMM: each
+/// image's output is then one matrix product of the weight and the image, which the GEMM runs
+/// faster than tiles whose reductions are a few channels long.
+fn pointwise(kernel: &Kernel<f32>, g: &Conv2dGeometry, out_channels: usize) -> bool {
+    kernel.name != "portable"
+        && g.kernel == [1, 1]
+        && g.stride == [1, 1]
+        && g.padding == [0, 0]
+        && g.channels.min(out_channels) >= POINTWISE_MIN_CHANNELS
+}
+
+/// `out[n] = a · b[n]` for each image `n`: `a` is `[rows, depth]`, `b[n]` the contiguous
+/// `[depth, positions]` at `n · depth · positions`, `out[n]` `[rows, positions]`; images
+/// split over the threads, each product on one.
+fn products_per_image(
+    kernel: Kernel<f32>,
+    a: Operand<'_, f32>,
+    b: &[f32],
+    (rows, depth, positions): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    if out.is_empty() {
+        return;
+    }
+    let parallel = worth_threads(out.len() * depth);
+    for_each_chunk(out, rows * positions, parallel, |n, image_out| {
+        let image = Operand {
+            data: b,
+            offset: n * depth * positions,
+            row_stride: positions,
+            col_stride: 1,
+        };
+        gemm_with(
+            kernel,
+            (rows, positions, depth),
+            a,
+            &image,
+            image_out,
+            false,
+        );
+    });
+}
+
 /// The offset in a padded `[C, hp, wp]` image of each step `(c, ki, kj)` of a convolution's
 /// reduction.
 fn forward_taps(g: &Conv2dGeometry, wp: usize) -> Vec<usize> {
@@ -194,6 +241,20 @@ pub(crate) fn conv2d(
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
+    let out_plane = g.out_height * g.out_width;
+    if pointwise(&kernel, g, out_channels) {
+        // out[n] [OC, P] = weight [OC, C] · image[n] [C, P]
+        let weight = Operand {
+            data: weight,
+            offset: 0,
+            row_stride: g.channels,
+            col_stride: 1,
+        };
+        let mut out = vec![0.0; g.batch * out_channels * out_plane];
+        let dims = (out_channels, g.channels, out_plane);
+        products_per_image(kernel, weight, image, dims, &mut out);
+        return out;
+    }
     if !direct(&kernel, out_channels) {
         return packed::conv2d(kernel, image, weight, out_channels, g);
     }
@@ -207,7 +268,6 @@ pub(crate) fn conv2d(
         // weights[k, m] = weight[m, c, ki, kj]
         weights: pack_lanes(depth, out_channels, |k, m| weight[m * depth + k]),
     };
-    let out_plane = g.out_height * g.out_width;
     let mut out = vec![0.0; g.batch * out_channels * out_plane];
     correlate(
         &source,
@@ -231,6 +291,19 @@ pub(crate) fn conv2d_input_grad(
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
+    if pointwise(&kernel, g, out_channels) {
+        // out[n] [C, P] = weightᵀ [C, OC] · grad[n] [OC, P]
+        let weight_t = Operand {
+            data: weight,
+            offset: 0,
+            row_stride: 1,
+            col_stride: g.channels,
+        };
+        let mut out = vec![0.0; grad.len() / out_channels * g.channels];
+        let dims = (g.channels, out_channels, g.height * g.width);
+        products_per_image(kernel, weight_t, grad, dims, &mut out);
+        return out;
+    }
     if !direct(&kernel, g.channels) || g.dilation != [1, 1] {
         return packed::conv2d_input_grad(kernel, grad, weight, out_channels, g);
     }
@@ -307,6 +380,9 @@ pub(crate) fn conv2d_weight_grad(
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
+    if pointwise(&kernel, g, out_channels) {
+        return pointwise_weight_grad(kernel, image, grad, out_channels, g);
+    }
     if !direct(&kernel, out_channels) {
         return packed::conv2d_weight_grad(kernel, image, grad, out_channels, g);
     }
@@ -404,6 +480,53 @@ pub(crate) fn conv2d_weight_grad(
         *value = sums[(index % depth) * width + index / depth];
     }
     out
+}
+
+/// A pointwise convolution's weight gradient `[OC, C] = Σ_n grad[n] [OC, P] · image[n]ᵀ
+/// [P, C]`: one product per image (images split over the threads), summed in image order.
+fn pointwise_weight_grad(
+    kernel: Kernel<f32>,
+    image: &[f32],
+    grad: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    let positions = g.height * g.width;
+    let len = out_channels * g.channels;
+    let mut per_image = vec![0.0f32; g.batch * len];
+    if per_image.is_empty() {
+        return vec![0.0; len];
+    }
+    let parallel = worth_threads(g.batch * len * positions);
+    for_each_chunk(&mut per_image, len, parallel, |n, out| {
+        let grad = Operand {
+            data: grad,
+            offset: n * out_channels * positions,
+            row_stride: positions,
+            col_stride: 1,
+        };
+        let image_t = Operand {
+            data: image,
+            offset: n * g.channels * positions,
+            row_stride: 1,
+            col_stride: positions,
+        };
+        gemm_with(
+            kernel,
+            (out_channels, g.channels, positions),
+            grad,
+            &image_t,
+            out,
+            false,
+        );
+    });
+    let mut sums = vec![0.0f32; len];
+    for image in per_image.chunks_exact(len) {
+        for (sum, &value) in sums.iter_mut().zip(image) {
+            *sum += value;
+        }
+    }
+    sums
 }
 
 #[cfg(target_arch = "x86_64")]

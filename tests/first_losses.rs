@@ -8,7 +8,11 @@
 //! say so in its commit. Rerecorded once since, for the CPU's direct convolutions (issue 22):
 //! a stride-1 input gradient became a convolution with the flipped weight, which sums in
 //! another order; the DDPM's records moved by at most 1.7e-7 and the PixelCNN's by 1.5e-5
-//! (relative), every other model's kept its bits.
+//! (relative), every other model's kept its bits. And again for the register-tiled f32
+//! convolutions (`cpu/conv_direct.rs`, issue 22), which sum each output over channels and taps
+//! in another order: at step 1 DCGAN moved by 1.2e-7 and the conv VAE by 9e-7 (relative),
+//! growing through their dynamics to 1.9e-2 and 3.1e-4 by step 50; the DDPM 1.7e-7 and the
+//! PixelCNN 2.5e-6 at most; the MLP models kept their bits.
 //!
 //! The bits depend on the summation orders of the CPU kernels, so the run is pinned to what
 //! every developer and CI machine has: the AVX2+FMA GEMM kernel (`KILN_CPU_KERNEL`; AVX-512

@@ -653,6 +653,21 @@ pub(super) mod tests {
     #[test]
     fn one_thread_and_two_give_the_same_bits() {
         let g = geometry((8, 24, 14, 14), [3, 3], [2, 2], [1, 1], [1, 1]).unwrap();
+        let kernels = (
+            conv2d as ConvFn<f32>,
+            conv2d_input_grad as ConvFn<f32>,
+            conv2d_weight_grad as ConvFn<f32>,
+        );
+        assert_same_bits_on_one_and_two_threads(&g, 40, kernels);
+    }
+
+    /// `kernels` (conv2d, its input gradient, its weight gradient) on random f32 values give
+    /// the same bits on 1 thread as on 2.
+    pub(crate) fn assert_same_bits_on_one_and_two_threads(
+        g: &Conv2dGeometry,
+        out_channels: usize,
+        (forward, input_grad, weight_grad): (ConvFn<f32>, ConvFn<f32>, ConvFn<f32>),
+    ) {
         let mut state = 0x2545_f491_u32;
         let mut random = |len: usize| -> Vec<f32> {
             (0..len)
@@ -664,16 +679,15 @@ pub(super) mod tests {
                 })
                 .collect()
         };
-        let out_channels = 40;
-        let x = random(8 * 24 * 14 * 14);
-        let w = random(out_channels * 24 * 9);
-        let gy = random(8 * out_channels * g.out_height * g.out_width);
+        let x = random(g.batch * g.channels * g.height * g.width);
+        let w = random(out_channels * g.channels * g.kernel[0] * g.kernel[1]);
+        let gy = random(g.batch * out_channels * g.out_height * g.out_width);
         let run = || {
             let k = f32_kernel();
             [
-                conv2d(k, &x, &w, out_channels, &g),
-                conv2d_input_grad(k, &gy, &w, out_channels, &g),
-                conv2d_weight_grad(k, &x, &gy, out_channels, &g),
+                forward(k, &x, &w, out_channels, g),
+                input_grad(k, &gy, &w, out_channels, g),
+                weight_grad(k, &x, &gy, out_channels, g),
             ]
         };
         assert!(on_threads(1, run) == on_threads(2, run));

@@ -547,6 +547,52 @@ mod x86 {
 
     use super::{LANES, POSITIONS, TAPS};
 
+    /// A tile's 6 x 16 accumulators: 6 rows of two ymm vectors.
+    type Accumulators = [[__m256; 2]; POSITIONS];
+
+    /// `acc[r] += rows[r][offset] · (low, high)` for each of the 6 rows: a broadcast pixel
+    /// times 16 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; every `rows[r] + offset` may be read.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn multiply_add(
+        acc: &mut Accumulators,
+        rows: &[*const f32; POSITIONS],
+        offset: usize,
+        (low, high): (__m256, __m256),
+    ) {
+        for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+            let x = _mm256_broadcast_ss(&*row.add(offset));
+            acc[0] = _mm256_fmadd_ps(x, low, acc[0]);
+            acc[1] = _mm256_fmadd_ps(x, high, acc[1]);
+        }
+    }
+
+    /// 16 lanes from `values`, as two vectors.
+    ///
+    /// # Safety
+    /// The CPU has AVX; `values` holds 16 floats.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    unsafe fn lanes(values: *const f32) -> (__m256, __m256) {
+        (_mm256_loadu_ps(values), _mm256_loadu_ps(values.add(8)))
+    }
+
+    /// `tile[r, ·]` = `acc[r]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    unsafe fn store(acc: &Accumulators, tile: &mut [f32; POSITIONS * LANES]) {
+        for (values, acc) in tile.chunks_exact_mut(LANES).zip(acc) {
+            _mm256_storeu_ps(values.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(values.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+
     /// `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k, m]` for 6 positions `r` and 16 lanes
     /// `m`: 12 ymm accumulators, 2 weight vectors and a broadcast pixel; 12 FMAs per step.
     ///
@@ -563,19 +609,9 @@ mod x86 {
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; POSITIONS];
         for k in 0..depth {
-            let tap = *taps.add(k);
-            let w0 = _mm256_loadu_ps(weights.add(k * LANES));
-            let w1 = _mm256_loadu_ps(weights.add(k * LANES + 8));
-            for (row, acc) in rows.iter().zip(acc.iter_mut()) {
-                let x = _mm256_broadcast_ss(&*row.add(tap));
-                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
-            }
+            multiply_add(&mut acc, &rows, *taps.add(k), lanes(weights.add(k * LANES)));
         }
-        for (r, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tile.as_mut_ptr().add(r * LANES), acc[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(r * LANES + 8), acc[1]);
-        }
+        store(&acc, tile);
     }
 
     /// `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q · stride + m]` for 6 taps
@@ -593,34 +629,30 @@ mod x86 {
         taps: [usize; TAPS],
         tile: &mut [f32; TAPS * LANES],
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; TAPS];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            acc[0] = _mm256_loadu_ps(tile.as_ptr().add(r * LANES));
-            acc[1] = _mm256_loadu_ps(tile.as_ptr().add(r * LANES + 8));
-        }
+        let mut acc: Accumulators = std::array::from_fn(|r| {
+            let (low, high) = lanes(tile.as_ptr().add(r * LANES));
+            [low, high]
+        });
         for (image, grads) in images {
             let rows: [*const f32; TAPS] = std::array::from_fn(|r| image.as_ptr().add(taps[r]));
-            let grads = grads.as_ptr();
             for (q, &position) in positions.iter().enumerate() {
-                let g0 = _mm256_loadu_ps(grads.add(q * stride));
-                let g1 = _mm256_loadu_ps(grads.add(q * stride + 8));
-                for (row, acc) in rows.iter().zip(acc.iter_mut()) {
-                    let x = _mm256_broadcast_ss(&*row.add(position));
-                    acc[0] = _mm256_fmadd_ps(x, g0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(x, g1, acc[1]);
-                }
+                multiply_add(
+                    &mut acc,
+                    &rows,
+                    position,
+                    lanes(grads.as_ptr().add(q * stride)),
+                );
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tile.as_mut_ptr().add(r * LANES), acc[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(r * LANES + 8), acc[1]);
-        }
+        store(&acc, tile);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::conv::tests::{check_kernels, geometry, on_threads, ConvFn};
+    use super::super::conv::tests::{
+        assert_same_bits_on_one_and_two_threads, check_kernels, geometry, on_threads, ConvFn,
+    };
     use super::super::gemm::f32_kernel;
     use super::super::CpuStorage;
     use super::*;
@@ -629,12 +661,11 @@ mod tests {
     /// This module's three kernels against the im2col/col2im compositions (exactly: the
     /// tests' values make every sum exact in any order).
     fn check(g: &Conv2dGeometry, out_channels: usize) {
-        let kernels = (
-            conv2d as ConvFn<f32>,
-            conv2d_input_grad as ConvFn<f32>,
-            conv2d_weight_grad as ConvFn<f32>,
-        );
-        check_kernels(f32_kernel(), CpuStorage::F32, g, out_channels, kernels);
+        check_kernels(f32_kernel(), CpuStorage::F32, g, out_channels, kernels());
+    }
+
+    fn kernels() -> (ConvFn<f32>, ConvFn<f32>, ConvFn<f32>) {
+        (conv2d, conv2d_input_grad, conv2d_weight_grad)
     }
 
     #[test]
@@ -663,31 +694,17 @@ mod tests {
 
     #[test]
     fn one_thread_and_two_give_the_same_bits() {
-        let g = geometry((8, 24, 14, 14), [4, 4], [2, 2], [1, 1], [1, 1]).unwrap();
-        let mut state = 0x2545_f491_u32;
-        let mut random = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    state as f32 / u32::MAX as f32 - 0.5
-                })
-                .collect()
-        };
-        let out_channels = 40;
-        let x = random(8 * 24 * 14 * 14);
-        let w = random(out_channels * 24 * 16);
-        let gy = random(8 * out_channels * g.out_height * g.out_width);
-        let run = || {
-            let k = f32_kernel();
-            [
-                conv2d(k, &x, &w, out_channels, &g),
-                conv2d_input_grad(k, &gy, &w, out_channels, &g),
-                conv2d_weight_grad(k, &x, &gy, out_channels, &g),
-            ]
-        };
-        assert!(on_threads(1, run) == on_threads(2, run));
+        // Strided (input gradient by phases) and pointwise (products per image).
+        for (kernel, stride) in [(4, 2), (1, 1)] {
+            let g = geometry(
+                (8, 24, 14, 14),
+                [kernel; 2],
+                [stride; 2],
+                [kernel / 4; 2],
+                [1, 1],
+            );
+            assert_same_bits_on_one_and_two_threads(&g.unwrap(), 40, kernels());
+        }
     }
 
     proptest! {

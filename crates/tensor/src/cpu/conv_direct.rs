@@ -70,8 +70,8 @@ fn padded(
     (hp, wp): (usize, usize),
 ) -> Vec<f32> {
     let mut out = zeroed(batch * channels * hp * wp);
-    if out.is_empty() {
-        return out;
+    if out.is_empty() || height == 0 || width == 0 {
+        return out; // only padding
     }
     let parallel = out.len() >= packed::PARALLEL_MIN;
     for_each_chunk(&mut out, hp * wp, parallel, |plane, dest| {
@@ -326,7 +326,10 @@ pub(crate) fn conv2d_input_grad(
     let phase_taps = |k: usize, s: usize, a: usize| k.saturating_sub(a).div_ceil(s);
     let (top, left) = (kh.div_ceil(sh) - 1, kw.div_ceil(sw) - 1);
     // The last phase index an input pixel has: `(H - 1 + p) / s`.
-    let (last_i, last_j) = ((g.height - 1 + ph) / sh, (g.width - 1 + pw) / sw);
+    let (last_i, last_j) = (
+        (g.height + ph).saturating_sub(1) / sh,
+        (g.width + pw).saturating_sub(1) / sw,
+    );
     let hg = top + g.out_height.max(last_i + 1);
     let wg = left + g.out_width.max(last_j + 1);
     let shape = (g.batch, out_channels, g.out_height, g.out_width);
@@ -689,6 +692,15 @@ mod tests {
         for (image, out_channels, k, s, p) in cases {
             let g = geometry(image, [k, k], [s, s], [p, p], [1, 1]).unwrap();
             check(&g, out_channels);
+        }
+    }
+
+    #[test]
+    fn empty_images_equal_the_reference() {
+        // Rows or columns of zero pixels, which padding alone makes room for the kernel in.
+        for (height, width) in [(0, 5), (5, 0), (0, 0)] {
+            let g = geometry((2, 16, height, width), [3, 3], [1, 1], [2, 2], [1, 1]).unwrap();
+            check(&g, 16);
         }
     }
 

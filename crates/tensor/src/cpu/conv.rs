@@ -651,13 +651,17 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn empty_images_equal_the_reference() {
+    fn empty_images_and_channels_equal_the_reference() {
         // Rows or columns of zero pixels, which padding alone makes room for the kernel in.
         for (height, width) in [(0, 5), (5, 0), (0, 0)] {
             let g = geometry((2, 3, height, width), [3, 3], [2, 1], [2, 2], [1, 1]).unwrap();
             check(f32_kernel(), CpuStorage::F32, &g, 4);
             check(f64_kernel(), CpuStorage::F64, &g, 4);
         }
+        // No input channels: every output is an empty sum.
+        let g = geometry((2, 0, 6, 6), [3, 3], [2, 2], [1, 1], [1, 1]).unwrap();
+        check(f32_kernel(), CpuStorage::F32, &g, 4);
+        check(f64_kernel(), CpuStorage::F64, &g, 4);
     }
 
     #[test]

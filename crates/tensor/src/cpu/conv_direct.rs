@@ -126,7 +126,9 @@ fn correlate(
     if image_len == 0 {
         return;
     }
-    for pass in passes {
+    // A pass with no taps (no input channels) adds nothing to the zeroed output.
+    let passes: Vec<&Pass> = passes.iter().filter(|p| !p.taps.is_empty()).collect();
+    for pass in &passes {
         let furthest = pass.positions.iter().map(|p| p.0).max().unwrap_or(0)
             + pass.taps.iter().copied().max().unwrap_or(0);
         assert!(pass.positions.is_empty() || furthest < source_len);
@@ -139,7 +141,7 @@ fn correlate(
         * (out.len() / image_len);
     for_each_chunk(out, image_len, worth_threads(work), |n, image_out| {
         let image = &source[n * source_len..][..source_len];
-        for pass in passes {
+        for pass in &passes {
             correlate_image(image, pass, (lanes, out_plane), image_out);
         }
     });
@@ -696,12 +698,15 @@ mod tests {
     }
 
     #[test]
-    fn empty_images_equal_the_reference() {
+    fn empty_images_and_channels_equal_the_reference() {
         // Rows or columns of zero pixels, which padding alone makes room for the kernel in.
         for (height, width) in [(0, 5), (5, 0), (0, 0)] {
             let g = geometry((2, 16, height, width), [3, 3], [1, 1], [2, 2], [1, 1]).unwrap();
             check(&g, 16);
         }
+        // No input channels: every output is an empty sum.
+        let g = geometry((2, 0, 6, 6), [3, 3], [2, 2], [1, 1], [1, 1]).unwrap();
+        check(&g, 16);
     }
 
     #[test]

@@ -335,7 +335,7 @@ impl<T: GemmElem> PanelSource<T> for ColumnsT<'_, T> {
 }
 
 /// Whether a product of `m·n·k` multiply-adds is worth rayon's threads.
-fn parallel_product(m: usize, n: usize, k: usize) -> bool {
+pub(super) fn parallel_product(m: usize, n: usize, k: usize) -> bool {
     rayon::current_num_threads() > 1 && m * n * k > PARALLEL_MIN_FLOPS
 }
 

@@ -24,8 +24,8 @@
 
 use rayon::prelude::*;
 
-use super::conv::{self as packed, for_each_chunk};
-use super::gemm::{gemm_with, Kernel, Operand, PARALLEL_MIN_FLOPS};
+use super::conv::{self as packed, for_each_chunk, parallel_product};
+use super::gemm::{gemm_with, Kernel, Operand};
 use crate::ops::conv::Conv2dGeometry;
 
 /// Channels per register tile: two ymm vectors of f32.
@@ -37,16 +37,11 @@ const TAPS: usize = 6;
 /// Positions the weight-gradient kernel sums over per call, at least (whole images).
 const GROUP_POSITIONS: usize = 512;
 
-/// Whether the direct kernels run: on AVX2+FMA (which every AVX-512 CPU also has) unless
-/// `KILN_CPU_KERNEL=portable` chose the portable GEMM, and for at least a tile's worth of
-/// channel lanes.
+/// Whether the direct kernels run (this module is x86-64 only): on AVX2+FMA (which every
+/// AVX-512 CPU also has) unless `KILN_CPU_KERNEL=portable` chose the portable GEMM, and for at
+/// least a tile's worth of channel lanes.
 fn direct(kernel: &Kernel<f32>, lanes: usize) -> bool {
-    cfg!(target_arch = "x86_64") && kernel.name != "portable" && lanes >= LANES
-}
-
-/// Whether `multiply_adds` are worth rayon's threads (the GEMM's threshold).
-fn worth_threads(multiply_adds: usize) -> bool {
-    rayon::current_num_threads() > 1 && multiply_adds > PARALLEL_MIN_FLOPS
+    kernel.name != "portable" && lanes >= LANES
 }
 
 /// `len` zeros, written over rayon's threads when there are enough of them: the buffers here
@@ -133,13 +128,12 @@ fn correlate(
             + pass.taps.iter().copied().max().unwrap_or(0);
         assert!(pass.positions.is_empty() || furthest < source_len);
     }
-    let work: usize = passes
+    let per_image: usize = passes
         .iter()
         .map(|p| p.positions.len() * p.taps.len())
-        .sum::<usize>()
-        * lanes
-        * (out.len() / image_len);
-    for_each_chunk(out, image_len, worth_threads(work), |n, image_out| {
+        .sum();
+    let parallel = parallel_product(per_image, lanes, out.len() / image_len);
+    for_each_chunk(out, image_len, parallel, |n, image_out| {
         let image = &source[n * source_len..][..source_len];
         for pass in &passes {
             correlate_image(image, pass, (lanes, out_plane), image_out);
@@ -204,7 +198,7 @@ fn products_per_image(
     if out.is_empty() {
         return;
     }
-    let parallel = worth_threads(out.len() * depth);
+    let parallel = parallel_product(out.len(), depth, 1);
     for_each_chunk(out, rows * positions, parallel, |n, image_out| {
         let image = Operand {
             data: b,
@@ -416,7 +410,7 @@ pub(crate) fn conv2d_weight_grad(
     let width = blocks * LANES;
     // transposed[n, q, oc] = grad[n, oc, q], zero for oc >= OC.
     let mut transposed = zeroed(g.batch * out_plane * width);
-    let parallel_copy = worth_threads(transposed.len());
+    let parallel_copy = transposed.len() >= packed::PARALLEL_MIN;
     for_each_chunk(
         &mut transposed,
         out_plane * width,
@@ -437,7 +431,7 @@ pub(crate) fn conv2d_weight_grad(
     let mut sums = vec![0.0f32; taps.len() * width];
     let tiles = taps.len() / TAPS;
     let threads = rayon::current_num_threads();
-    let parallel = worth_threads(depth * out_channels * out_plane * g.batch);
+    let parallel = parallel_product(depth, out_channels, out_plane * g.batch);
     let tiles_per_task = if parallel {
         tiles.div_ceil(threads * 4)
     } else {
@@ -451,28 +445,33 @@ pub(crate) fn conv2d_weight_grad(
     let task = |index: usize, sums: &mut [f32]| {
         let first_tile = index * tiles_per_task;
         for n0 in (0..g.batch).step_by(group) {
-            let images = n0..(n0 + group).min(g.batch);
+            // (padded image, transposed gradient) of each image of the group.
+            let images: Vec<(&[f32], &[f32])> = (n0..(n0 + group).min(g.batch))
+                .map(|n| {
+                    let image = &source[n * source_len..][..source_len];
+                    let grads = &transposed[n * out_plane * width..][..out_plane * width];
+                    (image, grads)
+                })
+                .collect();
             for (t, tile_sums) in sums.chunks_exact_mut(TAPS * width).enumerate() {
                 let tile_taps: [usize; TAPS] =
                     std::array::from_fn(|r| taps[(first_tile + t) * TAPS + r]);
                 for block in 0..blocks {
-                    let group: Vec<(&[f32], &[f32])> = images
-                        .clone()
-                        .map(|n| {
-                            let image = &source[n * source_len..][..source_len];
-                            let grads = &transposed[n * out_plane * width..][..out_plane * width];
-                            (image, &grads[block * LANES..])
-                        })
-                        .collect();
                     let mut tile = [0.0f32; TAPS * LANES];
                     for (r, lanes) in tile.chunks_exact_mut(LANES).enumerate() {
                         lanes.copy_from_slice(&tile_sums[r * width + block * LANES..][..LANES]);
                     }
                     // SAFETY: `direct` checked for AVX2 and FMA; each image's `grads` holds
-                    // 16 values at every `q · width`; every position plus tap lies inside its
-                    // image (the forward pass's reads).
+                    // `width` values, the block's 16 among them, at every `q · width`; every
+                    // position plus tap lies inside its image (the forward pass's reads).
                     unsafe {
-                        x86::tile_weight_grad_6x16(&group, width, &positions, tile_taps, &mut tile);
+                        x86::tile_weight_grad_6x16(
+                            &images,
+                            (width, block * LANES),
+                            &positions,
+                            tile_taps,
+                            &mut tile,
+                        );
                     }
                     for (r, lanes) in tile.chunks_exact(LANES).enumerate() {
                         tile_sums[r * width + block * LANES..][..LANES].copy_from_slice(lanes);
@@ -514,7 +513,7 @@ fn pointwise_weight_grad(
     if per_image.is_empty() {
         return vec![0.0; len];
     }
-    let parallel = worth_threads(g.batch * len * positions);
+    let parallel = parallel_product(g.batch, len, positions);
     for_each_chunk(&mut per_image, len, parallel, |n, out| {
         let grad = Operand {
             data: grad,
@@ -619,17 +618,18 @@ mod x86 {
         store(&acc, tile);
     }
 
-    /// `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q · stride + m]` for 6 taps
-    /// `r` and 16 lanes `m`, over each `(image, grads)` of `images` in turn and each `q` in
-    /// order: 12 ymm accumulators, 12 FMAs per position.
+    /// `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q · stride + first_lane + m]`
+    /// for 6 taps `r` and 16 lanes `m`, over each `(image, grads)` of `images` in turn and
+    /// each `q` in order: 12 ymm accumulators, 12 FMAs per position.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; each `grads` holds 16 values at every `q · stride` for `q`
-    /// below `positions.len()`; every `positions[q] + taps[r]` lies inside each `image`.
+    /// The CPU has AVX2 and FMA; each `grads` holds 16 values at every `q · stride +
+    /// first_lane` for `q` below `positions.len()`; every `positions[q] + taps[r]` lies inside
+    /// each `image`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile_weight_grad_6x16(
         images: &[(&[f32], &[f32])],
-        stride: usize,
+        (stride, first_lane): (usize, usize),
         positions: &[usize],
         taps: [usize; TAPS],
         tile: &mut [f32; TAPS * LANES],
@@ -640,13 +640,9 @@ mod x86 {
         });
         for (image, grads) in images {
             let rows: [*const f32; TAPS] = std::array::from_fn(|r| image.as_ptr().add(taps[r]));
+            let grads = grads.as_ptr().add(first_lane);
             for (q, &position) in positions.iter().enumerate() {
-                multiply_add(
-                    &mut acc,
-                    &rows,
-                    position,
-                    lanes(grads.as_ptr().add(q * stride)),
-                );
+                multiply_add(&mut acc, &rows, position, lanes(grads.add(q * stride)));
             }
         }
         store(&acc, tile);

@@ -11,6 +11,7 @@
 //! Tasks are spread over rayon's threads; products below `PARALLEL_MIN_FLOPS` run on one.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -32,16 +33,17 @@ impl<T: Copy> Operand<'_, T> {
 }
 
 /// Depth of a k slice: an A panel (MR x KC) and a B panel (KC x NR) of f32 fit in L1 together
-/// (8*256*4 + 32*256*4 = 40 KiB of this machine's 48 KiB).
-const KC: usize = 256;
-/// Rows of A packed at once: MC x KC f32 is 192 KiB, well inside a 1 MiB L2. A multiple of
+/// with room to spare (8*192*4 + 32*192*4 = 30 KiB of a 48 KiB L1; at 256, 40 KiB, the 1-thread
+/// products were 1-15% slower on an AVX-512 Xeon).
+const KC: usize = 192;
+/// Rows of A packed at once: MC x KC f32 is 144 KiB, well inside a 1 MiB L2. A multiple of
 /// every kernel's MR (6 and 8).
 const MC: usize = 192;
 /// Widest column block of one task: a KC x NC B block (1 MiB) lives in L2/L3.
 const NC: usize = 1024;
 
 /// The largest micro-kernel tile (8 x 32), the size of the scratch tile for edges.
-const MAX_TILE: usize = 256;
+const MAX_TILE: usize = 512;
 
 /// Products with no more multiply-adds than this run on the calling thread. Measured on the
 /// 2-core AVX-512 machine with the threshold at 0, best of 3 (GFLOP/s, 1 thread vs 2):
@@ -153,16 +155,22 @@ impl<T: GemmElem> PanelSource<T> for Operand<'_, T> {
     }
 }
 
-/// `c[m x n]` (row-major, contiguous, zero-initialized) = `a[m x k] · b[k x n]`.
+/// `c[m x n]` (row-major, contiguous) = `a[m x k] · b[k x n]`, writing every element of `c`
+/// (which need not be initialized: a fresh product skips zeroing its output first, a tenth of
+/// a short-k product's time, profiled).
 pub(crate) fn gemm<T: GemmElem>(
     kernel: Kernel<T>,
     (m, n, k): (usize, usize, usize),
     a: Operand<'_, T>,
     b: Operand<'_, T>,
-    c: &mut [T],
+    c: &mut [MaybeUninit<T>],
 ) {
     debug_assert_eq!(c.len(), m * n);
-    if m == 0 || n == 0 || k == 0 {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(MaybeUninit::new(T::default()));
         return;
     }
     let threads = rayon::current_num_threads();
@@ -171,7 +179,18 @@ pub(crate) fn gemm<T: GemmElem>(
     if n == 1 || m == 1 {
         return matrix_vector((n, k), a, b, c, parallel);
     }
-    gemm_with(kernel, (m, n, k), a, &b, c, parallel);
+    // SAFETY: `c` holds m x n elements, and `blocks` writes each of them once the first k
+    // slice is done (no tile is read before its first, non-accumulating, write).
+    unsafe {
+        blocks(
+            kernel,
+            (m, n, k),
+            a,
+            &b,
+            CPtr(c.as_mut_ptr().cast()),
+            parallel,
+        )
+    }
 }
 
 /// `c[m x n]` (row-major, contiguous) = `a · b` with B from any [`PanelSource`]; over rayon's
@@ -188,8 +207,24 @@ pub(crate) fn gemm_with<T: GemmElem>(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    // SAFETY: `c` holds m x n initialized elements.
+    unsafe { blocks(kernel, (m, n, k), a, b, CPtr(c.as_mut_ptr()), parallel) }
+}
+
+/// The blocked product both entries share: `c = a · b` for `k > 0`, C's tiles cut into tasks
+/// over rayon's threads when `parallel`.
+///
+/// # Safety
+/// `c` points to m x n writable elements, row-major and contiguous, borrowed by no one else.
+unsafe fn blocks<T: GemmElem>(
+    kernel: Kernel<T>,
+    (m, n, k): (usize, usize, usize),
+    a: Operand<'_, T>,
+    b: &impl PanelSource<T>,
+    c: CPtr<T>,
+    parallel: bool,
+) {
     if !parallel {
-        let c = CPtr(c.as_mut_ptr());
         return block(kernel, (0..m, 0..n), k, a, b, c, n);
     }
     let threads = rayon::current_num_threads();
@@ -198,7 +233,6 @@ pub(crate) fn gemm_with<T: GemmElem>(
         .step_by(rows)
         .flat_map(|i| (0..n).step_by(cols).map(move |j| (i, j)))
         .collect();
-    let c = CPtr(c.as_mut_ptr());
     tasks.into_par_iter().for_each(|(i, j)| {
         block(
             kernel,
@@ -242,7 +276,7 @@ fn matrix_vector<T: GemmElem>(
     (n, k): (usize, usize),
     a: Operand<'_, T>,
     b: Operand<'_, T>,
-    c: &mut [T],
+    c: &mut [MaybeUninit<T>],
     parallel: bool,
 ) {
     // (offset, stride along outputs, stride along k) of the matrix; the vector, gathered.
@@ -255,14 +289,17 @@ fn matrix_vector<T: GemmElem>(
     };
     let (offset, output_stride, depth_stride) = matrix;
     let data = if n == 1 { a.data } else { b.data };
-    let chunk = |(index, out): (usize, &mut [T])| {
+    let chunk = |(index, out): (usize, &mut [MaybeUninit<T>])| {
         let first = index * OUTPUTS_PER_TASK;
         if depth_stride == 1 {
             for (i, out) in out.iter_mut().enumerate() {
                 let start = offset + (first + i) * output_stride;
-                *out = dot(&data[start..start + k], &vector);
+                out.write(dot(&data[start..start + k], &vector));
             }
         } else if output_stride == 1 {
+            out.fill(MaybeUninit::new(T::default()));
+            // SAFETY: every element was just initialized.
+            let out = unsafe { &mut *(out as *mut [MaybeUninit<T>] as *mut [T]) };
             for (p, &scale) in vector.iter().enumerate() {
                 let start = offset + first + p * depth_stride;
                 let len = out.len();
@@ -273,9 +310,9 @@ fn matrix_vector<T: GemmElem>(
         } else {
             for (i, out) in out.iter_mut().enumerate() {
                 let row = offset + (first + i) * output_stride;
-                *out = (0..k).fold(T::default(), |s, p| {
+                out.write((0..k).fold(T::default(), |s, p| {
                     s + data[row + p * depth_stride] * vector[p]
-                });
+                }));
             }
         }
     };
@@ -451,9 +488,17 @@ fn pack_panels<T: GemmElem>(
             chunk.fill(T::default());
         }
         if lane_stride == 1 && live == width {
-            for (step, values) in chunk.chunks_exact_mut(width).enumerate() {
-                let start = source.offset + first + step * depth_stride;
-                values.copy_from_slice(&source.data[start..start + width]);
+            let start = source.offset + first;
+            match width {
+                8 => copy_steps::<T, 8>(source.data, start, depth_stride, chunk),
+                16 => copy_steps::<T, 16>(source.data, start, depth_stride, chunk),
+                32 => copy_steps::<T, 32>(source.data, start, depth_stride, chunk),
+                _ => {
+                    for (step, values) in chunk.chunks_exact_mut(width).enumerate() {
+                        let start = start + step * depth_stride;
+                        values.copy_from_slice(&source.data[start..start + width]);
+                    }
+                }
             }
         } else if depth_stride == 1
             && pack_transposed(source, first, live, depth, lane_stride, chunk)
@@ -472,6 +517,22 @@ fn pack_panels<T: GemmElem>(
                 }
             }
         }
+    }
+}
+
+/// The contiguous case of `pack_panels` for a panel `W` lanes wide: step `p`'s `W` values are
+/// `data[start + p * depth_stride..][..W]`. With `W` known the copy is a few vector moves; a
+/// `copy_from_slice` of a run-time length was a call to memmove per step (3.6% of a
+/// short-k product, profiled).
+fn copy_steps<T: Copy, const W: usize>(
+    data: &[T],
+    start: usize,
+    depth_stride: usize,
+    panel: &mut [T],
+) {
+    for (step, values) in panel.chunks_exact_mut(W).enumerate() {
+        let start = start + step * depth_stride;
+        values.copy_from_slice(&data[start..start + W]);
     }
 }
 
@@ -712,7 +773,9 @@ mod x86 {
     }
 
     /// 8x32 f32 tile with AVX-512F: 16 zmm accumulators, 2 B vectors, 1 broadcast; 16 FMAs
-    /// per k step.
+    /// per k step. (A 12x32 tile, 24 accumulators, measured no faster on an AVX-512 Xeon and
+    /// wastes more of the batch-64 products' edge tiles.) The C tile's lines are prefetched
+    /// before the loop, so reading them overlaps the arithmetic.
     ///
     /// # Safety
     /// The CPU has AVX-512F; `a` holds `depth * 8` values, `b` `depth * 32`, and `c` an 8x32
@@ -726,12 +789,17 @@ mod x86 {
         ldc: usize,
         accumulate: bool,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+        const MR: usize = 8;
+        for i in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16).cast());
+        }
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..depth {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             for (i, row) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a.add(p * 8 + i));
+                let x = _mm512_set1_ps(*a.add(p * MR + i));
                 row[0] = _mm512_fmadd_ps(x, b0, row[0]);
                 row[1] = _mm512_fmadd_ps(x, b1, row[1]);
             }
@@ -828,6 +896,19 @@ mod tests {
         out
     }
 
+    /// `gemm` into an output that starts as NaN, so an element it fails to write shows.
+    fn product<T: GemmElem + From<f32>>(
+        kernel: Kernel<T>,
+        dims: (usize, usize, usize),
+        a: Operand<'_, T>,
+        b: Operand<'_, T>,
+    ) -> Vec<T> {
+        let mut c = vec![MaybeUninit::new(T::from(f32::NAN)); dims.0 * dims.1];
+        gemm(kernel, dims, a, b, &mut c);
+        // SAFETY: every element was initialized (to NaN, then by `gemm`).
+        c.into_iter().map(|v| unsafe { v.assume_init() }).collect()
+    }
+
     fn check(
         kernel: Kernel<f32>,
         (m, n, k): (usize, usize, usize),
@@ -837,8 +918,7 @@ mod tests {
     ) {
         let a = Stored::new(m, k, ta, pad, 1);
         let b = Stored::new(k, n, tb, pad, 2);
-        let mut c = vec![0f32; m * n];
-        gemm(kernel, (m, n, k), a.operand(), b.operand(), &mut c);
+        let c = product(kernel, (m, n, k), a.operand(), b.operand());
         let expected = reference(m, n, k, &a.operand(), &b.operand());
         for (index, (&got, &(want, tolerance))) in c.iter().zip(&expected).enumerate() {
             assert!(
@@ -861,7 +941,7 @@ mod tests {
 
     #[test]
     fn every_kernel_straddles_every_blocking_boundary() {
-        // MR (6, 8, 4), NR (16, 32), KC (256), MC (192), NC (1024), primes, and 1.
+        // MR (6, 8, 4), NR (16, 32), KC (192), MC (192), NC (1024), primes, and 1.
         let shapes = [
             (64, 100, 600),
             (1, 1, 1),
@@ -874,6 +954,8 @@ mod tests {
             (64, 1, 256),
             (385, 97, 520),
             (61, 1031, 29),
+            (3, 4, 0),
+            (1, 5, 0),
         ];
         for kernel in f32_kernels() {
             for &shape in &shapes {
@@ -890,7 +972,6 @@ mod tests {
         let (m, n, k) = (9, 11, 13);
         let a: Vec<f64> = (0..m * k).map(|i| (i % 7) as f64 - 3.0).collect();
         let b: Vec<f64> = (0..k * n).map(|i| (i % 5) as f64 - 2.0).collect();
-        let mut c = vec![0f64; m * n];
         let a_op = Operand {
             data: &a,
             offset: 0,
@@ -903,7 +984,7 @@ mod tests {
             row_stride: 1,
             col_stride: k,
         }; // bᵀ view
-        gemm(f64_kernel(), (m, n, k), a_op, b_op, &mut c);
+        let c = product(f64_kernel(), (m, n, k), a_op, b_op);
         for i in 0..m {
             for j in 0..n {
                 let want: f64 = (0..k).map(|p| a_op.at(i, p) * b_op.at(p, j)).sum();

@@ -36,16 +36,19 @@ pub(crate) fn matmul<T: GemmElem>(
     let (m, k) = (lhs_layout.dims()[rank - 2], lhs_layout.dims()[rank - 1]);
     let n = rhs_layout.dims()[rank - 1];
     let batches: usize = lhs_layout.dims()[..rank - 2].iter().product();
-    let mut out = vec![T::default(); batches * m * n];
-    if m * n == 0 {
-        return out;
+    let len = batches * m * n;
+    let mut out = Vec::with_capacity(len);
+    if m * n > 0 {
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(batch, c)| {
+                let a = operand(lhs, lhs_layout, batch);
+                let b = operand(rhs, rhs_layout, batch);
+                gemm::gemm(kernel, (m, n, k), a, b, c);
+            });
     }
-    out.par_chunks_mut(m * n)
-        .enumerate()
-        .for_each(|(batch, c)| {
-            let a = operand(lhs, lhs_layout, batch);
-            let b = operand(rhs, rhs_layout, batch);
-            gemm::gemm(kernel, (m, n, k), a, b, c);
-        });
+    // SAFETY: `gemm` wrote every element of each batch entry's m x n block (none when empty).
+    unsafe { out.set_len(len) };
     out
 }

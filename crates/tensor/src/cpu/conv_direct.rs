@@ -1,14 +1,16 @@
-//! Register-tiled direct convolutions for f32 on AVX2+FMA: conv2d, its input gradient (a
-//! transposed convolution's forward) and its weight gradient, with no columns and no packing of
-//! the image. Convolutions that would leave most of a tile's 16 channel lanes empty (one to
-//! fifteen channels), f64, and CPUs without AVX2 take the GEMM-based kernels of `cpu/conv.rs`,
-//! which stay the fallback; `im2col` and a matrix product stay the reference both are tested
-//! against.
+//! Register-tiled direct convolutions for f32 on AVX-512 and AVX2+FMA: conv2d, its input
+//! gradient (a transposed convolution's forward) and its weight gradient, with no columns and
+//! no packing of the image. Convolutions that would leave most of a tile's channel lanes empty
+//! (one to fifteen channels), f64, and CPUs without AVX2 take the GEMM-based kernels of
+//! `cpu/conv.rs`, which stay the fallback; `im2col` and a matrix product stay the reference
+//! both are tested against.
 //!
-//! Each kernel keeps a tile of 6 output positions x 16 channels (12 ymm accumulators) in
-//! registers. Per step of the reduction (a channel and a kernel tap) it loads 16 weights and
-//! broadcasts 6 pixels, each read from the zero-padded image at its position's offset plus
-//! the tap's, so any stride and dilation is only a table of offsets:
+//! Each kernel keeps a tile of output positions x channels in registers: 8 x 32 (16 zmm
+//! accumulators) on AVX-512 from 32 channels, 6 x 16 (12 ymm) on AVX2+FMA, chosen at run time
+//! like the GEMM's micro-kernel. Per step of the reduction (a channel and a kernel tap) it
+//! loads the tile's weights and broadcasts a pixel per position, each read from the
+//! zero-padded image at its position's offset plus the tap's, so any stride and dilation is
+//! only a table of offsets:
 //!
 //! ```text
 //! out[n, m, q] = Σ_k source[n][position(q) + tap(k)] · weights[k, m]
@@ -28,20 +30,53 @@ use super::conv::{self as packed, for_each_chunk, parallel_product};
 use super::gemm::{gemm_with, Kernel, Operand};
 use crate::ops::conv::Conv2dGeometry;
 
-/// Channels per register tile: two ymm vectors of f32.
-const LANES: usize = 16;
-/// Output positions per tile of the forward and input-gradient kernels.
-const POSITIONS: usize = 6;
-/// Taps per tile of the weight-gradient kernel.
-const TAPS: usize = 6;
 /// Positions the weight-gradient kernel sums over per call, at least (whole images).
 const GROUP_POSITIONS: usize = 512;
 
-/// Whether the direct kernels run (this module is x86-64 only): on AVX2+FMA (which every
-/// AVX-512 CPU also has) unless `KILN_CPU_KERNEL=portable` chose the portable GEMM, and for at
-/// least a tile's worth of channel lanes.
-fn direct(kernel: &Kernel<f32>, lanes: usize) -> bool {
-    kernel.name != "portable" && lanes >= LANES
+/// The largest tile, in floats (AVX-512's 8 x 32), and its rows.
+const MAX_TILE: usize = 256;
+const MAX_ROWS: usize = 8;
+
+/// The forward and input-gradient kernel: `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k,
+/// m]` for the tile's `rows` positions and `lanes` channels (see `x86::tile_kernels!`).
+type CorrelateKernel = unsafe fn(
+    depth: usize,
+    weights: *const f32,
+    rows: &[*const f32],
+    taps: *const usize,
+    tile: &mut [f32],
+);
+
+/// The weight-gradient kernel: `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q ·
+/// stride + first_lane + m]` for the tile's `rows` taps, over each `(image, grads)`.
+type WeightGradKernel = unsafe fn(
+    images: &[(&[f32], &[f32])],
+    stride_and_first_lane: (usize, usize),
+    positions: &[usize],
+    taps: &[usize],
+    tile: &mut [f32],
+);
+
+/// A register tile: `rows` output positions (taps, for the weight gradient) x `lanes`
+/// channels, and its kernels for one instruction set.
+#[derive(Clone, Copy)]
+struct Tile {
+    lanes: usize,
+    rows: usize,
+    correlate: CorrelateKernel,
+    weight_grad: WeightGradKernel,
+}
+
+/// The tile for a convolution with `lanes` channels on the vectorised side, chosen like the
+/// GEMM's micro-kernel (`KILN_CPU_KERNEL` included): AVX-512's 8 x 32 from 32 lanes, AVX2's
+/// 6 x 16 (which every AVX-512 CPU also runs) from 16, none (the GEMM-based kernels) below
+/// that or for the portable kernel.
+fn tile_for(kernel: &Kernel<f32>, lanes: usize) -> Option<Tile> {
+    match kernel.name {
+        "avx512f" if lanes >= x86::AVX512.lanes => Some(x86::AVX512),
+        "avx512f" | "avx2+fma" if lanes >= x86::AVX2.lanes => Some(x86::AVX2),
+        _ => None,
+    }
 }
 
 /// `len` zeros, written over rayon's threads when there are enough of them: the buffers here
@@ -78,18 +113,22 @@ fn padded(
     out
 }
 
-/// `weights[k, m]` for `m` in `0..lanes` packed as 16-lane blocks `[lanes / 16][depth][16]`,
-/// zero past the last lane.
-fn pack_lanes(depth: usize, lanes: usize, weight: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-    let blocks = lanes.div_ceil(LANES);
-    let mut packed = vec![0.0; blocks * depth * LANES];
+/// `weights[k, m]` for `m` in `0..lanes` packed as blocks of a tile's lanes, `[lanes /
+/// block][depth][block]`, zero past the last lane.
+fn pack_lanes(
+    depth: usize,
+    (lanes, block_lanes): (usize, usize),
+    weight: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    let blocks = lanes.div_ceil(block_lanes);
+    let mut packed = vec![0.0; blocks * depth * block_lanes];
     for (index, value) in packed.iter_mut().enumerate() {
         let (block, k, lane) = (
-            index / (depth * LANES),
-            index / LANES % depth,
-            index % LANES,
+            index / (depth * block_lanes),
+            index / block_lanes % depth,
+            index % block_lanes,
         );
-        let m = block * LANES + lane;
+        let m = block * block_lanes + lane;
         if m < lanes {
             *value = weight(k, m);
         }
@@ -104,13 +143,14 @@ struct Pass {
     taps: Vec<usize>,
     /// (offset in an image's source, offset in an output plane) of each output position.
     positions: Vec<(usize, usize)>,
-    /// `[lanes / 16][taps.len()][16]` ([`pack_lanes`]).
+    /// `[lanes / block][taps.len()][block]` for the tile's lanes ([`pack_lanes`]).
     weights: Vec<f32>,
 }
 
 /// Runs `passes` over each image of `source` (`source_len` values apiece) into `out`
 /// (`lanes` planes of `out_plane` values per image), images split over the threads.
 fn correlate(
+    tile: Tile,
     source: &[f32],
     source_len: usize,
     passes: &[Pass],
@@ -136,34 +176,40 @@ fn correlate(
     for_each_chunk(out, image_len, parallel, |n, image_out| {
         let image = &source[n * source_len..][..source_len];
         for pass in &passes {
-            correlate_image(image, pass, (lanes, out_plane), image_out);
+            correlate_image(tile, image, pass, (lanes, out_plane), image_out);
         }
     });
 }
 
 /// One image of [`correlate`].
 fn correlate_image(
+    tile: Tile,
     image: &[f32],
     pass: &Pass,
     (lanes, out_plane): (usize, usize),
     out: &mut [f32],
 ) {
     let depth = pass.taps.len();
-    let mut tile = [0.0f32; POSITIONS * LANES];
-    for (block, weights) in pass.weights.chunks_exact(depth * LANES).enumerate() {
-        let live_lanes = (lanes - block * LANES).min(LANES);
-        for group in pass.positions.chunks(POSITIONS) {
+    let mut values = [0.0f32; MAX_TILE];
+    let values = &mut values[..tile.rows * tile.lanes];
+    let mut rows = [std::ptr::null::<f32>(); MAX_ROWS];
+    let rows = &mut rows[..tile.rows];
+    for (block, weights) in pass.weights.chunks_exact(depth * tile.lanes).enumerate() {
+        let first_lane = block * tile.lanes;
+        let live_lanes = (lanes - first_lane).min(tile.lanes);
+        for group in pass.positions.chunks(tile.rows) {
             // A short last group repeats its last position; those results are dropped.
-            let rows: [*const f32; POSITIONS] = std::array::from_fn(|r| {
-                let position = group[r.min(group.len() - 1)].0;
-                image[position..].as_ptr()
-            });
-            // SAFETY: `direct` checked for AVX2 and FMA; `weights` holds `depth · 16` values;
-            // every `rows[r] + taps[k]` lies inside `image` (asserted in `correlate`).
-            unsafe { x86::tile_6x16(depth, weights.as_ptr(), rows, pass.taps.as_ptr(), &mut tile) };
+            for (r, row) in rows.iter_mut().enumerate() {
+                *row = image[group[r.min(group.len() - 1)].0..].as_ptr();
+            }
+            // SAFETY: `tile_for` chose a kernel this CPU runs; `weights` holds `depth` steps
+            // of the tile's lanes, `rows` and `values` are the tile's size; every `rows[r] +
+            // taps[k]` lies inside `image` (asserted in `correlate`).
+            unsafe { (tile.correlate)(depth, weights.as_ptr(), rows, pass.taps.as_ptr(), values) };
             for (r, &(_, offset)) in group.iter().enumerate() {
-                for lane in 0..live_lanes {
-                    out[(block * LANES + lane) * out_plane + offset] = tile[r * LANES + lane];
+                let row = &values[r * tile.lanes..][..live_lanes];
+                for (lane, &value) in row.iter().enumerate() {
+                    out[(first_lane + lane) * out_plane + offset] = value;
                 }
             }
         }
@@ -263,9 +309,9 @@ pub(crate) fn conv2d(
         products_per_image(kernel, weight, image, dims, &mut out);
         return out;
     }
-    if !direct(&kernel, out_channels) {
+    let Some(tile) = tile_for(&kernel, out_channels) else {
         return packed::conv2d(kernel, image, weight, out_channels, g);
-    }
+    };
     let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
     let shape = (g.batch, g.channels, g.height, g.width);
     let source = padded(image, shape, (g.padding[0], g.padding[1]), (hp, wp));
@@ -274,10 +320,13 @@ pub(crate) fn conv2d(
         taps: forward_taps(g, wp),
         positions: forward_positions(g, wp),
         // weights[k, m] = weight[m, c, ki, kj]
-        weights: pack_lanes(depth, out_channels, |k, m| weight[m * depth + k]),
+        weights: pack_lanes(depth, (out_channels, tile.lanes), |k, m| {
+            weight[m * depth + k]
+        }),
     };
     let mut out = zeroed(g.batch * out_channels * out_plane);
     correlate(
+        tile,
         &source,
         g.channels * hp * wp,
         &[pass],
@@ -312,9 +361,10 @@ pub(crate) fn conv2d_input_grad(
         products_per_image(kernel, weight_t, grad, dims, &mut out);
         return out;
     }
-    if !direct(&kernel, g.channels) || g.dilation != [1, 1] {
-        return packed::conv2d_input_grad(kernel, grad, weight, out_channels, g);
-    }
+    let tile = match tile_for(&kernel, g.channels) {
+        Some(tile) if g.dilation == [1, 1] => tile,
+        _ => return packed::conv2d_input_grad(kernel, grad, weight, out_channels, g),
+    };
     let [kh, kw] = g.kernel;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
@@ -358,7 +408,7 @@ pub(crate) fn conv2d_input_grad(
             })
             .collect();
         // weights[k, c] = weight[oc, c, a + s·t, b + s·u]
-        let weights = pack_lanes(depth, g.channels, |k, c| {
+        let weights = pack_lanes(depth, (g.channels, tile.lanes), |k, c| {
             let (oc, t, u) = step(k);
             weight[(oc * g.channels + c) * taps_total + (a + sh * t) * kw + b + sw * u]
         });
@@ -371,6 +421,7 @@ pub(crate) fn conv2d_input_grad(
     let plane = g.height * g.width;
     let mut out = zeroed(g.batch * g.channels * plane);
     correlate(
+        tile,
         &source,
         out_channels * hg * wg,
         &passes,
@@ -382,7 +433,7 @@ pub(crate) fn conv2d_input_grad(
 
 /// The weight gradient `[OC, C, kh, kw]`: `Σ_n Σ_q grad[n, oc, q] · source[n][position(q) +
 /// tap(k)]` over the forward pass's padded image, positions and taps. The gradient is
-/// transposed to `[N, OH·OW, OC]` (16-lane rows) for the kernel's loads; the taps split over
+/// transposed to `[N, OH·OW, OC]` (rows of whole lane blocks) for the kernel's loads; the taps split over
 /// the threads, each summing over images and positions in order.
 pub(crate) fn conv2d_weight_grad(
     kernel: Kernel<f32>,
@@ -394,20 +445,20 @@ pub(crate) fn conv2d_weight_grad(
     if pointwise(&kernel, g, out_channels) {
         return pointwise_weight_grad(kernel, image, grad, out_channels, g);
     }
-    if !direct(&kernel, out_channels) {
+    let Some(tile) = tile_for(&kernel, out_channels) else {
         return packed::conv2d_weight_grad(kernel, image, grad, out_channels, g);
-    }
+    };
     let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
     let shape = (g.batch, g.channels, g.height, g.width);
     let source = padded(image, shape, (g.padding[0], g.padding[1]), (hp, wp));
     let source_len = g.channels * hp * wp;
     let depth = g.channels * g.kernel[0] * g.kernel[1];
     let mut taps = forward_taps(g, wp);
-    taps.resize(depth.next_multiple_of(TAPS), 0); // extra taps read pixel 0; dropped
+    taps.resize(depth.next_multiple_of(tile.rows), 0); // extra taps read pixel 0; dropped
     let positions: Vec<usize> = forward_positions(g, wp).iter().map(|p| p.0).collect();
     let out_plane = g.out_height * g.out_width;
-    let blocks = out_channels.div_ceil(LANES);
-    let width = blocks * LANES;
+    let blocks = out_channels.div_ceil(tile.lanes);
+    let width = blocks * tile.lanes;
     // transposed[n, q, oc] = grad[n, oc, q], zero for oc >= OC.
     let mut transposed = zeroed(g.batch * out_plane * width);
     let parallel_copy = transposed.len() >= packed::PARALLEL_MIN;
@@ -427,9 +478,9 @@ pub(crate) fn conv2d_weight_grad(
             }
         },
     );
-    // sums[k, oc]: each task a run of whole tap tiles, all 16-lane blocks of them.
+    // sums[k, oc]: each task a run of whole tap tiles, all lane blocks of them.
     let mut sums = vec![0.0f32; taps.len() * width];
-    let tiles = taps.len() / TAPS;
+    let tiles = taps.len() / tile.rows;
     let threads = rayon::current_num_threads();
     let parallel = parallel_product(depth, out_channels, out_plane * g.batch);
     let tiles_per_task = if parallel {
@@ -453,34 +504,37 @@ pub(crate) fn conv2d_weight_grad(
                     (image, grads)
                 })
                 .collect();
-            for (t, tile_sums) in sums.chunks_exact_mut(TAPS * width).enumerate() {
-                let tile_taps: [usize; TAPS] =
-                    std::array::from_fn(|r| taps[(first_tile + t) * TAPS + r]);
+            let tile_len = tile.rows * tile.lanes;
+            for (t, tile_sums) in sums.chunks_exact_mut(tile.rows * width).enumerate() {
+                let first_tap = (first_tile + t) * tile.rows;
+                let tile_taps = &taps[first_tap..][..tile.rows];
                 for block in 0..blocks {
-                    let mut tile = [0.0f32; TAPS * LANES];
-                    for (r, lanes) in tile.chunks_exact_mut(LANES).enumerate() {
-                        lanes.copy_from_slice(&tile_sums[r * width + block * LANES..][..LANES]);
+                    let first_lane = block * tile.lanes;
+                    let mut values = [0.0f32; MAX_TILE];
+                    let values = &mut values[..tile_len];
+                    for (r, lanes) in values.chunks_exact_mut(tile.lanes).enumerate() {
+                        lanes.copy_from_slice(&tile_sums[r * width + first_lane..][..tile.lanes]);
                     }
-                    // SAFETY: `direct` checked for AVX2 and FMA; each image's `grads` holds
-                    // `width` values, the block's 16 among them, at every `q · width`; every
-                    // position plus tap lies inside its image (the forward pass's reads).
+                    // SAFETY: `tile_for` chose a kernel this CPU runs; each image's `grads`
+                    // holds `width` values, the block's lanes among them, at every `q · width`;
+                    // every position plus tap lies inside its image (the forward pass's reads).
                     unsafe {
-                        x86::tile_weight_grad_6x16(
+                        (tile.weight_grad)(
                             &images,
-                            (width, block * LANES),
+                            (width, first_lane),
                             &positions,
                             tile_taps,
-                            &mut tile,
+                            values,
                         );
                     }
-                    for (r, lanes) in tile.chunks_exact(LANES).enumerate() {
-                        tile_sums[r * width + block * LANES..][..LANES].copy_from_slice(lanes);
+                    for (r, lanes) in values.chunks_exact(tile.lanes).enumerate() {
+                        tile_sums[r * width + first_lane..][..tile.lanes].copy_from_slice(lanes);
                     }
                 }
             }
         }
     };
-    let chunk = tiles_per_task.max(1) * TAPS * width;
+    let chunk = tiles_per_task.max(1) * tile.rows * width;
     if parallel {
         sums.par_chunks_mut(chunk)
             .enumerate()
@@ -545,108 +599,166 @@ fn pointwise_weight_grad(
     sums
 }
 
-#[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::*;
+    use super::Tile;
 
-    use super::{LANES, POSITIONS, TAPS};
+    /// The register tile on AVX2+FMA: 6 rows x 16 lanes, 12 ymm accumulators.
+    pub(super) const AVX2: Tile = Tile {
+        lanes: 16,
+        rows: 6,
+        correlate: avx2::correlate,
+        weight_grad: avx2::weight_grad,
+    };
 
-    /// A tile's 6 x 16 accumulators: 6 rows of two ymm vectors.
-    type Accumulators = [[__m256; 2]; POSITIONS];
+    /// The register tile on AVX-512: 8 rows x 32 lanes, 16 zmm accumulators (as the GEMM's
+    /// 8x32 tile): 16 FMAs of 16 lanes per 2 loads and 8 broadcasts.
+    pub(super) const AVX512: Tile = Tile {
+        lanes: 32,
+        rows: 8,
+        correlate: avx512::correlate,
+        weight_grad: avx512::weight_grad,
+    };
 
-    /// `acc[r] += rows[r][offset] · (low, high)` for each of the 6 rows: a broadcast pixel
-    /// times 16 lanes.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; every `rows[r] + offset` may be read.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn multiply_add(
-        acc: &mut Accumulators,
-        rows: &[*const f32; POSITIONS],
-        offset: usize,
-        (low, high): (__m256, __m256),
-    ) {
-        for (row, acc) in rows.iter().zip(acc.iter_mut()) {
-            let x = _mm256_broadcast_ss(&*row.add(offset));
-            acc[0] = _mm256_fmadd_ps(x, low, acc[0]);
-            acc[1] = _mm256_fmadd_ps(x, high, acc[1]);
-        }
-    }
+    /// A tile's two kernels for one instruction set: `$rows` rows of two `$vector`s of
+    /// `$width` lanes each, with that set's intrinsics.
+    macro_rules! tile_kernels {
+        ($module:ident, $feature:literal, $rows:literal, $width:literal, $vector:ty,
+         $zero:ident, $set1:ident, $load:ident, $store:ident, $fma:ident) => {
+            pub(super) mod $module {
+                use std::arch::x86_64::*;
 
-    /// 16 lanes from `values`, as two vectors.
-    ///
-    /// # Safety
-    /// The CPU has AVX; `values` holds 16 floats.
-    #[inline]
-    #[target_feature(enable = "avx")]
-    unsafe fn lanes(values: *const f32) -> (__m256, __m256) {
-        (_mm256_loadu_ps(values), _mm256_loadu_ps(values.add(8)))
-    }
+                const ROWS: usize = $rows;
+                const LANES: usize = 2 * $width;
 
-    /// `tile[r, ·]` = `acc[r]`.
-    ///
-    /// # Safety
-    /// The CPU has AVX.
-    #[inline]
-    #[target_feature(enable = "avx")]
-    unsafe fn store(acc: &Accumulators, tile: &mut [f32; POSITIONS * LANES]) {
-        for (values, acc) in tile.chunks_exact_mut(LANES).zip(acc) {
-            _mm256_storeu_ps(values.as_mut_ptr(), acc[0]);
-            _mm256_storeu_ps(values.as_mut_ptr().add(8), acc[1]);
-        }
-    }
+                /// A tile's accumulators: a row of two vectors per position (or tap).
+                type Accumulators = [[$vector; 2]; ROWS];
 
-    /// `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k, m]` for 6 positions `r` and 16 lanes
-    /// `m`: 12 ymm accumulators, 2 weight vectors and a broadcast pixel; 12 FMAs per step.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `weights` holds `depth · 16` values and `taps` `depth`
-    /// offsets, each of which every `rows[r]` may be read at.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_6x16(
-        depth: usize,
-        weights: *const f32,
-        rows: [*const f32; POSITIONS],
-        taps: *const usize,
-        tile: &mut [f32; POSITIONS * LANES],
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; POSITIONS];
-        for k in 0..depth {
-            multiply_add(&mut acc, &rows, *taps.add(k), lanes(weights.add(k * LANES)));
-        }
-        store(&acc, tile);
-    }
+                /// `acc[r] += rows[r][offset] · (low, high)` for each row: a broadcast pixel
+                /// times the tile's lanes.
+                ///
+                /// # Safety
+                /// The CPU has the module's features; every `rows[r] + offset` may be read.
+                #[inline]
+                #[target_feature(enable = $feature)]
+                unsafe fn multiply_add(
+                    acc: &mut Accumulators,
+                    rows: &[*const f32; ROWS],
+                    offset: usize,
+                    (low, high): ($vector, $vector),
+                ) {
+                    for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+                        let x = $set1(*row.add(offset));
+                        acc[0] = $fma(x, low, acc[0]);
+                        acc[1] = $fma(x, high, acc[1]);
+                    }
+                }
 
-    /// `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q · stride + first_lane + m]`
-    /// for 6 taps `r` and 16 lanes `m`, over each `(image, grads)` of `images` in turn and
-    /// each `q` in order: 12 ymm accumulators, 12 FMAs per position.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; each `grads` holds 16 values at every `q · stride +
-    /// first_lane` for `q` below `positions.len()`; every `positions[q] + taps[r]` lies inside
-    /// each `image`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_weight_grad_6x16(
-        images: &[(&[f32], &[f32])],
-        (stride, first_lane): (usize, usize),
-        positions: &[usize],
-        taps: [usize; TAPS],
-        tile: &mut [f32; TAPS * LANES],
-    ) {
-        let mut acc: Accumulators = std::array::from_fn(|r| {
-            let (low, high) = lanes(tile.as_ptr().add(r * LANES));
-            [low, high]
-        });
-        for (image, grads) in images {
-            let rows: [*const f32; TAPS] = std::array::from_fn(|r| image.as_ptr().add(taps[r]));
-            let grads = grads.as_ptr().add(first_lane);
-            for (q, &position) in positions.iter().enumerate() {
-                multiply_add(&mut acc, &rows, position, lanes(grads.add(q * stride)));
+                /// A tile row's lanes from `values`, as two vectors.
+                ///
+                /// # Safety
+                /// The CPU has the module's features; `values` holds `LANES` floats.
+                #[inline]
+                #[target_feature(enable = $feature)]
+                unsafe fn lanes(values: *const f32) -> ($vector, $vector) {
+                    ($load(values), $load(values.add($width)))
+                }
+
+                /// `tile[r, ·]` = `acc[r]`.
+                ///
+                /// # Safety
+                /// The CPU has the module's features; `tile` holds `ROWS · LANES` floats.
+                #[inline]
+                #[target_feature(enable = $feature)]
+                unsafe fn store(acc: &Accumulators, tile: &mut [f32]) {
+                    for (values, acc) in tile.chunks_exact_mut(LANES).zip(acc) {
+                        $store(values.as_mut_ptr(), acc[0]);
+                        $store(values.as_mut_ptr().add($width), acc[1]);
+                    }
+                }
+
+                /// `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k, m]` for the tile's
+                /// positions `r` and lanes `m`: per step, the lanes' weights loaded once and a
+                /// pixel broadcast per row.
+                ///
+                /// # Safety
+                /// The CPU has the module's features; `rows` holds `ROWS` pointers and `tile`
+                /// `ROWS · LANES` floats; `weights` holds `depth · LANES` values and `taps`
+                /// `depth` offsets, each of which every `rows[r]` may be read at.
+                #[target_feature(enable = $feature)]
+                pub(in super::super) unsafe fn correlate(
+                    depth: usize,
+                    weights: *const f32,
+                    rows: &[*const f32],
+                    taps: *const usize,
+                    tile: &mut [f32],
+                ) {
+                    let rows: &[*const f32; ROWS] = rows.try_into().expect("a row per position");
+                    let mut acc = [[$zero(); 2]; ROWS];
+                    for k in 0..depth {
+                        multiply_add(&mut acc, rows, *taps.add(k), lanes(weights.add(k * LANES)));
+                    }
+                    store(&acc, tile);
+                }
+
+                /// `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q · stride +
+                /// first_lane + m]` for the tile's taps `r` and lanes `m`, over each `(image,
+                /// grads)` of `images` in turn and each `q` in order.
+                ///
+                /// # Safety
+                /// The CPU has the module's features; `taps` holds `ROWS` offsets and `tile`
+                /// `ROWS · LANES` floats; each `grads` holds `LANES` values at every
+                /// `q · stride + first_lane` for `q` below `positions.len()`; every
+                /// `positions[q] + taps[r]` lies inside each `image`.
+                #[target_feature(enable = $feature)]
+                pub(in super::super) unsafe fn weight_grad(
+                    images: &[(&[f32], &[f32])],
+                    (stride, first_lane): (usize, usize),
+                    positions: &[usize],
+                    taps: &[usize],
+                    tile: &mut [f32],
+                ) {
+                    let mut acc: Accumulators = std::array::from_fn(|r| {
+                        let (low, high) = lanes(tile.as_ptr().add(r * LANES));
+                        [low, high]
+                    });
+                    for (image, grads) in images {
+                        let rows: [*const f32; ROWS] =
+                            std::array::from_fn(|r| image.as_ptr().add(taps[r]));
+                        let grads = grads.as_ptr().add(first_lane);
+                        for (q, &position) in positions.iter().enumerate() {
+                            multiply_add(&mut acc, &rows, position, lanes(grads.add(q * stride)));
+                        }
+                    }
+                    store(&acc, tile);
+                }
             }
-        }
-        store(&acc, tile);
+        };
     }
+
+    tile_kernels!(
+        avx2,
+        "avx2,fma",
+        6,
+        8,
+        __m256,
+        _mm256_setzero_ps,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_fmadd_ps
+    );
+    tile_kernels!(
+        avx512,
+        "avx512f",
+        8,
+        16,
+        __m512,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps
+    );
 }
 
 #[cfg(test)]
@@ -654,15 +766,18 @@ mod tests {
     use super::super::conv::tests::{
         assert_same_bits_on_one_and_two_threads, check_kernels, geometry, on_threads, ConvFn,
     };
-    use super::super::gemm::f32_kernel;
+    use super::super::gemm::f32_kernels;
     use super::super::CpuStorage;
     use super::*;
     use proptest::prelude::*;
 
-    /// This module's three kernels against the im2col/col2im compositions (exactly: the
-    /// tests' values make every sum exact in any order).
+    /// This module's three kernels, with each micro-kernel this CPU runs (so each tile),
+    /// against the im2col/col2im compositions (exactly: the tests' values make every sum
+    /// exact in any order).
     fn check(g: &Conv2dGeometry, out_channels: usize) {
-        check_kernels(f32_kernel(), CpuStorage::F32, g, out_channels, kernels());
+        for kernel in f32_kernels() {
+            check_kernels(kernel, CpuStorage::F32, g, out_channels, kernels());
+        }
     }
 
     fn kernels() -> (ConvFn<f32>, ConvFn<f32>, ConvFn<f32>) {
@@ -686,6 +801,7 @@ mod tests {
             ((2, 32, 28, 28), 16, 1, 1, 0),
             ((2, 16, 28, 28), 1, 3, 1, 1),
             ((3, 17, 9, 11), 33, 5, 2, 2), // partial lane blocks, odd sizes
+            ((2, 40, 9, 7), 48, 3, 2, 1),  // AVX-512's 32-lane tile, a partial block
         ];
         for (image, out_channels, k, s, p) in cases {
             let g = geometry(image, [k, k], [s, s], [p, p], [1, 1]).unwrap();
@@ -725,7 +841,7 @@ mod tests {
 
         #[test]
         fn random_geometries_equal_the_reference(
-            batch in 1usize..4, channels in 12usize..21, out_channels in 12usize..21,
+            batch in 1usize..4, channels in 12usize..41, out_channels in 12usize..41,
             height in 1usize..11, width in 1usize..11, kh in 1usize..6, kw in 1usize..6,
             stride in (1usize..4, 1usize..4), padding in (0usize..4, 0usize..4),
             dilation in (1usize..3, 1usize..3), threads in 1usize..=2,

@@ -32,11 +32,15 @@ impl<T: Copy> Operand<'_, T> {
     }
 }
 
-/// Depth of a k slice: an A panel (MR x KC) and a B panel (KC x NR) of f32 fit in L1 together
-/// with room to spare (8*192*4 + 32*192*4 = 30 KiB of a 48 KiB L1; at 256, 40 KiB, the 1-thread
-/// products were 1-15% slower on an AVX-512 Xeon).
-const KC: usize = 192;
-/// Rows of A packed at once: MC x KC f32 is 144 KiB, well inside a 1 MiB L2. A multiple of
+/// Depth of a k slice, per kernel: an A panel (MR x KC) and a B panel (KC x NR) of f32 fit in
+/// L1 together with room to spare. The AVX2 and portable kernels' 256 (6*256*4 + 16*256*4 =
+/// 22 KiB); AVX-512's 8 x 32 panels take [`KC_AVX512`], as at 256 they would fill 40 KiB of a
+/// 48 KiB L1.
+const KC: usize = 256;
+/// The AVX-512 kernel's k slice (8*192*4 + 32*192*4 = 30 KiB): at 256 its 1-thread products
+/// were 1-15% slower on an AVX-512 Xeon.
+const KC_AVX512: usize = 192;
+/// Rows of A packed at once: MC x KC f32 is at most 192 KiB, well inside a 1 MiB L2. A multiple of
 /// every kernel's MR (6 and 8).
 const MC: usize = 192;
 /// Widest column block of one task: a KC x NC B block (1 MiB) lives in L2/L3.
@@ -60,6 +64,8 @@ pub(crate) struct Kernel<T: 'static> {
     pub name: &'static str,
     mr: usize,
     nr: usize,
+    /// Depth of a k slice ([`KC`]).
+    kc: usize,
     run: MicroKernel<T>,
 }
 
@@ -73,6 +79,7 @@ pub(crate) fn f32_kernels() -> Vec<Kernel<f32>> {
                 name: "avx512f",
                 mr: 8,
                 nr: 32,
+                kc: KC_AVX512,
                 run: x86::kernel_8x32_avx512,
             });
         }
@@ -82,6 +89,7 @@ pub(crate) fn f32_kernels() -> Vec<Kernel<f32>> {
                 name: "avx2+fma",
                 mr: 6,
                 nr: 16,
+                kc: KC,
                 run: x86::kernel_6x16_avx2,
             });
         }
@@ -90,6 +98,7 @@ pub(crate) fn f32_kernels() -> Vec<Kernel<f32>> {
         name: "portable",
         mr: 4,
         nr: 16,
+        kc: KC,
         run: portable_kernel::<f32, 4, 16>,
     });
     kernels
@@ -114,6 +123,7 @@ pub(crate) fn f64_kernel() -> Kernel<f64> {
         name: "portable",
         mr: 4,
         nr: 8,
+        kc: KC,
         run: portable_kernel::<f64, 4, 8>,
     }
 }
@@ -408,8 +418,8 @@ fn block<T: GemmElem>(
         let (a_buffer, b_buffer, scratch) = &mut *buffers;
         for j0 in cols.clone().step_by(NC) {
             let nc = (cols.end - j0).min(NC);
-            for p0 in (0..k).step_by(KC) {
-                let kc = (k - p0).min(KC);
+            for p0 in (0..k).step_by(kernel.kc) {
+                let kc = (k - p0).min(kernel.kc);
                 let b_packed = typed_buffer::<T>(b_buffer, nc.next_multiple_of(kernel.nr) * kc);
                 b.pack((p0, kc), (j0, nc), kernel.nr, b_packed, scratch);
                 for i0 in rows.clone().step_by(MC) {
@@ -941,7 +951,7 @@ mod tests {
 
     #[test]
     fn every_kernel_straddles_every_blocking_boundary() {
-        // MR (6, 8, 4), NR (16, 32), KC (192), MC (192), NC (1024), primes, and 1.
+        // MR (6, 8, 4), NR (16, 32), KC (192, 256), MC (192), NC (1024), primes, and 1.
         let shapes = [
             (64, 100, 600),
             (1, 1, 1),

@@ -433,8 +433,8 @@ pub(crate) fn conv2d_input_grad(
 
 /// The weight gradient `[OC, C, kh, kw]`: `Σ_n Σ_q grad[n, oc, q] · source[n][position(q) +
 /// tap(k)]` over the forward pass's padded image, positions and taps. The gradient is
-/// transposed to `[N, OH·OW, OC]` (rows of whole lane blocks) for the kernel's loads; the taps split over
-/// the threads, each summing over images and positions in order.
+/// transposed to `[N, OH·OW, OC]` (rows of whole lane blocks) for the kernel's loads; the taps
+/// split over the threads, each summing over images and positions in order.
 pub(crate) fn conv2d_weight_grad(
     kernel: Kernel<f32>,
     image: &[f32],

@@ -40,14 +40,14 @@ const KC: usize = 256;
 /// The AVX-512 kernel's k slice (8*192*4 + 32*192*4 = 30 KiB): at 256 its 1-thread products
 /// were 1-15% slower on an AVX-512 Xeon.
 const KC_AVX512: usize = 192;
-/// Rows of A packed at once: MC x KC f32 is at most 192 KiB, well inside a 1 MiB L2. A multiple of
-/// every kernel's MR (6 and 8).
+/// Rows of A packed at once: MC x KC f32 is at most 192 KiB, well inside a 1 MiB L2. A
+/// multiple of every kernel's MR (6 and 8).
 const MC: usize = 192;
 /// Widest column block of one task: a KC x NC B block (1 MiB) lives in L2/L3.
 const NC: usize = 1024;
 
 /// The largest micro-kernel tile (8 x 32), the size of the scratch tile for edges.
-const MAX_TILE: usize = 512;
+const MAX_TILE: usize = 256;
 
 /// Products with no more multiply-adds than this run on the calling thread. Measured on the
 /// 2-core AVX-512 machine with the threshold at 0, best of 3 (GFLOP/s, 1 thread vs 2):
@@ -499,16 +499,13 @@ fn pack_panels<T: GemmElem>(
         }
         if lane_stride == 1 && live == width {
             let start = source.offset + first;
+            let at = (start, depth_stride);
+            // Each arm inlines the copy with its width a constant.
             match width {
-                8 => copy_steps::<T, 8>(source.data, start, depth_stride, chunk),
-                16 => copy_steps::<T, 16>(source.data, start, depth_stride, chunk),
-                32 => copy_steps::<T, 32>(source.data, start, depth_stride, chunk),
-                _ => {
-                    for (step, values) in chunk.chunks_exact_mut(width).enumerate() {
-                        let start = start + step * depth_stride;
-                        values.copy_from_slice(&source.data[start..start + width]);
-                    }
-                }
+                8 => copy_steps(source.data, at, 8, chunk),
+                16 => copy_steps(source.data, at, 16, chunk),
+                32 => copy_steps(source.data, at, 32, chunk),
+                _ => copy_steps(source.data, at, width, chunk),
             }
         } else if depth_stride == 1
             && pack_transposed(source, first, live, depth, lane_stride, chunk)
@@ -530,19 +527,20 @@ fn pack_panels<T: GemmElem>(
     }
 }
 
-/// The contiguous case of `pack_panels` for a panel `W` lanes wide: step `p`'s `W` values are
-/// `data[start + p * depth_stride..][..W]`. With `W` known the copy is a few vector moves; a
-/// `copy_from_slice` of a run-time length was a call to memmove per step (3.6% of a
+/// The contiguous case of `pack_panels`: step `p`'s `width` values are `data[start + p *
+/// depth_stride..][..width]`. Inlined where `width` is a constant, the copy is a few vector
+/// moves; a `copy_from_slice` of a run-time length was a call to memmove per step (3.6% of a
 /// short-k product, profiled).
-fn copy_steps<T: Copy, const W: usize>(
+#[inline(always)]
+fn copy_steps<T: Copy>(
     data: &[T],
-    start: usize,
-    depth_stride: usize,
+    (start, depth_stride): (usize, usize),
+    width: usize,
     panel: &mut [T],
 ) {
-    for (step, values) in panel.chunks_exact_mut(W).enumerate() {
+    for (step, values) in panel.chunks_exact_mut(width).enumerate() {
         let start = start + step * depth_stride;
-        values.copy_from_slice(&data[start..start + W]);
+        values.copy_from_slice(&data[start..start + width]);
     }
 }
 

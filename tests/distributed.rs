@@ -79,17 +79,27 @@ fn largest_difference(a: &[(u64, f64)], b: &[(u64, f64)]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The window is short on purpose. Two ranks sum each batch's gradient as 32 + 32 where one
+/// process sums 64 at once, so the two runs differ by float reordering, about 1e-7 of a loss.
+/// That holds until some pre-activation lands within rounding of zero: its LeakyReLU then
+/// takes the other slope in one run, that sample's gradient changes by 0.8x, and Adam carries
+/// the step into the weights, after which the runs part chaotically (loss_g 3e-8 apart at
+/// step 29 and 1.4e-6 at step 30 for seed 0 on AVX-512, 1e-2 by step 50). On a 2-core
+/// AVX-512 Xeon, seeds 0 to 7 with the AVX-512 and the AVX2 kernels, the first step more than
+/// 1e-6 apart came at 14 at the earliest and after step 20 in 14 of the 16 runs; over the
+/// first 15 steps they stayed within 1.6e-6. Fifteen steps test the plumbing (the split,
+/// the all-reduce, rank 0's writes, the checkpoint) where only reordering can show.
 #[test]
 fn two_ranks_match_one_process_and_resume_in_one() {
     let dir = tempfile::tempdir().unwrap();
     let (single, pair) = (dir.path().join("single"), dir.path().join("pair"));
-    succeeded(&train(1, "gan", &single, &["--steps", "60"]));
-    let output = train(2, "gan", &pair, &["--steps", "50"]);
+    succeeded(&train(1, "gan", &single, &["--steps", "15"]));
+    let output = train(2, "gan", &pair, &["--steps", "10"]);
     succeeded(&output);
     let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("data-parallel over 2 ranks"), "{said}");
     // Rank 0 alone wrote the run folder: one line per step.
-    assert_eq!(losses(&pair, "loss_d").len(), 50);
+    assert_eq!(losses(&pair, "loss_d").len(), 10);
     for field in ["loss_d", "loss_g", "d_real", "d_fake"] {
         let moved = largest_difference(&losses(&pair, field), &losses(&single, field));
         assert!(moved < 1e-4, "{field} moved {moved:.2e} from one process's");
@@ -100,14 +110,14 @@ fn two_ranks_match_one_process_and_resume_in_one() {
         1,
         "gan",
         &pair,
-        &["--steps", "60", "--resume", path_str(&checkpoint)],
+        &["--steps", "15", "--resume", path_str(&checkpoint)],
     );
     succeeded(&resumed);
     let after: Vec<(u64, f64)> = losses(&pair, "loss_d")
         .into_iter()
-        .filter(|&(step, _)| step > 50)
+        .filter(|&(step, _)| step > 10)
         .collect();
-    assert_eq!(after.len(), 10);
+    assert_eq!(after.len(), 5);
     let moved = largest_difference(&after, &losses(&single, "loss_d"));
     assert!(moved < 1e-4, "resumed loss_d moved {moved:.2e}");
 }

@@ -6,8 +6,8 @@
 //! both are tested against.
 //!
 //! Each kernel keeps a tile of output positions x channels in registers: 8 x 32 (16 zmm
-//! accumulators) on AVX-512 from 32 channels, 6 x 16 (12 ymm) on AVX2+FMA, chosen at run time
-//! like the GEMM's micro-kernel. Per step of the reduction (a channel and a kernel tap) it
+//! accumulators) on AVX-512 from 32 channels and 14 x 16 (14 zmm) from 16, 6 x 16 (12 ymm) on
+//! AVX2+FMA, chosen at run time like the GEMM's micro-kernel. Per step of the reduction (a channel and a kernel tap) it
 //! loads the tile's weights and broadcasts a pixel per position, each read from the
 //! zero-padded image at its position's offset plus the tap's, so any stride and dilation is
 //! only a table of offsets:
@@ -27,15 +27,19 @@
 use rayon::prelude::*;
 
 use super::conv::{self as packed, for_each_chunk, parallel_product};
-use super::gemm::{gemm_with, Kernel, Operand};
+use super::gemm::{gemm_with, AlignedF32, Kernel, Operand};
 use crate::ops::conv::Conv2dGeometry;
 
 /// Positions the weight-gradient kernel sums over per call, at least (whole images).
 const GROUP_POSITIONS: usize = 512;
 
-/// The largest tile, in floats (AVX-512's 8 x 32), and its rows.
+/// The largest tile, in floats (AVX-512's 8 x 32), and the most rows of one (its 14 x 16).
 const MAX_TILE: usize = 256;
-const MAX_ROWS: usize = 8;
+const MAX_ROWS: usize = 14;
+
+/// A tile's results, on a cache line's boundary for the kernels' vector stores.
+#[repr(C, align(64))]
+struct TileValues([f32; MAX_TILE]);
 
 /// The forward and input-gradient kernel: `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k,
 /// m]` for the tile's `rows` positions and `lanes` channels (see `x86::tile_kernels!`).
@@ -68,13 +72,14 @@ struct Tile {
 }
 
 /// The tile for a convolution with `lanes` channels on the vectorised side, chosen like the
-/// GEMM's micro-kernel (`KILN_CPU_KERNEL` included): AVX-512's 8 x 32 from 32 lanes, AVX2's
-/// 6 x 16 (which every AVX-512 CPU also runs) from 16, none (the GEMM-based kernels) below
-/// that or for the portable kernel.
+/// GEMM's micro-kernel (`KILN_CPU_KERNEL` included): AVX-512's 8 x 32 from 32 lanes and its
+/// 14 x 16 from 16, AVX2's 6 x 16 from 16, none (the GEMM-based kernels) below that or for
+/// the portable kernel.
 fn tile_for(kernel: &Kernel<f32>, lanes: usize) -> Option<Tile> {
     match kernel.name {
         "avx512f" if lanes >= x86::AVX512.lanes => Some(x86::AVX512),
-        "avx512f" | "avx2+fma" if lanes >= x86::AVX2.lanes => Some(x86::AVX2),
+        "avx512f" if lanes >= x86::AVX512_NARROW.lanes => Some(x86::AVX512_NARROW),
+        "avx2+fma" if lanes >= x86::AVX2.lanes => Some(x86::AVX2),
         _ => None,
     }
 }
@@ -119,9 +124,9 @@ fn pack_lanes(
     depth: usize,
     (lanes, block_lanes): (usize, usize),
     weight: impl Fn(usize, usize) -> f32,
-) -> Vec<f32> {
+) -> AlignedF32 {
     let blocks = lanes.div_ceil(block_lanes);
-    let mut packed = vec![0.0; blocks * depth * block_lanes];
+    let mut packed = AlignedF32::zeroed(blocks * depth * block_lanes, false);
     for (index, value) in packed.iter_mut().enumerate() {
         let (block, k, lane) = (
             index / (depth * block_lanes),
@@ -144,7 +149,7 @@ struct Pass {
     /// (offset in an image's source, offset in an output plane) of each output position.
     positions: Vec<(usize, usize)>,
     /// `[lanes / block][taps.len()][block]` for the tile's lanes ([`pack_lanes`]).
-    weights: Vec<f32>,
+    weights: AlignedF32,
 }
 
 /// Runs `passes` over each image of `source` (`source_len` values apiece) into `out`
@@ -190,8 +195,8 @@ fn correlate_image(
     out: &mut [f32],
 ) {
     let depth = pass.taps.len();
-    let mut values = [0.0f32; MAX_TILE];
-    let values = &mut values[..tile.rows * tile.lanes];
+    let mut values = TileValues([0.0; MAX_TILE]);
+    let values = &mut values.0[..tile.rows * tile.lanes];
     let mut rows = [std::ptr::null::<f32>(); MAX_ROWS];
     let rows = &mut rows[..tile.rows];
     for (block, weights) in pass.weights.chunks_exact(depth * tile.lanes).enumerate() {
@@ -460,8 +465,9 @@ pub(crate) fn conv2d_weight_grad(
     let blocks = out_channels.div_ceil(tile.lanes);
     let width = blocks * tile.lanes;
     // transposed[n, q, oc] = grad[n, oc, q], zero for oc >= OC.
-    let mut transposed = zeroed(g.batch * out_plane * width);
-    let parallel_copy = transposed.len() >= packed::PARALLEL_MIN;
+    let len = g.batch * out_plane * width;
+    let parallel_copy = len >= packed::PARALLEL_MIN;
+    let mut transposed = AlignedF32::zeroed(len, parallel_copy);
     for_each_chunk(
         &mut transposed,
         out_plane * width,
@@ -510,8 +516,8 @@ pub(crate) fn conv2d_weight_grad(
                 let tile_taps = &taps[first_tap..][..tile.rows];
                 for block in 0..blocks {
                     let first_lane = block * tile.lanes;
-                    let mut values = [0.0f32; MAX_TILE];
-                    let values = &mut values[..tile_len];
+                    let mut values = TileValues([0.0; MAX_TILE]);
+                    let values = &mut values.0[..tile_len];
                     for (r, lanes) in values.chunks_exact_mut(tile.lanes).enumerate() {
                         lanes.copy_from_slice(&tile_sums[r * width + first_lane..][..tile.lanes]);
                     }
@@ -619,22 +625,36 @@ mod x86 {
         weight_grad: avx512::weight_grad,
     };
 
-    /// A tile's two kernels for one instruction set: `$rows` rows of two `$vector`s of
-    /// `$width` lanes each, with that set's intrinsics.
+    /// AVX-512's tile for 16 to 31 lanes (the U-Net's and the PixelCNN's 16-channel sides):
+    /// 14 rows x 16 lanes, 14 zmm accumulators, so those convolutions run at AVX-512's width
+    /// rather than as AVX2's 6 x 16 tile in ymm registers.
+    pub(super) const AVX512_NARROW: Tile = Tile {
+        lanes: 16,
+        rows: 14,
+        correlate: avx512_narrow::correlate,
+        weight_grad: avx512_narrow::weight_grad,
+    };
+
+    /// A tile's two kernels for one instruction set: `$rows` rows of `$vectors` `$vector`s
+    /// of `$width` lanes each, with that set's intrinsics.
     macro_rules! tile_kernels {
-        ($module:ident, $feature:literal, $rows:literal, $width:literal, $vector:ty,
-         $zero:ident, $set1:ident, $load:ident, $store:ident, $fma:ident) => {
+        ($module:ident, $feature:literal, $rows:literal, $vectors:literal, $width:literal,
+         $vector:ty, $zero:ident, $set1:ident, $load:ident, $store:ident, $fma:ident) => {
             pub(super) mod $module {
                 use std::arch::x86_64::*;
 
                 const ROWS: usize = $rows;
-                const LANES: usize = 2 * $width;
+                const VECTORS: usize = $vectors;
+                const LANES: usize = VECTORS * $width;
 
-                /// A tile's accumulators: a row of two vectors per position (or tap).
-                type Accumulators = [[$vector; 2]; ROWS];
+                /// A row of the tile's lanes, as vectors.
+                type Lanes = [$vector; VECTORS];
 
-                /// `acc[r] += rows[r][offset] · (low, high)` for each row: a broadcast pixel
-                /// times the tile's lanes.
+                /// A tile's accumulators: a row of vectors per position (or tap).
+                type Accumulators = [Lanes; ROWS];
+
+                /// `acc[r] += rows[r][offset] · lanes` for each row: a broadcast pixel times
+                /// the tile's lanes.
                 ///
                 /// # Safety
                 /// The CPU has the module's features; every `rows[r] + offset` may be read.
@@ -644,23 +664,24 @@ mod x86 {
                     acc: &mut Accumulators,
                     rows: &[*const f32; ROWS],
                     offset: usize,
-                    (low, high): ($vector, $vector),
+                    lanes: Lanes,
                 ) {
                     for (row, acc) in rows.iter().zip(acc.iter_mut()) {
                         let x = $set1(*row.add(offset));
-                        acc[0] = $fma(x, low, acc[0]);
-                        acc[1] = $fma(x, high, acc[1]);
+                        for (acc, &lanes) in acc.iter_mut().zip(&lanes) {
+                            *acc = $fma(x, lanes, *acc);
+                        }
                     }
                 }
 
-                /// A tile row's lanes from `values`, as two vectors.
+                /// A tile row's lanes from `values`, as vectors.
                 ///
                 /// # Safety
                 /// The CPU has the module's features; `values` holds `LANES` floats.
                 #[inline]
                 #[target_feature(enable = $feature)]
-                unsafe fn lanes(values: *const f32) -> ($vector, $vector) {
-                    ($load(values), $load(values.add($width)))
+                unsafe fn lanes(values: *const f32) -> Lanes {
+                    std::array::from_fn(|v| $load(values.add(v * $width)))
                 }
 
                 /// `tile[r, ·]` = `acc[r]`.
@@ -671,8 +692,9 @@ mod x86 {
                 #[target_feature(enable = $feature)]
                 unsafe fn store(acc: &Accumulators, tile: &mut [f32]) {
                     for (values, acc) in tile.chunks_exact_mut(LANES).zip(acc) {
-                        $store(values.as_mut_ptr(), acc[0]);
-                        $store(values.as_mut_ptr().add($width), acc[1]);
+                        for (v, &acc) in acc.iter().enumerate() {
+                            $store(values.as_mut_ptr().add(v * $width), acc);
+                        }
                     }
                 }
 
@@ -693,7 +715,7 @@ mod x86 {
                     tile: &mut [f32],
                 ) {
                     let rows: &[*const f32; ROWS] = rows.try_into().expect("a row per position");
-                    let mut acc = [[$zero(); 2]; ROWS];
+                    let mut acc = [[$zero(); VECTORS]; ROWS];
                     for k in 0..depth {
                         multiply_add(&mut acc, rows, *taps.add(k), lanes(weights.add(k * LANES)));
                     }
@@ -717,10 +739,8 @@ mod x86 {
                     taps: &[usize],
                     tile: &mut [f32],
                 ) {
-                    let mut acc: Accumulators = std::array::from_fn(|r| {
-                        let (low, high) = lanes(tile.as_ptr().add(r * LANES));
-                        [low, high]
-                    });
+                    let mut acc: Accumulators =
+                        std::array::from_fn(|r| lanes(tile.as_ptr().add(r * LANES)));
                     for (image, grads) in images {
                         let rows: [*const f32; ROWS] =
                             std::array::from_fn(|r| image.as_ptr().add(taps[r]));
@@ -739,6 +759,7 @@ mod x86 {
         avx2,
         "avx2,fma",
         6,
+        2,
         8,
         __m256,
         _mm256_setzero_ps,
@@ -751,6 +772,20 @@ mod x86 {
         avx512,
         "avx512f",
         8,
+        2,
+        16,
+        __m512,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps
+    );
+    tile_kernels!(
+        avx512_narrow,
+        "avx512f",
+        14,
+        1,
         16,
         __m512,
         _mm512_setzero_ps,

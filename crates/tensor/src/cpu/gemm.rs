@@ -391,6 +391,46 @@ impl Scratch {
 #[repr(C, align(64))]
 struct Aligned([u64; 8]);
 
+/// A buffer of `f32`s that starts on a 64-byte boundary, for data the SIMD kernels load a
+/// vector at a time (the direct convolutions' packed weights and transposed gradients): a
+/// `Vec<f32>` starts 16 bytes into its block, so every AVX-512 load of it would split a
+/// cache line.
+pub(crate) struct AlignedF32 {
+    buffer: Vec<Aligned>,
+    len: usize,
+}
+
+impl AlignedF32 {
+    /// `len` zeros; written over rayon's threads when `parallel`.
+    pub(crate) fn zeroed(len: usize, parallel: bool) -> AlignedF32 {
+        let chunks = (len * std::mem::size_of::<f32>()).div_ceil(std::mem::size_of::<Aligned>());
+        let mut buffer = Vec::with_capacity(chunks);
+        if parallel {
+            buffer.par_extend(rayon::iter::repeat_n(Aligned::default(), chunks));
+        } else {
+            buffer.resize(chunks, Aligned::default());
+        }
+        AlignedF32 { buffer, len }
+    }
+}
+
+impl std::ops::Deref for AlignedF32 {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        // SAFETY: the buffer holds at least `len` f32s (zeros or what was written since), and
+        // its alignment of 64 is more than f32 needs.
+        unsafe { std::slice::from_raw_parts(self.buffer.as_ptr().cast::<f32>(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedF32 {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as for `deref`, through the unique borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.buffer.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+}
+
 /// `buffer` grown to hold `len` values of `T`, as a `&mut [T]`.
 fn typed_buffer<T: GemmElem>(buffer: &mut Vec<Aligned>, len: usize) -> &mut [T] {
     let bytes = len * std::mem::size_of::<T>();

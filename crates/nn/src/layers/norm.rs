@@ -534,12 +534,18 @@ pub fn group_norm(
             ));
         }
     }
-    let grouped = x.reshape([n, num_groups, x.elem_count() / (n * num_groups).max(1)])?; // [N, G, C/G·*]
-    let mean = grouped.mean(&[2], true)?; // [N, G, 1]
-    let centered = grouped.sub(&mean)?;
-    let var = centered.square()?.mean(&[2], true)?; // [N, G, 1]
-    let mut y = centered.div(&var.add_scalar(eps)?.sqrt()?)?.reshape(dims)?; // [N, C, *]
-                                                                             // weight and bias [C] → [C, 1, .., 1], broadcast over N and the positions.
+    let per_group = x.elem_count() / (n * num_groups).max(1);
+    let mut y = if per_group > 0 {
+        // Each (sample, group) as a channel of batch norm's fused kernels: [1, N·G, C/G·*],
+        // normalised over its C/G·* values with the biased variance, as group norm is.
+        let (y, _, _) = x
+            .reshape([1, n * num_groups, per_group])?
+            .batch_norm_train(None, None, eps)?;
+        y.reshape(dims)?
+    } else {
+        x.clone() // no values to normalise
+    };
+    // weight and bias [C] → [C, 1, .., 1], broadcast over N and the positions.
     let per_channel: Vec<usize> = std::iter::once(channels)
         .chain(std::iter::repeat_n(1, dims.len() - 2))
         .collect();

@@ -1,7 +1,8 @@
 //! Batch norm's CPU kernels: per-channel batch statistics, the normalising forward and the
 //! fused training-mode backward, over `x [N, C, *]` read as `(outer, channels, inner)` in
-//! row-major order. They are the references of kernels/norm.cu. Not for layer or group norm,
-//! which kiln-nn composes from tensor ops.
+//! row-major order. They are the references of kernels/norm.cu. kiln-nn's group norm runs on
+//! them too, each (sample, group) a channel of `[1, N·G, C/G·*]`; layer norm is composed from
+//! tensor ops.
 
 use rayon::prelude::*;
 

@@ -1,7 +1,7 @@
 //! Training-mode batch norm as one op (`Tensor::batch_norm_train`): the batch statistics, the
 //! normalisation and the affine map in two kernels, and a fused two-pass backward; and
 //! evaluation mode with given statistics (`Tensor::batch_norm_eval`, untracked) in the same
-//! normalising kernel. Not for layer or group norm.
+//! normalising kernel. kiln-nn's group norm calls `batch_norm_train` on `[1, N·G, C/G·*]`.
 
 use crate::backend::Operand;
 use crate::op::Op;

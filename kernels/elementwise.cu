@@ -56,6 +56,13 @@ template <typename M> __device__ __forceinline__ M math_sigmoid(M x) {
     return math_div(e, math_add((M)1, e));
 }
 
+// SiLU's derivative s·(1 + x·(1 - s)), s = sigmoid(x), each operation rounded to M in that
+// order (cpu::elementwise's SILU_DERIVATIVE).
+template <typename M> __device__ __forceinline__ M math_silu_derivative(M x) {
+    const M s = math_sigmoid(x);
+    return math_mul(s, math_add((M)1, math_mul(x, math_sub((M)1, s))));
+}
+
 // ---- Conversions through f64, as the CPU's WithDType::to_f64 / from_f64 ----
 
 __device__ __forceinline__ double to_f64(u8 x) { return (double)x; }
@@ -156,6 +163,8 @@ KILN_ALL_DTYPES(CONVERT_FROM, _)
     X(sigmoid, math_sigmoid(x))                                             \
     X(tanh, math_tanh(x))                                                   \
     X(softplus, math_add(math_max(x, zero), math_log1p(math_exp(-math_abs(x))))) \
+    X(silu, math_mul(x, math_sigmoid(x)))                                   \
+    X(silu_derivative, math_silu_derivative(x))                             \
     X(powf, math_pow(x, p0))                                                \
     X(clamp, x != x ? x : math_min(math_max(x, p0), p1))                    \
     X(affine, math_add(math_mul(x, p0), p1))

@@ -99,10 +99,10 @@ impl UNet {
     /// ε̂ `[B, 1, 28, 28]` for noisy images `x [B, 1, 28, 28]` at (0-based) steps `t [B]`.
     pub fn forward(&self, x: &Tensor, t: &[usize]) -> Result<Tensor> {
         let sinusoid = timestep_embedding(t, self.embedding_dim, x.dtype(), x.device())?;
-        let hidden = silu(&self.time_mlp[0].forward(&sinusoid)?)?;
+        let hidden = self.time_mlp[0].forward(&sinusoid)?.silu()?;
         let embedding = self.time_mlp[1].forward(&hidden)?; // [B, 4·c0]
                                                             // The blocks take SiLU of the embedding, as Ho et al.'s do; computed once here.
-        let embedding = silu(&embedding)?;
+        let embedding = embedding.silu()?;
 
         let h = self.conv_in.forward(x)?; // [B, c0, 28, 28]
         let skip0 = self.down[0].forward(&h, &embedding)?; // [B, c0, 28, 28]
@@ -117,7 +117,7 @@ impl UNet {
         let h = self.up[1].forward(&Tensor::cat(&[&h, &skip1], 1)?, &embedding)?; // [B, c1, 14, 14]
         let h = self.upsample[0].forward(&h.upsample_nearest2d(28, 28)?)?; // [B, c1, 28, 28]
         let h = self.up[0].forward(&Tensor::cat(&[&h, &skip0], 1)?, &embedding)?; // [B, c0, 28, 28]
-        self.conv_out.forward(&silu(&self.out_norm.forward(&h)?)?)
+        self.conv_out.forward(&self.out_norm.forward(&h)?.silu()?)
     }
 }
 
@@ -149,10 +149,10 @@ impl ResBlock {
 
     /// `x [B, cin, H, W]`, `embedding [B, E]` (after SiLU) → `[B, cout, H, W]`.
     fn forward(&self, x: &Tensor, embedding: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?; // [B, cout, H, W]
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?; // [B, cout, H, W]
         let shift = self.time.forward(embedding)?; // [B, cout]
         let h = h.add(&shift.reshape([shift.dims()[0], shift.dims()[1], 1, 1])?)?;
-        let h = self.conv2.forward(&silu(&self.norm2.forward(&h)?)?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
         let skip = match &self.skip {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -172,11 +172,6 @@ fn conv3x3(path: &Path, cin: usize, cout: usize, zero: bool) -> Result<Conv2d> {
         config.bias_init = Some(Init::Constant(0.0));
     }
     Conv2d::new(path, cin, cout, [3, 3], config)
-}
-
-/// x·sigmoid(x).
-fn silu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.mul(&x.sigmoid()?)?)
 }
 
 /// The Transformer's sinusoidal position embedding of each step, `[B, dim]`: for

@@ -21,6 +21,11 @@ pub enum UnaryOp {
     /// log(1 + e^x), computed as max(x, 0) + log1p(e^-|x|) so it neither overflows nor
     /// loses small values.
     Softplus,
+    /// x·sigmoid(x) (SiLU, swish), with the sigmoid rounded to the math type before the
+    /// product, as `x.mul(&x.sigmoid())` rounds in f32.
+    Silu,
+    /// SiLU's derivative, `s·(1 + x·(1 - s))` with `s` = sigmoid(x): its backward's factor.
+    SiluDerivative,
     Powf(f64),
     Clamp(f64, f64),
     /// x * mul + add.

@@ -342,6 +342,16 @@ proptest! {
     }
 
     #[test]
+    fn silu(x in input(0, any_value())) {
+        check(&[&x], |t| t[0].silu())?;
+    }
+
+    #[test]
+    fn silu_derivative(x in input(0, any_value())) {
+        check(&[&x], |t| t[0].silu_derivative())?;
+    }
+
+    #[test]
     fn clamp(x in input(0, away_from(&[-0.5, 0.7], 0.05))) {
         check(&[&x], |t| t[0].clamp(-0.5, 0.7))?;
     }

@@ -181,6 +181,7 @@ const SMOOTH: &[(&str, Function)] = &[
     ("sigmoid", |t| t[0].sigmoid()),
     ("tanh", |t| t[0].tanh()),
     ("softplus", |t| t[0].softplus()),
+    ("silu", |t| t[0].silu()),
     ("mul", |t| t[0].mul(&t[1])),
     ("div", |t| t[0].div(&t[1])),
     ("matmul", |t| t[0].matmul(&t[1].t()?)),

@@ -402,6 +402,30 @@ fn sigmoid_and_tanh() -> R {
 }
 
 #[test]
+fn silu_is_x_times_its_sigmoid_and_its_derivative_matches() -> R {
+    // silu(0) = 0, silu(ln 3) = ln 3 · 3/4, silu(-ln 3) = -ln 3 · 1/4; the derivative
+    // s·(1 + x·(1 - s)) is 1/2 at 0 and 3/4·(1 + ln 3/4) at ln 3.
+    let ln3 = 3f64.ln();
+    check_unary(
+        &[0., ln3, -ln3],
+        |x| x.silu(),
+        &[0., ln3 * 0.75, -ln3 * 0.25],
+    )?;
+    check_unary(
+        &[0., ln3],
+        |x| x.silu_derivative(),
+        &[0.5, 0.75 * (1.0 + ln3 / 4.0)],
+    )?;
+    // In f32 the fused op gives the bits of the composition x·sigmoid(x).
+    let x = t32(&[-7.5, -1.25, -0.1, 0.3, 2.0, 11.0], &[6])?;
+    assert_eq!(
+        x.silu()?.to_vec::<f32>()?,
+        x.mul(&x.sigmoid()?)?.to_vec::<f32>()?
+    );
+    Ok(())
+}
+
+#[test]
 fn softplus_is_stable() -> R {
     // softplus(0) = ln 2, softplus(ln 3) = ln(1 + 3) = ln 4.
     let ln3 = 3f64.ln();

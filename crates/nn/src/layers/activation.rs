@@ -65,6 +65,6 @@ pub struct SiLU;
 
 impl Module for SiLU {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.mul(&x.sigmoid()?)?)
+        Ok(x.silu()?)
     }
 }

@@ -25,6 +25,8 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
         | UnaryOp::Sigmoid
         | UnaryOp::Tanh
         | UnaryOp::Softplus
+        | UnaryOp::Silu
+        | UnaryOp::SiluDerivative
         | UnaryOp::Powf(_) => Work::Heavy,
         _ => Work::Light,
     };
@@ -56,6 +58,8 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
         UnaryOp::Sigmoid => map1_work(work, data, layout, Transcendental::<SIGMOID>),
         UnaryOp::Tanh => map1_work(work, data, layout, Transcendental::<TANH>),
         UnaryOp::Softplus => map1_work(work, data, layout, Transcendental::<SOFTPLUS>),
+        UnaryOp::Silu => map1_work(work, data, layout, Transcendental::<SILU>),
+        UnaryOp::SiluDerivative => map1_work(work, data, layout, Transcendental::<SILU_DERIVATIVE>),
         UnaryOp::Powf(exponent) => map_math(data, layout, work, move |x| x.powf(c(exponent))),
         UnaryOp::Clamp(min, max) => {
             let (min, max) = (c(min), c(max));
@@ -80,6 +84,8 @@ const LOG: u8 = 1;
 const SIGMOID: u8 = 2;
 const TANH: u8 = 3;
 const SOFTPLUS: u8 = 4;
+const SILU: u8 = 5;
+const SILU_DERIVATIVE: u8 = 6;
 
 impl<T: FloatDType, const OP: u8> Elementwise<T, T> for Transcendental<OP> {
     #[inline(always)]
@@ -90,7 +96,14 @@ impl<T: FloatDType, const OP: u8> Elementwise<T, T> for Transcendental<OP> {
             LOG => x.vln(),
             SIGMOID => x.vsigmoid(),
             TANH => x.vtanh(),
-            _ => x.vsoftplus(),
+            SOFTPLUS => x.vsoftplus(),
+            // Each operation rounded to the math type, as kernels/elementwise.cu does.
+            SILU => x * x.vsigmoid(),
+            _ => {
+                let s = x.vsigmoid();
+                let one = T::math_from_f64(1.0);
+                s * (one + x * (one - s))
+            }
         })
     }
 }

@@ -95,6 +95,8 @@ fn unary_kernel(op: UnaryOp) -> (&'static str, f64, f64) {
         UnaryOp::Sigmoid => ("sigmoid", 0.0, 0.0),
         UnaryOp::Tanh => ("tanh", 0.0, 0.0),
         UnaryOp::Softplus => ("softplus", 0.0, 0.0),
+        UnaryOp::Silu => ("silu", 0.0, 0.0),
+        UnaryOp::SiluDerivative => ("silu_derivative", 0.0, 0.0),
         UnaryOp::Powf(exponent) => ("powf", exponent, 0.0),
         UnaryOp::Clamp(min, max) => ("clamp", min, max),
         UnaryOp::Affine(mul, add) => ("affine", mul, add),

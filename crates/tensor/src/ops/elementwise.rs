@@ -49,6 +49,15 @@ impl Tensor {
     pub fn softplus(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Softplus)
     }
+    /// x·sigmoid(x) (SiLU, PyTorch's `F.silu`) in one pass, its backward in two.
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+    /// SiLU's derivative `s·(1 + x·(1 - s))`, `s` = sigmoid(x), per element: the factor
+    /// [`Tensor::silu`]'s backward multiplies the gradient by.
+    pub fn silu_derivative(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::SiluDerivative)
+    }
     pub fn powf(&self, exponent: f64) -> Result<Tensor> {
         self.unary(UnaryOp::Powf(exponent))
     }
@@ -203,6 +212,8 @@ fn unary_name(op: UnaryOp) -> &'static str {
         UnaryOp::Sigmoid => "sigmoid",
         UnaryOp::Tanh => "tanh",
         UnaryOp::Softplus => "softplus",
+        UnaryOp::Silu => "silu",
+        UnaryOp::SiluDerivative => "silu_derivative",
         UnaryOp::Powf(_) => "powf",
         UnaryOp::Clamp(_, _) => "clamp",
         UnaryOp::Affine(_, _) => "affine",
@@ -233,6 +244,15 @@ pub(crate) fn unary_backward(x: &Tensor, op: UnaryOp, y: &Tensor, grad: &Tensor)
         UnaryOp::Sigmoid => grad.mul(&y.mul(&y.affine(-1.0, 1.0)?)?),
         UnaryOp::Tanh => grad.mul(&y.square()?.affine(-1.0, 1.0)?),
         UnaryOp::Softplus => grad.mul(&x.sigmoid()?),
+        UnaryOp::Silu => grad.mul(&x.unary(UnaryOp::SiluDerivative)?),
+        // d/dx s·(1 + x·(1 - s)) = s·(1 - s)·(2 + x·(1 - 2s)), composed so that it records
+        // (a third derivative goes through sigmoid's rule).
+        UnaryOp::SiluDerivative => {
+            let s = x.sigmoid()?;
+            let slope = s.mul(&s.affine(-1.0, 1.0)?)?;
+            let bend = x.mul(&s.affine(-2.0, 1.0)?)?.add_scalar(2.0)?;
+            grad.mul(&slope.mul(&bend)?)
+        }
         UnaryOp::Powf(exponent) => grad.mul(&x.powf(exponent - 1.0)?.mul_scalar(exponent)?),
         // Gradient passes where min <= x <= max, as in PyTorch.
         UnaryOp::Clamp(min, max) => {

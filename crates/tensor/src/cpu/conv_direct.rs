@@ -768,32 +768,27 @@ mod x86 {
         _mm256_storeu_ps,
         _mm256_fmadd_ps
     );
-    tile_kernels!(
-        avx512,
-        "avx512f",
-        8,
-        2,
-        16,
-        __m512,
-        _mm512_setzero_ps,
-        _mm512_set1_ps,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_fmadd_ps
-    );
-    tile_kernels!(
-        avx512_narrow,
-        "avx512f",
-        14,
-        1,
-        16,
-        __m512,
-        _mm512_setzero_ps,
-        _mm512_set1_ps,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_fmadd_ps
-    );
+    /// An AVX-512 tile's kernels: `$rows` rows of `$vectors` zmm registers.
+    macro_rules! avx512_tile_kernels {
+        ($module:ident, $rows:literal, $vectors:literal) => {
+            tile_kernels!(
+                $module,
+                "avx512f",
+                $rows,
+                $vectors,
+                16,
+                __m512,
+                _mm512_setzero_ps,
+                _mm512_set1_ps,
+                _mm512_loadu_ps,
+                _mm512_storeu_ps,
+                _mm512_fmadd_ps
+            );
+        };
+    }
+
+    avx512_tile_kernels!(avx512, 8, 2);
+    avx512_tile_kernels!(avx512_narrow, 14, 1);
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@
 //!
 //! Each kernel keeps a tile of output positions x channels in registers: 8 x 32 (16 zmm
 //! accumulators) on AVX-512 from 32 channels and 14 x 16 (14 zmm) from 16, 6 x 16 (12 ymm) on
-//! AVX2+FMA, chosen at run time like the GEMM's micro-kernel. Per step of the reduction (a channel and a kernel tap) it
-//! loads the tile's weights and broadcasts a pixel per position, each read from the
-//! zero-padded image at its position's offset plus the tap's, so any stride and dilation is
-//! only a table of offsets:
+//! AVX2+FMA, chosen at run time like the GEMM's micro-kernel. Per step of the reduction (a
+//! channel and a kernel tap) it loads the tile's weights and broadcasts a pixel per position,
+//! each read from the zero-padded image at its position's offset plus the tap's, so any stride
+//! and dilation is only a table of offsets:
 //!
 //! ```text
 //! out[n, m, q] = Σ_k source[n][position(q) + tap(k)] · weights[k, m]

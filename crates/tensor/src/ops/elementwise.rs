@@ -244,7 +244,7 @@ pub(crate) fn unary_backward(x: &Tensor, op: UnaryOp, y: &Tensor, grad: &Tensor)
         UnaryOp::Sigmoid => grad.mul(&y.mul(&y.affine(-1.0, 1.0)?)?),
         UnaryOp::Tanh => grad.mul(&y.square()?.affine(-1.0, 1.0)?),
         UnaryOp::Softplus => grad.mul(&x.sigmoid()?),
-        UnaryOp::Silu => grad.mul(&x.unary(UnaryOp::SiluDerivative)?),
+        UnaryOp::Silu => grad.mul(&x.silu_derivative()?),
         // d/dx s·(1 + x·(1 - s)) = s·(1 - s)·(2 + x·(1 - 2s)), composed so that it records
         // (a third derivative goes through sigmoid's rule).
         UnaryOp::SiluDerivative => {

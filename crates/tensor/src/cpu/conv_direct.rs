@@ -6,8 +6,9 @@
 //! both are tested against.
 //!
 //! Each kernel keeps a tile of output positions x channels in registers: 8 x 32 (16 zmm
-//! accumulators) on AVX-512 from 32 channels and 14 x 16 (14 zmm) from 16, 6 x 16 (12 ymm) on
-//! AVX2+FMA, chosen at run time like the GEMM's micro-kernel. Per step of the reduction (a
+//! accumulators) on AVX-512 from 32 channels (7 x 32 for planes that sevens fill and eights
+//! do not, as 7 x 7 and 14 x 14) and 14 x 16 (14 zmm) from 16, 6 x 16 (12 ymm) on AVX2+FMA,
+//! chosen at run time like the GEMM's micro-kernel. Per step of the reduction (a
 //! channel and a kernel tap) it loads the tile's weights and broadcasts a pixel per position,
 //! each read from the zero-padded image at its position's offset plus the tap's, so any stride
 //! and dilation is only a table of offsets:
@@ -119,23 +120,24 @@ fn padded(
 }
 
 /// `weights[k, m]` for `m` in `0..lanes` packed as blocks of a tile's lanes, `[lanes /
-/// block][depth][block]`, zero past the last lane.
+/// block][depth][block]`, zero past the last lane; `weights[k, m]` is `weight[base + m ·
+/// stride]` for `(base, stride) = step(k)`.
 fn pack_lanes(
+    weight: &[f32],
     depth: usize,
     (lanes, block_lanes): (usize, usize),
-    weight: impl Fn(usize, usize) -> f32,
+    step: impl Fn(usize) -> (usize, usize),
 ) -> AlignedF32 {
     let blocks = lanes.div_ceil(block_lanes);
     let mut packed = AlignedF32::zeroed(blocks * depth * block_lanes, false);
-    for (index, value) in packed.iter_mut().enumerate() {
-        let (block, k, lane) = (
-            index / (depth * block_lanes),
-            index / block_lanes % depth,
-            index % block_lanes,
-        );
-        let m = block * block_lanes + lane;
-        if m < lanes {
-            *value = weight(k, m);
+    for k in 0..depth {
+        let (base, stride) = step(k);
+        for (block, packed) in packed.chunks_exact_mut(depth * block_lanes).enumerate() {
+            let first = block * block_lanes;
+            let row = &mut packed[k * block_lanes..][..(lanes - first).min(block_lanes)];
+            for (lane, value) in row.iter_mut().enumerate() {
+                *value = weight[base + (first + lane) * stride];
+            }
         }
     }
     packed
@@ -195,6 +197,7 @@ fn correlate_image(
     out: &mut [f32],
 ) {
     let depth = pass.taps.len();
+    let tile = x86::fitted(tile, pass.positions.len());
     let mut values = TileValues([0.0; MAX_TILE]);
     let values = &mut values.0[..tile.rows * tile.lanes];
     let mut rows = [std::ptr::null::<f32>(); MAX_ROWS];
@@ -325,9 +328,7 @@ pub(crate) fn conv2d(
         taps: forward_taps(g, wp),
         positions: forward_positions(g, wp),
         // weights[k, m] = weight[m, c, ki, kj]
-        weights: pack_lanes(depth, (out_channels, tile.lanes), |k, m| {
-            weight[m * depth + k]
-        }),
+        weights: pack_lanes(weight, depth, (out_channels, tile.lanes), |k| (k, depth)),
     };
     let mut out = zeroed(g.batch * out_channels * out_plane);
     correlate(
@@ -413,9 +414,10 @@ pub(crate) fn conv2d_input_grad(
             })
             .collect();
         // weights[k, c] = weight[oc, c, a + s·t, b + s·u]
-        let weights = pack_lanes(depth, (g.channels, tile.lanes), |k, c| {
+        let weights = pack_lanes(weight, depth, (g.channels, tile.lanes), |k| {
             let (oc, t, u) = step(k);
-            weight[(oc * g.channels + c) * taps_total + (a + sh * t) * kw + b + sw * u]
+            let tap = (a + sh * t) * kw + b + sw * u;
+            (oc * g.channels * taps_total + tap, taps_total)
         });
         passes.push(Pass {
             taps,
@@ -552,8 +554,10 @@ pub(crate) fn conv2d_weight_grad(
     }
     // out[oc, k] = sums[k, oc]
     let mut out = vec![0.0f32; out_channels * depth];
-    for (index, value) in out.iter_mut().enumerate() {
-        *value = sums[(index % depth) * width + index / depth];
+    for (oc, row) in out.chunks_exact_mut(depth.max(1)).enumerate() {
+        for (k, value) in row.iter_mut().enumerate() {
+            *value = sums[k * width + oc];
+        }
     }
     out
 }
@@ -624,6 +628,28 @@ mod x86 {
         correlate: avx512::correlate,
         weight_grad: avx512::weight_grad,
     };
+
+    /// AVX-512's 32-lane tile with 7 rows (14 zmm accumulators), for output planes that
+    /// groups of 7 positions fill and groups of 8 do not: the 7 x 7 and 14 x 14 ones, whose
+    /// last group of 8 ran part empty (DCGAN's and the conv VAE's strided layers, 12% of
+    /// their tiles).
+    const AVX512_SEVEN: Tile = Tile {
+        lanes: 32,
+        rows: 7,
+        correlate: avx512_seven::correlate,
+        weight_grad: avx512_seven::weight_grad,
+    };
+
+    /// `tile`, or the tile of its lanes with fewer rows where those leave fewer rows of the
+    /// last group of `positions` empty.
+    pub(super) fn fitted(tile: Tile, positions: usize) -> Tile {
+        let unused = |t: &Tile| positions.div_ceil(t.rows) * t.rows - positions;
+        if tile.lanes == AVX512.lanes && unused(&AVX512_SEVEN) < unused(&tile) {
+            AVX512_SEVEN
+        } else {
+            tile
+        }
+    }
 
     /// AVX-512's tile for 16 to 31 lanes (the U-Net's and the PixelCNN's 16-channel sides):
     /// 14 rows x 16 lanes, 14 zmm accumulators, so those convolutions run at AVX-512's width
@@ -788,6 +814,7 @@ mod x86 {
     }
 
     avx512_tile_kernels!(avx512, 8, 2);
+    avx512_tile_kernels!(avx512_seven, 7, 2);
     avx512_tile_kernels!(avx512_narrow, 14, 1);
 }
 

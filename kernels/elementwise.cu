@@ -160,6 +160,9 @@ KILN_ALL_DTYPES(CONVERT_FROM, _)
     /* NaN passes through relu and clamp, as on the CPU */                  \
     X(relu, x < zero ? zero : x)                                            \
     X(leaky_relu, x > zero ? x : math_mul(x, p0))                           \
+    /* p0 = 1 - slope, p1 = slope: [x > 0]·p0 + p1, as the CPU rounds it */  \
+    X(leaky_relu_derivative,                                                \
+      math_add(math_mul(x > zero ? (M)1 : zero, p0), p1))                   \
     X(sigmoid, math_sigmoid(x))                                             \
     X(tanh, math_tanh(x))                                                   \
     X(softplus, math_add(math_max(x, zero), math_log1p(math_exp(-math_abs(x))))) \

@@ -16,6 +16,10 @@ pub enum UnaryOp {
     Sign,
     Relu,
     LeakyRelu(f64),
+    /// 1 where x > 0, else the slope (0 for ReLU; NaN takes the slope): the factor the
+    /// backward of leaky_relu (and of relu, slope 0) multiplies the gradient by, rounded as
+    /// the mask-and-affine composition `[x > 0]·(1 - slope) + slope` rounds.
+    LeakyReluDerivative(f64),
     Sigmoid,
     Tanh,
     /// log(1 + e^x), computed as max(x, 0) + log1p(e^-|x|) so it neither overflows nor

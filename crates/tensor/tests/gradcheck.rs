@@ -327,6 +327,11 @@ proptest! {
     }
 
     #[test]
+    fn leaky_relu_derivative(x in input(0, away_from(&[0.0], 0.05)), slope in 0.0..0.5f64) {
+        check(&[&x], |t| t[0].leaky_relu_derivative(slope))?;
+    }
+
+    #[test]
     fn sigmoid(x in input(0, any_value())) {
         check(&[&x], |t| t[0].sigmoid())?;
     }

@@ -376,6 +376,32 @@ fn relu_and_leaky_relu() -> R {
 }
 
 #[test]
+fn leaky_relu_derivative_is_one_above_zero_and_the_slope_elsewhere() -> R {
+    let input = [-2., 0., 3., f64::NAN, -0.];
+    check_unary(
+        &input,
+        |x| x.leaky_relu_derivative(0.2),
+        &[0.2, 0.2, 1., 0.2, 0.2],
+    )?;
+    check_unary(
+        &input,
+        |x| x.leaky_relu_derivative(0.0),
+        &[0., 0., 1., 0., 0.],
+    )?;
+    // In f32 the one op gives the bits of the composition it replaced in the backward,
+    // [x > 0]·(1 - slope) + slope, for slopes whose 1 - slope and sum round in f32.
+    let x = t32(&[-7.5, -0.0, 0.0, 1e-30, 2.0, f32::NAN], &[6])?;
+    for slope in [0.0, 0.01, 0.2, 0.3, 0.7] {
+        let mask = x.gt(&x.zeros_like()?)?.to_dtype(DType::F32)?;
+        assert_eq!(
+            x.leaky_relu_derivative(slope)?.to_vec::<f32>()?,
+            mask.affine(1.0 - slope, slope)?.to_vec::<f32>()?,
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn sigmoid_and_tanh() -> R {
     // sigmoid(ln 3) = 1 / (1 + 1/3) = 3/4; sigmoid(-ln 3) = 1/4.
     let ln3 = 3f64.ln();

@@ -55,6 +55,16 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
                 move |x| if x > zero { x } else { x * slope },
             )
         }
+        UnaryOp::LeakyReluDerivative(slope) => {
+            let (rise, slope) = (c(1.0 - slope), c(slope));
+            let (above, below) = (c(1.0) * rise + slope, zero * rise + slope);
+            map_math(
+                data,
+                layout,
+                work,
+                move |x| if x > zero { above } else { below },
+            )
+        }
         UnaryOp::Sigmoid => map1_work(work, data, layout, Transcendental::<SIGMOID>),
         UnaryOp::Tanh => map1_work(work, data, layout, Transcendental::<TANH>),
         UnaryOp::Softplus => map1_work(work, data, layout, Transcendental::<SOFTPLUS>),

@@ -92,6 +92,7 @@ fn unary_kernel(op: UnaryOp) -> (&'static str, f64, f64) {
         UnaryOp::Sign => ("sign", 0.0, 0.0),
         UnaryOp::Relu => ("relu", 0.0, 0.0),
         UnaryOp::LeakyRelu(slope) => ("leaky_relu", slope, 0.0),
+        UnaryOp::LeakyReluDerivative(slope) => ("leaky_relu_derivative", 1.0 - slope, slope),
         UnaryOp::Sigmoid => ("sigmoid", 0.0, 0.0),
         UnaryOp::Tanh => ("tanh", 0.0, 0.0),
         UnaryOp::Softplus => ("softplus", 0.0, 0.0),

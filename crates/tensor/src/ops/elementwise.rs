@@ -39,6 +39,12 @@ impl Tensor {
     pub fn leaky_relu(&self, negative_slope: f64) -> Result<Tensor> {
         self.unary(UnaryOp::LeakyRelu(negative_slope))
     }
+    /// 1 where x > 0, else `negative_slope` (NaN included), per element: the factor the
+    /// backward of [`Tensor::leaky_relu`] (and of [`Tensor::relu`], slope 0) multiplies the
+    /// gradient by, in one pass.
+    pub fn leaky_relu_derivative(&self, negative_slope: f64) -> Result<Tensor> {
+        self.unary(UnaryOp::LeakyReluDerivative(negative_slope))
+    }
     pub fn sigmoid(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Sigmoid)
     }
@@ -209,6 +215,7 @@ fn unary_name(op: UnaryOp) -> &'static str {
         UnaryOp::Sign => "sign",
         UnaryOp::Relu => "relu",
         UnaryOp::LeakyRelu(_) => "leaky_relu",
+        UnaryOp::LeakyReluDerivative(_) => "leaky_relu_derivative",
         UnaryOp::Sigmoid => "sigmoid",
         UnaryOp::Tanh => "tanh",
         UnaryOp::Softplus => "softplus",
@@ -238,9 +245,12 @@ pub(crate) fn unary_backward(x: &Tensor, op: UnaryOp, y: &Tensor, grad: &Tensor)
         UnaryOp::Sqrt => grad.div(&y.mul_scalar(2.0)?),
         UnaryOp::Abs => grad.mul(&x.detach().sign()?),
         UnaryOp::Sign => grad.zeros_like(),
-        UnaryOp::Relu => grad.mul(&x.mask(CmpOp::Gt, 0.0)?),
-        // slope + (1 - slope) * [x > 0]
-        UnaryOp::LeakyRelu(slope) => grad.mul(&x.mask(CmpOp::Gt, 0.0)?.affine(1.0 - slope, slope)?),
+        // [x > 0]·(1 - slope) + slope, in one pass on the detached input (a constant factor,
+        // as the mask it replaces).
+        UnaryOp::Relu => grad.mul(&x.detach().leaky_relu_derivative(0.0)?),
+        UnaryOp::LeakyRelu(slope) => grad.mul(&x.detach().leaky_relu_derivative(slope)?),
+        // Piecewise constant.
+        UnaryOp::LeakyReluDerivative(_) => grad.zeros_like(),
         UnaryOp::Sigmoid => grad.mul(&y.mul(&y.affine(-1.0, 1.0)?)?),
         UnaryOp::Tanh => grad.mul(&y.square()?.affine(-1.0, 1.0)?),
         UnaryOp::Softplus => grad.mul(&x.sigmoid()?),

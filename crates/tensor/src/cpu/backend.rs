@@ -278,8 +278,11 @@ impl BackendStorage for CpuStorage {
             conv::conv2d as ConvKernel<f64>,
         );
         // With one output channel the product is a matrix-vector one, which the lowering's
-        // matmul runs as dot products (so for the weight gradient below).
-        if out_channels > 1 {
+        // matmul runs as dot products (so for the weight gradient below), unless the f32
+        // kernels run it along the output rows.
+        let along_rows = matches!(self, CpuStorage::F32(_))
+            && f32_conv::along_rows(&gemm::f32_kernel(), g, out_channels);
+        if out_channels > 1 || along_rows {
             if let Some(out) =
                 direct_conv("conv2d", (self, layout), weight, out_channels, g, kernels)?
             {
@@ -324,7 +327,9 @@ impl BackendStorage for CpuStorage {
             f32_conv::conv2d_weight_grad as ConvKernel<f32>,
             conv::conv2d_weight_grad as ConvKernel<f64>,
         );
-        if out_channels > 1 {
+        let along_rows = matches!(self, CpuStorage::F32(_))
+            && f32_conv::along_rows(&gemm::f32_kernel(), g, out_channels);
+        if out_channels > 1 || along_rows {
             let direct = direct_conv(
                 "conv2d_weight_grad",
                 (self, layout),

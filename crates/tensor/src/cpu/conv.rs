@@ -353,6 +353,13 @@ fn swap_leading<T: GemmElem>(data: &[T], (a, b, p): (usize, usize, usize)) -> Ve
     out
 }
 
+/// Whether the f32 conv2d runs along the output rows, as x86-64's `conv_direct` does for a
+/// few output channels on AVX-512: never with these kernels.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn along_rows(_: &Kernel<f32>, _: &Conv2dGeometry, _: usize) -> bool {
+    false
+}
+
 /// A convolution `[N, C, H, W] ⋆ [OC, C, kh, kw] → [N, OC, OH, OW]` as one GEMM
 /// `weight[OC, C·kh·kw] · columns[C·kh·kw, N·OH·OW]` whose columns are packed straight from
 /// the image (no im2col buffer), then the `[OC, N, ·]` product reordered to `[N, OC, ·]`. The

@@ -3,7 +3,9 @@
 //! no packing of the image. Convolutions that would leave most of a tile's channel lanes empty
 //! (one to fifteen channels), f64, and CPUs without AVX2 take the GEMM-based kernels of
 //! `cpu/conv.rs`, which stay the fallback; `im2col` and a matrix product stay the reference
-//! both are tested against.
+//! both are tested against. Except on AVX-512 at stride 1: there a forward pass or weight
+//! gradient with one to fifteen output channels (the U-Net's and the PixelCNN's last layers)
+//! runs along the output rows instead, 16 columns a vector (`few_channels_conv2d`).
 //!
 //! Each kernel keeps a tile of output positions x channels in registers: 8 x 32 (16 zmm
 //! accumulators) on AVX-512 from 32 channels (7 x 32 for planes that sevens fill and eights
@@ -318,6 +320,9 @@ pub(crate) fn conv2d(
         return out;
     }
     let Some(tile) = tile_for(&kernel, out_channels) else {
+        if along_rows(&kernel, g, out_channels) {
+            return few_channels_conv2d(image, weight, out_channels, g);
+        }
         return packed::conv2d(kernel, image, weight, out_channels, g);
     };
     let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
@@ -339,6 +344,153 @@ pub(crate) fn conv2d(
         (out_channels, out_plane),
         &mut out,
     );
+    out
+}
+
+/// Whether conv2d runs as [`few_channels_conv2d`]: stride 1, 1 to 15 output channels (fewer
+/// than any tile's lanes), on AVX-512.
+pub(crate) fn along_rows(kernel: &Kernel<f32>, g: &Conv2dGeometry, out_channels: usize) -> bool {
+    kernel.name == "avx512f"
+        && g.stride == [1, 1]
+        && (1..x86::AVX512_NARROW.lanes).contains(&out_channels)
+}
+
+/// A stride-1 conv2d to fewer output channels than a tile's lanes (the U-Net's and the
+/// PixelCNN's last layers, to one channel), on AVX-512: vectorised along each output row
+/// instead, 16 columns a vector, every output `Σ_k source[position + tap(k)] · weight[m, k]`
+/// in reduction order from zero as the tiles sum. Images split over the threads.
+fn few_channels_conv2d(
+    image: &[f32],
+    weight: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    let RowRuns {
+        source,
+        source_len,
+        taps,
+        runs,
+    } = RowRuns::new(image, g);
+    let depth = taps.len();
+    let out_plane = g.out_height * g.out_width;
+    let mut out = zeroed(g.batch * out_channels * out_plane);
+    if out.is_empty() || depth == 0 {
+        return out;
+    }
+    let parallel = parallel_product(out_plane * depth, out_channels, g.batch);
+    for_each_chunk(
+        &mut out,
+        out_channels * out_plane,
+        parallel,
+        |n, image_out| {
+            let image = &source[n * source_len..][..source_len];
+            for (m, plane) in image_out.chunks_exact_mut(out_plane).enumerate() {
+                let weights = &weight[m * depth..][..depth];
+                for group in runs.chunks(x86::ROW_RUNS) {
+                    // SAFETY: `few_channels_conv2d` runs on AVX-512 CPUs only; every run's
+                    // `columns` values at `at + taps[k]` lie inside `image` (they are the forward
+                    // pass's reads of a row's outputs) and its outputs inside `plane`.
+                    unsafe { x86::row_runs(image, weights, &taps, group, plane) };
+                }
+            }
+        },
+    );
+    out
+}
+
+/// A stride-1 convolution's padded images and its output rows cut into runs of up to 16
+/// columns, for [`few_channels_conv2d`] and [`few_channels_weight_grad`].
+struct RowRuns<'a> {
+    source: std::borrow::Cow<'a, [f32]>,
+    /// Values per image of `source`.
+    source_len: usize,
+    /// Offsets of the reduction's steps in an image's source.
+    taps: Vec<usize>,
+    /// (offset in an image's source, offset in an output plane, columns) of each run.
+    runs: Vec<(usize, usize, usize)>,
+}
+
+impl<'a> RowRuns<'a> {
+    fn new(image: &'a [f32], g: &Conv2dGeometry) -> RowRuns<'a> {
+        let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
+        let shape = (g.batch, g.channels, g.height, g.width);
+        // Unpadded images are read where they are (the PixelCNN's 1x1 output layer).
+        let source = if g.padding == [0, 0] {
+            std::borrow::Cow::Borrowed(image)
+        } else {
+            let padding = (g.padding[0], g.padding[1]);
+            std::borrow::Cow::Owned(padded(image, shape, padding, (hp, wp)))
+        };
+        let runs = (0..g.out_height)
+            .flat_map(|oh| {
+                (0..g.out_width).step_by(x86::ROW_LANES).map(move |ow| {
+                    let columns = (g.out_width - ow).min(x86::ROW_LANES);
+                    (oh * wp + ow, oh * g.out_width + ow, columns)
+                })
+            })
+            .collect();
+        RowRuns {
+            source,
+            source_len: g.channels * hp * wp,
+            taps: forward_taps(g, wp),
+            runs,
+        }
+    }
+}
+
+/// The weight gradient of [`few_channels_conv2d`] on AVX-512: `[OC, C, kh, kw]` with each
+/// `Σ_n Σ_q grad[n, m, q] · source[n][position(q) + tap(k)]` summed per lane over the
+/// images and each row's runs in order, then across the lanes; eight taps at a time, the
+/// (channel, eight taps) pairs split over the threads.
+fn few_channels_weight_grad(
+    image: &[f32],
+    grad: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    let RowRuns {
+        source,
+        source_len,
+        taps,
+        runs,
+    } = RowRuns::new(image, g);
+    let depth = taps.len();
+    let out_plane = g.out_height * g.out_width;
+    let mut out = vec![0.0f32; out_channels * depth];
+    if out.is_empty() || out_plane == 0 {
+        return out;
+    }
+    let groups = depth.div_ceil(x86::TAP_GROUP);
+    let parallel = parallel_product(depth, out_plane * g.batch, out_channels);
+    let task = |index: usize, sums: &mut [f32]| {
+        let (m, first) = (index / groups, index % groups * x86::TAP_GROUP);
+        let images = (0..g.batch).map(|n| {
+            let image = &source[n * source_len..][..source_len];
+            (
+                image,
+                &grad[(n * out_channels + m) * out_plane..][..out_plane],
+            )
+        });
+        let images: Vec<(&[f32], &[f32])> = images.collect();
+        let group_taps = &taps[first..][..sums.len()];
+        // SAFETY: on AVX-512 CPUs only ([`along_rows`]); every run's columns at `at +
+        // tap` lie inside each image (the forward pass's reads) and at `offset` inside each
+        // gradient plane.
+        unsafe { x86::row_runs_weight_grad(&images, group_taps, &runs, sums) };
+    };
+    // out[m, k]: rows of `depth`, cut into groups of eight taps within each row.
+    let chunks = out
+        .chunks_mut(depth)
+        .flat_map(|row| row.chunks_mut(x86::TAP_GROUP));
+    if parallel {
+        chunks
+            .enumerate()
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|(i, sums)| task(i, sums));
+    } else {
+        chunks.enumerate().for_each(|(i, sums)| task(i, sums));
+    }
     out
 }
 
@@ -453,6 +605,9 @@ pub(crate) fn conv2d_weight_grad(
         return pointwise_weight_grad(kernel, image, grad, out_channels, g);
     }
     let Some(tile) = tile_for(&kernel, out_channels) else {
+        if along_rows(&kernel, g, out_channels) {
+            return few_channels_weight_grad(image, grad, out_channels, g);
+        }
         return packed::conv2d_weight_grad(kernel, image, grad, out_channels, g);
     };
     let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
@@ -611,6 +766,86 @@ fn pointwise_weight_grad(
 
 mod x86 {
     use super::Tile;
+    use std::arch::x86_64::*;
+
+    /// Columns of an output row per vector of [`row_runs`].
+    pub(super) const ROW_LANES: usize = 16;
+    /// Row runs per call of [`row_runs`]: its independent accumulator chains.
+    pub(super) const ROW_RUNS: usize = 8;
+    /// Taps per call of [`row_runs_weight_grad`]: its accumulators.
+    pub(super) const TAP_GROUP: usize = 8;
+
+    /// `sums[t] = Σ_(image, grads) Σ_runs Σ_j image[at + taps[t] + j] · grads[offset + j]`
+    /// for `j < columns` of each `(at, offset, columns)` of `runs`, `t < taps.len()` (at most
+    /// [`TAP_GROUP`]): per tap a vector of partial sums over the images and runs in order,
+    /// added across its lanes at the end.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; for each `(image, grads)` every `image[at + taps[t] + j]` and
+    /// `grads[offset + j]` for `j < columns` is in bounds; `sums` holds `taps.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn row_runs_weight_grad(
+        images: &[(&[f32], &[f32])],
+        taps: &[usize],
+        runs: &[(usize, usize, usize)],
+        sums: &mut [f32],
+    ) {
+        let mut offsets = [0usize; TAP_GROUP];
+        offsets[..taps.len()].copy_from_slice(taps);
+        let live = taps.len();
+        let mut acc = [_mm512_setzero_ps(); TAP_GROUP];
+        for (image, grads) in images {
+            for &(at, offset, columns) in runs {
+                let mask = ((1u32 << columns) - 1) as __mmask16;
+                let g = _mm512_maskz_loadu_ps(mask, grads.as_ptr().add(offset));
+                let base = image.as_ptr().add(at);
+                for t in 0..TAP_GROUP {
+                    // Taps past the last are read under an empty mask: nothing.
+                    let mask = if t < live { mask } else { 0 };
+                    let x = _mm512_maskz_loadu_ps(mask, base.add(offsets[t]));
+                    acc[t] = _mm512_fmadd_ps(x, g, acc[t]);
+                }
+            }
+        }
+        for (sum, acc) in sums.iter_mut().zip(acc) {
+            *sum = _mm512_reduce_add_ps(acc);
+        }
+    }
+
+    /// `plane[offset + j] = Σ_k image[at + taps[k] + j] · weights[k]` for `j <
+    /// columns` of each `(at, offset, columns)` of `runs` (at most [`ROW_RUNS`]): a vector
+    /// of a row's columns per run, each step a broadcast weight times each run's loaded
+    /// (masked) columns.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; every `image[at + taps[k] + j]` and `plane[offset + j]` for
+    /// `j < columns` is in bounds; `weights` holds `taps.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn row_runs(
+        image: &[f32],
+        weights: &[f32],
+        taps: &[usize],
+        runs: &[(usize, usize, usize)],
+        plane: &mut [f32],
+    ) {
+        let mut bases = [image.as_ptr(); ROW_RUNS];
+        let mut masks = [0 as __mmask16; ROW_RUNS];
+        for (r, &(at, _, columns)) in runs.iter().enumerate() {
+            bases[r] = image.as_ptr().add(at);
+            masks[r] = ((1u32 << columns) - 1) as __mmask16;
+        }
+        let mut acc = [_mm512_setzero_ps(); ROW_RUNS];
+        for (&tap, &w) in taps.iter().zip(weights) {
+            let w = _mm512_set1_ps(w);
+            for r in 0..ROW_RUNS {
+                let x = _mm512_maskz_loadu_ps(masks[r], bases[r].add(tap));
+                acc[r] = _mm512_fmadd_ps(x, w, acc[r]);
+            }
+        }
+        for (r, &(_, offset, _)) in runs.iter().enumerate() {
+            _mm512_mask_storeu_ps(plane.as_mut_ptr().add(offset), masks[r], acc[r]);
+        }
+    }
 
     /// The register tile on AVX2+FMA: 6 rows x 16 lanes, 12 ymm accumulators.
     pub(super) const AVX2: Tile = Tile {
@@ -857,6 +1092,8 @@ mod tests {
             ((2, 1, 28, 28), 32, 7, 1, 3),
             ((2, 32, 28, 28), 16, 1, 1, 0),
             ((2, 16, 28, 28), 1, 3, 1, 1),
+            ((2, 32, 28, 28), 1, 1, 1, 0), // few output channels: runs along the rows
+            ((2, 5, 9, 37), 3, 3, 1, 2),   // runs of 16, 16 and 5 columns
             ((3, 17, 9, 11), 33, 5, 2, 2), // partial lane blocks, odd sizes
             ((2, 40, 9, 7), 48, 3, 2, 1),  // AVX-512's 32-lane tile, a partial block
         ];

@@ -365,14 +365,8 @@ fn few_channels_conv2d(
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
-    let RowRuns {
-        source,
-        source_len,
-        taps,
-        runs,
-    } = RowRuns::new(image, g);
-    let depth = taps.len();
-    let out_plane = g.out_height * g.out_width;
+    let rows = RowRuns::new(image, g);
+    let (depth, out_plane) = (rows.taps.len(), g.out_height * g.out_width);
     let mut out = zeroed(g.batch * out_channels * out_plane);
     if out.is_empty() || depth == 0 {
         return out;
@@ -383,14 +377,14 @@ fn few_channels_conv2d(
         out_channels * out_plane,
         parallel,
         |n, image_out| {
-            let image = &source[n * source_len..][..source_len];
+            let image = rows.image(n);
             for (m, plane) in image_out.chunks_exact_mut(out_plane).enumerate() {
                 let weights = &weight[m * depth..][..depth];
-                for group in runs.chunks(x86::ROW_RUNS) {
+                for group in rows.runs.chunks(x86::ROW_RUNS) {
                     // SAFETY: `few_channels_conv2d` runs on AVX-512 CPUs only; every run's
                     // `columns` values at `at + taps[k]` lie inside `image` (they are the forward
                     // pass's reads of a row's outputs) and its outputs inside `plane`.
-                    unsafe { x86::row_runs(image, weights, &taps, group, plane) };
+                    unsafe { x86::row_runs(image, weights, &rows.taps, group, plane) };
                 }
             }
         },
@@ -436,6 +430,11 @@ impl<'a> RowRuns<'a> {
             runs,
         }
     }
+
+    /// Image `n` of the source.
+    fn image(&self, n: usize) -> &[f32] {
+        &self.source[n * self.source_len..][..self.source_len]
+    }
 }
 
 /// The weight gradient of [`few_channels_conv2d`] on AVX-512: `[OC, C, kh, kw]` with each
@@ -448,14 +447,8 @@ fn few_channels_weight_grad(
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
-    let RowRuns {
-        source,
-        source_len,
-        taps,
-        runs,
-    } = RowRuns::new(image, g);
-    let depth = taps.len();
-    let out_plane = g.out_height * g.out_width;
+    let rows = RowRuns::new(image, g);
+    let (depth, out_plane) = (rows.taps.len(), g.out_height * g.out_width);
     let mut out = vec![0.0f32; out_channels * depth];
     if out.is_empty() || out_plane == 0 {
         return out;
@@ -465,18 +458,18 @@ fn few_channels_weight_grad(
     let task = |index: usize, sums: &mut [f32]| {
         let (m, first) = (index / groups, index % groups * x86::TAP_GROUP);
         let images = (0..g.batch).map(|n| {
-            let image = &source[n * source_len..][..source_len];
+            let image = rows.image(n);
             (
                 image,
                 &grad[(n * out_channels + m) * out_plane..][..out_plane],
             )
         });
         let images: Vec<(&[f32], &[f32])> = images.collect();
-        let group_taps = &taps[first..][..sums.len()];
+        let group_taps = &rows.taps[first..][..sums.len()];
         // SAFETY: on AVX-512 CPUs only ([`along_rows`]); every run's columns at `at +
         // tap` lie inside each image (the forward pass's reads) and at `offset` inside each
         // gradient plane.
-        unsafe { x86::row_runs_weight_grad(&images, group_taps, &runs, sums) };
+        unsafe { x86::row_runs_weight_grad(&images, group_taps, &rows.runs, sums) };
     };
     // out[m, k]: rows of `depth`, cut into groups of eight taps within each row.
     let chunks = out

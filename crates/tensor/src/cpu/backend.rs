@@ -62,6 +62,14 @@ fn direct_conv(
     }))
 }
 
+/// Whether an f32 convolution's forward pass or weight gradient to `out_channels` runs along
+/// the output rows (`f32_conv::along_rows`: AVX-512, stride 1, 1 to 15 output channels), so
+/// that one output channel takes the direct kernels rather than the lowering.
+fn f32_along_rows(storage: &CpuStorage, g: &Conv2dGeometry, out_channels: usize) -> bool {
+    matches!(storage, CpuStorage::F32(_))
+        && f32_conv::along_rows(&gemm::f32_kernel(), g, out_channels)
+}
+
 impl BackendStorage for CpuStorage {
     fn dtype(&self) -> DType {
         match self {
@@ -280,9 +288,7 @@ impl BackendStorage for CpuStorage {
         // With one output channel the product is a matrix-vector one, which the lowering's
         // matmul runs as dot products (so for the weight gradient below), unless the f32
         // kernels run it along the output rows.
-        let along_rows = matches!(self, CpuStorage::F32(_))
-            && f32_conv::along_rows(&gemm::f32_kernel(), g, out_channels);
-        if out_channels > 1 || along_rows {
+        if out_channels > 1 || f32_along_rows(self, g, out_channels) {
             if let Some(out) =
                 direct_conv("conv2d", (self, layout), weight, out_channels, g, kernels)?
             {
@@ -327,9 +333,7 @@ impl BackendStorage for CpuStorage {
             f32_conv::conv2d_weight_grad as ConvKernel<f32>,
             conv::conv2d_weight_grad as ConvKernel<f64>,
         );
-        let along_rows = matches!(self, CpuStorage::F32(_))
-            && f32_conv::along_rows(&gemm::f32_kernel(), g, out_channels);
-        if out_channels > 1 || along_rows {
+        if out_channels > 1 || f32_along_rows(self, g, out_channels) {
             let direct = direct_conv(
                 "conv2d_weight_grad",
                 (self, layout),

@@ -14,7 +14,7 @@
 //! second; benches/reference/torch_gan.py,
 //! torch_vae.py and torch_ddpm_pixelcnn.py measure PyTorch eager on the same steps.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use kiln_autoregressive::{PixelCnnConfig, PixelCnnTrainer};
 use kiln_diffusion::{DdpmConfig, DdpmTrainer};
 use kiln_gan::{Architecture, GanConfig, GanTrainer};
@@ -138,4 +138,12 @@ fn train_loop(c: &mut Criterion) {
 }
 
 criterion_group!(benches, train_step, train_loop, train_step_cuda);
-criterion_main!(benches);
+
+/// criterion's main, with the steps on a rayon worker as the `kiln` binary runs them
+/// (`kiln_tensor::cpu::on_worker`).
+fn main() {
+    kiln_tensor::cpu::on_worker(|| {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    });
+}

@@ -108,8 +108,17 @@ fn main() -> Result<()> {
             _ => return Err(usage_line.into()),
         }
     }
-    kiln_tensor::cpu::tune_allocator(); // as the kiln binary sets it up
-    let (mut step, batch) = model_step(&model, batch)?;
+    // As the kiln binary runs: the allocator tuned, the step on a rayon worker.
+    kiln_tensor::cpu::tune_allocator();
+    let timed = kiln_tensor::cpu::on_worker(|| {
+        time_steps(&model, batch, seconds).map_err(|e| e.to_string())
+    });
+    Ok(timed?)
+}
+
+/// Times `model`'s step for `seconds` after a warm-up and prints the JSON line.
+fn time_steps(model: &str, batch: Option<usize>, seconds: f64) -> Result<()> {
+    let (mut step, batch) = model_step(model, batch)?;
 
     // Warm-up: at least 3 steps and half a second, so pools, caches and packed weights settle.
     let warm_up = Instant::now();

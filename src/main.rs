@@ -452,7 +452,43 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = match cli.command {
+    // Tensor work runs on a rayon worker, so parallel kernels split in place rather than park
+    // this thread for each one (kiln_tensor::cpu::on_worker).
+    let report = match kiln_tensor::cpu::on_worker(move || run(cli.command)) {
+        Ok(Outcome::Report(report)) => Ok(report),
+        Ok(Outcome::Interrupted(message)) => {
+            eprintln!("{message}");
+            // 128 + SIGINT, what shells report for a program stopped by Ctrl-C.
+            return ExitCode::from(130);
+        }
+        Err(error) => Err(error),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            // kiln's errors name their cause in their own line; the chain would repeat it.
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(err) = std::io::stdout().lock().write_all(report.as_bytes()) {
+        eprintln!("error: cannot write to stdout: {err}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// What a command that did not fail ends with.
+enum Outcome {
+    /// What to print on stdout.
+    Report(String),
+    /// Training stopped by Ctrl-C: where its checkpoint is and how to resume.
+    Interrupted(String),
+}
+
+/// Runs `command`.
+fn run(command: Command) -> anyhow::Result<Outcome> {
+    let report = match command {
         Command::Info => Ok(kiln_tensor::info::report()),
         Command::Data(command) => data_command(command),
         Command::Sample(args) => sample_command(args),
@@ -473,29 +509,14 @@ fn main() -> ExitCode {
         Command::Manifold { source, size } => latent_command(source, "manifold", |vae, _, out| {
             kiln_vae::grids::manifold(vae, out, size)
         }),
-        Command::Train(args) => match train_command(args) {
-            Ok(Finish::Completed(summary)) => Ok(summary + "\n"),
-            Ok(Finish::Interrupted(message)) => {
-                eprintln!("{message}");
-                // 128 + SIGINT, what shells report for a program stopped by Ctrl-C.
-                return ExitCode::from(130);
-            }
-            Err(error) => Err(error),
-        },
-    };
-    let report = match report {
-        Ok(report) => report,
-        Err(error) => {
-            // kiln's errors name their cause in their own line; the chain would repeat it.
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
+        Command::Train(args) => {
+            return train_command(args).map(|finish| match finish {
+                Finish::Completed(summary) => Outcome::Report(summary + "\n"),
+                Finish::Interrupted(message) => Outcome::Interrupted(message),
+            })
         }
     };
-    if let Err(err) = std::io::stdout().lock().write_all(report.as_bytes()) {
-        eprintln!("error: cannot write to stdout: {err}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    report.map(Outcome::Report)
 }
 
 /// The names `kiln train` takes: every registered model, and the classifier.

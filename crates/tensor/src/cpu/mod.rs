@@ -22,6 +22,7 @@ mod pool;
 mod reduce;
 mod storage;
 pub mod vmath;
+mod workers;
 
 pub use allocator::{tune_allocator, MemoryGuard};
 #[cfg(target_arch = "x86_64")]
@@ -31,3 +32,4 @@ pub(crate) use loops::{
     Work,
 };
 pub use storage::CpuStorage;
+pub use workers::on_worker;

@@ -31,6 +31,47 @@ fn runs_of<T>(
     })
 }
 
+/// Running sums per lane in [`lane_sums`]: independent chains of additions, which the
+/// compiler keeps in vector registers (one f64 sum in a chain costs an add's latency per
+/// value; a tenth of a DDPM step went to these sums before).
+const SUM_LANES: usize = 8;
+
+/// `Σ terms(v)` in f64 over every value of `runs`, `S` sums at once: value `i` of each run
+/// adds to running sum `i % SUM_LANES` (a run's last `len % SUM_LANES` values to one more),
+/// and those add up in lane order at the end: one order whatever the thread count.
+fn lane_sums<'a, T: Copy + 'a, const S: usize>(
+    runs: impl Iterator<Item = &'a [T]>,
+    terms: impl Fn(T) -> [f64; S],
+) -> [f64; S] {
+    lane_sums_zip(runs.map(|run| (run, run)), |v, _| terms(v))
+}
+
+/// [`lane_sums`] over pairs of equally long runs, `terms` of their values side by side.
+fn lane_sums_zip<'a, T: Copy + 'a, const S: usize>(
+    runs: impl Iterator<Item = (&'a [T], &'a [T])>,
+    terms: impl Fn(T, T) -> [f64; S],
+) -> [f64; S] {
+    let mut lanes = [[0f64; SUM_LANES]; S];
+    let mut rest = [0f64; S];
+    for (a, b) in runs {
+        let (a_chunks, b_chunks) = (a.chunks_exact(SUM_LANES), b.chunks_exact(SUM_LANES));
+        for (&u, &v) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+            for (rest, term) in rest.iter_mut().zip(terms(u, v)) {
+                *rest += term;
+            }
+        }
+        for (a, b) in a_chunks.zip(b_chunks) {
+            for lane in 0..SUM_LANES {
+                let terms = terms(a[lane], b[lane]);
+                for (sums, term) in lanes.iter_mut().zip(terms) {
+                    sums[lane] += term;
+                }
+            }
+        }
+    }
+    std::array::from_fn(|i| lanes[i].iter().sum::<f64>() + rest[i])
+}
+
 /// Per channel the mean and the biased variance, `[C]` each. Two passes in f64 over a
 /// row-major view (the exact reference the CUDA one-pass Welford is compared with): the
 /// mean, then the mean of squared deviations from it, so nothing cancels.
@@ -39,14 +80,13 @@ pub(crate) fn batch_norm_stats<T: FloatDType>(data: &[T], layout: &Layout) -> (V
     let split @ (outer, channels, inner) = channel_split(layout);
     let count = (outer * inner) as f64;
     let channel = |c: usize| {
-        let value = |v: &T| T::math_to_f64(v.to_math());
-        let sum: f64 = runs_of(&x, split, c)
-            .flat_map(|run| run.iter().map(value))
-            .sum();
+        let value = |v: T| T::math_to_f64(v.to_math());
+        let [sum] = lane_sums(runs_of(&x, split, c), |v| [value(v)]);
         let mean = sum / count;
-        let squares: f64 = runs_of(&x, split, c)
-            .flat_map(|run| run.iter().map(|v| (value(v) - mean) * (value(v) - mean)))
-            .sum();
+        let [squares] = lane_sums(runs_of(&x, split, c), |v| {
+            let deviation = value(v) - mean;
+            [deviation * deviation]
+        });
         let round = |v: f64| T::from_math(T::math_from_f64(v));
         (round(mean), round(squares / count))
     };
@@ -134,14 +174,11 @@ pub(crate) fn batch_norm_backward<T: FloatDType>(
     let count = (outer * inner) as f64;
     let sums = |c: usize| {
         let (m, s) = (mean[c].to_math(), invstd[c].to_math());
-        let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-        for (dy, x) in runs_of(&dy, split, c).zip(runs_of(&x, split, c)) {
-            for (&g, &v) in dy.iter().zip(x) {
-                let g = T::math_to_f64(g.to_math());
-                sum_dy += g;
-                sum_dy_xhat += g * T::math_to_f64((v.to_math() - m) * s);
-            }
-        }
+        let pairs = runs_of(&dy, split, c).zip(runs_of(&x, split, c));
+        let [sum_dy, sum_dy_xhat] = lane_sums_zip(pairs, |g, v| {
+            let g = T::math_to_f64(g.to_math());
+            [g, g * T::math_to_f64((v.to_math() - m) * s)]
+        });
         (sum_dy, sum_dy_xhat)
     };
     let sums: Vec<(f64, f64)> = if x.len() < PARALLEL_MIN {

@@ -36,40 +36,57 @@ fn runs_of<T>(
 /// value; a tenth of a DDPM step went to these sums before).
 const SUM_LANES: usize = 8;
 
-/// `Σ terms(v)` in f64 over every value of `runs`, `S` sums at once: value `i` of each run
-/// adds to running sum `i % SUM_LANES` (a run's last `len % SUM_LANES` values to one more),
-/// and those add up in lane order at the end: one order whatever the thread count.
-fn lane_sums<'a, T: Copy + 'a, const S: usize>(
+/// Two sums in f64 as [`lane_sums_zip`] keeps them: `SUM_LANES` running sums each, and one
+/// for runs' last values.
+type LaneSums = [([f64; SUM_LANES], f64); 2];
+
+/// `Σ term(v)` in f64 over every value of `runs`: value `i` of each run adds to running sum
+/// `i % SUM_LANES` (a run's last `len % SUM_LANES` values to one more), and those add up in
+/// lane order at the end: one order whatever the thread count.
+fn lane_sums<'a, T: Copy + 'a>(
     runs: impl Iterator<Item = &'a [T]>,
-    terms: impl Fn(T) -> [f64; S],
-) -> [f64; S] {
-    lane_sums_zip(runs.map(|run| (run, run)), |v, _| terms(v))
+    term: impl Fn(T) -> f64,
+) -> f64 {
+    lane_sums_zip(runs.map(|run| (run, run)), |v, _| [term(v), 0.0])[0]
 }
 
-/// [`lane_sums`] over pairs of equally long runs, `terms` of their values side by side.
-fn lane_sums_zip<'a, T: Copy + 'a, const S: usize>(
+/// Two sums as [`lane_sums`] over pairs of equally long runs, `terms` of their values side
+/// by side.
+fn lane_sums_zip<'a, T: Copy + 'a>(
     runs: impl Iterator<Item = (&'a [T], &'a [T])>,
-    terms: impl Fn(T, T) -> [f64; S],
-) -> [f64; S] {
-    let mut lanes = [[0f64; SUM_LANES]; S];
-    let mut rest = [0f64; S];
+    terms: impl Fn(T, T) -> [f64; 2],
+) -> [f64; 2] {
+    let mut sums: LaneSums = [([0.0; SUM_LANES], 0.0); 2];
     for (a, b) in runs {
+        add_runs(&mut sums, a, b, &terms);
+    }
+    sums.map(|(lanes, rest)| lanes.iter().sum::<f64>() + rest)
+}
+
+super::loops::simd_versions! {
+    /// Adds `terms(a[i], b[i])` to `sums` (see [`lane_sums_zip`]), compiled for the CPU's
+    /// widest vectors.
+    fn add_runs<T: Copy, F: Fn(T, T) -> [f64; 2]>(
+        sums: &mut LaneSums,
+        a: &[T],
+        b: &[T],
+        terms: &F,
+    ) {
         let (a_chunks, b_chunks) = (a.chunks_exact(SUM_LANES), b.chunks_exact(SUM_LANES));
         for (&u, &v) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-            for (rest, term) in rest.iter_mut().zip(terms(u, v)) {
+            for ((_, rest), term) in sums.iter_mut().zip(terms(u, v)) {
                 *rest += term;
             }
         }
+        let [(first, _), (second, _)] = sums;
         for (a, b) in a_chunks.zip(b_chunks) {
             for lane in 0..SUM_LANES {
-                let terms = terms(a[lane], b[lane]);
-                for (sums, term) in lanes.iter_mut().zip(terms) {
-                    sums[lane] += term;
-                }
+                let [u, v] = terms(a[lane], b[lane]);
+                first[lane] += u;
+                second[lane] += v;
             }
         }
     }
-    std::array::from_fn(|i| lanes[i].iter().sum::<f64>() + rest[i])
 }
 
 /// Per channel the mean and the biased variance, `[C]` each. Two passes in f64 over a
@@ -81,11 +98,11 @@ pub(crate) fn batch_norm_stats<T: FloatDType>(data: &[T], layout: &Layout) -> (V
     let count = (outer * inner) as f64;
     let channel = |c: usize| {
         let value = |v: T| T::math_to_f64(v.to_math());
-        let [sum] = lane_sums(runs_of(&x, split, c), |v| [value(v)]);
+        let sum = lane_sums(runs_of(&x, split, c), value);
         let mean = sum / count;
-        let [squares] = lane_sums(runs_of(&x, split, c), |v| {
+        let squares = lane_sums(runs_of(&x, split, c), |v| {
             let deviation = value(v) - mean;
-            [deviation * deviation]
+            deviation * deviation
         });
         let round = |v: f64| T::from_math(T::math_from_f64(v));
         (round(mean), round(squares / count))

@@ -455,16 +455,12 @@ fn main() -> ExitCode {
     // Tensor work runs on a rayon worker, so parallel kernels split in place rather than park
     // this thread for each one (kiln_tensor::cpu::on_worker).
     let report = match kiln_tensor::cpu::on_worker(move || run(cli.command)) {
-        Ok(Outcome::Report(report)) => Ok(report),
-        Ok(Outcome::Interrupted(message)) => {
+        Ok(Finish::Completed(report)) => report,
+        Ok(Finish::Interrupted(message)) => {
             eprintln!("{message}");
             // 128 + SIGINT, what shells report for a program stopped by Ctrl-C.
             return ExitCode::from(130);
         }
-        Err(error) => Err(error),
-    };
-    let report = match report {
-        Ok(report) => report,
         Err(error) => {
             // kiln's errors name their cause in their own line; the chain would repeat it.
             eprintln!("error: {error}");
@@ -478,16 +474,9 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// What a command that did not fail ends with.
-enum Outcome {
-    /// What to print on stdout.
-    Report(String),
-    /// Training stopped by Ctrl-C: where its checkpoint is and how to resume.
-    Interrupted(String),
-}
-
-/// Runs `command`.
-fn run(command: Command) -> anyhow::Result<Outcome> {
+/// Runs `command`: what to print on stdout as `Finish::Completed`, or a training run stopped
+/// by Ctrl-C.
+fn run(command: Command) -> anyhow::Result<Finish> {
     let report = match command {
         Command::Info => Ok(kiln_tensor::info::report()),
         Command::Data(command) => data_command(command),
@@ -511,12 +500,12 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
         }),
         Command::Train(args) => {
             return train_command(args).map(|finish| match finish {
-                Finish::Completed(summary) => Outcome::Report(summary + "\n"),
-                Finish::Interrupted(message) => Outcome::Interrupted(message),
+                Finish::Completed(summary) => Finish::Completed(summary + "\n"),
+                interrupted => interrupted,
             })
         }
     };
-    report.map(Outcome::Report)
+    report.map(Finish::Completed)
 }
 
 /// The names `kiln train` takes: every registered model, and the classifier.

@@ -32,6 +32,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::conv::{self as packed, for_each_chunk, parallel_product};
+use super::filled;
 use super::gemm::{gemm_with, AlignedF32, Kernel, Operand};
 use crate::ops::conv::Conv2dGeometry;
 
@@ -101,32 +102,6 @@ fn zeroed(len: usize) -> Vec<f32> {
     out
 }
 
-/// A buffer of `len` values whose chunks of `chunk_len` `write(index, chunk)` initialises,
-/// over rayon's threads when `parallel`; allocated without zeroing it first (a zeroing pass
-/// before a pass that writes every value anyway cost a twentieth of a DDPM step).
-///
-/// `write` must initialise every value of each chunk it is given.
-fn written(
-    len: usize,
-    chunk_len: usize,
-    parallel: bool,
-    write: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    if len > 0 {
-        for_each_chunk(
-            &mut out.spare_capacity_mut()[..len],
-            chunk_len,
-            parallel,
-            write,
-        );
-    }
-    // SAFETY: `write` initialised every value of every chunk (the contract above), and the
-    // chunks cover all `len` values.
-    unsafe { out.set_len(len) };
-    out
-}
-
 /// `[N, C, H, W] → [N, C, hp, wp]` with the image at row `top`, column `left` of each plane
 /// and zeros around it, each value written once.
 fn padded(
@@ -137,7 +112,7 @@ fn padded(
 ) -> Vec<f32> {
     let len = batch * channels * hp * wp;
     let zero = MaybeUninit::new(0.0f32);
-    written(len, hp * wp, len >= packed::PARALLEL_MIN, |plane, dest| {
+    let write_plane = |plane: usize, dest: &mut [MaybeUninit<f32>]| {
         if height == 0 || width == 0 {
             dest.fill(zero); // only padding
             return;
@@ -155,6 +130,12 @@ fn padded(
                 dest.write(value);
             }
             after.fill(zero);
+        }
+    };
+    // Every value of every plane is written above.
+    filled(len, |out| {
+        if len > 0 {
+            for_each_chunk(out, hp * wp, len >= packed::PARALLEL_MIN, write_plane);
         }
     })
 }

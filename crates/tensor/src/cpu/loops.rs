@@ -74,8 +74,8 @@ pub(crate) fn fill<U: Send, const N: usize>(
 ///
 /// `write` must initialize every element of the slice it is given; the shared loops below do
 /// (`fill` covers every position of its runs, `apply1`/`apply2` every element of equal-length
-/// slices).
-fn filled<U>(len: usize, write: impl FnOnce(&mut [MaybeUninit<U>])) -> Vec<U> {
+/// slices), as does `conv_direct::padded` (every value of every padded plane).
+pub(crate) fn filled<U>(len: usize, write: impl FnOnce(&mut [MaybeUninit<U>])) -> Vec<U> {
     let mut out = Vec::with_capacity(len);
     write(&mut out.spare_capacity_mut()[..len]);
     // SAFETY: `write` initialized all `len` elements (the contract above).

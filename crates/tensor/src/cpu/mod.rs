@@ -28,8 +28,8 @@ pub use allocator::{tune_allocator, MemoryGuard};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use loops::simd;
 pub(crate) use loops::{
-    map1, map1_work, map2, map2_work, map3, map3_work, Elementwise, Elementwise2, Elementwise3,
-    Work,
+    filled, map1, map1_work, map2, map2_work, map3, map3_work, Elementwise, Elementwise2,
+    Elementwise3, Work,
 };
 pub use storage::CpuStorage;
 pub use workers::on_worker;

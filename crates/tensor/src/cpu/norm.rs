@@ -33,7 +33,7 @@ fn runs_of<T>(
 
 /// Running sums per lane in [`lane_sums`]: independent chains of additions, which the
 /// compiler keeps in vector registers (one f64 sum in a chain costs an add's latency per
-/// value; a tenth of a DDPM step went to these sums before).
+/// value; 4% of a DDPM step went to these sums before).
 const SUM_LANES: usize = 8;
 
 /// Two sums in f64 as [`lane_sums_zip`] keeps them: `SUM_LANES` running sums each, and one

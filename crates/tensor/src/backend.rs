@@ -9,7 +9,7 @@
 
 use crate::{
     Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result,
-    UnaryOp,
+    Shape, UnaryOp,
 };
 
 /// An input of a backend primitive beside the storage it is called on: the storage and the
@@ -264,6 +264,39 @@ pub trait BackendStorage: Sized + Send + Sync {
         weight: Option<&Self>,
     ) -> Result<(Self, Self, Self)>;
 
+    /// Group norm's normalisation of `x [N, C, *]` (`self`): `(x - mean[s])·invstd[s]·
+    /// weight[c] + bias[c]` for channel `c` of sample `n`, `s = n·groups + c / (C / groups)`,
+    /// with `mean` and `invstd` contiguous `[N·groups]` (batch norm's statistics of the view
+    /// `[1, N·groups, C/groups·*]`) and `weight` and `bias` contiguous `[C]`; `C / groups ·
+    /// *` is at least 1. The default composes batch norm's normalisation of that view with a
+    /// broadcast product and sum ([`group_norm_forward_composed`]).
+    fn group_norm_forward(
+        &self,
+        layout: &Layout,
+        groups: usize,
+        (mean, invstd): (&Self, &Self),
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+    ) -> Result<Self> {
+        group_norm_forward_composed(self, layout, groups, (mean, invstd), weight, bias)
+    }
+    /// `(grad x [N, C, *], grad weight [C], grad bias [C])` of [`Self::group_norm_forward`]
+    /// with those statistics, `self` being the gradient of its output: with `xhat = (x -
+    /// mean)·invstd` and `g = dy·weight`, `dbias = Σ dy` and `dweight = Σ dy·xhat` per channel
+    /// and `dx = invstd·(g - mean(g) - xhat·mean(g·xhat))`, means per (sample, group). Without
+    /// a weight it is 1. The default composes batch norm's backward of the grouped view with
+    /// broadcast ops and sums ([`group_norm_backward_composed`]).
+    fn group_norm_backward(
+        &self,
+        layout: &Layout,
+        x: Operand<'_, Self>,
+        groups: usize,
+        (mean, invstd): (&Self, &Self),
+        weight: Option<&Self>,
+    ) -> Result<(Self, Self, Self)> {
+        group_norm_backward_composed(self, layout, x, groups, (mean, invstd), weight)
+    }
+
     /// Per-element binary cross-entropy of logits `self` against `targets` (one shape):
     /// `softplus(x) - x·y`, each of softplus, the product and the difference rounded to the
     /// element type as the unfused ops would.
@@ -343,4 +376,75 @@ pub(crate) fn conv2d_weight_grad_by_im2col<S: BackendStorage>(
     let grad_layout = Layout::contiguous([out_channels, g.batch * g.out_height * g.out_width]);
     let columns_t = Layout::contiguous(g.columns_shape()).permute(&[1, 0])?; // [N·P, C·kh·kw]
     grad.matmul(&grad_layout, Operand::new(&columns, &columns_t)) // [OC, C·kh·kw]
+}
+
+/// A contiguous `[N, C, *]` (`layout`'s shape) as `[1, N·groups, C/groups·*]`: each (sample,
+/// group) a channel of batch norm.
+fn grouped(layout: &Layout, groups: usize) -> Layout {
+    let samples = layout.dims()[0] * groups;
+    Layout::contiguous([1, samples, layout.elem_count() / samples])
+}
+
+/// A contiguous `[C]` broadcast over `shape` `[N, C, *]`.
+fn per_channel(shape: &Shape) -> Result<Layout> {
+    let mut dims = vec![1; shape.rank()];
+    dims[1] = shape.dims()[1];
+    Layout::contiguous(dims).broadcast_as(shape)
+}
+
+/// [`BackendStorage::group_norm_forward`] from batch norm's normalisation of the grouped view
+/// and a broadcast product and sum: what CUDA runs, and what the CPU's one-pass kernel is
+/// tested against.
+pub(crate) fn group_norm_forward_composed<S: BackendStorage>(
+    x: &S,
+    layout: &Layout,
+    groups: usize,
+    (mean, invstd): (&S, &S),
+    weight: Option<&S>,
+    bias: Option<&S>,
+) -> Result<S> {
+    let x = x.copy_strided(layout)?;
+    let mut y = x.batch_norm_forward(&grouped(layout, groups), mean, invstd, None, None)?;
+    let contiguous = Layout::contiguous(layout.shape().clone());
+    let channel = per_channel(layout.shape())?;
+    for (vector, op) in [(weight, BinaryOp::Mul), (bias, BinaryOp::Add)] {
+        if let Some(vector) = vector {
+            y = y.binary(&contiguous, Operand::new(vector, &channel), op)?;
+        }
+    }
+    Ok(y)
+}
+
+/// [`BackendStorage::group_norm_backward`] from batch norm's backward of the grouped view,
+/// broadcast products and sums over every dim but 1.
+pub(crate) fn group_norm_backward_composed<S: BackendStorage>(
+    grad: &S,
+    layout: &Layout,
+    x: Operand<'_, S>,
+    groups: usize,
+    (mean, invstd): (&S, &S),
+    weight: Option<&S>,
+) -> Result<(S, S, S)> {
+    let shape = layout.shape();
+    let contiguous = Layout::contiguous(shape.clone());
+    let grouped = grouped(layout, groups);
+    let reduced: Vec<usize> = (0..shape.rank()).filter(|&d| d != 1).collect();
+    let x = x.storage.copy_strided(x.layout)?;
+    let xhat = x.batch_norm_forward(&grouped, mean, invstd, None, None)?;
+    let dy = grad.copy_strided(layout)?;
+    let dbias = dy.reduce(&contiguous, ReduceOp::Sum, &reduced)?; // [1, C, 1, ..]
+    let dweight = dy
+        .binary(&contiguous, Operand::new(&xhat, &contiguous), BinaryOp::Mul)?
+        .reduce(&contiguous, ReduceOp::Sum, &reduced)?;
+    let g = match weight {
+        Some(w) => dy.binary(
+            &contiguous,
+            Operand::new(w, &per_channel(shape)?),
+            BinaryOp::Mul,
+        )?,
+        None => dy,
+    };
+    let (dx, _, _) =
+        g.batch_norm_backward(&grouped, Operand::new(&x, &grouped), mean, invstd, None)?;
+    Ok((dx, dweight, dbias))
 }

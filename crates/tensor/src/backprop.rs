@@ -272,6 +272,21 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
             (mean, invstd, *eps),
             grad,
         )?,
+        Op::GroupNorm {
+            x,
+            weight,
+            bias,
+            mean,
+            invstd,
+            groups,
+            eps,
+        } => norm::group_norm_backward(
+            x,
+            weight.as_ref(),
+            bias.as_ref(),
+            (*groups, mean, invstd, *eps),
+            grad,
+        )?,
         Op::BceWithLogits(logits, targets) => {
             loss::bce_with_logits_backward(logits, targets, grad)?
         }

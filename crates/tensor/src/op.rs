@@ -141,6 +141,17 @@ pub(crate) enum Op {
         invstd: Tensor,
         eps: f64,
     },
+    /// Group norm of `x [N, C, *]` over `groups` groups of channels per sample, with each
+    /// group's statistics `mean` and `invstd` (`[N·groups]`, untracked as batch norm's).
+    GroupNorm {
+        x: Tensor,
+        weight: Option<Tensor>,
+        bias: Option<Tensor>,
+        mean: Tensor,
+        invstd: Tensor,
+        groups: usize,
+        eps: f64,
+    },
     /// Per-element binary cross-entropy of logits against targets.
     BceWithLogits(Tensor, Tensor),
     /// Max pooling; `indices` (`u32`, `[N, C, OH, OW]`, untracked) name each window's maximum.
@@ -204,6 +215,9 @@ impl Op {
                 input: a, grad: b, ..
             } => vec![a, b],
             Op::BatchNorm {
+                x, weight, bias, ..
+            }
+            | Op::GroupNorm {
                 x, weight, bias, ..
             } => [x].into_iter().chain(weight).chain(bias).collect(),
             Op::MatmulBiasAct { lhs, rhs, bias, .. } => {

@@ -328,6 +328,74 @@ impl Storage {
             }
         })
     }
+
+    /// See [`BackendStorage::group_norm_forward`].
+    pub(crate) fn group_norm_forward(
+        &self,
+        layout: &Layout,
+        groups: usize,
+        (mean, invstd): (&Storage, &Storage),
+        weight: Option<&Storage>,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let cpu = |s| as_cpu("group_norm", self, s);
+        let cuda = |s| as_cuda("group_norm", self, s);
+        Ok(match self {
+            Storage::Cpu(x) => Storage::Cpu(x.group_norm_forward(
+                layout,
+                groups,
+                (cpu(mean)?, cpu(invstd)?),
+                weight.map(cpu).transpose()?,
+                bias.map(cpu).transpose()?,
+            )?),
+            Storage::Cuda(x) => Storage::Cuda(x.group_norm_forward(
+                layout,
+                groups,
+                (cuda(mean)?, cuda(invstd)?),
+                weight.map(cuda).transpose()?,
+                bias.map(cuda).transpose()?,
+            )?),
+        })
+    }
+
+    /// See [`BackendStorage::group_norm_backward`].
+    pub(crate) fn group_norm_backward(
+        &self,
+        layout: &Layout,
+        Operand {
+            storage: x,
+            layout: x_layout,
+        }: Operand<'_, Storage>,
+        groups: usize,
+        (mean, invstd): (&Storage, &Storage),
+        weight: Option<&Storage>,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let cpu = |s| as_cpu("group_norm_backward", self, s);
+        let cuda = |s| as_cuda("group_norm_backward", self, s);
+        Ok(match self {
+            Storage::Cpu(g) => {
+                let (dx, dw, db) = g.group_norm_backward(
+                    layout,
+                    Operand::new(cpu(x)?, x_layout),
+                    groups,
+                    (cpu(mean)?, cpu(invstd)?),
+                    weight.map(cpu).transpose()?,
+                )?;
+                (Storage::Cpu(dx), Storage::Cpu(dw), Storage::Cpu(db))
+            }
+            Storage::Cuda(g) => {
+                let (dx, dw, db) = g.group_norm_backward(
+                    layout,
+                    Operand::new(cuda(x)?, x_layout),
+                    groups,
+                    (cuda(mean)?, cuda(invstd)?),
+                    weight.map(cuda).transpose()?,
+                )?;
+                (Storage::Cuda(dx), Storage::Cuda(dw), Storage::Cuda(db))
+            }
+        })
+    }
+
     forward!(avg_pool2d(g: &Conv2dGeometry) with);
     forward!(avg_pool2d_backward(g: &Conv2dGeometry) with);
     forward!(upsample_nearest2d(out_height: usize, out_width: usize) with);

@@ -848,6 +848,36 @@ proptest! {
     }
 
     #[test]
+    fn group_norm(
+        x in batch_norm_input(),
+        params in vec(any_value(), 8),
+        affine in 0usize..4,
+        pick in 0usize..4,
+    ) {
+        // Any group count that divides C (C is 2 to 4): one group, a group per channel, and
+        // between.
+        let c = x.shape[1];
+        let divisors: Vec<usize> = (1..=c).filter(|g| c % g == 0).collect();
+        let groups = divisors[pick % divisors.len()];
+        let weight = Input { shape: vec![c], view: View::Plain, values: params[..c].to_vec() };
+        let bias = Input { shape: vec![c], view: View::Plain, values: params[4..4 + c].to_vec() };
+        let (with_weight, with_bias) = (affine & 1 == 1, affine & 2 == 2);
+        let mut inputs = vec![&x];
+        if with_weight {
+            inputs.push(&weight);
+        }
+        if with_bias {
+            inputs.push(&bias);
+        }
+        // eps 0.1 as for batch norm: groups whose values nearly agree stay well conditioned.
+        check(&inputs, |t| {
+            let weight = with_weight.then(|| &t[1]);
+            let bias = with_bias.then(|| &t[inputs.len() - 1]);
+            t[0].group_norm(groups, weight, bias, 0.1)
+        })?;
+    }
+
+    #[test]
     fn bce_with_logits((logits, targets) in logits_and_targets()) {
         check(&[&logits, &targets], |t| t[0].bce_with_logits(&t[1]))?;
     }

@@ -390,6 +390,36 @@ fn gradient_penalty_through_batch_norm() {
 }
 
 #[test]
+fn gradient_penalty_through_group_norm() {
+    // As above with a group norm of the [4, 4] hidden layer (samples x channels) in one group
+    // of 4 channels or two of 2: the recorded backward's second derivatives through each
+    // sample's group statistics.
+    let x = tensor(
+        &[
+            0.3, -1.2, 0.8, 1.5, 0.1, -0.4, -0.9, 0.6, 1.1, 0.2, -0.3, -1.4,
+        ],
+        &[4, 3],
+    );
+    for (groups, affine) in [(1, true), (2, true), (1, false)] {
+        let penalty = |p: &[Tensor]| -> Result<Tensor> {
+            let x = leaf(&x)?;
+            let hidden = x.matmul(&p[0])?; // [4, 4]
+            let weight = affine.then(|| p[1].add_scalar(1.0)).transpose()?; // [4]
+            let bias = affine.then_some(&p[1]); // [4]
+            let normed = hidden.group_norm(groups, weight.as_ref(), bias, 1e-3)?; // [4, 4]
+            let scores = normed.tanh()?.matmul(&p[2])?; // [4, 1]
+            let input_grad = grad_with_graph(&scores.sum_all()?, &x)?; // [4, 3]
+            let norms = input_grad.square()?.sum(&[1], false)?.sqrt()?; // [4]
+            norms.add_scalar(-1.0)?.square()?.mean_all()
+        };
+        let [w1, b1, w2, _] = critic_params();
+        GradCheck::default()
+            .check(penalty, &[w1, b1, w2])
+            .unwrap_or_else(|e| panic!("{groups} groups, affine {affine}: {e}"));
+    }
+}
+
+#[test]
 fn gradient_penalty_through_bce_with_logits() {
     // d/dW of |d BCE(x·W, y)/dx|²: the logits' gradient sigmoid(x·W) - y differentiated again.
     let x = tensor(&[0.3, -1.2, 0.8, 1.5, 0.1, -0.4], &[3, 2]);

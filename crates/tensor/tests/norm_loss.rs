@@ -1,5 +1,6 @@
-//! The fused batch norm (`Tensor::batch_norm_train`) and binary cross-entropy with logits
-//! (`Tensor::bce_with_logits`) on the CPU against the compositions of tensor ops they replace
+//! The fused batch norm (`Tensor::batch_norm_train`), group norm (`Tensor::group_norm`) and
+//! binary cross-entropy with logits (`Tensor::bce_with_logits`) on the CPU against the
+//! compositions of tensor ops they replace
 //! (kiln-nn's formulas before the fusion, written out here): values and gradients. Gradient
 //! checks by finite differences are in gradcheck.rs and higher_order.rs beside
 //! this file.
@@ -129,6 +130,141 @@ fn batch_norm_matches_the_composite_and_its_gradients() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Group norm written out in tensor ops: each sample's groups normalised over their channels
+/// and positions with the biased variance, then the per-channel affine map.
+fn composite_group_norm(
+    x: &Tensor,
+    groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    let channels = dims[1];
+    let grouped = x.reshape([dims[0], groups, x.elem_count() / (dims[0] * groups)])?;
+    let mean = grouped.mean(&[2], true)?;
+    let centered = grouped.sub(&mean)?;
+    let var = centered.square()?.mean(&[2], true)?;
+    let mut y = centered.div(&var.add_scalar(eps)?.sqrt()?)?.reshape(dims)?;
+    let mut channel_dims = vec![1; x.rank()];
+    channel_dims[1] = channels;
+    if let Some(weight) = weight {
+        y = y.mul(&weight.reshape(channel_dims.clone())?)?;
+    }
+    if let Some(bias) = bias {
+        y = y.add(&bias.reshape(channel_dims)?)?;
+    }
+    Ok(y)
+}
+
+#[test]
+fn group_norm_matches_the_composite_and_its_gradients() -> Result<()> {
+    // The U-Net's shapes (past the kernels' parallel threshold), odd ones, one group (layer
+    // norm) and a group per channel (instance norm), rank 2 to 4.
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[2, 6, 4, 5], &[1, 2, 3, 6]),
+        (&[64, 32, 7, 7], &[8]),
+        (&[8, 16, 14, 14], &[4]),
+        (&[3, 4, 7], &[2]),
+        (&[4, 6], &[3]),
+        (&[1, 1, 1, 1], &[1]),
+    ];
+    for &(shape, group_counts) in cases {
+        for &groups in group_counts {
+            for (dtype, atol, rtol) in [
+                (DType::F64, 1e-12, 1e-12),
+                (DType::F32, 2e-5, 2e-5),
+                (DType::BF16, 0.1, 0.02),
+                (DType::F16, 1e-2, 5e-3),
+            ] {
+                let c = shape[1];
+                for affine in 0..4 {
+                    let x = Var::new(&tensor(shape, 1, 1.5, 0.3, dtype))?;
+                    let weight = Var::new(&tensor(&[c], 2, 0.5, 1.0, dtype))?;
+                    let bias = Var::new(&tensor(&[c], 3, 0.5, 0.0, dtype))?;
+                    let w = (affine & 1 == 1).then_some(weight.as_tensor());
+                    let b = (affine & 2 == 2).then_some(bias.as_tensor());
+                    let what = format!("{shape:?} {groups} groups {dtype} affine {affine}");
+                    let y = x.group_norm(groups, w, b, 1e-5)?;
+                    let expected = composite_group_norm(&x, groups, w, b, 1e-5)?;
+                    assert_close(&format!("{what}: y"), &y, &expected, atol, rtol);
+                    if dtype != DType::F64 && dtype != DType::F32 {
+                        continue;
+                    }
+                    let project = tensor(shape, 4, 1.0, 0.0, dtype);
+                    let grads = y.mul(&project)?.sum_all()?.backward()?;
+                    let expected = expected.mul(&project)?.sum_all()?.backward()?;
+                    let scale = if dtype == DType::F64 { 1.0 } else { 50.0 };
+                    for (name, leaf) in [
+                        ("x", Some(&x)),
+                        ("weight", w.map(|_| &weight)),
+                        ("bias", b.map(|_| &bias)),
+                    ] {
+                        let Some(leaf) = leaf else { continue };
+                        let (g, e) = (grads.get(leaf).unwrap(), expected.get(leaf).unwrap());
+                        assert_close(
+                            &format!("{what}: d{name}"),
+                            g,
+                            e,
+                            atol * scale,
+                            rtol * scale,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn group_norm_of_strided_and_empty_inputs() -> Result<()> {
+    // [N, C, H, W] read from NHWC memory: the same bits as its contiguous copy, gradients too.
+    let nhwc = Var::new(&tensor(&[4, 5, 6, 6], 5, 2.0, 0.0, DType::F32))?;
+    let strided = nhwc.permute(&[0, 3, 1, 2])?;
+    assert!(!strided.is_contiguous());
+    let copy = Var::new(&strided.contiguous()?.detach())?;
+    let weight = tensor(&[6], 6, 0.5, 1.0, DType::F32);
+    let bias = tensor(&[6], 7, 0.5, 0.0, DType::F32);
+    let project = tensor(strided.dims(), 8, 1.0, 0.0, DType::F32);
+    let outputs = [&strided, copy.as_tensor()].map(|x| {
+        let y = x.group_norm(3, Some(&weight), Some(&bias), 1e-5).unwrap();
+        let grads = y
+            .mul(&project)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        (y, grads)
+    });
+    let [(y, grads), (ey, egrads)] = &outputs;
+    assert_close("y", y, ey, 0.0, 0.0);
+    let dx = grads.get(&nhwc).unwrap().permute(&[0, 3, 1, 2])?;
+    assert_close("dx", &dx, egrads.get(&copy).unwrap(), 0.0, 0.0);
+    // No samples, or no positions: an empty result of the input's shape.
+    for shape in [[0, 6, 3], [2, 6, 0]] {
+        let empty = Tensor::zeros(shape, DType::F32, Device::Cpu)?;
+        let y = empty.group_norm(2, Some(&weight), Some(&bias), 1e-5)?;
+        assert_eq!(y.dims(), shape);
+    }
+    // Channels that do not split, a bad weight: one-line errors.
+    let x = tensor(&[2, 6, 3], 9, 1.0, 0.0, DType::F32);
+    let errors = [
+        x.group_norm(4, None, None, 1e-5).unwrap_err().to_string(),
+        x.group_norm(2, Some(&bias.reshape([2, 3])?), None, 1e-5)
+            .unwrap_err()
+            .to_string(),
+    ];
+    assert!(
+        errors[0].contains("6 channels do not split into 4 groups"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[1].contains("weight should be [6]"), "{}", errors[1]);
     Ok(())
 }
 

@@ -503,7 +503,8 @@ impl Module for LayerNorm {
 /// `num_groups` groups of C / num_groups channels and each sample's group normalised over its
 /// channels and positions together, `(x - mean) / √(var + eps)` with the variance biased, then
 /// scaled by `weight [C]` and shifted by `bias [C]` per channel (each optional). One group is
-/// layer norm over (C, *); C groups is instance norm.
+/// layer norm over (C, *); C groups is instance norm. kiln-tensor's fused op
+/// (`Tensor::group_norm`): one pass for the normalisation and affine map, two for the backward.
 pub fn group_norm(
     x: &Tensor,
     num_groups: usize,
@@ -511,51 +512,7 @@ pub fn group_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    const OP: &str = "group_norm";
-    let dims = x.dims();
-    if dims.len() < 2 {
-        return Err(NnError::invalid(
-            OP,
-            format!("expected input [N, C, *], got {}", x.shape()),
-        ));
-    }
-    let (n, channels) = (dims[0], dims[1]);
-    if num_groups == 0 || !channels.is_multiple_of(num_groups) {
-        return Err(NnError::invalid(
-            OP,
-            format!("{channels} channels do not split into {num_groups} groups"),
-        ));
-    }
-    for (name, tensor) in [("weight", weight), ("bias", bias)] {
-        if let Some(tensor) = tensor.filter(|t| t.dims() != [channels]) {
-            return Err(NnError::invalid(
-                OP,
-                format!("{name} should be [{channels}], got {}", tensor.shape()),
-            ));
-        }
-    }
-    let per_group = x.elem_count() / (n * num_groups).max(1);
-    let mut y = if per_group > 0 {
-        // Each (sample, group) as a channel of batch norm's fused kernels: [1, N·G, C/G·*],
-        // normalised over its C/G·* values with the biased variance, as group norm is.
-        let (y, _, _) = x
-            .reshape([1, n * num_groups, per_group])?
-            .batch_norm_train(None, None, eps)?;
-        y.reshape(dims)?
-    } else {
-        x.clone() // no values to normalise
-    };
-    // weight and bias [C] → [C, 1, .., 1], broadcast over N and the positions.
-    let per_channel: Vec<usize> = std::iter::once(channels)
-        .chain(std::iter::repeat_n(1, dims.len() - 2))
-        .collect();
-    if let Some(weight) = weight {
-        y = y.mul(&weight.reshape(per_channel.as_slice())?)?;
-    }
-    if let Some(bias) = bias {
-        y = y.add(&bias.reshape(per_channel.as_slice())?)?;
-    }
-    Ok(y)
+    Ok(x.group_norm(num_groups, weight, bias, eps)?)
 }
 
 /// Group norm over `[N, C, *]` (PyTorch's `nn.GroupNorm`, eps 1e-5, affine): see

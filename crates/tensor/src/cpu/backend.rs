@@ -689,6 +689,62 @@ impl BackendStorage for CpuStorage {
         }
     }
 
+    fn group_norm_forward(
+        &self,
+        layout: &Layout,
+        groups: usize,
+        (mean, invstd): (&Self, &Self),
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+    ) -> Result<Self> {
+        const OP: &str = "group_norm";
+        Ok(map_float!(OP, self, x => {
+            let weight = weight.map(|w| self.same_typed(OP, w)).transpose()?;
+            let bias = bias.map(|b| self.same_typed(OP, b)).transpose()?;
+            let stats = (self.same_typed(OP, mean)?, self.same_typed(OP, invstd)?);
+            norm::group_norm_forward(x, layout, groups, stats, (weight, bias))
+        }))
+    }
+
+    fn group_norm_backward(
+        &self,
+        layout: &Layout,
+        x: Operand<'_, Self>,
+        groups: usize,
+        (mean, invstd): (&Self, &Self),
+        weight: Option<&Self>,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "group_norm_backward";
+        fn typed<T: FloatDType>(
+            grad: (&[T], &Layout),
+            (dy, x): (&CpuStorage, Operand<'_, CpuStorage>),
+            groups: usize,
+            (mean, invstd): (&CpuStorage, &CpuStorage),
+            weight: Option<&CpuStorage>,
+        ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+            let weight = weight.map(|w| dy.same_typed(OP, w)).transpose()?;
+            let stats = (dy.same_typed(OP, mean)?, dy.same_typed(OP, invstd)?);
+            let x = (dy.same_typed(OP, x.storage)?, x.layout);
+            let (dx, dw, db) = norm::group_norm_backward(grad, x, groups, stats, weight);
+            Ok((
+                CpuStorage::from_vec(dx),
+                CpuStorage::from_vec(dw),
+                CpuStorage::from_vec(db),
+            ))
+        }
+        let stats = (mean, invstd);
+        match self {
+            CpuStorage::F16(g) => typed((g, layout), (self, x), groups, stats, weight),
+            CpuStorage::BF16(g) => typed((g, layout), (self, x), groups, stats, weight),
+            CpuStorage::F32(g) => typed((g, layout), (self, x), groups, stats, weight),
+            CpuStorage::F64(g) => typed((g, layout), (self, x), groups, stats, weight),
+            other => Err(Error::UnsupportedDType {
+                op: OP,
+                dtype: other.dtype(),
+            }),
+        }
+    }
+
     fn bce_with_logits(
         &self,
         layout: &Layout,

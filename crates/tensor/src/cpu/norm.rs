@@ -1,9 +1,12 @@
-//! Batch norm's CPU kernels: per-channel batch statistics, the normalising forward and the
-//! fused training-mode backward, over `x [N, C, *]` read as `(outer, channels, inner)` in
-//! row-major order. They are the references of kernels/norm.cu. kiln-nn's group norm runs on
-//! them too, each (sample, group) a channel of `[1, N·G, C/G·*]`; layer norm is composed from
-//! tensor ops.
+//! Batch norm's and group norm's CPU kernels over `x [N, C, *]` read as `(outer, channels,
+//! inner)` in row-major order: batch norm's per-channel statistics (group norm's too, each
+//! (sample, group) a channel of `[1, N·G, C/G·*]`), the normalising forwards with the affine
+//! map in the same pass, and the fused training-mode backwards. Batch norm's are the
+//! references of kernels/norm.cu; CUDA runs group norm as batch norm's kernels composed with
+//! broadcast ops (`backend::group_norm_forward_composed`). Layer norm is composed from tensor
+//! ops.
 
+use num_traits::One;
 use rayon::prelude::*;
 
 use super::index::row_major;
@@ -115,9 +118,6 @@ pub(crate) fn batch_norm_stats<T: FloatDType>(data: &[T], layout: &Layout) -> (V
     stats.into_iter().unzip()
 }
 
-/// One `[inner]` plane of the backward: its index, then (dx out, dy, x).
-type BackwardPlane<'a, T> = (usize, ((&'a mut [T], &'a [T]), &'a [T]));
-
 /// The per-channel constants of the forward in the math type: `(mean, invstd, weight, bias)`,
 /// weight and bias `None` when absent.
 type Channel<M> = (M, M, Option<M>, Option<M>);
@@ -133,21 +133,63 @@ pub(crate) fn batch_norm_forward<T: FloatDType>(
     weight: Option<&[T]>,
     bias: Option<&[T]>,
 ) -> Vec<T> {
-    let x = row_major(data, layout);
     let (_, channels, inner) = channel_split(layout);
     let constants: Vec<Channel<T::Math>> = (0..channels)
-        .map(|c| {
-            (
-                mean[c].to_math(),
-                invstd[c].to_math(),
-                weight.map(|w| w[c].to_math()),
-                bias.map(|b| b[c].to_math()),
-            )
+        .map(|c| channel_constants((mean, invstd, c), (weight, bias, c)))
+        .collect();
+    normalise_planes(&row_major(data, layout), inner, &constants)
+}
+
+/// Group norm's forward over `x [N, C, *]`: `((x - mean[s])·invstd[s])·weight[c] + bias[c]`
+/// for channel `c` of sample `n`, `s = n·groups + c / (C / groups)` its group's statistics
+/// (`mean` and `invstd` are `[N·groups]`), in the order and rounding of
+/// [`batch_norm_forward`]: one pass, the affine map included.
+pub(crate) fn group_norm_forward<T: FloatDType>(
+    data: &[T],
+    layout: &Layout,
+    groups: usize,
+    (mean, invstd): (&[T], &[T]),
+    (weight, bias): (Option<&[T]>, Option<&[T]>),
+) -> Vec<T> {
+    let (outer, channels, inner) = channel_split(layout);
+    let constants: Vec<Channel<T::Math>> = (0..outer * channels)
+        .map(|p| {
+            let (group, c) = (group_of(p, channels, groups), p % channels);
+            channel_constants((mean, invstd, group), (weight, bias, c))
         })
         .collect();
+    normalise_planes(&row_major(data, layout), inner, &constants)
+}
+
+/// The group whose statistics plane `p` (sample `p / C`, channel `p % C`) of `[N, C, *]`
+/// is normalised with, of `groups` per sample.
+fn group_of(p: usize, channels: usize, groups: usize) -> usize {
+    p / channels * groups + p % channels / (channels / groups)
+}
+
+/// `(mean[s], invstd[s], weight[c], bias[c])` in the math type.
+fn channel_constants<T: FloatDType>(
+    (mean, invstd, s): (&[T], &[T], usize),
+    (weight, bias, c): (Option<&[T]>, Option<&[T]>, usize),
+) -> Channel<T::Math> {
+    (
+        mean[s].to_math(),
+        invstd[s].to_math(),
+        weight.map(|w| w[c].to_math()),
+        bias.map(|b| b[c].to_math()),
+    )
+}
+
+/// Each `[inner]` plane `p` of a row-major `x` normalised with `constants[p %
+/// constants.len()]`: `((x - mean)·invstd)·weight + bias`, each operation rounded once.
+fn normalise_planes<T: FloatDType>(
+    x: &[T],
+    inner: usize,
+    constants: &[Channel<T::Math>],
+) -> Vec<T> {
     let mut out = vec![T::default(); x.len()];
     let plane = |(p, (out, x)): (usize, (&mut [T], &[T]))| {
-        let (m, s, w, b) = constants[p % channels];
+        let (m, s, w, b) = constants[p % constants.len()];
         for (o, &v) in out.iter_mut().zip(x) {
             let mut y = (v.to_math() - m) * s;
             if let Some(w) = w {
@@ -206,29 +248,137 @@ pub(crate) fn batch_norm_backward<T: FloatDType>(
     let round = |v: f64| T::from_math(T::math_from_f64(v));
     let grad_weight = sums.iter().map(|&(_, s)| round(s)).collect();
     let grad_bias = sums.iter().map(|&(s, _)| round(s)).collect();
-    let constants: Vec<[T::Math; 5]> = (0..channels)
+    let constants: Vec<PlaneGradient<T::Math>> = (0..channels)
         .map(|c| {
             let (m, s) = (mean[c].to_math(), invstd[c].to_math());
-            let scale = match weight {
-                Some(w) => s * w[c].to_math(),
-                None => s,
-            };
             let (sum_dy, sum_dy_xhat) = sums[c];
-            [
-                m,
-                s,
-                scale,
-                T::math_from_f64(sum_dy / count),
-                T::math_from_f64(sum_dy_xhat / count),
-            ]
+            PlaneGradient {
+                mean: m,
+                invstd: s,
+                scale: weight.map_or(s, |w| s * w[c].to_math()),
+                weight: T::Math::one(),
+                mean_g: T::math_from_f64(sum_dy / count),
+                mean_g_xhat: T::math_from_f64(sum_dy_xhat / count),
+            }
         })
         .collect();
+    let dx = input_gradient_planes(&dy, &x, inner, &constants);
+    (dx, grad_weight, grad_bias)
+}
+
+/// Group norm's backward over `x [N, C, *]` with the statistics of [`group_norm_forward`]:
+/// per plane (sample, channel) `Σ dy` and `Σ dy·xhat` in f64 as batch norm's backward sums
+/// them; `dbias[c]` and `dweight[c]` those summed over the samples in order; per group of a
+/// sample the means of `g = dy·weight` and `g·xhat` from them; then `dx = invstd·((dy·weight -
+/// mean(g)) - xhat·mean(g·xhat))` in the math type. Two passes over `dy` and `x`, where the
+/// composition of batch norm's backward with a broadcast product and sums took six.
+pub(crate) fn group_norm_backward<T: FloatDType>(
+    (grad, grad_layout): (&[T], &Layout),
+    (data, layout): (&[T], &Layout),
+    groups: usize,
+    (mean, invstd): (&[T], &[T]),
+    weight: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let dy = row_major(grad, grad_layout);
+    let x = row_major(data, layout);
+    let (outer, channels, inner) = channel_split(layout);
+    let plane_sums = |p: usize| {
+        let group = group_of(p, channels, groups);
+        let (m, s) = (mean[group].to_math(), invstd[group].to_math());
+        let run = (&dy[p * inner..][..inner], &x[p * inner..][..inner]);
+        lane_sums_zip(std::iter::once(run), |g, v| {
+            let g = T::math_to_f64(g.to_math());
+            [g, g * T::math_to_f64((v.to_math() - m) * s)]
+        })
+    };
+    let planes = outer * channels;
+    let sums: Vec<[f64; 2]> = if x.len() < PARALLEL_MIN {
+        (0..planes).map(plane_sums).collect()
+    } else {
+        (0..planes).into_par_iter().map(plane_sums).collect()
+    };
+    let (mut grad_weight, mut grad_bias) = (vec![0.0f64; channels], vec![0.0f64; channels]);
+    for (p, [sum_dy, sum_dy_xhat]) in sums.iter().enumerate() {
+        grad_bias[p % channels] += sum_dy;
+        grad_weight[p % channels] += sum_dy_xhat;
+    }
+    let weight_of = |c: usize| weight.map_or(T::Math::one(), |w| w[c].to_math());
+    // Per group of each sample, Σ g and Σ g·xhat over its channels in order.
+    let per_group = channels / groups;
+    let count = (per_group * inner) as f64;
+    let group_means: Vec<(T::Math, T::Math)> = sums
+        .chunks(per_group.max(1))
+        .enumerate()
+        .map(|(group, sums)| {
+            let first = group % groups * per_group;
+            let (mut sum_g, mut sum_g_xhat) = (0.0, 0.0);
+            for (c, [sum_dy, sum_dy_xhat]) in (first..).zip(sums) {
+                let w = T::math_to_f64(weight_of(c));
+                sum_g += w * sum_dy;
+                sum_g_xhat += w * sum_dy_xhat;
+            }
+            (
+                T::math_from_f64(sum_g / count),
+                T::math_from_f64(sum_g_xhat / count),
+            )
+        })
+        .collect();
+    let constants: Vec<PlaneGradient<T::Math>> = (0..planes)
+        .map(|p| {
+            let group = group_of(p, channels, groups);
+            let (mean_g, mean_g_xhat) = group_means[group];
+            let s = invstd[group].to_math();
+            PlaneGradient {
+                mean: mean[group].to_math(),
+                invstd: s,
+                scale: s,
+                weight: weight_of(p % channels),
+                mean_g,
+                mean_g_xhat,
+            }
+        })
+        .collect();
+    let dx = input_gradient_planes(&dy, &x, inner, &constants);
+    let round = |v: f64| T::from_math(T::math_from_f64(v));
+    (
+        dx,
+        grad_weight.into_iter().map(round).collect(),
+        grad_bias.into_iter().map(round).collect(),
+    )
+}
+
+/// The constants of one plane of a normalisation's input gradient (see
+/// [`input_gradient_planes`]), in the math type.
+#[derive(Clone, Copy)]
+struct PlaneGradient<M> {
+    mean: M,
+    invstd: M,
+    scale: M,
+    weight: M,
+    mean_g: M,
+    mean_g_xhat: M,
+}
+
+/// One `[inner]` plane of the input gradient: its index, then (dx out, dy, x).
+type BackwardPlane<'a, T> = (usize, ((&'a mut [T], &'a [T]), &'a [T]));
+
+/// `dx = scale·((dy·weight - mean_g) - xhat·mean_g_xhat)`, `xhat = (x - mean)·invstd`, in
+/// the math type in that order, for each `[inner]` plane `p` of row-major `dy` and `x` with
+/// `constants[p % constants.len()]`. Batch norm folds its weight into `scale` (its `weight`
+/// is 1, a product that changes nothing); group norm's weight varies within a group.
+fn input_gradient_planes<T: FloatDType>(
+    dy: &[T],
+    x: &[T],
+    inner: usize,
+    constants: &[PlaneGradient<T::Math>],
+) -> Vec<T> {
     let mut dx = vec![T::default(); x.len()];
     let plane = |(p, ((out, dy), x)): BackwardPlane<'_, T>| {
-        let [m, s, scale, mean_dy, mean_dy_xhat] = constants[p % channels];
+        let c = constants[p % constants.len()];
         for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
-            let xhat = (v.to_math() - m) * s;
-            *o = T::from_math(scale * ((g.to_math() - mean_dy) - xhat * mean_dy_xhat));
+            let xhat = (v.to_math() - c.mean) * c.invstd;
+            let g = g.to_math() * c.weight;
+            *o = T::from_math(c.scale * ((g - c.mean_g) - xhat * c.mean_g_xhat));
         }
     };
     let inner = inner.max(1);
@@ -245,5 +395,73 @@ pub(crate) fn batch_norm_backward<T: FloatDType>(
             .enumerate()
             .for_each(plane);
     }
-    (dx, grad_weight, grad_bias)
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::CpuStorage;
+    use crate::backend::{
+        group_norm_backward_composed, group_norm_forward_composed, BackendStorage, Operand,
+    };
+    use crate::Layout;
+
+    /// `n` values in [-2, 2) from a fixed sequence, plus `offset`.
+    fn values(n: usize, seed: usize, offset: f64) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f64 / 250.0 - 2.0 + offset)
+            .collect()
+    }
+
+    fn close(what: &str, got: &CpuStorage, expected: &CpuStorage) {
+        let (got, expected) = (got.as_slice::<f64>(), expected.as_slice::<f64>());
+        let (got, expected) = (got.unwrap(), expected.unwrap());
+        assert_eq!(got.len(), expected.len(), "{what}");
+        for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+            assert!(
+                (g - e).abs() <= 1e-12 * (1.0 + e.abs()),
+                "{what}[{i}]: {g} vs {e}"
+            );
+        }
+    }
+
+    /// The CPU's one-pass group norm kernels against the composition of batch norm's kernels
+    /// and broadcast ops that the CUDA backend runs (the trait's default), on the CPU: the
+    /// same values and gradients, so the composition CUDA relies on is checked on any machine.
+    #[test]
+    fn group_norm_kernels_equal_the_composition_cuda_runs() {
+        for (dims, groups) in [([3, 6, 10], 2), ([2, 4, 1], 4), ([64, 32, 49], 8)] {
+            let [n, c, inner] = dims;
+            let layout = Layout::contiguous(dims);
+            let x = CpuStorage::from_vec(values(n * c * inner, 1, 0.5));
+            let dy = CpuStorage::from_vec(values(n * c * inner, 2, 0.0));
+            let weight = CpuStorage::from_vec(values(c, 3, 1.0));
+            let bias = CpuStorage::from_vec(values(c, 4, 0.0));
+            let grouped = Layout::contiguous([1, n * groups, c / groups * inner]);
+            let (mean, var) = x.batch_norm_stats(&grouped).unwrap();
+            let invstd = CpuStorage::from_vec(
+                var.as_slice::<f64>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| 1.0 / (v + 1e-5).sqrt())
+                    .collect::<Vec<f64>>(),
+            );
+            let stats = (&mean, &invstd);
+            for (w, b) in [(Some(&weight), Some(&bias)), (None, None)] {
+                let what = format!("{dims:?} in {groups} groups, affine {}", w.is_some());
+                let y = x.group_norm_forward(&layout, groups, stats, w, b).unwrap();
+                let expected = group_norm_forward_composed(&x, &layout, groups, stats, w, b);
+                close(&format!("{what}: y"), &y, &expected.unwrap());
+                let x = Operand::new(&x, &layout);
+                let got = dy
+                    .group_norm_backward(&layout, x, groups, stats, w)
+                    .unwrap();
+                let expected =
+                    group_norm_backward_composed(&dy, &layout, x, groups, stats, w).unwrap();
+                close(&format!("{what}: dx"), &got.0, &expected.0);
+                close(&format!("{what}: dweight"), &got.1, &expected.1);
+                close(&format!("{what}: dbias"), &got.2, &expected.2);
+            }
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Training-mode batch norm as one op (`Tensor::batch_norm_train`): the batch statistics, the
 //! normalisation and the affine map in two kernels, and a fused two-pass backward; and
 //! evaluation mode with given statistics (`Tensor::batch_norm_eval`, untracked) in the same
-//! normalising kernel. kiln-nn's group norm calls `batch_norm_train` on `[1, N·G, C/G·*]`.
+//! normalising kernel. Group norm (`Tensor::group_norm`) likewise: batch norm's statistics of
+//! each (sample, group), then the normalisation and affine map in one kernel, and a fused
+//! backward.
 
 use crate::backend::Operand;
 use crate::op::Op;
@@ -33,11 +35,11 @@ fn dense(t: &Tensor) -> Result<Tensor> {
 }
 
 /// Checks that `x` is a float `[N, C, ..]` (rank ≥ 2) and returns C.
-fn check_input(x: &Tensor) -> Result<usize> {
-    x.float_only(OP)?;
+fn check_input(op: &'static str, x: &Tensor) -> Result<usize> {
+    x.float_only(op)?;
     if x.rank() < 2 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("expected input [N, C, ..], got {}", x.shape()),
         ));
     }
@@ -45,15 +47,19 @@ fn check_input(x: &Tensor) -> Result<usize> {
 }
 
 /// Checks that each given vector is `[C]`, of `x`'s dtype and on its device.
-fn check_channel_vectors(x: &Tensor, vectors: &[(&str, Option<&Tensor>)]) -> Result<()> {
+fn check_channel_vectors(
+    op: &'static str,
+    x: &Tensor,
+    vectors: &[(&str, Option<&Tensor>)],
+) -> Result<()> {
     let channels = x.dims()[1];
     for &(name, t) in vectors {
         let Some(t) = t else { continue };
-        x.same_dtype(OP, t)?;
-        x.same_device(OP, t)?;
+        x.same_dtype(op, t)?;
+        x.same_device(op, t)?;
         if t.dims() != [channels] {
             return Err(Error::invalid(
-                OP,
+                op,
                 format!(
                     "input {} has {channels} channels, so {name} should be [{channels}], got {}",
                     x.shape(),
@@ -97,14 +103,14 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let channels = check_input(self)?;
+        let channels = check_input(OP, self)?;
         if channels > 0 && self.elem_count() == 0 {
             return Err(Error::invalid(
                 OP,
                 format!("input {} has no values per channel", self.shape()),
             ));
         }
-        check_channel_vectors(self, &[("weight", weight), ("bias", bias)])?;
+        check_channel_vectors(OP, self, &[("weight", weight), ("bias", bias)])?;
         let weight = weight.map(dense).transpose()?;
         let bias = bias.map(dense).transpose()?;
         let (mean, var) = {
@@ -148,8 +154,9 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> Result<Tensor> {
-        check_input(self)?;
+        check_input(OP, self)?;
         check_channel_vectors(
+            OP,
             self,
             &[
                 ("mean", Some(mean)),
@@ -218,6 +225,16 @@ pub(crate) fn batch_norm_backward(
             Tensor::from_storage(dbias, channels, None),
         )
     };
+    Ok(input_gradients(x, weight, bias, (dx, dweight, dbias)))
+}
+
+/// `(input, its gradient)` for x and whichever of weight and bias are present.
+fn input_gradients(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    (dx, dweight, dbias): (Tensor, Tensor, Tensor),
+) -> Vec<(Tensor, Tensor)> {
     let mut grads = vec![(x.clone(), dx)];
     if let Some(weight) = weight {
         grads.push((weight.clone(), dweight));
@@ -225,5 +242,141 @@ pub(crate) fn batch_norm_backward(
     if let Some(bias) = bias {
         grads.push((bias.clone(), dbias));
     }
-    Ok(grads)
+    grads
+}
+
+impl Tensor {
+    /// PyTorch's `F.group_norm` of `x [N, C, *]` (rank ≥ 2): each sample's channels split into
+    /// `groups` groups of `C / groups`, each normalised over its channels and positions with
+    /// its mean and biased variance, `(x - mean)·invstd`, `invstd = 1/√(var + eps)`; then
+    /// `weight` and `bias` (`[C]`, each optional) scale and shift per channel. The statistics
+    /// are batch norm's kernel on `[1, N·groups, C/groups·*]` (two passes in f64 on the
+    /// CPU); the normalisation and the affine map run in one pass, and the backward in two
+    /// (`BackendStorage::group_norm_forward`, `group_norm_backward`). Gradients flow to x
+    /// through the statistics too, exactly to any order (`backward_with_graph`).
+    pub fn group_norm(
+        &self,
+        groups: usize,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        const OP: &str = "group_norm";
+        let channels = check_input(OP, self)?;
+        if groups == 0 || channels % groups != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("{channels} channels do not split into {groups} groups"),
+            ));
+        }
+        check_channel_vectors(OP, self, &[("weight", weight), ("bias", bias)])?;
+        if self.elem_count() == 0 {
+            // No values to normalise: the affine map alone, on an empty tensor.
+            let mut y = self.clone();
+            if let Some(weight) = weight {
+                y = y.mul(&per_channel(weight, self)?)?;
+            }
+            if let Some(bias) = bias {
+                y = y.add(&per_channel(bias, self)?)?;
+            }
+            return Ok(y);
+        }
+        let weight = weight.map(dense).transpose()?;
+        let bias = bias.map(dense).transpose()?;
+        let samples = self.dims()[0] * groups;
+        let (mean, var) = {
+            let grouped = self.reshape([1, samples, self.elem_count() / samples])?;
+            let (mean, var) = grouped.storage().batch_norm_stats(grouped.layout())?;
+            let shape = Shape::from([samples]);
+            (
+                Tensor::from_storage(mean, shape.clone(), None), // [N·G]
+                Tensor::from_storage(var, shape, None),          // [N·G]
+            )
+        };
+        let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [N·G]
+        let storage = {
+            let (weight, bias) = (weight.as_ref(), bias.as_ref());
+            let weight_storage = weight.map(|w| w.storage());
+            let bias_storage = bias.map(|b| b.storage());
+            self.storage().group_norm_forward(
+                self.layout(),
+                groups,
+                (&mean.storage(), &invstd.storage()),
+                weight_storage.as_deref(),
+                bias_storage.as_deref(),
+            )?
+        };
+        let inputs: Vec<&Tensor> = [self]
+            .into_iter()
+            .chain(weight.as_ref())
+            .chain(bias.as_ref())
+            .collect();
+        let record = Tensor::record(&inputs, || Op::GroupNorm {
+            x: self.clone(),
+            weight: weight.clone(),
+            bias: bias.clone(),
+            mean: mean.clone(),
+            invstd: invstd.clone(),
+            groups,
+            eps,
+        });
+        Ok(Tensor::from_storage(storage, self.shape().clone(), record))
+    }
+}
+
+/// Gradients of `y = x.group_norm(groups, weight, bias, eps)` for x and whichever of weight
+/// and bias are present: in a plain backward the backend's fused kernel with the saved
+/// statistics; when the backward is recorded, the same formula in tracked tensor ops with the
+/// statistics recomputed from x, as [`batch_norm_backward`] does.
+pub(crate) fn group_norm_backward(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    (groups, mean, invstd, eps): (usize, &Tensor, &Tensor, f64),
+    grad: &Tensor,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let dims = x.dims();
+    let (dx, dweight, dbias) = if is_grad_enabled() {
+        let grouped = [dims[0], groups, x.elem_count() / (dims[0] * groups)];
+        let xg = x.reshape(grouped)?; // [N, G, M]
+        let mean = xg.mean(&[2], true)?; // [N, G, 1]
+        let centered = xg.sub(&mean)?;
+        let var = centered.square()?.mean(&[2], true)?;
+        let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [N, G, 1]
+        let xhat = centered.mul(&invstd)?; // [N, G, M]
+        let g = match weight {
+            Some(w) => grad.mul(&per_channel(w, x)?)?,
+            None => grad.clone(),
+        }
+        .reshape(grouped)?; // [N, G, M]
+        let mean_g = g.mean(&[2], true)?;
+        let mean_g_xhat = g.mul(&xhat)?.mean(&[2], true)?;
+        let dx = g
+            .sub(&mean_g)?
+            .sub(&xhat.mul(&mean_g_xhat)?)?
+            .mul(&invstd)?
+            .reshape(dims)?; // [N, C, *]
+        let reduced = reduced_dims(x);
+        let dweight = grad.mul(&xhat.reshape(dims)?)?.sum(&reduced, false)?; // [C]
+        let dbias = grad.sum(&reduced, false)?; // [C]
+        (dx, dweight, dbias)
+    } else {
+        let channels = Shape::from([dims[1]]);
+        let (dx, dweight, dbias) = {
+            let weight_storage = weight.map(|w| w.storage());
+            grad.storage().group_norm_backward(
+                grad.layout(),
+                Operand::new(&x.storage(), x.layout()),
+                groups,
+                (&mean.storage(), &invstd.storage()),
+                weight_storage.as_deref(),
+            )?
+        };
+        (
+            Tensor::from_storage(dx, x.shape().clone(), None),
+            Tensor::from_storage(dweight, channels.clone(), None),
+            Tensor::from_storage(dbias, channels, None),
+        )
+    };
+    Ok(input_gradients(x, weight, bias, (dx, dweight, dbias)))
 }

@@ -817,6 +817,42 @@ fn batch_norm_input() -> impl Strategy<Value = Input> {
     vec(2usize..=4, 2..=4).prop_flat_map(|s| input_of(s, any_value()))
 }
 
+/// Gradient-checks `norm(x, weight, bias)` for a batch or group norm of `x [N, C, *]`, with a
+/// `[C]` weight (`affine & 1`) and bias (`affine & 2`) from `params` (8 values). The norms
+/// under test run with eps 0.1, which keeps channels whose values nearly agree well
+/// conditioned for the finite differences; their formulas do not depend on it.
+fn check_normalisation(
+    x: &Input,
+    params: &[f64],
+    affine: usize,
+    norm: impl Fn(&Tensor, Option<&Tensor>, Option<&Tensor>) -> Result<Tensor>,
+) -> std::result::Result<(), TestCaseError> {
+    let c = x.shape[1];
+    let weight = Input {
+        shape: vec![c],
+        view: View::Plain,
+        values: params[..c].to_vec(),
+    };
+    let bias = Input {
+        shape: vec![c],
+        view: View::Plain,
+        values: params[4..4 + c].to_vec(),
+    };
+    let (with_weight, with_bias) = (affine & 1 == 1, affine & 2 == 2);
+    let mut inputs = vec![x];
+    if with_weight {
+        inputs.push(&weight);
+    }
+    if with_bias {
+        inputs.push(&bias);
+    }
+    check(&inputs, |t| {
+        let weight = with_weight.then(|| &t[1]);
+        let bias = with_bias.then(|| &t[inputs.len() - 1]);
+        norm(&t[0], weight, bias)
+    })
+}
+
 /// Logits and targets in [0, 1] of one shape (each with its own view).
 fn logits_and_targets() -> impl Strategy<Value = (Input, Input)> {
     shape(0, 4).prop_flat_map(|s| (input_of(s.clone(), any_value()), input_of(s, 0.0..1.0f64)))
@@ -827,23 +863,8 @@ proptest! {
 
     #[test]
     fn batch_norm_train(x in batch_norm_input(), params in vec(any_value(), 8), affine in 0usize..4) {
-        let c = x.shape[1];
-        let weight = Input { shape: vec![c], view: View::Plain, values: params[..c].to_vec() };
-        let bias = Input { shape: vec![c], view: View::Plain, values: params[4..4 + c].to_vec() };
-        let (with_weight, with_bias) = (affine & 1 == 1, affine & 2 == 2);
-        let mut inputs = vec![&x];
-        if with_weight {
-            inputs.push(&weight);
-        }
-        if with_bias {
-            inputs.push(&bias);
-        }
-        // eps 0.1 keeps channels whose values nearly agree well conditioned for the finite
-        // differences; the formula under test does not depend on it.
-        check(&inputs, |t| {
-            let weight = with_weight.then(|| &t[1]);
-            let bias = with_bias.then(|| &t[inputs.len() - 1]);
-            Ok(t[0].batch_norm_train(weight, bias, 0.1)?.0)
+        check_normalisation(&x, &params, affine, |x, weight, bias| {
+            Ok(x.batch_norm_train(weight, bias, 0.1)?.0)
         })?;
     }
 
@@ -859,21 +880,8 @@ proptest! {
         let c = x.shape[1];
         let divisors: Vec<usize> = (1..=c).filter(|g| c % g == 0).collect();
         let groups = divisors[pick % divisors.len()];
-        let weight = Input { shape: vec![c], view: View::Plain, values: params[..c].to_vec() };
-        let bias = Input { shape: vec![c], view: View::Plain, values: params[4..4 + c].to_vec() };
-        let (with_weight, with_bias) = (affine & 1 == 1, affine & 2 == 2);
-        let mut inputs = vec![&x];
-        if with_weight {
-            inputs.push(&weight);
-        }
-        if with_bias {
-            inputs.push(&bias);
-        }
-        // eps 0.1 as for batch norm: groups whose values nearly agree stay well conditioned.
-        check(&inputs, |t| {
-            let weight = with_weight.then(|| &t[1]);
-            let bias = with_bias.then(|| &t[inputs.len() - 1]);
-            t[0].group_norm(groups, weight, bias, 0.1)
+        check_normalisation(&x, &params, affine, |x, weight, bias| {
+            x.group_norm(groups, weight, bias, 0.1)
         })?;
     }
 

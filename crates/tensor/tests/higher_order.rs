@@ -359,63 +359,54 @@ fn second_derivatives_of_pooling_and_upsampling() {
     }
 }
 
-#[test]
-fn gradient_penalty_through_batch_norm() {
-    // A critic with a batch norm between its layers, so the input gradient flows through the
-    // batch statistics: its second derivatives must be exact (the recorded backward).
+/// The gradient penalty of a critic with a normalisation between its layers, so the input
+/// gradient flows through the statistics: `norm(hidden [4, 4], weight, bias)` with weights
+/// near 1 and biases from the critic's parameters when `affine`. Its second derivatives must
+/// be exact (the recorded backward).
+fn check_penalty_through(
+    what: &str,
+    affine: bool,
+    norm: impl Fn(&Tensor, Option<&Tensor>, Option<&Tensor>) -> Result<Tensor>,
+) {
     let x = tensor(
         &[
             0.3, -1.2, 0.8, 1.5, 0.1, -0.4, -0.9, 0.6, 1.1, 0.2, -0.3, -1.4,
         ],
         &[4, 3],
     );
+    let penalty = |p: &[Tensor]| -> Result<Tensor> {
+        let x = leaf(&x)?;
+        let hidden = x.matmul(&p[0])?; // [4, 4]
+        let weight = affine.then(|| p[1].add_scalar(1.0)).transpose()?; // [4]
+        let bias = affine.then_some(&p[1]); // [4]
+        let normed = norm(&hidden, weight.as_ref(), bias)?; // [4, 4]
+        let scores = normed.tanh()?.matmul(&p[2])?; // [4, 1]
+        let input_grad = grad_with_graph(&scores.sum_all()?, &x)?; // [4, 3]
+        let norms = input_grad.square()?.sum(&[1], false)?.sqrt()?; // [4]
+        norms.add_scalar(-1.0)?.square()?.mean_all()
+    };
+    let [w1, b1, w2, _] = critic_params();
+    GradCheck::default()
+        .check(penalty, &[w1, b1, w2])
+        .unwrap_or_else(|e| panic!("{what}, affine {affine}: {e}"));
+}
+
+#[test]
+fn gradient_penalty_through_batch_norm() {
     for affine in [true, false] {
-        let penalty = |p: &[Tensor]| -> Result<Tensor> {
-            let x = leaf(&x)?;
-            let hidden = x.matmul(&p[0])?; // [4, 4]
-                                           // Weights near 1 from p[1], biases p[1] itself.
-            let weight = affine.then(|| p[1].add_scalar(1.0)).transpose()?; // [4]
-            let bias = affine.then_some(&p[1]); // [4]
-            let normed = hidden.batch_norm_train(weight.as_ref(), bias, 1e-3)?.0; // [4, 4]
-            let scores = normed.tanh()?.matmul(&p[2])?; // [4, 1]
-            let input_grad = grad_with_graph(&scores.sum_all()?, &x)?; // [4, 3]
-            let norms = input_grad.square()?.sum(&[1], false)?.sqrt()?; // [4]
-            norms.add_scalar(-1.0)?.square()?.mean_all()
-        };
-        let [w1, b1, w2, _] = critic_params();
-        GradCheck::default()
-            .check(penalty, &[w1, b1, w2])
-            .unwrap_or_else(|e| panic!("affine {affine}: {e}"));
+        check_penalty_through("batch norm", affine, |h, w, b| {
+            Ok(h.batch_norm_train(w, b, 1e-3)?.0)
+        });
     }
 }
 
 #[test]
 fn gradient_penalty_through_group_norm() {
-    // As above with a group norm of the [4, 4] hidden layer (samples x channels) in one group
-    // of 4 channels or two of 2: the recorded backward's second derivatives through each
-    // sample's group statistics.
-    let x = tensor(
-        &[
-            0.3, -1.2, 0.8, 1.5, 0.1, -0.4, -0.9, 0.6, 1.1, 0.2, -0.3, -1.4,
-        ],
-        &[4, 3],
-    );
+    // The [4, 4] hidden layer as samples x channels, in one group of 4 channels or two of 2.
     for (groups, affine) in [(1, true), (2, true), (1, false)] {
-        let penalty = |p: &[Tensor]| -> Result<Tensor> {
-            let x = leaf(&x)?;
-            let hidden = x.matmul(&p[0])?; // [4, 4]
-            let weight = affine.then(|| p[1].add_scalar(1.0)).transpose()?; // [4]
-            let bias = affine.then_some(&p[1]); // [4]
-            let normed = hidden.group_norm(groups, weight.as_ref(), bias, 1e-3)?; // [4, 4]
-            let scores = normed.tanh()?.matmul(&p[2])?; // [4, 1]
-            let input_grad = grad_with_graph(&scores.sum_all()?, &x)?; // [4, 3]
-            let norms = input_grad.square()?.sum(&[1], false)?.sqrt()?; // [4]
-            norms.add_scalar(-1.0)?.square()?.mean_all()
-        };
-        let [w1, b1, w2, _] = critic_params();
-        GradCheck::default()
-            .check(penalty, &[w1, b1, w2])
-            .unwrap_or_else(|e| panic!("{groups} groups, affine {affine}: {e}"));
+        check_penalty_through(&format!("{groups} groups"), affine, |h, w, b| {
+            h.group_norm(groups, w, b, 1e-3)
+        });
     }
 }
 

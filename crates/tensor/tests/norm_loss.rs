@@ -71,6 +71,28 @@ fn composite_batch_norm(
     Ok((y, mean.reshape([channels])?, var.reshape([channels])?))
 }
 
+/// The gradients of one weighted sum through `y` and through `expected` (its composite),
+/// for each present leaf, within `atol` and `rtol` (scaled up for f32: sums over a channel
+/// round at ~count ulps).
+fn assert_same_gradients(
+    what: &str,
+    (y, expected): (&Tensor, &Tensor),
+    leaves: &[(&str, Option<&Var>)],
+    (atol, rtol): (f64, f64),
+) -> Result<()> {
+    let project = tensor(y.dims(), 4, 1.0, 0.0, y.dtype());
+    let grads = y.mul(&project)?.sum_all()?.backward()?;
+    let expected = expected.mul(&project)?.sum_all()?.backward()?;
+    let scale = if y.dtype() == DType::F64 { 1.0 } else { 50.0 };
+    for &(name, leaf) in leaves {
+        let Some(leaf) = leaf else { continue };
+        let (g, e) = (grads.get(leaf).unwrap(), expected.get(leaf).unwrap());
+        let what = format!("{what}: d{name}");
+        assert_close(&what, g, e, atol * scale, rtol * scale);
+    }
+    Ok(())
+}
+
 /// The shapes batch norm meets in kiln's models and a few odd ones.
 const SHAPES: &[&[usize]] = &[
     &[2, 3],
@@ -106,27 +128,12 @@ fn batch_norm_matches_the_composite_and_its_gradients() -> Result<()> {
                 if dtype != DType::F64 && dtype != DType::F32 {
                     continue;
                 }
-                // Gradients of one weighted sum through both.
-                let project = tensor(shape, 4, 1.0, 0.0, dtype);
-                let grads = y.mul(&project)?.sum_all()?.backward()?;
-                let expected = ey.mul(&project)?.sum_all()?.backward()?;
-                let scale = if dtype == DType::F64 { 1.0 } else { 50.0 };
-                for (name, leaf) in [
+                let leaves = [
                     ("x", Some(&x)),
                     ("weight", w.map(|_| &weight)),
                     ("bias", b.map(|_| &bias)),
-                ] {
-                    let Some(leaf) = leaf else { continue };
-                    let (g, e) = (grads.get(leaf).unwrap(), expected.get(leaf).unwrap());
-                    // Sums over a channel round at ~count ulps; scale the tolerance for them.
-                    assert_close(
-                        &format!("{what}: d{name}"),
-                        g,
-                        e,
-                        atol * scale,
-                        rtol * scale,
-                    );
-                }
+                ];
+                assert_same_gradients(&what, (&y, &ey), &leaves, (atol, rtol))?;
             }
         }
     }
@@ -194,25 +201,12 @@ fn group_norm_matches_the_composite_and_its_gradients() -> Result<()> {
                     if dtype != DType::F64 && dtype != DType::F32 {
                         continue;
                     }
-                    let project = tensor(shape, 4, 1.0, 0.0, dtype);
-                    let grads = y.mul(&project)?.sum_all()?.backward()?;
-                    let expected = expected.mul(&project)?.sum_all()?.backward()?;
-                    let scale = if dtype == DType::F64 { 1.0 } else { 50.0 };
-                    for (name, leaf) in [
+                    let leaves = [
                         ("x", Some(&x)),
                         ("weight", w.map(|_| &weight)),
                         ("bias", b.map(|_| &bias)),
-                    ] {
-                        let Some(leaf) = leaf else { continue };
-                        let (g, e) = (grads.get(leaf).unwrap(), expected.get(leaf).unwrap());
-                        assert_close(
-                            &format!("{what}: d{name}"),
-                            g,
-                            e,
-                            atol * scale,
-                            rtol * scale,
-                        );
-                    }
+                    ];
+                    assert_same_gradients(&what, (&y, &expected), &leaves, (atol, rtol))?;
                 }
             }
         }

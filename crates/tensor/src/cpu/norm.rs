@@ -112,11 +112,11 @@ fn column_sums<T: Copy + Sync>(
     }
     let block = |(index, sums): (usize, &mut [[f64; 2]])| {
         let (mut first, mut second) = (vec![0.0f64; sums.len()], vec![0.0f64; sums.len()]);
+        let first_channel = index * COLUMN_BLOCK;
+        let columns = first_channel..first_channel + sums.len();
         let rows = a.chunks_exact(channels).zip(b.chunks_exact(channels));
         for (row_a, row_b) in rows {
-            let first_channel = index * COLUMN_BLOCK;
-            let columns = first_channel..first_channel + sums.len();
-            let (a, b) = (&row_a[columns.clone()], &row_b[columns]);
+            let (a, b) = (&row_a[columns.clone()], &row_b[columns.clone()]);
             add_row(&mut first, &mut second, first_channel, a, b, &terms);
         }
         for (sum, (first, second)) in sums.iter_mut().zip(first.into_iter().zip(second)) {

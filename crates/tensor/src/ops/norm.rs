@@ -113,15 +113,7 @@ impl Tensor {
         check_channel_vectors(OP, self, &[("weight", weight), ("bias", bias)])?;
         let weight = weight.map(dense).transpose()?;
         let bias = bias.map(dense).transpose()?;
-        let (mean, var) = {
-            let (mean, var) = self.storage().batch_norm_stats(self.layout())?;
-            let shape = Shape::from([channels]);
-            (
-                Tensor::from_storage(mean, shape.clone(), None), // [C]
-                Tensor::from_storage(var, shape, None),          // [C]
-            )
-        };
-        let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [C]
+        let (mean, var, invstd) = statistics(self, eps)?; // [C] each
         let storage = normalise(self, &mean, &invstd, weight.as_ref(), bias.as_ref())?;
         let inputs: Vec<&Tensor> = [self]
             .into_iter()
@@ -208,24 +200,41 @@ pub(crate) fn batch_norm_backward(
         let dbias = grad.sum(&reduced, false)?; // [C]
         (dx, dweight, dbias)
     } else {
-        let channels = Shape::from([x.dims()[1]]);
-        let (dx, dweight, dbias) = {
-            let weight_storage = weight.map(|w| w.storage());
-            grad.storage().batch_norm_backward(
-                grad.layout(),
-                Operand::new(&x.storage(), x.layout()),
-                &mean.storage(),
-                &invstd.storage(),
-                weight_storage.as_deref(),
-            )?
-        };
-        (
-            Tensor::from_storage(dx, x.shape().clone(), None),
-            Tensor::from_storage(dweight, channels.clone(), None),
-            Tensor::from_storage(dbias, channels, None),
-        )
+        let weight_storage = weight.map(|w| w.storage());
+        let storages = grad.storage().batch_norm_backward(
+            grad.layout(),
+            Operand::new(&x.storage(), x.layout()),
+            &mean.storage(),
+            &invstd.storage(),
+            weight_storage.as_deref(),
+        )?;
+        untracked_gradients(x, storages)
     };
     Ok(input_gradients(x, weight, bias, (dx, dweight, dbias)))
+}
+
+/// Batch norm's statistics of `x [N, C, *]` per channel, `(mean, var, invstd)`, `[C]` each
+/// and untracked, `invstd = 1/√(var + eps)` (group norm's are those of its grouped view).
+fn statistics(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let (mean, var) = x.storage().batch_norm_stats(x.layout())?;
+    let shape = Shape::from([x.dims()[1]]);
+    let mean = Tensor::from_storage(mean, shape.clone(), None);
+    let var = Tensor::from_storage(var, shape, None);
+    let invstd = var.add_scalar(eps)?.powf(-0.5)?;
+    Ok((mean, var, invstd))
+}
+
+/// A backend's `(dx, dweight, dbias)` of a normalisation of `x [N, C, *]` as tensors.
+fn untracked_gradients(
+    x: &Tensor,
+    (dx, dweight, dbias): (Storage, Storage, Storage),
+) -> (Tensor, Tensor, Tensor) {
+    let channels = Shape::from([x.dims()[1]]);
+    (
+        Tensor::from_storage(dx, x.shape().clone(), None),
+        Tensor::from_storage(dweight, channels.clone(), None),
+        Tensor::from_storage(dbias, channels, None),
+    )
 }
 
 /// `(input, its gradient)` for x and whichever of weight and bias are present.
@@ -284,16 +293,8 @@ impl Tensor {
         let weight = weight.map(dense).transpose()?;
         let bias = bias.map(dense).transpose()?;
         let samples = self.dims()[0] * groups;
-        let (mean, var) = {
-            let grouped = self.reshape([1, samples, self.elem_count() / samples])?;
-            let (mean, var) = grouped.storage().batch_norm_stats(grouped.layout())?;
-            let shape = Shape::from([samples]);
-            (
-                Tensor::from_storage(mean, shape.clone(), None), // [N·G]
-                Tensor::from_storage(var, shape, None),          // [N·G]
-            )
-        };
-        let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [N·G]
+        let grouped = self.reshape([1, samples, self.elem_count() / samples])?;
+        let (mean, _, invstd) = statistics(&grouped, eps)?; // [N·G] each
         let storage = {
             let (weight, bias) = (weight.as_ref(), bias.as_ref());
             let weight_storage = weight.map(|w| w.storage());
@@ -361,22 +362,15 @@ pub(crate) fn group_norm_backward(
         let dbias = grad.sum(&reduced, false)?; // [C]
         (dx, dweight, dbias)
     } else {
-        let channels = Shape::from([dims[1]]);
-        let (dx, dweight, dbias) = {
-            let weight_storage = weight.map(|w| w.storage());
-            grad.storage().group_norm_backward(
-                grad.layout(),
-                Operand::new(&x.storage(), x.layout()),
-                groups,
-                (&mean.storage(), &invstd.storage()),
-                weight_storage.as_deref(),
-            )?
-        };
-        (
-            Tensor::from_storage(dx, x.shape().clone(), None),
-            Tensor::from_storage(dweight, channels.clone(), None),
-            Tensor::from_storage(dbias, channels, None),
-        )
+        let weight_storage = weight.map(|w| w.storage());
+        let storages = grad.storage().group_norm_backward(
+            grad.layout(),
+            Operand::new(&x.storage(), x.layout()),
+            groups,
+            (&mean.storage(), &invstd.storage()),
+            weight_storage.as_deref(),
+        )?;
+        untracked_gradients(x, storages)
     };
     Ok(input_gradients(x, weight, bias, (dx, dweight, dbias)))
 }

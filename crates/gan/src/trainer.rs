@@ -289,7 +289,8 @@ impl GanTrainer {
 
         let real_scores = self.discriminator.forward_t(real, None, true)?; // [B, 1]
         let fake_scores = self.discriminator.forward_t(&fake, None, true)?; // [B, 1]
-                                                                            // x̂ on the line between each real image and its fake, as a new leaf.
+
+        // x̂ on the line between each real image and its fake, as a new leaf.
         let epsilon = Tensor::rand(
             [rows.global, 1, 1, 1],
             DType::F32,
@@ -305,7 +306,7 @@ impl GanTrainer {
         let between_scores = self.discriminator.forward_t(&between, None, true)?; // [B, 1]
         let input_grad = between_scores
             .sum_all()?
-            .backward_with_graph()?
+            .backward_with_graph_for(&[&between])?
             .remove(&between)
             .ok_or_else(|| NnError::invalid("WGAN-GP", "the critic ignores its input"))?; // [B, 1, 28, 28]
         let norms = input_grad.square()?.sum(&[1, 2, 3], false)?.sqrt()?; // [B]

@@ -355,8 +355,9 @@ impl Rows {
     }
 }
 
-/// The gradients of `loss` (a mean over `rows`) for `params`: the whole batch's, summed over
-/// the ranks, in a data-parallel run; else `loss.backward()`'s.
+/// The gradients of `loss` (a mean over `rows`) for `params` only (the graph's other leaves,
+/// as a discriminator's in its generator's step, get none computed): the whole batch's,
+/// summed over the ranks, in a data-parallel run; else `loss.backward_for(params)`'s.
 pub fn gradients(
     parallel: Option<&DataParallel>,
     loss: &Tensor,
@@ -365,7 +366,10 @@ pub fn gradients(
 ) -> Result<Gradients> {
     match parallel {
         Some(parallel) => parallel.backward(loss, params, rows.share()),
-        None => Ok(loss.backward()?),
+        None => {
+            let leaves: Vec<&Tensor> = params.iter().map(|(_, var)| var.as_tensor()).collect();
+            Ok(loss.backward_for(&leaves)?)
+        }
     }
 }
 
@@ -485,15 +489,17 @@ impl DataParallel {
             .map(|(i, (_, var))| (var.as_tensor().id(), i))
             .collect();
         let mut buckets = Buckets::new(self, weight);
-        let mut grads = loss.backward_observed(&mut |leaf, grad| match index.get(&leaf.id()) {
-            Some(&i) => buckets
-                .add(i, grad)
-                .map_err(|e| kiln_tensor::Error::Invalid {
-                    op: "all_reduce",
-                    message: e.to_string(),
-                }),
-            None => Ok(()),
-        })?;
+        let leaves: Vec<&Tensor> = params.iter().map(|(_, var)| var.as_tensor()).collect();
+        let mut grads =
+            loss.backward_observed(&leaves, &mut |leaf, grad| match index.get(&leaf.id()) {
+                Some(&i) => buckets
+                    .add(i, grad)
+                    .map_err(|e| kiln_tensor::Error::Invalid {
+                        op: "all_reduce",
+                        message: e.to_string(),
+                    }),
+                None => Ok(()),
+            })?;
         for (i, summed) in buckets.finish()? {
             grads.insert(&params[i].1, summed);
         }

@@ -42,30 +42,50 @@ impl Tensor {
     /// The gradients carry no history.
     pub fn backward(&self) -> Result<Gradients> {
         let _no_grad = NoGradGuard::new();
-        self.backpropagate(&mut |_, _| Ok(()))
+        self.backpropagate(None, &mut |_, _| Ok(()))
     }
 
-    /// [`Tensor::backward`] that calls `ready(leaf, gradient)` as soon as each leaf's gradient
-    /// is final, while the rest of the graph is still to run: what a data-parallel run needs
-    /// to start sending gradients before the backward pass ends. Leaves come in the order the
-    /// walk finishes them, the same every time for the same graph.
+    /// [`Tensor::backward`] for `leaves` only (PyTorch's `backward(inputs=...)`): the
+    /// gradients of the graph's other leaves, and of every input from which no path leads to
+    /// one of `leaves`, are never computed. A GAN's generator step, say, then skips the
+    /// discriminator's weight gradients. Leaves of `leaves` not under this scalar get none.
+    pub fn backward_for(&self, leaves: &[&Tensor]) -> Result<Gradients> {
+        let _no_grad = NoGradGuard::new();
+        self.backpropagate(Some(leaves), &mut |_, _| Ok(()))
+    }
+
+    /// [`Tensor::backward_for`] that calls `ready(leaf, gradient)` as soon as each leaf's
+    /// gradient is final, while the rest of the graph is still to run: what a data-parallel
+    /// run needs to start sending gradients before the backward pass ends. Leaves come in the
+    /// order the walk finishes them, the same every time for the same graph.
     pub fn backward_observed(
         &self,
+        leaves: &[&Tensor],
         ready: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>,
     ) -> Result<Gradients> {
         let _no_grad = NoGradGuard::new();
-        self.backpropagate(ready)
+        self.backpropagate(Some(leaves), ready)
     }
 
     /// Like `backward`, but the gradients are themselves tracked functions of the inputs
     /// (`create_graph=True` in PyTorch), so they can be differentiated again: what WGAN-GP's
     /// gradient penalty needs.
     pub fn backward_with_graph(&self) -> Result<Gradients> {
-        self.backpropagate(&mut |_, _| Ok(()))
+        self.backpropagate(None, &mut |_, _| Ok(()))
     }
 
+    /// [`Tensor::backward_with_graph`] for `leaves` only, as [`Tensor::backward_for`]
+    /// (PyTorch's `autograd.grad(out, leaves, create_graph=True)`): a gradient penalty's input
+    /// gradient without the critic's weight gradients.
+    pub fn backward_with_graph_for(&self, leaves: &[&Tensor]) -> Result<Gradients> {
+        self.backpropagate(Some(leaves), &mut |_, _| Ok(()))
+    }
+
+    /// The walk behind every `backward`: gradients for `leaves` (every leaf that requires
+    /// grad when `None`), through the nodes that lead to one.
     fn backpropagate(
         &self,
+        leaves: Option<&[&Tensor]>,
         ready: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>,
     ) -> Result<Gradients> {
         if self.elem_count() != 1 {
@@ -76,23 +96,33 @@ impl Tensor {
         }
         self.float_only("backward")?;
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-        let mut leaves = Gradients::default();
+        let mut found = Gradients::default();
         if !self.is_tracked() {
-            return Ok(leaves);
+            return Ok(found);
+        }
+        let order = self.sorted_graph();
+        let wanted = leaves.map(|leaves| leaves.iter().map(|l| l.id()).collect::<HashSet<_>>());
+        let needed = leading_to(&order, |leaf| {
+            wanted.as_ref().is_none_or(|w| w.contains(&leaf.id()))
+        });
+        // Only needed nodes get a gradient: a leaf that is not wanted gets none.
+        let wants = |input: &Tensor| needed.contains(&input.id());
+        if !wants(self) {
+            return Ok(found);
         }
         grads.insert(self.id(), self.ones_like()?);
-        for node in self.sorted_graph().iter().rev() {
+        for node in order.iter().rev() {
             // A node's gradient is complete once every node after it is done: take it.
             let Some(grad) = grads.remove(&node.id()) else {
                 continue;
             };
             if node.requires_grad() {
                 ready(node, &grad)?;
-                leaves.0.insert(node.id(), grad.clone());
+                found.0.insert(node.id(), grad.clone());
             }
             let Some(op) = node.op() else { continue };
-            for (input, input_grad) in input_gradients(op, node, &grad)? {
-                if !input.is_tracked() {
+            for (input, input_grad) in input_gradients(op, node, &grad, &wants)? {
+                if !wants(&input) {
                     continue;
                 }
                 let sum = match grads.remove(&input.id()) {
@@ -102,7 +132,7 @@ impl Tensor {
                 grads.insert(input.id(), sum);
             }
         }
-        Ok(leaves)
+        Ok(found)
     }
 
     /// The tracked nodes under this one, each after all of its inputs.
@@ -132,16 +162,38 @@ impl Tensor {
     }
 }
 
-/// Each input of `node` paired with the gradient flowing to it, given the node's gradient.
-fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+/// The nodes of `order` (each after its inputs) whose gradient is needed: the leaves that
+/// require grad and are `wanted`, and every node with such a node among its inputs.
+fn leading_to(order: &[Tensor], wanted: impl Fn(&Tensor) -> bool) -> HashSet<TensorId> {
+    let mut needed = HashSet::new();
+    for node in order {
+        let leaf = node.requires_grad() && wanted(node);
+        let through = node
+            .op()
+            .is_some_and(|op| op.inputs().iter().any(|i| needed.contains(&i.id())));
+        if leaf || through {
+            needed.insert(node.id());
+        }
+    }
+    needed
+}
+
+/// Each input of `node` that `wants` its gradient, paired with that gradient, given the
+/// node's gradient. Rules whose inputs' gradients cost a kernel each (products,
+/// convolutions, elementwise pairs) compute only the wanted ones; the caller drops the rest.
+fn input_gradients(
+    op: &Op,
+    node: &Tensor,
+    grad: &Tensor,
+    wants: &dyn Fn(&Tensor) -> bool,
+) -> Result<Vec<(Tensor, Tensor)>> {
     Ok(match op {
         Op::Unary(x, unary) => vec![(
             x.clone(),
             elementwise::unary_backward(x, *unary, node, grad)?,
         )],
         Op::Binary(lhs, rhs, binary) => {
-            let (dl, dr) = elementwise::binary_backward(lhs, rhs, *binary, grad)?;
-            vec![(lhs.clone(), dl), (rhs.clone(), dr)]
+            elementwise::binary_backward(lhs, rhs, *binary, grad, wants)?
         }
         Op::Reduce(x, reduce_op, dims) => {
             vec![(
@@ -149,16 +201,19 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
                 reduce::reduce_backward(x, *reduce_op, dims, node, grad)?,
             )]
         }
-        Op::Matmul(lhs, rhs) => {
-            let (dl, dr) = matmul::matmul_backward(lhs, rhs, grad)?;
-            vec![(lhs.clone(), dl), (rhs.clone(), dr)]
-        }
+        Op::Matmul(lhs, rhs) => matmul::matmul_backward(lhs, rhs, grad, wants)?,
         Op::MatmulBiasAct {
             lhs,
             rhs,
             bias,
             activation,
-        } => matmul::matmul_bias_act_backward(lhs, rhs, bias.as_ref(), *activation, node, grad)?,
+        } => matmul::matmul_bias_act_backward(
+            (lhs, rhs, bias.as_ref()),
+            *activation,
+            node,
+            grad,
+            wants,
+        )?,
         Op::Reshape(x) => vec![(x.clone(), grad.reshape(x.shape())?)],
         Op::Permute(x, perm) => {
             vec![(x.clone(), grad.permute(&view::inverse_permutation(perm))?)]
@@ -202,26 +257,35 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
         }
         // The three convolution ops are linear in each input, and each one's adjoints are
         // the other two: ⟨G, conv(x, W)⟩ = ⟨input_grad(G, W), x⟩ = ⟨weight_grad(x, G), W⟩.
-        Op::Conv2d { input, weight, g } => vec![
-            (input.clone(), grad.conv2d_input_grad_over(weight, g)?),
-            (weight.clone(), input.conv2d_weight_grad_over(grad, g)?),
-        ],
+        Op::Conv2d { input, weight, g } => only_wanted(
+            wants,
+            [
+                (input, &|| grad.conv2d_input_grad_over(weight, g)),
+                (weight, &|| input.conv2d_weight_grad_over(grad, g)),
+            ],
+        )?,
         Op::Conv2dInputGrad {
             grad: g_out,
             weight,
             g,
-        } => vec![
-            (g_out.clone(), grad.conv2d_over(weight, g)?),
-            (weight.clone(), grad.conv2d_weight_grad_over(g_out, g)?),
-        ],
+        } => only_wanted(
+            wants,
+            [
+                (g_out, &|| grad.conv2d_over(weight, g)),
+                (weight, &|| grad.conv2d_weight_grad_over(g_out, g)),
+            ],
+        )?,
         Op::Conv2dWeightGrad {
             input,
             grad: g_out,
             g,
-        } => vec![
-            (input.clone(), g_out.conv2d_input_grad_over(grad, g)?),
-            (g_out.clone(), input.conv2d_over(grad, g)?),
-        ],
+        } => only_wanted(
+            wants,
+            [
+                (input, &|| g_out.conv2d_input_grad_over(grad, g)),
+                (g_out, &|| input.conv2d_over(grad, g)),
+            ],
+        )?,
         Op::Im2Col(x, g) => vec![(x.clone(), grad.col2im(g)?)],
         Op::Col2Im(columns, g) => vec![(columns.clone(), grad.im2col(g)?)],
         Op::MaxPool2d { input, indices, g } => {
@@ -291,4 +355,16 @@ fn input_gradients(op: &Op, node: &Tensor, grad: &Tensor) -> Result<Vec<(Tensor,
             loss::bce_with_logits_backward(logits, targets, grad)?
         }
     })
+}
+
+/// `(input, gradient())` for each of `inputs` that `wants` its gradient, computing only those.
+fn only_wanted<const N: usize>(
+    wants: &dyn Fn(&Tensor) -> bool,
+    inputs: [(&Tensor, &dyn Fn() -> Result<Tensor>); N],
+) -> Result<Vec<(Tensor, Tensor)>> {
+    inputs
+        .into_iter()
+        .filter(|(input, _)| wants(input))
+        .map(|(input, gradient)| Ok((input.clone(), gradient()?)))
+        .collect()
 }

@@ -272,20 +272,34 @@ pub(crate) fn unary_backward(x: &Tensor, op: UnaryOp, y: &Tensor, grad: &Tensor)
     }
 }
 
-/// Gradients of `lhs op rhs` (same shapes) with respect to each side.
+/// Gradients of `lhs op rhs` (same shapes) with respect to each side that `wants` its own.
 pub(crate) fn binary_backward(
     lhs: &Tensor,
     rhs: &Tensor,
     op: BinaryOp,
     grad: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    Ok(match op {
-        BinaryOp::Add => (grad.clone(), grad.clone()),
-        BinaryOp::Sub => (grad.clone(), grad.neg()?),
-        BinaryOp::Mul => (grad.mul(rhs)?, grad.mul(lhs)?),
-        // d(a/b)/db = -a / b^2
-        BinaryOp::Div => (grad.div(rhs)?, grad.mul(lhs)?.div(&rhs.square()?)?.neg()?),
-    })
+    wants: &dyn Fn(&Tensor) -> bool,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let mut grads = Vec::with_capacity(2);
+    if wants(lhs) {
+        let lhs_grad = match op {
+            BinaryOp::Add | BinaryOp::Sub => grad.clone(),
+            BinaryOp::Mul => grad.mul(rhs)?,
+            BinaryOp::Div => grad.div(rhs)?,
+        };
+        grads.push((lhs.clone(), lhs_grad));
+    }
+    if wants(rhs) {
+        let rhs_grad = match op {
+            BinaryOp::Add => grad.clone(),
+            BinaryOp::Sub => grad.neg()?,
+            BinaryOp::Mul => grad.mul(lhs)?,
+            // d(a/b)/db = -a / b^2
+            BinaryOp::Div => grad.mul(lhs)?.div(&rhs.square()?)?.neg()?,
+        };
+        grads.push((rhs.clone(), rhs_grad));
+    }
+    Ok(grads)
 }
 
 /// Gradients of `where_cond(condition, on_true, on_false)` for the two value operands.

@@ -178,20 +178,19 @@ fn matmul_operands(
     ))
 }
 
-/// Gradients of `activation(lhs @ rhs + bias)` (`node` is that output): the activation's
-/// derivative, then the product's and the bias's. ReLU and leaky ReLU (slope >= 0) take their
-/// mask from the output (`out > 0` exactly when the pre-activation is, and the mask's own
-/// derivative is zero), so nothing is recomputed. Tanh and sigmoid use `1 - out²` and
-/// `out (1 - out)` from a detached output in a plain backward; when the backward itself is
-/// being differentiated, the pre-activation is recomputed with tracked ops so that second
-/// derivatives see the activation's curvature.
+/// Gradients of `activation(lhs @ rhs + bias)` (`node` is that output) for the inputs that
+/// `wants` them: the activation's derivative, then the product's and the bias's. ReLU and
+/// leaky ReLU (slope >= 0) take their mask from the output (`out > 0` exactly when the
+/// pre-activation is, and the mask's own derivative is zero), so nothing is recomputed. Tanh
+/// and sigmoid use `1 - out²` and `out (1 - out)` from a detached output in a plain backward;
+/// when the backward itself is being differentiated, the pre-activation is recomputed with
+/// tracked ops so that second derivatives see the activation's curvature.
 pub(crate) fn matmul_bias_act_backward(
-    lhs: &Tensor,
-    rhs: &Tensor,
-    bias: Option<&Tensor>,
+    (lhs, rhs, bias): (&Tensor, &Tensor, Option<&Tensor>),
     activation: Activation,
     node: &Tensor,
     grad: &Tensor,
+    wants: &dyn Fn(&Tensor) -> bool,
 ) -> Result<Vec<(Tensor, Tensor)>> {
     let out = node.detach();
     let pre_grad = match activation {
@@ -216,36 +215,43 @@ pub(crate) fn matmul_bias_act_backward(
             }
         }
     };
-    let (dl, dr) = matmul_backward(lhs, rhs, &pre_grad)?;
-    let mut grads = vec![(lhs.clone(), dl), (rhs.clone(), dr)];
-    if let Some(bias) = bias {
+    let mut grads = matmul_backward(lhs, rhs, &pre_grad, wants)?;
+    if let Some(bias) = bias.filter(|bias| wants(bias)) {
         grads.push((bias.clone(), pre_grad.sum_to(bias.shape())?));
     }
     Ok(grads)
 }
 
-/// Gradients of `lhs @ rhs`: `grad @ rhsᵀ` and `lhsᵀ @ grad`. Each is computed in its
-/// operand's memory order: for an operand that is the transpose of a row-major matrix (a
-/// Linear layer's `Wᵀ`), the gradient is the transpose of a row-major product, so the
-/// transpose's own rule hands `W` a row-major gradient. Otherwise `W` would get a strided
-/// one, and every optimizer op on it would walk memory across rows (MLP GAN training step at
-/// batch 64: 23.9 -> 15.9 ms).
+/// Gradients of `lhs @ rhs` for the operands that `wants` them: `grad @ rhsᵀ` and `lhsᵀ @
+/// grad`. Each is computed in its operand's memory order: for an operand that is the
+/// transpose of a row-major matrix (a Linear layer's `Wᵀ`), the gradient is the transpose of
+/// a row-major product, so the transpose's own rule hands `W` a row-major gradient. Otherwise
+/// `W` would get a strided one, and every optimizer op on it would walk memory across rows
+/// (MLP GAN training step at batch 64: 23.9 -> 15.9 ms).
 pub(crate) fn matmul_backward(
     lhs: &Tensor,
     rhs: &Tensor,
     grad: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let lhs_grad = if is_transposed_matrix(lhs)? {
-        rhs.matmul(&grad.t()?)?.t()?
-    } else {
-        grad.matmul(&rhs.t()?)?
-    };
-    let rhs_grad = if is_transposed_matrix(rhs)? {
-        grad.t()?.matmul(lhs)?.t()?
-    } else {
-        lhs.t()?.matmul(grad)?
-    };
-    Ok((lhs_grad, rhs_grad))
+    wants: &dyn Fn(&Tensor) -> bool,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let mut grads = Vec::with_capacity(2);
+    if wants(lhs) {
+        let lhs_grad = if is_transposed_matrix(lhs)? {
+            rhs.matmul(&grad.t()?)?.t()?
+        } else {
+            grad.matmul(&rhs.t()?)?
+        };
+        grads.push((lhs.clone(), lhs_grad));
+    }
+    if wants(rhs) {
+        let rhs_grad = if is_transposed_matrix(rhs)? {
+            grad.t()?.matmul(lhs)?.t()?
+        } else {
+            lhs.t()?.matmul(grad)?
+        };
+        grads.push((rhs.clone(), rhs_grad));
+    }
+    Ok(grads)
 }
 
 /// Whether `x` is a 2-D transposed view of a row-major matrix.

@@ -152,27 +152,45 @@ fn padded(
 }
 
 /// `weights[k, m]` for `m` in `0..lanes` packed as blocks of a tile's lanes, `[lanes /
-/// block][depth][block]`, zero past the last lane; `weights[k, m]` is `weight[base + m ·
-/// stride]` for `(base, stride) = step(k)`.
+/// block][depth][block]`, zero past the last lane; `weights[k, ·]` is row `row(k)` of
+/// `rows`, rows of `lanes` values (the weight transposed by [`transposed`] so that each
+/// step's lanes lie side by side: a copy per step and block, where reading them `depth`
+/// apart from the weight as it is had cost 4% of a DCGAN convolution).
 fn pack_lanes(
-    weight: &[f32],
+    rows: &[f32],
     depth: usize,
     (lanes, block_lanes): (usize, usize),
-    step: impl Fn(usize) -> (usize, usize),
+    row: impl Fn(usize) -> usize,
 ) -> AlignedF32 {
     let blocks = lanes.div_ceil(block_lanes);
     let mut packed = AlignedF32::zeroed(blocks * depth * block_lanes, false);
-    for k in 0..depth {
-        let (base, stride) = step(k);
-        for (block, packed) in packed.chunks_exact_mut(depth * block_lanes).enumerate() {
-            let first = block * block_lanes;
-            let row = &mut packed[k * block_lanes..][..(lanes - first).min(block_lanes)];
-            for (lane, value) in row.iter_mut().enumerate() {
-                *value = weight[base + (first + lane) * stride];
-            }
+    if depth == 0 {
+        return packed;
+    }
+    for (block, packed) in packed.chunks_exact_mut(depth * block_lanes).enumerate() {
+        let first = block * block_lanes;
+        let live = (lanes - first).min(block_lanes);
+        for (k, packed) in packed.chunks_exact_mut(block_lanes).enumerate() {
+            packed[..live].copy_from_slice(&rows[row(k) * lanes + first..][..live]);
         }
     }
     packed
+}
+
+/// Each of the `[rows, cols]` matrices of `matrices` transposed to `[cols, rows]`, by the
+/// tile's transposing write-out.
+fn transposed(tile: Tile, matrices: &[f32], (rows, cols): (usize, usize)) -> Vec<f32> {
+    let mut out = vec![0.0f32; matrices.len()];
+    if rows * cols > 0 {
+        for (matrix, out) in matrices
+            .chunks_exact(rows * cols)
+            .zip(out.chunks_exact_mut(rows * cols))
+        {
+            // SAFETY: `matrix` holds `rows` rows of `cols` values, `out` `cols` rows of `rows`.
+            unsafe { (tile.to_planes)(matrix, cols, (rows, cols), out, rows) };
+        }
+    }
+    out
 }
 
 /// One correlation pass over every image: `out[n][m·out_plane + position.1] = Σ_k
@@ -400,7 +418,12 @@ pub(crate) fn conv2d(
         taps: forward_taps(g, wp),
         positions: forward_positions(g, wp),
         // weights[k, m] = weight[m, c, ki, kj]
-        weights: pack_lanes(weight, depth, (out_channels, tile.lanes), |k| (k, depth)),
+        weights: pack_lanes(
+            &transposed(tile, weight, (out_channels, depth)),
+            depth,
+            (out_channels, tile.lanes),
+            |k| k,
+        ),
     };
     let mut out = zeroed(g.batch * out_channels * out_plane);
     correlate(
@@ -599,6 +622,8 @@ pub(crate) fn conv2d_input_grad(
     let shape = (g.batch, out_channels, g.out_height, g.out_width);
     let source = padded(grad, shape, (top, left), (hg, wg));
     let taps_total = kh * kw;
+    // by_tap[oc, tap, c] = weight[oc, c, tap]
+    let by_tap = transposed(tile, weight, (g.channels, taps_total));
     let mut passes = Vec::new();
     for (a, b) in (0..sh).flat_map(|a| (0..sw).map(move |b| (a, b))) {
         let (rows, cols) = (phase_taps(kh, sh, a), phase_taps(kw, sw, b));
@@ -625,11 +650,10 @@ pub(crate) fn conv2d_input_grad(
                 (i * wg + j, ih * g.width + iw)
             })
             .collect();
-        // weights[k, c] = weight[oc, c, a + s·t, b + s·u]
-        let weights = pack_lanes(weight, depth, (g.channels, tile.lanes), |k| {
+        // weights[k, c] = weight[oc, c, a + s·t, b + s·u] = by_tap[oc, a + s·t, b + s·u, c]
+        let weights = pack_lanes(&by_tap, depth, (g.channels, tile.lanes), |k| {
             let (oc, t, u) = step(k);
-            let tap = (a + sh * t) * kw + b + sw * u;
-            (oc * g.channels * taps_total + tap, taps_total)
+            oc * taps_total + (a + sh * t) * kw + b + sw * u
         });
         passes.push(Pass {
             taps,

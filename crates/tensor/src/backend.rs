@@ -8,8 +8,8 @@
 //! a backend checks only what depends on data (index values).
 
 use crate::{
-    Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Layout, ReduceOp, Result,
-    Shape, UnaryOp,
+    Activation, AdamStep, BinaryOp, CmpOp, Conv2dGeometry, DType, Device, Error, Layout, ReduceOp,
+    Result, Shape, UnaryOp,
 };
 
 /// An input of a backend primitive beside the storage it is called on: the storage and the
@@ -45,6 +45,13 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self>;
     /// Both layouts have the same shape (broadcasting is done by the views).
     fn binary(&self, layout: &Layout, rhs: Operand<'_, Self>, op: BinaryOp) -> Result<Self>;
+    /// `self · d(x)` for `d = op.derivative()` (ReLU, leaky ReLU, SiLU), one shape: the
+    /// gradient reaching the input `x` of `op` from the gradient `self` of its output, each
+    /// step rounded as the derivative op and a product round. The default runs those two
+    /// ([`unary_gradient_composed`]); CPU fuses them into one pass.
+    fn unary_gradient(&self, layout: &Layout, x: Operand<'_, Self>, op: UnaryOp) -> Result<Self> {
+        unary_gradient_composed(self, layout, x, op)
+    }
     /// A `u8` mask, 1 where `self op rhs`.
     fn compare(&self, layout: &Layout, rhs: Operand<'_, Self>, op: CmpOp) -> Result<Self>;
     /// `self` is the condition (nonzero is true); all three layouts have one shape.
@@ -395,6 +402,21 @@ fn per_channel(shape: &Shape) -> Result<Layout> {
 /// [`BackendStorage::group_norm_forward`] from batch norm's normalisation of the grouped view
 /// and a broadcast product and sum: what CUDA runs, and what the CPU's one-pass kernel is
 /// tested against.
+/// [`BackendStorage::unary_gradient`] as the derivative op, then a product.
+pub(crate) fn unary_gradient_composed<S: BackendStorage>(
+    grad: &S,
+    layout: &Layout,
+    x: Operand<'_, S>,
+    op: UnaryOp,
+) -> Result<S> {
+    let derivative = op
+        .derivative()
+        .ok_or_else(|| Error::invalid("unary_gradient", format!("{op:?} is not an activation")))?;
+    let factor = x.storage.unary(x.layout, derivative)?;
+    let factor_layout = Layout::contiguous(x.layout.shape().clone());
+    grad.binary(layout, Operand::new(&factor, &factor_layout), BinaryOp::Mul)
+}
+
 pub(crate) fn group_norm_forward_composed<S: BackendStorage>(
     x: &S,
     layout: &Layout,

@@ -36,6 +36,19 @@ pub enum UnaryOp {
     Affine(f64, f64),
 }
 
+impl UnaryOp {
+    /// The op whose value times the output's gradient is the input's, for the activations
+    /// whose backward is that one factor (ReLU, leaky ReLU, SiLU).
+    pub(crate) fn derivative(self) -> Option<UnaryOp> {
+        match self {
+            UnaryOp::Relu => Some(UnaryOp::LeakyReluDerivative(0.0)),
+            UnaryOp::LeakyRelu(slope) => Some(UnaryOp::LeakyReluDerivative(slope)),
+            UnaryOp::Silu => Some(UnaryOp::SiluDerivative),
+            _ => None,
+        }
+    }
+}
+
 /// The activation a fused matrix product applies to each output element after the bias
 /// (`Tensor::matmul_bias_act`), with the semantics of the unary op of the same name.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -225,6 +225,7 @@ impl Storage {
     forward!(to_dtype(dtype: DType) with);
     forward!(unary(op: UnaryOp) with);
     forward!(binary(op: BinaryOp) with rhs: rhs_layout);
+    forward!(unary_gradient(op: UnaryOp) with x: x_layout);
     forward!(compare(op: CmpOp) with rhs: rhs_layout);
     forward!(where_cond() with on_true: true_layout, on_false: false_layout);
     forward!(reduce(op: ReduceOp, dims: &[usize]) with);

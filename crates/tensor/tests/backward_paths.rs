@@ -1,14 +1,17 @@
-//! `backward_for` and `backward_with_graph_for`: gradients for some leaves only. Each listed
-//! leaf's gradient must be the one a full `backward` gives, to the bit (the same rules run in
-//! the same order; only work for other leaves is skipped), and the walk must not enter the
-//! parts of the graph that lead to no listed leaf.
+//! The plain backward's shortcuts against the full walk. `backward_for` and
+//! `backward_with_graph_for` give gradients for some leaves only: each listed leaf's gradient
+//! must be the one a full `backward` gives, to the bit (the same rules run in the same order;
+//! only work for other leaves is skipped), and the walk must not enter the parts of the graph
+//! that lead to no listed leaf. An activation's gradient in a plain backward is one fused
+//! kernel, in a recorded one (`backward_with_graph`) its derivative op and a product: the two
+//! must agree to the bit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kiln_tensor::{
     Activation, Conv2dOptions, ConvTranspose2dOptions, CustomBackward, DType, Device, Generator,
-    Gradients, Result, Tensor,
+    Gradients, Result, Tensor, Var,
 };
 
 fn normal(shape: &[usize], generator: &mut Generator) -> Result<Tensor> {
@@ -173,5 +176,37 @@ fn a_penalty_on_the_input_gradient_alone_has_the_full_walks_gradients() -> Resul
     assert_eq!(only_input.len(), 1);
     let found = penalty(only_input)?;
     assert_same_bits(&found, &all, &critic[..2])?;
+    Ok(())
+}
+
+#[test]
+fn fused_activation_gradients_have_the_recorded_compositions_bits() -> Result<()> {
+    let mut rng = Generator::new(9);
+    let mut values: Vec<f64> = normal(&[6, 7], &mut rng)?.mul_scalar(3.0)?.to_vec()?;
+    values[..4].copy_from_slice(&[0.0, -0.0, f64::NAN, 1e-30]);
+    let weights = normal(&[7, 6], &mut rng)?;
+    type Activate = fn(&Tensor) -> Result<Tensor>;
+    let activations: [(&str, Activate); 4] = [
+        ("relu", |x| x.relu()),
+        ("leaky_relu", |x| x.leaky_relu(0.2)),
+        ("leaky_relu slope 1.5", |x| x.leaky_relu(1.5)),
+        ("silu", |x| x.silu()),
+    ];
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let x = Var::new(&Tensor::from_slice(&values, [6, 7], Device::Cpu)?.to_dtype(dtype)?)?;
+        let weights = weights.to_dtype(dtype)?;
+        for (name, activate) in activations {
+            // Through a transposed (strided) view of the leaf, times weights, summed.
+            let loss = activate(&x.t()?)?.mul(&weights)?.sum_all()?;
+            let fused = loss.backward()?.remove(&x).unwrap();
+            let recorded = loss.backward_with_graph()?.remove(&x).unwrap();
+            assert!(!fused.is_tracked());
+            let bits = |t: &Tensor| -> Result<Vec<u64>> {
+                let values = t.to_dtype(DType::F64)?.to_vec::<f64>()?;
+                Ok(values.iter().map(|v| v.to_bits()).collect())
+            };
+            assert_eq!(bits(&fused)?, bits(&recorded)?, "{name}, {dtype:?}");
+        }
+    }
     Ok(())
 }

@@ -130,6 +130,24 @@ impl BackendStorage for CpuStorage {
         }))
     }
 
+    fn unary_gradient(
+        &self,
+        layout: &Layout,
+        Operand {
+            storage: x,
+            layout: x_layout,
+        }: Operand<'_, Self>,
+        op: UnaryOp,
+    ) -> Result<Self> {
+        let derivative = op.derivative().ok_or_else(|| {
+            Error::invalid("unary_gradient", format!("{op:?} is not an activation"))
+        })?;
+        Ok(map_float!("unary gradient", self, data => {
+            let x = self.same_typed("unary gradient", x)?;
+            elementwise::unary_gradient((data, layout), (x, x_layout), derivative)
+        }))
+    }
+
     fn compare(
         &self,
         layout: &Layout,

@@ -4,7 +4,7 @@
 use num_traits::Float;
 
 use super::vmath::VectorMath;
-use super::{map1_work, map2, Elementwise, Work};
+use super::{map1_work, map2, map2_work, Elementwise, Elementwise2, Work};
 use crate::{BinaryOp, CmpOp, FloatDType, Layout, UnaryOp, WithDType};
 
 /// Applies `f` to each element in `T`'s math type.
@@ -56,8 +56,7 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
             )
         }
         UnaryOp::LeakyReluDerivative(slope) => {
-            let (rise, slope) = (c(1.0 - slope), c(slope));
-            let (above, below) = (c(1.0) * rise + slope, zero * rise + slope);
+            let (above, below) = leaky_relu_derivatives::<T>(slope);
             map_math(
                 data,
                 layout,
@@ -82,6 +81,56 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
             })
         }
         UnaryOp::Affine(mul, add) => map_math(data, layout, work, move |x| x * c(mul) + c(add)),
+    }
+}
+
+/// Leaky ReLU's derivative above zero and at or below it, as the mask-and-affine
+/// composition `[x > 0]·(1 - slope) + slope` computes them.
+fn leaky_relu_derivatives<T: FloatDType>(slope: f64) -> (T::Math, T::Math) {
+    let c = T::math_from_f64;
+    let (rise, slope) = (c(1.0 - slope), c(slope));
+    (c(1.0) * rise + slope, c(0.0) * rise + slope)
+}
+
+/// `grad · d(x)` for a derivative op `d` (`UnaryOp::derivative`), in one pass where the
+/// derivative and the product had taken two and a buffer; each value rounds as `unary`'s
+/// derivative and `binary`'s product round, so the result has the composition's bits.
+pub(crate) fn unary_gradient<T: FloatDType>(
+    grad: (&[T], &Layout),
+    x: (&[T], &Layout),
+    derivative: UnaryOp,
+) -> Vec<T> {
+    let round = |v: T::Math| T::from_math(v).to_math();
+    match derivative {
+        UnaryOp::LeakyReluDerivative(slope) => {
+            let (above, below) = leaky_relu_derivatives::<T>(slope);
+            let (above, below, zero) = (round(above), round(below), T::math_from_f64(0.0));
+            let factor = move |x: T::Math| if x > zero { above } else { below };
+            map2_work(Work::Light, grad, x, move |g: T, x: T| {
+                T::from_math(g.to_math() * factor(x.to_math()))
+            })
+        }
+        UnaryOp::SiluDerivative => map2_work(Work::Heavy, grad, x, SiluGradient),
+        other => {
+            let factor = unary(x.0, x.1, other);
+            map_math2(
+                grad,
+                (&factor, &Layout::contiguous(x.1.shape().clone())),
+                |g, d| g * d,
+            )
+        }
+    }
+}
+
+/// `grad · silu'(x)` with the derivative rounded to `T`, as [`Transcendental`] is a type:
+/// inlined into the loops' SIMD copies.
+struct SiluGradient;
+
+impl<T: FloatDType> Elementwise2<T, T, T> for SiluGradient {
+    #[inline(always)]
+    fn apply(&self, grad: T, x: T) -> T {
+        let derivative: T = Transcendental::<SILU_DERIVATIVE>.apply(x);
+        T::from_math(grad.to_math() * derivative.to_math())
     }
 }
 

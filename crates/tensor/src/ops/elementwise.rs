@@ -3,7 +3,7 @@
 
 use crate::backend::Operand;
 use crate::op::{BinaryOp, CmpOp, Op, UnaryOp};
-use crate::{DType, Result, Tensor};
+use crate::{is_grad_enabled, DType, Result, Tensor};
 
 impl Tensor {
     pub(crate) fn unary(&self, op: UnaryOp) -> Result<Tensor> {
@@ -238,6 +238,15 @@ fn binary_name(op: BinaryOp) -> &'static str {
 
 /// d(op(x))/dx times `grad`, where `y` is op(x) (the node itself).
 pub(crate) fn unary_backward(x: &Tensor, op: UnaryOp, y: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    if op.derivative().is_some() && !is_grad_enabled() {
+        // A plain backward: the activation's factor and the product in one kernel.
+        let storage = grad.storage().unary_gradient(
+            grad.layout(),
+            Operand::new(&x.storage(), x.layout()),
+            op,
+        )?;
+        return Ok(Tensor::from_storage(storage, grad.shape().clone(), None));
+    }
     match op {
         UnaryOp::Neg => grad.neg(),
         UnaryOp::Exp => grad.mul(y),

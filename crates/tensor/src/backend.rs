@@ -399,9 +399,13 @@ fn per_channel(shape: &Shape) -> Result<Layout> {
     Layout::contiguous(dims).broadcast_as(shape)
 }
 
-/// [`BackendStorage::group_norm_forward`] from batch norm's normalisation of the grouped view
-/// and a broadcast product and sum: what CUDA runs, and what the CPU's one-pass kernel is
-/// tested against.
+/// `op.derivative()`, or the error [`BackendStorage::unary_gradient`] gives for an op that is
+/// not an activation.
+pub(crate) fn activation_derivative(op: UnaryOp) -> Result<UnaryOp> {
+    op.derivative()
+        .ok_or_else(|| Error::invalid("unary_gradient", format!("{op:?} is not an activation")))
+}
+
 /// [`BackendStorage::unary_gradient`] as the derivative op, then a product.
 pub(crate) fn unary_gradient_composed<S: BackendStorage>(
     grad: &S,
@@ -409,14 +413,14 @@ pub(crate) fn unary_gradient_composed<S: BackendStorage>(
     x: Operand<'_, S>,
     op: UnaryOp,
 ) -> Result<S> {
-    let derivative = op
-        .derivative()
-        .ok_or_else(|| Error::invalid("unary_gradient", format!("{op:?} is not an activation")))?;
-    let factor = x.storage.unary(x.layout, derivative)?;
+    let factor = x.storage.unary(x.layout, activation_derivative(op)?)?;
     let factor_layout = Layout::contiguous(x.layout.shape().clone());
     grad.binary(layout, Operand::new(&factor, &factor_layout), BinaryOp::Mul)
 }
 
+/// [`BackendStorage::group_norm_forward`] from batch norm's normalisation of the grouped view
+/// and a broadcast product and sum: what CUDA runs, and what the CPU's one-pass kernel is
+/// tested against.
 pub(crate) fn group_norm_forward_composed<S: BackendStorage>(
     x: &S,
     layout: &Layout,

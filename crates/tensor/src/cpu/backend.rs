@@ -2,8 +2,8 @@
 //! the sibling modules (elementwise.rs, reduce.rs, gemm.rs, conv.rs, ...).
 
 use crate::backend::{
-    conv2d_by_im2col, conv2d_input_grad_by_col2im, conv2d_weight_grad_by_im2col, BackendStorage,
-    Operand,
+    activation_derivative, conv2d_by_im2col, conv2d_input_grad_by_col2im,
+    conv2d_weight_grad_by_im2col, unary_gradient_composed, BackendStorage, Operand,
 };
 use crate::ops::conv::check_resize;
 use crate::{
@@ -130,22 +130,19 @@ impl BackendStorage for CpuStorage {
         }))
     }
 
-    fn unary_gradient(
-        &self,
-        layout: &Layout,
-        Operand {
-            storage: x,
-            layout: x_layout,
-        }: Operand<'_, Self>,
-        op: UnaryOp,
-    ) -> Result<Self> {
-        let derivative = op.derivative().ok_or_else(|| {
-            Error::invalid("unary_gradient", format!("{op:?} is not an activation"))
-        })?;
-        Ok(map_float!("unary gradient", self, data => {
-            let x = self.same_typed("unary gradient", x)?;
-            elementwise::unary_gradient((data, layout), (x, x_layout), derivative)
-        }))
+    fn unary_gradient(&self, layout: &Layout, x: Operand<'_, Self>, op: UnaryOp) -> Result<Self> {
+        const OP: &str = "unary gradient";
+        Ok(match activation_derivative(op)? {
+            UnaryOp::LeakyReluDerivative(slope) => map_float!(OP, self, data => {
+                let x_data = self.same_typed(OP, x.storage)?;
+                elementwise::leaky_relu_gradient((data, layout), (x_data, x.layout), slope)
+            }),
+            UnaryOp::SiluDerivative => map_float!(OP, self, data => {
+                let x_data = self.same_typed(OP, x.storage)?;
+                elementwise::silu_gradient((data, layout), (x_data, x.layout))
+            }),
+            _ => unary_gradient_composed(self, layout, x, op)?,
+        })
     }
 
     fn compare(

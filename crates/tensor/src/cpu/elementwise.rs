@@ -92,34 +92,26 @@ fn leaky_relu_derivatives<T: FloatDType>(slope: f64) -> (T::Math, T::Math) {
     (c(1.0) * rise + slope, c(0.0) * rise + slope)
 }
 
-/// `grad · d(x)` for a derivative op `d` (`UnaryOp::derivative`), in one pass where the
-/// derivative and the product had taken two and a buffer; each value rounds as `unary`'s
-/// derivative and `binary`'s product round, so the result has the composition's bits.
-pub(crate) fn unary_gradient<T: FloatDType>(
+/// `grad · leaky_relu'(x)` (ReLU's at slope 0) in one pass where the derivative and the
+/// product had taken two and a buffer; each value rounds as `unary`'s derivative and
+/// `binary`'s product round, so the result has the composition's bits.
+pub(crate) fn leaky_relu_gradient<T: FloatDType>(
     grad: (&[T], &Layout),
     x: (&[T], &Layout),
-    derivative: UnaryOp,
+    slope: f64,
 ) -> Vec<T> {
     let round = |v: T::Math| T::from_math(v).to_math();
-    match derivative {
-        UnaryOp::LeakyReluDerivative(slope) => {
-            let (above, below) = leaky_relu_derivatives::<T>(slope);
-            let (above, below, zero) = (round(above), round(below), T::math_from_f64(0.0));
-            let factor = move |x: T::Math| if x > zero { above } else { below };
-            map2_work(Work::Light, grad, x, move |g: T, x: T| {
-                T::from_math(g.to_math() * factor(x.to_math()))
-            })
-        }
-        UnaryOp::SiluDerivative => map2_work(Work::Heavy, grad, x, SiluGradient),
-        other => {
-            let factor = unary(x.0, x.1, other);
-            map_math2(
-                grad,
-                (&factor, &Layout::contiguous(x.1.shape().clone())),
-                |g, d| g * d,
-            )
-        }
-    }
+    let (above, below) = leaky_relu_derivatives::<T>(slope);
+    let (above, below, zero) = (round(above), round(below), T::math_from_f64(0.0));
+    map2_work(Work::Light, grad, x, move |g: T, x: T| {
+        let factor = if x.to_math() > zero { above } else { below };
+        T::from_math(g.to_math() * factor)
+    })
+}
+
+/// `grad · silu'(x)` in one pass, rounding as [`leaky_relu_gradient`] does.
+pub(crate) fn silu_gradient<T: FloatDType>(grad: (&[T], &Layout), x: (&[T], &Layout)) -> Vec<T> {
+    map2_work(Work::Heavy, grad, x, SiluGradient)
 }
 
 /// `grad · silu'(x)` with the derivative rounded to `T`, as [`Transcendental`] is a type:

@@ -6,9 +6,14 @@ torch_steps.py and vs_torch.py (`just bench-vs-torch`) use its `make_step`.
 
 Usage: python benches/reference/torch_gan.py [--model gan|dcgan|cgan|wgan-gp] [--batch 64] [--steps 200]
                                              [--device cpu|cuda] [--threads N] [--compile]
+                                             [--generator-grads-only]
 
 --compile runs the step through torch.compile(mode="reduce-overhead") (CUDA graphs and fusion;
 the backward calls are graph breaks, each side compiled).
+
+--generator-grads-only takes G's step with `loss_g.backward(inputs=G's parameters)`, computing
+no discriminator gradients there, as kiln-gan's step does (`Tensor::backward_for`); by default
+it is `loss_g.backward()`, as PyTorch's DCGAN example writes it.
 """
 
 import argparse
@@ -60,9 +65,11 @@ def models(name):
     return generator, discriminator
 
 
-def make_step(name, batch, device):
+def make_step(name, batch, device, generator_grads_only=False):
     """One training step of `name` as kiln-gan takes it, on `real [batch, 1, 28, 28]` images
-    (and labels) given to the returned function; returns (step, networks)."""
+    (and labels) given to the returned function; returns (step, networks). With
+    `generator_grads_only`, G's backward computes G's gradients alone (not for WGAN-GP, whose
+    generator step is every fifth call)."""
     g, d = (m.to(device) for m in models(name))
     if name == "wgan-gp":
         return wasserstein_step(g, d, batch, device), (g, d)
@@ -87,7 +94,7 @@ def make_step(name, batch, device):
         d_opt.step()
         g_opt.zero_grad()
         loss_g = F.binary_cross_entropy_with_logits(call(d, fake, fake_labels), ones)
-        loss_g.backward()
+        loss_g.backward(inputs=list(g.parameters()) if generator_grads_only else None)
         g_opt.step()
         return loss_d
 
@@ -132,11 +139,13 @@ def main():
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--compile", action="store_true",
                         help='torch.compile(mode="reduce-overhead") the step')
+    parser.add_argument("--generator-grads-only", action="store_true",
+                        help="G's backward with inputs=G's parameters (as kiln's step)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    step, _ = make_step(args.model, args.batch, device)
+    step, _ = make_step(args.model, args.batch, device, args.generator_grads_only)
     if args.compile:
         step = torch.compile(step, mode="reduce-overhead")
     real = torch.rand(args.batch, 1, 28, 28, device=device) * 2 - 1

@@ -68,7 +68,8 @@ type WeightGradKernel = unsafe fn(
 );
 
 /// Writes tile rows out as planes: `out[m · out_plane + q] = sums[q · stride + m]` for `q <
-/// positions`, `m < lanes` (see [`to_planes`]).
+/// positions`, `m < lanes` (see [`to_planes`]). A strided transpose, so the weights before
+/// packing ([`transposed`]) and the weight gradient's operand and result go through it too.
 type PlanesKernel = unsafe fn(
     sums: &[f32],
     stride: usize,

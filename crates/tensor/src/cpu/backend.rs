@@ -63,8 +63,8 @@ fn direct_conv(
 }
 
 /// Whether an f32 convolution's forward pass or weight gradient to `out_channels` runs along
-/// the output rows (`f32_conv::along_rows`: AVX-512, stride 1, 1 to 15 output channels), so
-/// that one output channel takes the direct kernels rather than the lowering.
+/// the output rows (`f32_conv::along_rows`: AVX-512 or AVX2, stride 1, 1 to 15 output
+/// channels), so that one output channel takes the direct kernels rather than the lowering.
 fn f32_along_rows(storage: &CpuStorage, g: &Conv2dGeometry, out_channels: usize) -> bool {
     matches!(storage, CpuStorage::F32(_))
         && f32_conv::along_rows(&gemm::f32_kernel(), g, out_channels)

@@ -354,7 +354,7 @@ fn swap_leading<T: GemmElem>(data: &[T], (a, b, p): (usize, usize, usize)) -> Ve
 }
 
 /// Whether the f32 conv2d runs along the output rows, as x86-64's `conv_direct` does for a
-/// few output channels on AVX-512: never with these kernels.
+/// few output channels on AVX-512 and AVX2: never with these kernels.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn along_rows(_: &Kernel<f32>, _: &Conv2dGeometry, _: usize) -> bool {
     false

@@ -3,9 +3,9 @@
 //! no packing of the image. Convolutions that would leave most of a tile's channel lanes empty
 //! (one to fifteen channels), f64, and CPUs without AVX2 take the GEMM-based kernels of
 //! `cpu/conv.rs`, which stay the fallback; `im2col` and a matrix product stay the reference
-//! both are tested against. Except on AVX-512 at stride 1: there a forward pass or weight
-//! gradient with one to fifteen output channels (the U-Net's and the PixelCNN's last layers)
-//! runs along the output rows instead, 16 columns a vector (`few_channels_conv2d`).
+//! both are tested against. Except at stride 1: there a forward pass or weight gradient with
+//! one to fifteen output channels (the U-Net's and the PixelCNN's last layers) runs along the
+//! output rows instead, 16 columns a run (`few_channels_conv2d`).
 //!
 //! Each kernel keeps a tile of output positions x channels in registers: 8 x 32 (16 zmm
 //! accumulators) on AVX-512 from 32 channels (7 x 32 for planes that sevens fill and eights
@@ -410,7 +410,7 @@ pub(crate) fn conv2d(
     }
     let Some(tile) = tile_for(&kernel, out_channels) else {
         if along_rows(&kernel, g, out_channels) {
-            return few_channels_conv2d(image, weight, out_channels, g);
+            return few_channels_conv2d(kernel, image, weight, out_channels, g);
         }
         return packed::conv2d(kernel, image, weight, out_channels, g);
     };
@@ -442,23 +442,50 @@ pub(crate) fn conv2d(
 }
 
 /// Whether conv2d runs as [`few_channels_conv2d`]: stride 1, 1 to 15 output channels (fewer
-/// than any tile's lanes), on AVX-512.
+/// than any tile's lanes), on AVX-512 or AVX2+FMA.
 pub(crate) fn along_rows(kernel: &Kernel<f32>, g: &Conv2dGeometry, out_channels: usize) -> bool {
-    kernel.name == "avx512f"
+    row_kernels(kernel).is_some()
         && g.stride == [1, 1]
         && (1..x86::AVX512_NARROW.lanes).contains(&out_channels)
 }
 
+/// The kernels that run a convolution along its output rows, for one instruction set.
+#[derive(Clone, Copy)]
+struct RowKernels {
+    /// Runs per call of `forward`, at most.
+    runs: usize,
+    /// `plane[offset + j] = Σ_k image[at + taps[k] + j] · weights[k]` for `j < columns` of
+    /// each `(at, offset, columns)` of `runs` (see `x86::row_runs`).
+    forward: unsafe fn(&[f32], &[f32], &[usize], &[(usize, usize, usize)], &mut [f32]),
+    /// Taps per call of `weight_grad`, at most.
+    taps: usize,
+    /// `sums[t] = Σ_(image, grads) Σ_runs Σ_j image[at + taps[t] + j] · grads[offset + j]`
+    /// (see `x86::row_runs_weight_grad`).
+    weight_grad: unsafe fn(&[(&[f32], &[f32])], &[usize], &[(usize, usize, usize)], &mut [f32]),
+}
+
+/// The row kernels `kernel`'s instruction set runs, if any: AVX-512's (16 columns a vector)
+/// or AVX2's (two vectors of 8 a run of 16).
+fn row_kernels(kernel: &Kernel<f32>) -> Option<RowKernels> {
+    match kernel.name {
+        "avx512f" => Some(x86::AVX512_ROWS),
+        "avx2+fma" => Some(x86::AVX2_ROWS),
+        _ => None,
+    }
+}
+
 /// A stride-1 conv2d to fewer output channels than a tile's lanes (the U-Net's and the
-/// PixelCNN's last layers, to one channel), on AVX-512: vectorised along each output row
-/// instead, 16 columns a vector, every output `Σ_k source[position + tap(k)] · weight[m, k]`
-/// in reduction order from zero as the tiles sum. Images split over the threads.
+/// PixelCNN's last layers, to one channel), on AVX-512 or AVX2+FMA: vectorised along each
+/// output row instead, every output `Σ_k source[position + tap(k)] · weight[m, k]` in
+/// reduction order from zero as the tiles sum. Images split over the threads.
 fn few_channels_conv2d(
+    kernel: Kernel<f32>,
     image: &[f32],
     weight: &[f32],
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
+    let row_kernels = row_kernels(&kernel).expect("a CPU that runs along rows");
     let rows = RowRuns::new(image, g);
     let (depth, out_plane) = (rows.taps.len(), g.out_height * g.out_width);
     let mut out = zeroed(g.batch * out_channels * out_plane);
@@ -474,11 +501,11 @@ fn few_channels_conv2d(
             let image = rows.image(n);
             for (m, plane) in image_out.chunks_exact_mut(out_plane).enumerate() {
                 let weights = &weight[m * depth..][..depth];
-                for group in rows.runs.chunks(x86::ROW_RUNS) {
-                    // SAFETY: `few_channels_conv2d` runs on AVX-512 CPUs only; every run's
-                    // `columns` values at `at + taps[k]` lie inside `image` (they are the forward
-                    // pass's reads of a row's outputs) and its outputs inside `plane`.
-                    unsafe { x86::row_runs(image, weights, &rows.taps, group, plane) };
+                for group in rows.runs.chunks(row_kernels.runs) {
+                    // SAFETY: `row_kernels` are for this CPU; every run's `columns` values at
+                    // `at + taps[k]` lie inside `image` (they are the forward pass's reads of a
+                    // row's outputs) and its outputs inside `plane`.
+                    unsafe { (row_kernels.forward)(image, weights, &rows.taps, group, plane) };
                 }
             }
         },
@@ -531,26 +558,29 @@ impl<'a> RowRuns<'a> {
     }
 }
 
-/// The weight gradient of [`few_channels_conv2d`] on AVX-512: `[OC, C, kh, kw]` with each
-/// `Σ_n Σ_q grad[n, m, q] · source[n][position(q) + tap(k)]` summed per lane over the
-/// images and each row's runs in order, then across the lanes; eight taps at a time, the
-/// (channel, eight taps) pairs split over the threads.
+/// The weight gradient of [`few_channels_conv2d`]: `[OC, C, kh, kw]` with each `Σ_n Σ_q
+/// grad[n, m, q] · source[n][position(q) + tap(k)]` summed per lane over the images and each
+/// row's runs in order, then across the lanes; a group of taps at a time (eight on AVX-512,
+/// six on AVX2), the (channel, group) pairs split over the threads.
 fn few_channels_weight_grad(
+    kernel: Kernel<f32>,
     image: &[f32],
     grad: &[f32],
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
+    let row_kernels = row_kernels(&kernel).expect("a CPU that runs along rows");
     let rows = RowRuns::new(image, g);
     let (depth, out_plane) = (rows.taps.len(), g.out_height * g.out_width);
     let mut out = vec![0.0f32; out_channels * depth];
     if out.is_empty() || out_plane == 0 {
         return out;
     }
-    let groups = depth.div_ceil(x86::TAP_GROUP);
+    let tap_group = row_kernels.taps;
+    let groups = depth.div_ceil(tap_group);
     let parallel = parallel_product(depth, out_plane * g.batch, out_channels);
     let task = |index: usize, sums: &mut [f32]| {
-        let (m, first) = (index / groups, index % groups * x86::TAP_GROUP);
+        let (m, first) = (index / groups, index % groups * tap_group);
         let images = (0..g.batch).map(|n| {
             let image = rows.image(n);
             (
@@ -560,15 +590,15 @@ fn few_channels_weight_grad(
         });
         let images: Vec<(&[f32], &[f32])> = images.collect();
         let group_taps = &rows.taps[first..][..sums.len()];
-        // SAFETY: on AVX-512 CPUs only ([`along_rows`]); every run's columns at `at +
-        // tap` lie inside each image (the forward pass's reads) and at `offset` inside each
-        // gradient plane.
-        unsafe { x86::row_runs_weight_grad(&images, group_taps, &rows.runs, sums) };
+        // SAFETY: `row_kernels` are for this CPU; every run's columns at `at + tap` lie
+        // inside each image (the forward pass's reads) and at `offset` inside each gradient
+        // plane.
+        unsafe { (row_kernels.weight_grad)(&images, group_taps, &rows.runs, sums) };
     };
-    // out[m, k]: rows of `depth`, cut into groups of eight taps within each row.
+    // out[m, k]: rows of `depth`, cut into groups of taps within each row.
     let chunks = out
         .chunks_mut(depth)
-        .flat_map(|row| row.chunks_mut(x86::TAP_GROUP));
+        .flat_map(|row| row.chunks_mut(tap_group));
     if parallel {
         chunks
             .enumerate()
@@ -694,7 +724,7 @@ pub(crate) fn conv2d_weight_grad(
     }
     let Some(tile) = tile_for(&kernel, out_channels) else {
         if along_rows(&kernel, g, out_channels) {
-            return few_channels_weight_grad(image, grad, out_channels, g);
+            return few_channels_weight_grad(kernel, image, grad, out_channels, g);
         }
         return packed::conv2d_weight_grad(kernel, image, grad, out_channels, g);
     };
@@ -849,15 +879,132 @@ fn pointwise_weight_grad(
 }
 
 mod x86 {
-    use super::Tile;
+    use super::{RowKernels, Tile};
     use std::arch::x86_64::*;
 
-    /// Columns of an output row per vector of [`row_runs`].
+    /// Columns of an output row per run: a vector of [`row_runs`], two of [`avx2_row_runs`].
     pub(super) const ROW_LANES: usize = 16;
     /// Row runs per call of [`row_runs`]: its independent accumulator chains.
-    pub(super) const ROW_RUNS: usize = 8;
+    const ROW_RUNS: usize = 8;
     /// Taps per call of [`row_runs_weight_grad`]: its accumulators.
-    pub(super) const TAP_GROUP: usize = 8;
+    const TAP_GROUP: usize = 8;
+    /// Row runs per call of [`avx2_row_runs`] and taps per call of
+    /// [`avx2_row_runs_weight_grad`]: two ymm accumulators apiece, 12 in all.
+    const AVX2_GROUP: usize = 6;
+
+    /// The row kernels on AVX-512.
+    pub(super) const AVX512_ROWS: RowKernels = RowKernels {
+        runs: ROW_RUNS,
+        forward: row_runs,
+        taps: TAP_GROUP,
+        weight_grad: row_runs_weight_grad,
+    };
+
+    /// The row kernels on AVX2+FMA.
+    pub(super) const AVX2_ROWS: RowKernels = RowKernels {
+        runs: AVX2_GROUP,
+        forward: avx2_row_runs,
+        taps: AVX2_GROUP,
+        weight_grad: avx2_row_runs_weight_grad,
+    };
+
+    /// Masks for AVX2's masked loads: the 8 values from `LIVE[8 - n]` keep the first `n`.
+    const LIVE: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// The masks of a run of `columns ≤ 16` values as two vectors of 8.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_masks(columns: usize) -> [__m256i; 2] {
+        [columns.min(8), columns.saturating_sub(8).min(8)]
+            .map(|live| _mm256_loadu_si256(LIVE.as_ptr().add(8 - live).cast()))
+    }
+
+    /// [`row_runs`] on AVX2+FMA, at most [`AVX2_GROUP`] runs: a run's 16 columns as two
+    /// vectors, read and written under masks; each output the same sum in the same order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; as [`row_runs`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_row_runs(
+        image: &[f32],
+        weights: &[f32],
+        taps: &[usize],
+        runs: &[(usize, usize, usize)],
+        plane: &mut [f32],
+    ) {
+        let mut bases = [image.as_ptr(); AVX2_GROUP];
+        let mut masks = [[_mm256_setzero_si256(); 2]; AVX2_GROUP];
+        for (r, &(at, _, columns)) in runs.iter().enumerate() {
+            bases[r] = image.as_ptr().add(at);
+            masks[r] = run_masks(columns);
+        }
+        let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_GROUP];
+        for (&tap, &w) in taps.iter().zip(weights) {
+            let w = _mm256_set1_ps(w);
+            for r in 0..AVX2_GROUP {
+                for v in 0..2 {
+                    // Addresses past a short run's end are read under an empty mask.
+                    let x = _mm256_maskload_ps(bases[r].wrapping_add(tap + 8 * v), masks[r][v]);
+                    acc[r][v] = _mm256_fmadd_ps(x, w, acc[r][v]);
+                }
+            }
+        }
+        for (r, &(_, offset, _)) in runs.iter().enumerate() {
+            for v in 0..2 {
+                let at = plane.as_mut_ptr().wrapping_add(offset + 8 * v);
+                _mm256_maskstore_ps(at, masks[r][v], acc[r][v]);
+            }
+        }
+    }
+
+    /// [`row_runs_weight_grad`] on AVX2+FMA, at most [`AVX2_GROUP`] taps: per tap two vectors
+    /// of partial sums (a run's columns 0..8 and 8..16) over the images and runs in order,
+    /// added together and across their lanes at the end.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; as [`row_runs_weight_grad`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_row_runs_weight_grad(
+        images: &[(&[f32], &[f32])],
+        taps: &[usize],
+        runs: &[(usize, usize, usize)],
+        sums: &mut [f32],
+    ) {
+        let mut offsets = [0usize; AVX2_GROUP];
+        offsets[..taps.len()].copy_from_slice(taps);
+        let live = taps.len();
+        let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_GROUP];
+        for (image, grads) in images {
+            for &(at, offset, columns) in runs {
+                let masks = run_masks(columns);
+                let g: [__m256; 2] = std::array::from_fn(|v| {
+                    _mm256_maskload_ps(grads.as_ptr().wrapping_add(offset + 8 * v), masks[v])
+                });
+                let base = image.as_ptr().add(at);
+                for t in 0..AVX2_GROUP {
+                    // Taps past the last are read under empty masks: nothing.
+                    let none = _mm256_setzero_si256();
+                    for v in 0..2 {
+                        let mask = if t < live { masks[v] } else { none };
+                        let x = _mm256_maskload_ps(base.wrapping_add(offsets[t] + 8 * v), mask);
+                        acc[t][v] = _mm256_fmadd_ps(x, g[v], acc[t][v]);
+                    }
+                }
+            }
+        }
+        for (sum, [low, high]) in sums.iter_mut().zip(acc) {
+            let both = _mm256_add_ps(low, high);
+            let half = _mm_add_ps(
+                _mm256_castps256_ps128(both),
+                _mm256_extractf128_ps::<1>(both),
+            );
+            let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            *sum = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)));
+        }
+    }
 
     /// `sums[t] = Σ_(image, grads) Σ_runs Σ_j image[at + taps[t] + j] · grads[offset + j]`
     /// for `j < columns` of each `(at, offset, columns)` of `runs`, `t < taps.len()` (at most
@@ -868,7 +1015,7 @@ mod x86 {
     /// The CPU has AVX-512F; for each `(image, grads)` every `image[at + taps[t] + j]` and
     /// `grads[offset + j]` for `j < columns` is in bounds; `sums` holds `taps.len()` values.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn row_runs_weight_grad(
+    unsafe fn row_runs_weight_grad(
         images: &[(&[f32], &[f32])],
         taps: &[usize],
         runs: &[(usize, usize, usize)],
@@ -905,7 +1052,7 @@ mod x86 {
     /// The CPU has AVX-512F; every `image[at + taps[k] + j]` and `plane[offset + j]` for
     /// `j < columns` is in bounds; `weights` holds `taps.len()` values.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn row_runs(
+    unsafe fn row_runs(
         image: &[f32],
         weights: &[f32],
         taps: &[usize],

@@ -449,19 +449,30 @@ pub(crate) fn along_rows(kernel: &Kernel<f32>, g: &Conv2dGeometry, out_channels:
         && (1..x86::AVX512_NARROW.lanes).contains(&out_channels)
 }
 
+/// A run of an output row: (offset in an image's source, offset in an output plane, columns,
+/// at most `x86::ROW_LANES`).
+type Run = (usize, usize, usize);
+
+/// The forward kernel along rows: `plane[offset + j] = Σ_k image[at + taps[k] + j] ·
+/// weights[k]` for `j < columns` of each `(at, offset, columns)` of `runs` (see
+/// `x86::row_runs`).
+type RowsKernel =
+    unsafe fn(image: &[f32], weights: &[f32], taps: &[usize], runs: &[Run], plane: &mut [f32]);
+
+/// The weight-gradient kernel along rows: `sums[t] = Σ_(image, grads) Σ_runs Σ_j image[at +
+/// taps[t] + j] · grads[offset + j]` (see `x86::row_runs_weight_grad`).
+type RowsWeightGradKernel =
+    unsafe fn(images: &[(&[f32], &[f32])], taps: &[usize], runs: &[Run], sums: &mut [f32]);
+
 /// The kernels that run a convolution along its output rows, for one instruction set.
 #[derive(Clone, Copy)]
 struct RowKernels {
     /// Runs per call of `forward`, at most.
     runs: usize,
-    /// `plane[offset + j] = Σ_k image[at + taps[k] + j] · weights[k]` for `j < columns` of
-    /// each `(at, offset, columns)` of `runs` (see `x86::row_runs`).
-    forward: unsafe fn(&[f32], &[f32], &[usize], &[(usize, usize, usize)], &mut [f32]),
+    forward: RowsKernel,
     /// Taps per call of `weight_grad`, at most.
     taps: usize,
-    /// `sums[t] = Σ_(image, grads) Σ_runs Σ_j image[at + taps[t] + j] · grads[offset + j]`
-    /// (see `x86::row_runs_weight_grad`).
-    weight_grad: unsafe fn(&[(&[f32], &[f32])], &[usize], &[(usize, usize, usize)], &mut [f32]),
+    weight_grad: RowsWeightGradKernel,
 }
 
 /// The row kernels `kernel`'s instruction set runs, if any: AVX-512's (16 columns a vector)
@@ -521,8 +532,8 @@ struct RowRuns<'a> {
     source_len: usize,
     /// Offsets of the reduction's steps in an image's source.
     taps: Vec<usize>,
-    /// (offset in an image's source, offset in an output plane, columns) of each run.
-    runs: Vec<(usize, usize, usize)>,
+    /// The output rows' runs.
+    runs: Vec<Run>,
 }
 
 impl<'a> RowRuns<'a> {
@@ -879,7 +890,7 @@ fn pointwise_weight_grad(
 }
 
 mod x86 {
-    use super::{RowKernels, Tile};
+    use super::{RowKernels, Run, Tile};
     use std::arch::x86_64::*;
 
     /// Columns of an output row per run: a vector of [`row_runs`], two of [`avx2_row_runs`].
@@ -932,7 +943,7 @@ mod x86 {
         image: &[f32],
         weights: &[f32],
         taps: &[usize],
-        runs: &[(usize, usize, usize)],
+        runs: &[Run],
         plane: &mut [f32],
     ) {
         let mut bases = [image.as_ptr(); AVX2_GROUP];
@@ -970,7 +981,7 @@ mod x86 {
     unsafe fn avx2_row_runs_weight_grad(
         images: &[(&[f32], &[f32])],
         taps: &[usize],
-        runs: &[(usize, usize, usize)],
+        runs: &[Run],
         sums: &mut [f32],
     ) {
         let mut offsets = [0usize; AVX2_GROUP];
@@ -1018,7 +1029,7 @@ mod x86 {
     unsafe fn row_runs_weight_grad(
         images: &[(&[f32], &[f32])],
         taps: &[usize],
-        runs: &[(usize, usize, usize)],
+        runs: &[Run],
         sums: &mut [f32],
     ) {
         let mut offsets = [0usize; TAP_GROUP];
@@ -1056,7 +1067,7 @@ mod x86 {
         image: &[f32],
         weights: &[f32],
         taps: &[usize],
-        runs: &[(usize, usize, usize)],
+        runs: &[Run],
         plane: &mut [f32],
     ) {
         let mut bases = [image.as_ptr(); ROW_RUNS];

@@ -23,7 +23,9 @@
 //! the input gradient reads the padded output gradient, once per phase of the stride (the
 //! input pixels `(s·i + a, s·j + b)` of one phase `(a, b)` see the kernel taps `(a + s·t,
 //! b + s·u)` only: a stride-1 correlation with that sub-kernel); the weight gradient sums the
-//! same products as the forward pass over positions instead of over taps. Work splits over
+//! same products as the forward pass over positions instead of over taps (where it multiplies
+//! less, a tile's taps one kernel position's channels, over the positions whose pixel is in
+//! the unpadded image). Work splits over
 //! images (forward, input gradient) or over taps (weight gradient), and every sum runs in one
 //! order whatever the thread count.
 
@@ -57,12 +59,13 @@ type CorrelateKernel = unsafe fn(
     tile: &mut [f32],
 );
 
-/// The weight-gradient kernel: `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q ·
-/// stride + first_lane + m]` for the tile's `rows` taps, over each `(image, grads)`.
+/// The weight-gradient kernel: `tile[r, m] += Σ_(at, q) image[at + taps[r]] · grads[q · stride
+/// + first_lane + m]` over the `(at, q)` of `positions`, for the tile's `rows` taps, over each
+/// `(image, grads)`.
 type WeightGradKernel = unsafe fn(
     images: &[(&[f32], &[f32])],
     stride_and_first_lane: (usize, usize),
-    positions: &[usize],
+    positions: &[(usize, usize)],
     taps: &[usize],
     tile: &mut [f32],
 );
@@ -719,10 +722,11 @@ pub(crate) fn conv2d_input_grad(
     out
 }
 
-/// The weight gradient `[OC, C, kh, kw]`: `Σ_n Σ_q grad[n, oc, q] · source[n][position(q) +
-/// tap(k)]` over the forward pass's padded image, positions and taps. The gradient is
-/// transposed to `[N, OH·OW, OC]` (rows of whole lane blocks) for the kernel's loads; the taps
-/// split over the threads, each summing over images and positions in order.
+/// The weight gradient `[OC, C, kh, kw]`: `Σ_n Σ_q grad[n, oc, q] · image[n, c, ih(q, ki),
+/// iw(q, kj)]`, by the tiles of a [`WeightGradPlan`] (each a tile of taps with the positions
+/// it sums over). The gradient is transposed to `[N, OH·OW, OC]` (rows of whole lane blocks)
+/// for the kernel's loads; the tiles split over the threads, each summing over images and
+/// positions in order.
 pub(crate) fn conv2d_weight_grad(
     kernel: Kernel<f32>,
     image: &[f32],
@@ -739,14 +743,8 @@ pub(crate) fn conv2d_weight_grad(
         }
         return packed::conv2d_weight_grad(kernel, image, grad, out_channels, g);
     };
-    let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
-    let shape = (g.batch, g.channels, g.height, g.width);
-    let source = padded(image, shape, (g.padding[0], g.padding[1]), (hp, wp));
-    let source_len = g.channels * hp * wp;
+    let plan = WeightGradPlan::new(image, g, tile.rows);
     let depth = g.channels * g.kernel[0] * g.kernel[1];
-    let mut taps = forward_taps(g, wp);
-    taps.resize(depth.next_multiple_of(tile.rows), 0); // extra taps read pixel 0; dropped
-    let positions: Vec<usize> = forward_positions(g, wp).iter().map(|p| p.0).collect();
     let out_plane = g.out_height * g.out_width;
     let blocks = out_channels.div_ceil(tile.lanes);
     let width = blocks * tile.lanes;
@@ -768,9 +766,10 @@ pub(crate) fn conv2d_weight_grad(
             unsafe { (tile.to_planes)(planes, out_plane, (out_channels, out_plane), dest, width) };
         },
     );
-    // sums[k, oc]: each task a run of whole tap tiles, all lane blocks of them.
-    let mut sums = vec![0.0f32; taps.len() * width];
-    let tiles = taps.len() / tile.rows;
+    // sums[row, oc] for each row of the plan's tiles: each task a run of whole tiles, all
+    // lane blocks of them.
+    let tiles = plan.taps.len() / tile.rows;
+    let mut sums = vec![0.0f32; plan.taps.len() * width];
     let threads = rayon::current_num_threads();
     let parallel = parallel_product(depth, out_channels, out_plane * g.batch);
     let tiles_per_task = if parallel {
@@ -786,18 +785,19 @@ pub(crate) fn conv2d_weight_grad(
     let task = |index: usize, sums: &mut [f32]| {
         let first_tile = index * tiles_per_task;
         for n0 in (0..g.batch).step_by(group) {
-            // (padded image, transposed gradient) of each image of the group.
+            // (source image, transposed gradient) of each image of the group.
             let images: Vec<(&[f32], &[f32])> = (n0..(n0 + group).min(g.batch))
                 .map(|n| {
-                    let image = &source[n * source_len..][..source_len];
+                    let image = plan.image(n);
                     let grads = &transposed[n * out_plane * width..][..out_plane * width];
                     (image, grads)
                 })
                 .collect();
             let tile_len = tile.rows * tile.lanes;
             for (t, tile_sums) in sums.chunks_exact_mut(tile.rows * width).enumerate() {
-                let first_tap = (first_tile + t) * tile.rows;
-                let tile_taps = &taps[first_tap..][..tile.rows];
+                let tile_index = first_tile + t;
+                let tile_taps = &plan.taps[tile_index * tile.rows..][..tile.rows];
+                let positions = &plan.positions[tile_index / plan.tiles_per_class];
                 for block in 0..blocks {
                     let first_lane = block * tile.lanes;
                     let mut values = TileValues([0.0; MAX_TILE]);
@@ -806,13 +806,14 @@ pub(crate) fn conv2d_weight_grad(
                         lanes.copy_from_slice(&tile_sums[r * width + first_lane..][..tile.lanes]);
                     }
                     // SAFETY: `tile_for` chose a kernel this CPU runs; each image's `grads`
-                    // holds `width` values, the block's lanes among them, at every `q · width`;
-                    // every position plus tap lies inside its image (the forward pass's reads).
+                    // holds `width` values, the block's lanes among them, at every `q · width`
+                    // for an output position `q`; every offset plus tap lies inside the source
+                    // image (`WeightGradPlan::new`).
                     unsafe {
                         (tile.weight_grad)(
                             &images,
                             (width, first_lane),
-                            &positions,
+                            positions,
                             tile_taps,
                             values,
                         );
@@ -834,12 +835,123 @@ pub(crate) fn conv2d_weight_grad(
             .enumerate()
             .for_each(|(i, s)| task(i, s));
     }
-    // out[oc, k] = sums[k, oc]
+    // by_row[oc, row] = sums[row, oc], then out[oc, ·] from the rows that hold weights.
+    let rows = plan.taps.len();
+    let mut by_row = vec![0.0f32; out_channels * rows];
+    // SAFETY: `sums` holds `rows` rows of `width ≥ out_channels` values, `by_row`
+    // `out_channels` rows of `rows`.
+    unsafe { (tile.to_planes)(&sums, width, (rows, out_channels), &mut by_row, rows) };
     let mut out = vec![0.0f32; out_channels * depth];
-    // SAFETY: `sums` holds `depth` rows of `width ≥ out_channels` values, `out` `out_channels`
-    // rows of `depth`.
-    unsafe { (tile.to_planes)(&sums, width, (depth, out_channels), &mut out, depth) };
+    if depth == 0 {
+        return out; // no input channels: no weights
+    }
+    for (out, by_row) in out.chunks_exact_mut(depth).zip(by_row.chunks_exact(rows)) {
+        for (&value, &k) in by_row.iter().zip(&plan.weight_of_row) {
+            if k < depth {
+                out[k] = value;
+            }
+        }
+    }
     out
+}
+
+/// The tiles of a weight gradient: rows of taps (offsets in a source image) in whole tiles,
+/// and the positions each tile sums over, one of two ways, whichever multiplies less:
+/// - all taps `(c, ki, kj)` in order over every output position of a zero-padded copy of the
+///   image (the forward pass's reads);
+/// - by kernel position `(ki, kj)`, a tile's rows being channels of that position, over the
+///   output positions whose pixel lies inside the image, read where it is: no padded copy,
+///   and no products with the padding's zeros (a sixth of DCGAN's strided layers' and of a
+///   3 x 3 layer's on 7 x 7 images), but the channels padded to whole tiles per position (a
+///   loss with fewer channels than a tile's rows, as a one-channel first layer).
+struct WeightGradPlan<'a> {
+    source: std::borrow::Cow<'a, [f32]>,
+    /// Values per image of `source`.
+    source_len: usize,
+    /// Each tile's taps, `rows` apiece.
+    taps: Vec<usize>,
+    /// (offset in a source image, output position) of each position a class of tiles sums
+    /// over, in order.
+    positions: Vec<Vec<(usize, usize)>>,
+    /// Tiles per entry of `positions`: tile `t` sums over `positions[t / tiles_per_class]`.
+    tiles_per_class: usize,
+    /// The weight `c·kh·kw + ki·kw + kj` each tap row sums for, or past the last for a row
+    /// that fills a tile.
+    weight_of_row: Vec<usize>,
+}
+
+impl<'a> WeightGradPlan<'a> {
+    fn new(image: &'a [f32], g: &Conv2dGeometry, rows: usize) -> WeightGradPlan<'a> {
+        let [kh, kw] = g.kernel;
+        let depth = g.channels * kh * kw;
+        let out_plane = g.out_height * g.out_width;
+        let inside = |out: usize, k: usize, axis: usize| {
+            let at = (out * g.stride[axis] + k * g.dilation[axis]).checked_sub(g.padding[axis])?;
+            (at < [g.height, g.width][axis]).then_some(at)
+        };
+        let by_position: Vec<Vec<(usize, usize)>> = (0..kh * kw)
+            .map(|k| {
+                let (ki, kj) = (k / kw, k % kw);
+                let rows = (0..g.out_height).filter_map(|oh| Some((oh, inside(oh, ki, 0)?)));
+                rows.flat_map(|(oh, ih)| {
+                    (0..g.out_width).filter_map(move |ow| {
+                        let iw = inside(ow, kj, 1)?;
+                        Some((ih * g.width + iw, oh * g.out_width + ow))
+                    })
+                })
+                .collect()
+            })
+            .collect();
+        let slots = g.channels.next_multiple_of(rows);
+        let products_by_position = slots * by_position.iter().map(Vec::len).sum::<usize>();
+        if products_by_position < depth.next_multiple_of(rows) * out_plane {
+            let plane = g.height * g.width;
+            // Channel slots past the last read channel 0, as rows that are dropped.
+            let slot = |s: usize| (s % slots, s / slots); // (channel, kernel position)
+            let taps = (0..kh * kw * slots)
+                .map(|s| {
+                    if slot(s).0 < g.channels {
+                        slot(s).0 * plane
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let weight_of_row = (0..kh * kw * slots)
+                .map(|s| match slot(s) {
+                    (c, k) if c < g.channels => c * kh * kw + k,
+                    _ => depth,
+                })
+                .collect();
+            return WeightGradPlan {
+                source: std::borrow::Cow::Borrowed(image),
+                source_len: g.channels * plane,
+                taps,
+                positions: by_position,
+                tiles_per_class: slots / rows,
+                weight_of_row,
+            };
+        }
+        let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
+        let shape = (g.batch, g.channels, g.height, g.width);
+        let source = padded(image, shape, (g.padding[0], g.padding[1]), (hp, wp));
+        let mut taps = forward_taps(g, wp);
+        taps.resize(depth.next_multiple_of(rows), 0); // extra taps read pixel 0; dropped
+        let positions = forward_positions(g, wp);
+        WeightGradPlan {
+            source: std::borrow::Cow::Owned(source),
+            source_len: g.channels * hp * wp,
+            weight_of_row: (0..taps.len()).collect(),
+            taps,
+            positions: vec![positions],
+            tiles_per_class: depth.div_ceil(rows).max(1),
+        }
+    }
+
+    /// Image `n` of the source.
+    fn image(&self, n: usize) -> &[f32] {
+        &self.source[n * self.source_len..][..self.source_len]
+    }
 }
 
 /// A pointwise convolution's weight gradient `[OC, C] = Σ_n grad[n] [OC, P] · image[n]ᵀ
@@ -1391,20 +1503,20 @@ mod x86 {
                     store(&acc, tile);
                 }
 
-                /// `tile[r, m] += Σ_q image[positions[q] + taps[r]] · grads[q · stride +
+                /// `tile[r, m] += Σ_(at, q) image[at + taps[r]] · grads[q · stride +
                 /// first_lane + m]` for the tile's taps `r` and lanes `m`, over each `(image,
-                /// grads)` of `images` in turn and each `q` in order.
+                /// grads)` of `images` in turn and each `(at, q)` of `positions` in order.
                 ///
                 /// # Safety
                 /// The CPU has the module's features; `taps` holds `ROWS` offsets and `tile`
                 /// `ROWS · LANES` floats; each `grads` holds `LANES` values at every
-                /// `q · stride + first_lane` for `q` below `positions.len()`; every
-                /// `positions[q] + taps[r]` lies inside each `image`.
+                /// `q · stride + first_lane`, and every `at + taps[r]` lies inside each
+                /// `image`, for the `(at, q)` of `positions`.
                 #[target_feature(enable = $feature)]
                 pub(in super::super) unsafe fn weight_grad(
                     images: &[(&[f32], &[f32])],
                     (stride, first_lane): (usize, usize),
-                    positions: &[usize],
+                    positions: &[(usize, usize)],
                     taps: &[usize],
                     tile: &mut [f32],
                 ) {
@@ -1414,8 +1526,8 @@ mod x86 {
                         let rows: [*const f32; ROWS] =
                             std::array::from_fn(|r| image.as_ptr().add(taps[r]));
                         let grads = grads.as_ptr().add(first_lane);
-                        for (q, &position) in positions.iter().enumerate() {
-                            multiply_add(&mut acc, &rows, position, lanes(grads.add(q * stride)));
+                        for &(at, q) in positions {
+                            multiply_add(&mut acc, &rows, at, lanes(grads.add(q * stride)));
                         }
                     }
                     store(&acc, tile);

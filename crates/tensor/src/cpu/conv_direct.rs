@@ -417,9 +417,7 @@ pub(crate) fn conv2d(
         }
         return packed::conv2d(kernel, image, weight, out_channels, g);
     };
-    let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
-    let shape = (g.batch, g.channels, g.height, g.width);
-    let source = padded(image, shape, (g.padding[0], g.padding[1]), (hp, wp));
+    let (sources, (_, wp)) = Sources::padded(image, g);
     let depth = g.channels * g.kernel[0] * g.kernel[1];
     let pass = Pass {
         taps: forward_taps(g, wp),
@@ -435,8 +433,8 @@ pub(crate) fn conv2d(
     let mut out = zeroed(g.batch * out_channels * out_plane);
     correlate(
         tile,
-        &source,
-        g.channels * hp * wp,
+        &sources.data,
+        sources.len,
         &[pass],
         (out_channels, out_plane),
         &mut out,
@@ -512,7 +510,7 @@ fn few_channels_conv2d(
         out_channels * out_plane,
         parallel,
         |n, image_out| {
-            let image = rows.image(n);
+            let image = rows.sources.image(n);
             for (m, plane) in image_out.chunks_exact_mut(out_plane).enumerate() {
                 let weights = &weight[m * depth..][..depth];
                 for group in rows.runs.chunks(row_kernels.runs) {
@@ -527,12 +525,48 @@ fn few_channels_conv2d(
     out
 }
 
+/// A convolution's images as its kernels read them: zero-padded copies, or the images where
+/// they are when they have no padding or the kernel reads only inside them.
+struct Sources<'a> {
+    data: std::borrow::Cow<'a, [f32]>,
+    /// Values per image.
+    len: usize,
+}
+
+impl<'a> Sources<'a> {
+    /// `image` `[N, C, H, W]` padded by `g.padding` (a copy unless that is zero), and the
+    /// padded planes' `(hp, wp)`.
+    fn padded(image: &'a [f32], g: &Conv2dGeometry) -> (Sources<'a>, (usize, usize)) {
+        let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
+        if g.padding == [0, 0] {
+            return (Sources::unpadded(image, g), (hp, wp));
+        }
+        let shape = (g.batch, g.channels, g.height, g.width);
+        let padding = (g.padding[0], g.padding[1]);
+        let data = std::borrow::Cow::Owned(padded(image, shape, padding, (hp, wp)));
+        let len = g.channels * hp * wp;
+        (Sources { data, len }, (hp, wp))
+    }
+
+    /// `image` `[N, C, H, W]` where it is.
+    fn unpadded(image: &'a [f32], g: &Conv2dGeometry) -> Sources<'a> {
+        let len = g.channels * g.height * g.width;
+        Sources {
+            data: std::borrow::Cow::Borrowed(image),
+            len,
+        }
+    }
+
+    /// Image `n`.
+    fn image(&self, n: usize) -> &[f32] {
+        &self.data[n * self.len..][..self.len]
+    }
+}
+
 /// A stride-1 convolution's padded images and its output rows cut into runs of up to 16
 /// columns, for [`few_channels_conv2d`] and [`few_channels_weight_grad`].
 struct RowRuns<'a> {
-    source: std::borrow::Cow<'a, [f32]>,
-    /// Values per image of `source`.
-    source_len: usize,
+    sources: Sources<'a>,
     /// Offsets of the reduction's steps in an image's source.
     taps: Vec<usize>,
     /// The output rows' runs.
@@ -541,15 +575,8 @@ struct RowRuns<'a> {
 
 impl<'a> RowRuns<'a> {
     fn new(image: &'a [f32], g: &Conv2dGeometry) -> RowRuns<'a> {
-        let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
-        let shape = (g.batch, g.channels, g.height, g.width);
         // Unpadded images are read where they are (the PixelCNN's 1x1 output layer).
-        let source = if g.padding == [0, 0] {
-            std::borrow::Cow::Borrowed(image)
-        } else {
-            let padding = (g.padding[0], g.padding[1]);
-            std::borrow::Cow::Owned(padded(image, shape, padding, (hp, wp)))
-        };
+        let (sources, (_, wp)) = Sources::padded(image, g);
         let runs = (0..g.out_height)
             .flat_map(|oh| {
                 (0..g.out_width).step_by(x86::ROW_LANES).map(move |ow| {
@@ -559,16 +586,10 @@ impl<'a> RowRuns<'a> {
             })
             .collect();
         RowRuns {
-            source,
-            source_len: g.channels * hp * wp,
+            sources,
             taps: forward_taps(g, wp),
             runs,
         }
-    }
-
-    /// Image `n` of the source.
-    fn image(&self, n: usize) -> &[f32] {
-        &self.source[n * self.source_len..][..self.source_len]
     }
 }
 
@@ -596,7 +617,7 @@ fn few_channels_weight_grad(
     let task = |index: usize, sums: &mut [f32]| {
         let (m, first) = (index / groups, index % groups * tap_group);
         let images = (0..g.batch).map(|n| {
-            let image = rows.image(n);
+            let image = rows.sources.image(n);
             (
                 image,
                 &grad[(n * out_channels + m) * out_plane..][..out_plane],
@@ -788,7 +809,7 @@ pub(crate) fn conv2d_weight_grad(
             // (source image, transposed gradient) of each image of the group.
             let images: Vec<(&[f32], &[f32])> = (n0..(n0 + group).min(g.batch))
                 .map(|n| {
-                    let image = plan.image(n);
+                    let image = plan.sources.image(n);
                     let grads = &transposed[n * out_plane * width..][..out_plane * width];
                     (image, grads)
                 })
@@ -865,9 +886,7 @@ pub(crate) fn conv2d_weight_grad(
 ///   3 x 3 layer's on 7 x 7 images), but the channels padded to whole tiles per position (a
 ///   loss with fewer channels than a tile's rows, as a one-channel first layer).
 struct WeightGradPlan<'a> {
-    source: std::borrow::Cow<'a, [f32]>,
-    /// Values per image of `source`.
-    source_len: usize,
+    sources: Sources<'a>,
     /// Each tile's taps, `rows` apiece.
     taps: Vec<usize>,
     /// (offset in a source image, output position) of each position a class of tiles sums
@@ -906,51 +925,34 @@ impl<'a> WeightGradPlan<'a> {
         let products_by_position = slots * by_position.iter().map(Vec::len).sum::<usize>();
         if products_by_position < depth.next_multiple_of(rows) * out_plane {
             let plane = g.height * g.width;
-            // Channel slots past the last read channel 0, as rows that are dropped.
-            let slot = |s: usize| (s % slots, s / slots); // (channel, kernel position)
+            // Row `s` is channel slot `s % slots` of kernel position `s / slots`; the slots
+            // past the last channel read channel 0, as rows that are dropped.
+            let live = |s: usize| Some(s % slots).filter(|&c| c < g.channels);
             let taps = (0..kh * kw * slots)
-                .map(|s| {
-                    if slot(s).0 < g.channels {
-                        slot(s).0 * plane
-                    } else {
-                        0
-                    }
-                })
+                .map(|s| live(s).map_or(0, |c| c * plane))
                 .collect();
             let weight_of_row = (0..kh * kw * slots)
-                .map(|s| match slot(s) {
-                    (c, k) if c < g.channels => c * kh * kw + k,
-                    _ => depth,
-                })
+                .map(|s| live(s).map_or(depth, |c| c * kh * kw + s / slots))
                 .collect();
             return WeightGradPlan {
-                source: std::borrow::Cow::Borrowed(image),
-                source_len: g.channels * plane,
+                sources: Sources::unpadded(image, g),
                 taps,
                 positions: by_position,
                 tiles_per_class: slots / rows,
                 weight_of_row,
             };
         }
-        let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
-        let shape = (g.batch, g.channels, g.height, g.width);
-        let source = padded(image, shape, (g.padding[0], g.padding[1]), (hp, wp));
+        let (sources, (_, wp)) = Sources::padded(image, g);
         let mut taps = forward_taps(g, wp);
         taps.resize(depth.next_multiple_of(rows), 0); // extra taps read pixel 0; dropped
         let positions = forward_positions(g, wp);
         WeightGradPlan {
-            source: std::borrow::Cow::Owned(source),
-            source_len: g.channels * hp * wp,
+            sources,
             weight_of_row: (0..taps.len()).collect(),
             taps,
             positions: vec![positions],
             tiles_per_class: depth.div_ceil(rows).max(1),
         }
-    }
-
-    /// Image `n` of the source.
-    fn image(&self, n: usize) -> &[f32] {
-        &self.source[n * self.source_len..][..self.source_len]
     }
 }
 

@@ -1203,6 +1203,48 @@ mod x86 {
         }
     }
 
+    /// [`super::to_planes`] by square blocks of `BLOCK` positions x `BLOCK` lanes, each
+    /// written by `block(sums + q · stride + m, out + m · out_plane + q)` (its rows `stride`
+    /// apart, its planes `out_plane` apart); the positions and lanes past the whole blocks by
+    /// the portable version. Inlined into each instruction set's version, with its `block`.
+    ///
+    /// # Safety
+    /// `block` writes a block's transpose, reading and writing nothing else; `sums` holds
+    /// `positions` rows of `stride` values, `lanes` of them live, and `out` `lanes` planes of
+    /// `out_plane ≥ positions` values.
+    #[inline(always)]
+    unsafe fn by_blocks<const BLOCK: usize>(
+        sums: &[f32],
+        stride: usize,
+        (positions, lanes): (usize, usize),
+        out: &mut [f32],
+        out_plane: usize,
+        block: impl Fn(*const f32, *mut f32),
+    ) {
+        if positions == 0 || lanes == 0 {
+            return;
+        }
+        assert!(sums.len() >= positions * stride && lanes <= stride);
+        assert!(out.len() >= (lanes - 1) * out_plane + positions);
+        let whole_positions = positions / BLOCK * BLOCK;
+        let whole_lanes = lanes / BLOCK * BLOCK;
+        for q in (0..whole_positions).step_by(BLOCK) {
+            for m in (0..whole_lanes).step_by(BLOCK) {
+                let at = out.as_mut_ptr().add(m * out_plane + q);
+                block(sums.as_ptr().add(q * stride + m), at);
+            }
+        }
+        let rest = (positions - whole_positions, lanes);
+        let (rest_sums, rest_out) = (
+            &sums[whole_positions * stride..],
+            &mut out[whole_positions..],
+        );
+        super::to_planes(rest_sums, stride, rest, rest_out, out_plane);
+        let rest = (whole_positions, lanes - whole_lanes);
+        let rest_out = &mut out[whole_lanes * out_plane..];
+        super::to_planes(&sums[whole_lanes..], stride, rest, rest_out, out_plane);
+    }
+
     /// [`super::to_planes`] on AVX-512: blocks of 16 positions x 16 lanes transposed in
     /// registers (interleaves of 32 and 64 bits, then two shuffles of 128-bit lanes) and
     /// stored as 16 runs of 16 values of a plane; the rest by the portable version.
@@ -1214,71 +1256,50 @@ mod x86 {
     pub(super) unsafe fn avx512_to_planes(
         sums: &[f32],
         stride: usize,
-        (positions, lanes): (usize, usize),
+        dims: (usize, usize),
         out: &mut [f32],
         out_plane: usize,
     ) {
-        if positions == 0 || lanes == 0 {
-            return;
-        }
-        assert!(sums.len() >= positions * stride && lanes <= stride);
-        assert!(out.len() >= (lanes - 1) * out_plane + positions);
-        let (whole_positions, whole_lanes) = (positions / 16 * 16, lanes / 16 * 16);
-        for q in (0..whole_positions).step_by(16) {
-            for m in (0..whole_lanes).step_by(16) {
-                let rows: [__m512; 16] = std::array::from_fn(|r| {
-                    _mm512_loadu_ps(sums.as_ptr().add((q + r) * stride + m))
-                });
-                // Rows 2i and 2i + 1 interleaved by 32 bits, then 4i..4i + 3 by 64: `b[4i +
-                // j]`'s 128-bit lane l holds column 4l + j of rows 4i..4i + 3.
-                let a: [__m512; 16] = std::array::from_fn(|i| {
-                    let (x, y) = (rows[i & !1], rows[i | 1]);
-                    if i % 2 == 0 {
-                        _mm512_unpacklo_ps(x, y)
-                    } else {
-                        _mm512_unpackhi_ps(x, y)
-                    }
-                });
-                let b: [__m512; 16] = std::array::from_fn(|i| {
-                    let (group, j) = (i / 4 * 4, i % 4);
-                    let x = _mm512_castps_pd(a[group + j / 2]);
-                    let y = _mm512_castps_pd(a[group + 2 + j / 2]);
-                    _mm512_castpd_ps(if j % 2 == 0 {
-                        _mm512_unpacklo_pd(x, y)
-                    } else {
-                        _mm512_unpackhi_pd(x, y)
-                    })
-                });
-                // Column 4l + j gathers lane l of b[j], b[4 + j], b[8 + j], b[12 + j].
-                for j in 0..4 {
-                    let even = |x, y| _mm512_shuffle_f32x4::<0x88>(x, y);
-                    let odd = |x, y| _mm512_shuffle_f32x4::<0xdd>(x, y);
-                    let (low, high) = ((b[j], b[4 + j]), (b[8 + j], b[12 + j]));
-                    let (low_even, low_odd) = (even(low.0, low.1), odd(low.0, low.1));
-                    let (high_even, high_odd) = (even(high.0, high.1), odd(high.0, high.1));
-                    let columns = [
-                        (j, even(low_even, high_even)),
-                        (4 + j, even(low_odd, high_odd)),
-                        (8 + j, odd(low_even, high_even)),
-                        (12 + j, odd(low_odd, high_odd)),
-                    ];
-                    for (column, values) in columns {
-                        let at = (m + column) * out_plane + q;
-                        _mm512_storeu_ps(out.as_mut_ptr().add(at), values);
-                    }
+        by_blocks::<16>(sums, stride, dims, out, out_plane, |sums, out| {
+            let rows: [__m512; 16] = std::array::from_fn(|r| _mm512_loadu_ps(sums.add(r * stride)));
+            // Rows 2i and 2i + 1 interleaved by 32 bits, then 4i..4i + 3 by 64: `b[4i + j]`'s
+            // 128-bit lane l holds column 4l + j of rows 4i..4i + 3.
+            let a: [__m512; 16] = std::array::from_fn(|i| {
+                let (x, y) = (rows[i & !1], rows[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(x, y)
+                } else {
+                    _mm512_unpackhi_ps(x, y)
+                }
+            });
+            let b: [__m512; 16] = std::array::from_fn(|i| {
+                let (group, j) = (i / 4 * 4, i % 4);
+                let x = _mm512_castps_pd(a[group + j / 2]);
+                let y = _mm512_castps_pd(a[group + 2 + j / 2]);
+                _mm512_castpd_ps(if j % 2 == 0 {
+                    _mm512_unpacklo_pd(x, y)
+                } else {
+                    _mm512_unpackhi_pd(x, y)
+                })
+            });
+            // Column 4l + j gathers lane l of b[j], b[4 + j], b[8 + j], b[12 + j].
+            for j in 0..4 {
+                let even = |x, y| _mm512_shuffle_f32x4::<0x88>(x, y);
+                let odd = |x, y| _mm512_shuffle_f32x4::<0xdd>(x, y);
+                let (low, high) = ((b[j], b[4 + j]), (b[8 + j], b[12 + j]));
+                let (low_even, low_odd) = (even(low.0, low.1), odd(low.0, low.1));
+                let (high_even, high_odd) = (even(high.0, high.1), odd(high.0, high.1));
+                let columns = [
+                    (j, even(low_even, high_even)),
+                    (4 + j, even(low_odd, high_odd)),
+                    (8 + j, odd(low_even, high_even)),
+                    (12 + j, odd(low_odd, high_odd)),
+                ];
+                for (column, values) in columns {
+                    _mm512_storeu_ps(out.add(column * out_plane), values);
                 }
             }
-        }
-        // The positions past the whole blocks, then the lanes past them.
-        let rest = (positions - whole_positions, lanes);
-        let (rest_sums, rest_out) = (
-            &sums[whole_positions * stride..],
-            &mut out[whole_positions..],
-        );
-        super::to_planes(rest_sums, stride, rest, rest_out, out_plane);
-        let rest = (whole_positions, lanes - whole_lanes);
-        let rest_out = &mut out[whole_lanes * out_plane..];
-        super::to_planes(&sums[whole_lanes..], stride, rest, rest_out, out_plane);
+        });
     }
 
     /// [`super::to_planes`] on AVX2: blocks of 8 positions x 8 lanes transposed in registers
@@ -1293,61 +1314,39 @@ mod x86 {
     pub(super) unsafe fn avx2_to_planes(
         sums: &[f32],
         stride: usize,
-        (positions, lanes): (usize, usize),
+        dims: (usize, usize),
         out: &mut [f32],
         out_plane: usize,
     ) {
-        if positions == 0 || lanes == 0 {
-            return;
-        }
-        assert!(sums.len() >= positions * stride && lanes <= stride);
-        assert!(out.len() >= (lanes - 1) * out_plane + positions);
-        let (whole_positions, whole_lanes) = (positions / 8 * 8, lanes / 8 * 8);
-        for q in (0..whole_positions).step_by(8) {
-            for m in (0..whole_lanes).step_by(8) {
-                let rows: [__m256; 8] = std::array::from_fn(|r| {
-                    _mm256_loadu_ps(sums.as_ptr().add((q + r) * stride + m))
-                });
-                // Rows 2i and 2i + 1 interleaved by 32 bits: `a[2i]` holds columns 0, 1 | 4,
-                // 5 of the pair, `a[2i + 1]` columns 2, 3 | 6, 7.
-                let a: [__m256; 8] = std::array::from_fn(|i| {
-                    let (x, y) = (rows[i & !1], rows[i | 1]);
-                    if i % 2 == 0 {
-                        _mm256_unpacklo_ps(x, y)
-                    } else {
-                        _mm256_unpackhi_ps(x, y)
-                    }
-                });
-                // `b[4h + c]` holds column c | c + 4 of rows 4h..4h + 3.
-                let b: [__m256; 8] = std::array::from_fn(|i| {
-                    let (half, c) = (i / 4, i % 4);
-                    let (x, y) = (a[4 * half + c / 2], a[4 * half + 2 + c / 2]);
-                    if c % 2 == 0 {
-                        _mm256_shuffle_ps::<0x44>(x, y)
-                    } else {
-                        _mm256_shuffle_ps::<0xee>(x, y)
-                    }
-                });
-                for c in 0..4 {
-                    let low = _mm256_permute2f128_ps::<0x20>(b[c], b[4 + c]);
-                    let high = _mm256_permute2f128_ps::<0x31>(b[c], b[4 + c]);
-                    for (column, values) in [(c, low), (c + 4, high)] {
-                        let at = (m + column) * out_plane + q;
-                        _mm256_storeu_ps(out.as_mut_ptr().add(at), values);
-                    }
+        by_blocks::<8>(sums, stride, dims, out, out_plane, |sums, out| {
+            let rows: [__m256; 8] = std::array::from_fn(|r| _mm256_loadu_ps(sums.add(r * stride)));
+            // Rows 2i and 2i + 1 interleaved by 32 bits: `a[2i]` holds columns 0, 1 | 4, 5 of
+            // the pair, `a[2i + 1]` columns 2, 3 | 6, 7.
+            let a: [__m256; 8] = std::array::from_fn(|i| {
+                let (x, y) = (rows[i & !1], rows[i | 1]);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_ps(x, y)
+                } else {
+                    _mm256_unpackhi_ps(x, y)
                 }
+            });
+            // `b[4h + c]` holds column c | c + 4 of rows 4h..4h + 3.
+            let b: [__m256; 8] = std::array::from_fn(|i| {
+                let (half, c) = (i / 4, i % 4);
+                let (x, y) = (a[4 * half + c / 2], a[4 * half + 2 + c / 2]);
+                if c % 2 == 0 {
+                    _mm256_shuffle_ps::<0x44>(x, y)
+                } else {
+                    _mm256_shuffle_ps::<0xee>(x, y)
+                }
+            });
+            for c in 0..4 {
+                let low = _mm256_permute2f128_ps::<0x20>(b[c], b[4 + c]);
+                let high = _mm256_permute2f128_ps::<0x31>(b[c], b[4 + c]);
+                _mm256_storeu_ps(out.add(c * out_plane), low);
+                _mm256_storeu_ps(out.add((c + 4) * out_plane), high);
             }
-        }
-        // The positions past the whole blocks, then the lanes past them.
-        let rest = (positions - whole_positions, lanes);
-        let (rest_sums, rest_out) = (
-            &sums[whole_positions * stride..],
-            &mut out[whole_positions..],
-        );
-        super::to_planes(rest_sums, stride, rest, rest_out, out_plane);
-        let rest = (whole_positions, lanes - whole_lanes);
-        let rest_out = &mut out[whole_lanes * out_plane..];
-        super::to_planes(&sums[whole_lanes..], stride, rest, rest_out, out_plane);
+        });
     }
 
     /// The register tile on AVX2+FMA: 6 rows x 16 lanes, 12 ymm accumulators.

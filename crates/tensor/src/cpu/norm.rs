@@ -6,9 +6,12 @@
 //! broadcast ops (`backend::group_norm_forward_composed`). Layer norm is composed from tensor
 //! ops.
 
+use std::mem::MaybeUninit;
+
 use num_traits::One;
 use rayon::prelude::*;
 
+use super::filled;
 use super::index::row_major;
 use crate::{FloatDType, Layout};
 
@@ -264,9 +267,35 @@ fn normalise_planes<T: FloatDType>(
     inner: usize,
     constants: &[Channel<T::Math>],
 ) -> Vec<T> {
-    let mut out = vec![T::default(); x.len()];
-    let plane = |(p, (out, x)): (usize, (&mut [T], &[T]))| {
-        let (m, s, w, b) = constants[p % constants.len()];
+    let inner = inner.max(1);
+    let plane = |(p, (out, x)): (usize, (&mut [MaybeUninit<T>], &[T]))| {
+        normalise_plane(out, x, constants[p % constants.len()]);
+    };
+    // Every value is written by its plane.
+    filled(x.len(), |out| {
+        if x.len() < PARALLEL_MIN {
+            out.chunks_mut(inner)
+                .zip(x.chunks(inner))
+                .enumerate()
+                .for_each(plane);
+        } else {
+            out.par_chunks_mut(inner)
+                .zip(x.par_chunks(inner))
+                .enumerate()
+                .for_each(plane);
+        }
+    })
+}
+
+super::loops::simd_versions! {
+    /// `out = ((x - mean)·invstd)·weight + bias` for one plane and its channel's constants,
+    /// compiled for the CPU's widest vectors (the same operations, each rounded once).
+    fn normalise_plane<T: FloatDType>(
+        out: &mut [MaybeUninit<T>],
+        x: &[T],
+        constants: Channel<T::Math>,
+    ) {
+        let (m, s, w, b) = constants;
         for (o, &v) in out.iter_mut().zip(x) {
             let mut y = (v.to_math() - m) * s;
             if let Some(w) = w {
@@ -275,22 +304,9 @@ fn normalise_planes<T: FloatDType>(
             if let Some(b) = b {
                 y = y + b;
             }
-            *o = T::from_math(y);
+            o.write(T::from_math(y));
         }
-    };
-    let inner = inner.max(1);
-    if x.len() < PARALLEL_MIN {
-        out.chunks_mut(inner)
-            .zip(x.chunks(inner))
-            .enumerate()
-            .for_each(plane);
-    } else {
-        out.par_chunks_mut(inner)
-            .zip(x.par_chunks(inner))
-            .enumerate()
-            .for_each(plane);
     }
-    out
 }
 
 /// `(dx, dweight, dbias)` of the training-mode forward with batch statistics: per channel
@@ -445,7 +461,7 @@ struct PlaneGradient<M> {
 }
 
 /// One `[inner]` plane of the input gradient: its index, then (dx out, dy, x).
-type BackwardPlane<'a, T> = (usize, ((&'a mut [T], &'a [T]), &'a [T]));
+type BackwardPlane<'a, T> = (usize, ((&'a mut [MaybeUninit<T>], &'a [T]), &'a [T]));
 
 /// `dx = scale·((dy·weight - mean_g) - xhat·mean_g_xhat)`, `xhat = (x - mean)·invstd`, in
 /// the math type in that order, for each `[inner]` plane `p` of row-major `dy` and `x` with
@@ -457,30 +473,43 @@ fn input_gradient_planes<T: FloatDType>(
     inner: usize,
     constants: &[PlaneGradient<T::Math>],
 ) -> Vec<T> {
-    let mut dx = vec![T::default(); x.len()];
+    let inner = inner.max(1);
     let plane = |(p, ((out, dy), x)): BackwardPlane<'_, T>| {
-        let c = constants[p % constants.len()];
+        input_gradient_plane(out, dy, x, constants[p % constants.len()]);
+    };
+    // Every value is written by its plane.
+    filled(x.len(), |dx| {
+        if x.len() < PARALLEL_MIN {
+            dx.chunks_mut(inner)
+                .zip(dy.chunks(inner))
+                .zip(x.chunks(inner))
+                .enumerate()
+                .for_each(plane);
+        } else {
+            dx.par_chunks_mut(inner)
+                .zip(dy.par_chunks(inner))
+                .zip(x.par_chunks(inner))
+                .enumerate()
+                .for_each(plane);
+        }
+    })
+}
+
+super::loops::simd_versions! {
+    /// One plane of [`input_gradient_planes`] with its constants, compiled for the CPU's
+    /// widest vectors (the same operations, each rounded once).
+    fn input_gradient_plane<T: FloatDType>(
+        out: &mut [MaybeUninit<T>],
+        dy: &[T],
+        x: &[T],
+        c: PlaneGradient<T::Math>,
+    ) {
         for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
             let xhat = (v.to_math() - c.mean) * c.invstd;
             let g = g.to_math() * c.weight;
-            *o = T::from_math(c.scale * ((g - c.mean_g) - xhat * c.mean_g_xhat));
+            o.write(T::from_math(c.scale * ((g - c.mean_g) - xhat * c.mean_g_xhat)));
         }
-    };
-    let inner = inner.max(1);
-    if x.len() < PARALLEL_MIN {
-        dx.chunks_mut(inner)
-            .zip(dy.chunks(inner))
-            .zip(x.chunks(inner))
-            .enumerate()
-            .for_each(plane);
-    } else {
-        dx.par_chunks_mut(inner)
-            .zip(dy.par_chunks(inner))
-            .zip(x.par_chunks(inner))
-            .enumerate()
-            .for_each(plane);
     }
-    dx
 }
 
 #[cfg(test)]

@@ -109,23 +109,17 @@ fn update<T: FloatDType>(
     }
 }
 
-/// [`update`], compiled for AVX2 where the CPU has it (8 lanes of f32 per instruction).
-fn update_simd<T: FloatDType>(outputs: Outputs<'_, T>, inputs: [&[T]; 4], k: &Constants<T::Math>) {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<T: FloatDType>(
-            outputs: Outputs<'_, T>,
-            inputs: [&[T]; 4],
-            k: &Constants<T::Math>,
-        ) {
-            update(outputs, inputs, k)
-        }
-        // SAFETY: the CPU has AVX2 and FMA. (Rust never contracts a·b + c into an FMA, so
-        // the results are those of the plain build.)
-        return unsafe { avx2(outputs, inputs, k) };
+super::loops::simd_versions! {
+    /// [`update`], compiled for the CPU's widest vectors (AVX-512: 16 lanes of f32 per
+    /// instruction, AVX2: 8). Rust never contracts a·b + c into an FMA, so the results are
+    /// those of the plain build.
+    fn update_simd<T: FloatDType>(
+        outputs: Outputs<'_, T>,
+        inputs: [&[T]; 4],
+        k: &Constants<T::Math>,
+    ) {
+        update(outputs, inputs, k)
     }
-    update(outputs, inputs, k)
 }
 
 /// `(parameter, exp_avg, exp_avg_sq)` after one step, from contiguous `param`, `grad`,

@@ -25,9 +25,8 @@
 //! b + s·u)` only: a stride-1 correlation with that sub-kernel); the weight gradient sums the
 //! same products as the forward pass over positions instead of over taps (where it multiplies
 //! less, a tile's taps one kernel position's channels, over the positions whose pixel is in
-//! the unpadded image). Work splits over
-//! images (forward, input gradient) or over taps (weight gradient), and every sum runs in one
-//! order whatever the thread count.
+//! the unpadded image). Work splits over images (forward, input gradient) or over taps
+//! (weight gradient), and every sum runs in one order whatever the thread count.
 
 use std::mem::MaybeUninit;
 
@@ -120,17 +119,38 @@ fn zeroed(len: usize) -> Vec<f32> {
     out
 }
 
-/// `[N, C, H, W] → [N, C, hp, wp]` with the image at row `top`, column `left` of each plane
-/// and zeros around it, each value written once.
-fn padded(
-    data: &[f32],
-    (batch, channels, height, width): (usize, usize, usize, usize),
-    (top, left): (usize, usize),
-    (hp, wp): (usize, usize),
-) -> Vec<f32> {
-    let len = batch * channels * hp * wp;
-    let zero = MaybeUninit::new(0.0f32);
-    let write_plane = |plane: usize, dest: &mut [MaybeUninit<f32>]| {
+/// How a convolution pads its `[N, C, H, W]` images: each `[H, W]` plane at row `top`,
+/// column `left` of an `[hp, wp]` one, zeros around it.
+#[derive(Clone, Copy)]
+struct Padding {
+    /// `(N, C, H, W)`.
+    shape: (usize, usize, usize, usize),
+    /// `(top, left)`.
+    corner: (usize, usize),
+    /// `(hp, wp)`.
+    size: (usize, usize),
+}
+
+impl Padding {
+    /// The padding of `g`'s input: `g.padding` on each side.
+    fn of(g: &Conv2dGeometry) -> Padding {
+        Padding {
+            shape: (g.batch, g.channels, g.height, g.width),
+            corner: (g.padding[0], g.padding[1]),
+            size: (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]),
+        }
+    }
+
+    /// Values of one padded image.
+    fn image_len(&self) -> usize {
+        self.shape.1 * self.size.0 * self.size.1
+    }
+
+    /// Plane `plane` of `data` padded into `dest` (`hp · wp` values), each value written once.
+    fn plane(&self, data: &[f32], plane: usize, dest: &mut [MaybeUninit<f32>]) {
+        let (_, _, height, width) = self.shape;
+        let ((top, left), (_, wp)) = (self.corner, self.size);
+        let zero = MaybeUninit::new(0.0f32);
         if height == 0 || width == 0 {
             dest.fill(zero); // only padding
             return;
@@ -149,13 +169,36 @@ fn padded(
             }
             after.fill(zero);
         }
-    };
-    // Every value of every plane is written above.
-    filled(len, |out| {
-        if len > 0 {
-            for_each_chunk(out, hp * wp, len >= packed::PARALLEL_MIN, write_plane);
+    }
+
+    /// Image `n` of `data`, padded (where it is if the padding adds nothing).
+    fn image<'d>(&self, data: &'d [f32], n: usize) -> std::borrow::Cow<'d, [f32]> {
+        let (_, channels, height, width) = self.shape;
+        if self.corner == (0, 0) && self.size == (height, width) {
+            let len = self.image_len();
+            return std::borrow::Cow::Borrowed(&data[n * len..][..len]);
         }
-    })
+        let plane = self.size.0 * self.size.1;
+        // Every value of every plane is written by `plane`.
+        std::borrow::Cow::Owned(filled(self.image_len(), |out| {
+            for (c, dest) in out.chunks_exact_mut(plane.max(1)).enumerate() {
+                self.plane(data, n * channels + c, dest);
+            }
+        }))
+    }
+
+    /// Every image of `data`, padded: `[N, C, hp, wp]`, planes over the threads.
+    fn batch(&self, data: &[f32]) -> Vec<f32> {
+        let len = self.shape.0 * self.image_len();
+        let plane = self.size.0 * self.size.1;
+        // Every value of every plane is written by `plane`.
+        filled(len, |out| {
+            if len > 0 {
+                let parallel = len >= packed::PARALLEL_MIN;
+                for_each_chunk(out, plane, parallel, |p, dest| self.plane(data, p, dest));
+            }
+        })
+    }
 }
 
 /// `weights[k, m]` for `m` in `0..lanes` packed as blocks of a tile's lanes, `[lanes /
@@ -211,12 +254,14 @@ struct Pass {
     weights: AlignedF32,
 }
 
-/// Runs `passes` over each image of `source` (`source_len` values apiece) into `out`
-/// (`lanes` planes of `out_plane` values per image), images split over the threads.
+/// Runs `passes` over each image of `source`, padded by `padding`, into `out` (`lanes` planes
+/// of `out_plane` values per image), images split over the threads. Each image is padded by
+/// the thread that runs it, just before its tiles read it, so the copy is still in that
+/// core's cache for them (a batch's padded copy, megabytes, had gone out to memory and come
+/// back).
 fn correlate(
     tile: Tile,
-    source: &[f32],
-    source_len: usize,
+    (source, padding): (&[f32], Padding),
     passes: &[Pass],
     (lanes, out_plane): (usize, usize),
     out: &mut [f32],
@@ -225,6 +270,7 @@ fn correlate(
     if image_len == 0 {
         return;
     }
+    let source_len = padding.image_len();
     // A pass with no taps (no input channels) adds nothing to the zeroed output.
     let passes: Vec<&Pass> = passes.iter().filter(|p| !p.taps.is_empty()).collect();
     for pass in &passes {
@@ -238,9 +284,12 @@ fn correlate(
         .sum();
     let parallel = parallel_product(per_image, lanes, out.len() / image_len);
     for_each_chunk(out, image_len, parallel, |n, image_out| {
-        let image = &source[n * source_len..][..source_len];
+        if passes.is_empty() {
+            return;
+        }
+        let image = padding.image(source, n);
         for pass in &passes {
-            correlate_image(tile, image, pass, (lanes, out_plane), image_out);
+            correlate_image(tile, &image, pass, (lanes, out_plane), image_out);
         }
     });
 }
@@ -417,7 +466,8 @@ pub(crate) fn conv2d(
         }
         return packed::conv2d(kernel, image, weight, out_channels, g);
     };
-    let (sources, (_, wp)) = Sources::padded(image, g);
+    let padding = Padding::of(g);
+    let wp = padding.size.1;
     let depth = g.channels * g.kernel[0] * g.kernel[1];
     let pass = Pass {
         taps: forward_taps(g, wp),
@@ -433,8 +483,7 @@ pub(crate) fn conv2d(
     let mut out = zeroed(g.batch * out_channels * out_plane);
     correlate(
         tile,
-        &sources.data,
-        sources.len,
+        (image, padding),
         &[pass],
         (out_channels, out_plane),
         &mut out,
@@ -534,18 +583,16 @@ struct Sources<'a> {
 }
 
 impl<'a> Sources<'a> {
-    /// `image` `[N, C, H, W]` padded by `g.padding` (a copy unless that is zero), and the
-    /// padded planes' `(hp, wp)`.
-    fn padded(image: &'a [f32], g: &Conv2dGeometry) -> (Sources<'a>, (usize, usize)) {
-        let (hp, wp) = (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1]);
+    /// `image` `[N, C, H, W]` padded by `g.padding` (a copy of the batch unless that is
+    /// zero), and the padded rows' length.
+    fn padded(image: &'a [f32], g: &Conv2dGeometry) -> (Sources<'a>, usize) {
+        let padding = Padding::of(g);
         if g.padding == [0, 0] {
-            return (Sources::unpadded(image, g), (hp, wp));
+            return (Sources::unpadded(image, g), padding.size.1);
         }
-        let shape = (g.batch, g.channels, g.height, g.width);
-        let padding = (g.padding[0], g.padding[1]);
-        let data = std::borrow::Cow::Owned(padded(image, shape, padding, (hp, wp)));
-        let len = g.channels * hp * wp;
-        (Sources { data, len }, (hp, wp))
+        let data = std::borrow::Cow::Owned(padding.batch(image));
+        let len = padding.image_len();
+        (Sources { data, len }, padding.size.1)
     }
 
     /// `image` `[N, C, H, W]` where it is.
@@ -576,7 +623,7 @@ struct RowRuns<'a> {
 impl<'a> RowRuns<'a> {
     fn new(image: &'a [f32], g: &Conv2dGeometry) -> RowRuns<'a> {
         // Unpadded images are read where they are (the PixelCNN's 1x1 output layer).
-        let (sources, (_, wp)) = Sources::padded(image, g);
+        let (sources, wp) = Sources::padded(image, g);
         let runs = (0..g.out_height)
             .flat_map(|oh| {
                 (0..g.out_width).step_by(x86::ROW_LANES).map(move |ow| {
@@ -688,8 +735,11 @@ pub(crate) fn conv2d_input_grad(
     );
     let hg = top + g.out_height.max(last_i + 1);
     let wg = left + g.out_width.max(last_j + 1);
-    let shape = (g.batch, out_channels, g.out_height, g.out_width);
-    let source = padded(grad, shape, (top, left), (hg, wg));
+    let padding = Padding {
+        shape: (g.batch, out_channels, g.out_height, g.out_width),
+        corner: (top, left),
+        size: (hg, wg),
+    };
     let taps_total = kh * kw;
     // by_tap[oc, tap, c] = weight[oc, c, tap]
     let by_tap = transposed(tile, weight, (g.channels, taps_total));
@@ -734,8 +784,7 @@ pub(crate) fn conv2d_input_grad(
     let mut out = zeroed(g.batch * g.channels * plane);
     correlate(
         tile,
-        &source,
-        out_channels * hg * wg,
+        (grad, padding),
         &passes,
         (g.channels, plane),
         &mut out,
@@ -765,6 +814,13 @@ pub(crate) fn conv2d_weight_grad(
         return packed::conv2d_weight_grad(kernel, image, grad, out_channels, g);
     };
     let plan = WeightGradPlan::new(image, g, tile.rows);
+    let reads = plan.positions.iter().flatten().map(|&(at, _)| at).max();
+    if let (Some(at), Some(tap)) = (reads, plan.taps.iter().max()) {
+        assert!(
+            at + tap < plan.sources.len,
+            "a weight-gradient read outside its image"
+        );
+    }
     let depth = g.channels * g.kernel[0] * g.kernel[1];
     let out_plane = g.out_height * g.out_width;
     let blocks = out_channels.div_ceil(tile.lanes);
@@ -942,7 +998,7 @@ impl<'a> WeightGradPlan<'a> {
                 weight_of_row,
             };
         }
-        let (sources, (_, wp)) = Sources::padded(image, g);
+        let (sources, wp) = Sources::padded(image, g);
         let mut taps = forward_taps(g, wp);
         taps.resize(depth.next_multiple_of(rows), 0); // extra taps read pixel 0; dropped
         let positions = forward_positions(g, wp);

@@ -141,6 +141,12 @@ impl Padding {
         }
     }
 
+    /// Whether the padded images are the images themselves (no zeros around them).
+    fn adds_nothing(&self) -> bool {
+        let (_, _, height, width) = self.shape;
+        self.corner == (0, 0) && self.size == (height, width)
+    }
+
     /// Values of one padded image.
     fn image_len(&self) -> usize {
         self.shape.1 * self.size.0 * self.size.1
@@ -173,12 +179,11 @@ impl Padding {
 
     /// Image `n` of `data`, padded (where it is if the padding adds nothing).
     fn image<'d>(&self, data: &'d [f32], n: usize) -> std::borrow::Cow<'d, [f32]> {
-        let (_, channels, height, width) = self.shape;
-        if self.corner == (0, 0) && self.size == (height, width) {
+        if self.adds_nothing() {
             let len = self.image_len();
             return std::borrow::Cow::Borrowed(&data[n * len..][..len]);
         }
-        let plane = self.size.0 * self.size.1;
+        let (channels, plane) = (self.shape.1, self.size.0 * self.size.1);
         // Every value of every plane is written by `plane`.
         std::borrow::Cow::Owned(filled(self.image_len(), |out| {
             for (c, dest) in out.chunks_exact_mut(plane.max(1)).enumerate() {
@@ -587,7 +592,7 @@ impl<'a> Sources<'a> {
     /// zero), and the padded rows' length.
     fn padded(image: &'a [f32], g: &Conv2dGeometry) -> (Sources<'a>, usize) {
         let padding = Padding::of(g);
-        if g.padding == [0, 0] {
+        if padding.adds_nothing() {
             return (Sources::unpadded(image, g), padding.size.1);
         }
         let data = std::borrow::Cow::Owned(padding.batch(image));

@@ -111,6 +111,13 @@ bench-vs-torch *flags="":
     cargo build --release --example step_rate --bin kiln
     ${PYTHON:-python3} benches/reference/vs_torch.py {{flags}}
 
+# Two builds of the step_rate example timed in turn, order swapped every pair: each side's
+# images/s, the median ratio of the pairs and a sign test, to tell a change from the machine's
+# noise (`cp target/release/examples/step_rate /tmp/old` before the change, build after it;
+# `--models dcgan,ddpm --threads 1,2 --pairs 12 --avx2`)
+bench-ab old new *flags="":
+    ${PYTHON:-python3} benches/ab.py {{old}} {{new}} {{flags}}
+
 # Print the version, platform, CPU features and devices kiln sees
 info:
     cargo run --release -- info

@@ -40,6 +40,14 @@ use crate::ops::conv::Conv2dGeometry;
 /// Positions the weight-gradient kernel sums over per call, at least (whole images).
 const GROUP_POSITIONS: usize = 512;
 
+/// Values of a padded copy that cost a weight-gradient tile row's products at one position,
+/// in [`WeightGradPlan`]'s choice. Fitted on the 2-core AMD EPYC (Zen 4) with avx2+fma, 1
+/// thread, 8 alternating rounds per layer: the DDPM's stride-2 layers (16@28 and 32@14, 3 x 3)
+/// took 17-20% less time by kernel position than padded, where counting products alone had
+/// picked the padded copy (it multiplies 2-7% less); its stride-1 layers ran within the noise
+/// of each other either way, and this weight leaves them as they were.
+const PADDED_VALUES_PER_PRODUCT: usize = 4;
+
 /// The largest tile, in floats (AVX-512's 8 x 32), and the most rows of one (its 14 x 16).
 const MAX_TILE: usize = 256;
 const MAX_ROWS: usize = 14;
@@ -818,7 +826,8 @@ pub(crate) fn conv2d_weight_grad(
         }
         return packed::conv2d_weight_grad(kernel, image, grad, out_channels, g);
     };
-    let plan = WeightGradPlan::new(image, g, tile.rows);
+    let blocks = out_channels.div_ceil(tile.lanes);
+    let plan = WeightGradPlan::new(image, g, (tile.rows, blocks));
     let reads = plan.positions.iter().flatten().map(|&(at, _)| at).max();
     if let (Some(at), Some(tap)) = (reads, plan.taps.iter().max()) {
         assert!(
@@ -828,7 +837,6 @@ pub(crate) fn conv2d_weight_grad(
     }
     let depth = g.channels * g.kernel[0] * g.kernel[1];
     let out_plane = g.out_height * g.out_width;
-    let blocks = out_channels.div_ceil(tile.lanes);
     let width = blocks * tile.lanes;
     // transposed[n, q, oc] = grad[n, oc, q], zero for oc >= OC: each image's planes read as
     // rows of positions and written out as rows of channels, by the forward pass's
@@ -938,7 +946,8 @@ pub(crate) fn conv2d_weight_grad(
 }
 
 /// The tiles of a weight gradient: rows of taps (offsets in a source image) in whole tiles,
-/// and the positions each tile sums over, one of two ways, whichever multiplies less:
+/// and the positions each tile sums over, one of two ways, whichever costs less (its
+/// products, and the padded one's copy, [`PADDED_VALUES_PER_PRODUCT`]):
 /// - all taps `(c, ki, kj)` in order over every output position of a zero-padded copy of the
 ///   image (the forward pass's reads);
 /// - by kernel position `(ki, kj)`, a tile's rows being channels of that position, over the
@@ -961,7 +970,11 @@ struct WeightGradPlan<'a> {
 }
 
 impl<'a> WeightGradPlan<'a> {
-    fn new(image: &'a [f32], g: &Conv2dGeometry, rows: usize) -> WeightGradPlan<'a> {
+    fn new(
+        image: &'a [f32],
+        g: &Conv2dGeometry,
+        (rows, lane_blocks): (usize, usize),
+    ) -> WeightGradPlan<'a> {
         let [kh, kw] = g.kernel;
         let depth = g.channels * kh * kw;
         let out_plane = g.out_height * g.out_width;
@@ -984,7 +997,17 @@ impl<'a> WeightGradPlan<'a> {
             .collect();
         let slots = g.channels.next_multiple_of(rows);
         let products_by_position = slots * by_position.iter().map(Vec::len).sum::<usize>();
-        if products_by_position < depth.next_multiple_of(rows) * out_plane {
+        // Cost of each way per image, in a tile row's products at one position for one block
+        // of lanes: the padded plan also writes a padded copy of the image.
+        let padding = Padding::of(g);
+        let copied = if padding.adds_nothing() {
+            0
+        } else {
+            padding.image_len()
+        };
+        let padded_cost = depth.next_multiple_of(rows) * out_plane * lane_blocks
+            + copied / PADDED_VALUES_PER_PRODUCT;
+        if products_by_position * lane_blocks < padded_cost {
             let plane = g.height * g.width;
             // Row `s` is channel slot `s % slots` of kernel position `s / slots`; the slots
             // past the last channel read channel 0, as rows that are dropped.

@@ -48,13 +48,8 @@ const GROUP_POSITIONS: usize = 512;
 /// of each other either way, and this weight leaves them as they were.
 const PADDED_VALUES_PER_PRODUCT: usize = 4;
 
-/// The largest tile, in floats (AVX-512's 8 x 32), and the most rows of one (its 14 x 16).
-const MAX_TILE: usize = 256;
+/// The most rows of a tile (AVX-512's 14 x 16).
 const MAX_ROWS: usize = 14;
-
-/// A tile's results, on a cache line's boundary for the kernels' vector stores.
-#[repr(C, align(64))]
-struct TileValues([f32; MAX_TILE]);
 
 /// The forward and input-gradient kernel: `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k,
 /// m]` for the tile's `rows` positions and `lanes` channels (see `x86::tile_kernels!`).
@@ -66,15 +61,16 @@ type CorrelateKernel = unsafe fn(
     tile: &mut [f32],
 );
 
-/// The weight-gradient kernel: `tile[r, m] += Σ_(at, q) image[at + taps[r]] · grads[q · stride
-/// + first_lane + m]` over the `(at, q)` of `positions`, for the tile's `rows` taps, over each
-/// `(image, grads)`.
+/// The weight-gradient kernel: `sums[r · stride + first_lane + m] += Σ_(at, q) image[at +
+/// taps[r]] · grads[q · stride + first_lane + m]` over the `(at, q)` of `positions`, for the
+/// tile's `rows` taps and `lanes` lanes, over each `(image, grads)`: the running sums are read
+/// and written where they are, rows of `stride` values like the gradient's.
 type WeightGradKernel = unsafe fn(
     images: &[(&[f32], &[f32])],
     stride_and_first_lane: (usize, usize),
     positions: &[(usize, usize)],
     taps: &[usize],
-    tile: &mut [f32],
+    sums: &mut [f32],
 );
 
 /// Writes tile rows out as planes: `out[m · out_plane + q] = sums[q · stride + m]` for `q <
@@ -859,7 +855,8 @@ pub(crate) fn conv2d_weight_grad(
     // sums[row, oc] for each row of the plan's tiles: each task a run of whole tiles, all
     // lane blocks of them.
     let tiles = plan.taps.len() / tile.rows;
-    let mut sums = vec![0.0f32; plan.taps.len() * width];
+    // On a cache line's boundary, as each tile row's lanes (a multiple of 16) start on one.
+    let mut sums = AlignedF32::zeroed(plan.taps.len() * width, false);
     let threads = rayon::current_num_threads();
     let parallel = parallel_product(depth, out_channels, out_plane * g.batch);
     let tiles_per_task = if parallel {
@@ -883,33 +880,24 @@ pub(crate) fn conv2d_weight_grad(
                     (image, grads)
                 })
                 .collect();
-            let tile_len = tile.rows * tile.lanes;
             for (t, tile_sums) in sums.chunks_exact_mut(tile.rows * width).enumerate() {
                 let tile_index = first_tile + t;
                 let tile_taps = &plan.taps[tile_index * tile.rows..][..tile.rows];
                 let positions = &plan.positions[tile_index / plan.tiles_per_class];
                 for block in 0..blocks {
-                    let first_lane = block * tile.lanes;
-                    let mut values = TileValues([0.0; MAX_TILE]);
-                    let values = &mut values.0[..tile_len];
-                    for (r, lanes) in values.chunks_exact_mut(tile.lanes).enumerate() {
-                        lanes.copy_from_slice(&tile_sums[r * width + first_lane..][..tile.lanes]);
-                    }
                     // SAFETY: `tile_for` chose a kernel this CPU runs; each image's `grads`
-                    // holds `width` values, the block's lanes among them, at every `q · width`
-                    // for an output position `q`; every offset plus tap lies inside the source
-                    // image (`WeightGradPlan::new`).
+                    // and the tile's sums hold `width` values per row, the block's lanes among
+                    // them, at every `q · width` for an output position `q` and at each of
+                    // the tile's rows; every offset plus tap lies inside the source image
+                    // (`WeightGradPlan::new`).
                     unsafe {
                         (tile.weight_grad)(
                             &images,
-                            (width, first_lane),
+                            (width, block * tile.lanes),
                             positions,
                             tile_taps,
-                            values,
+                            tile_sums,
                         );
-                    }
-                    for (r, lanes) in values.chunks_exact(tile.lanes).enumerate() {
-                        tile_sums[r * width + first_lane..][..tile.lanes].copy_from_slice(lanes);
                     }
                 }
             }
@@ -1550,16 +1538,17 @@ mod x86 {
                     std::array::from_fn(|v| $load(values.add(v * $width)))
                 }
 
-                /// `tile[r, ·]` = `acc[r]`.
+                /// `out[r · stride + ·]` = `acc[r]`.
                 ///
                 /// # Safety
-                /// The CPU has the module's features; `tile` holds `ROWS · LANES` floats.
+                /// The CPU has the module's features; `out` holds `LANES` floats at each
+                /// `r · stride`, `r < ROWS`.
                 #[inline]
                 #[target_feature(enable = $feature)]
-                unsafe fn store(acc: &Accumulators, tile: &mut [f32]) {
-                    for (values, acc) in tile.chunks_exact_mut(LANES).zip(acc) {
+                unsafe fn store(acc: &Accumulators, out: *mut f32, stride: usize) {
+                    for (r, acc) in acc.iter().enumerate() {
                         for (v, &acc) in acc.iter().enumerate() {
-                            $store(values.as_mut_ptr().add(v * $width), acc);
+                            $store(out.add(r * stride + v * $width), acc);
                         }
                     }
                 }
@@ -1585,28 +1574,31 @@ mod x86 {
                     for k in 0..depth {
                         multiply_add(&mut acc, rows, *taps.add(k), lanes(weights.add(k * LANES)));
                     }
-                    store(&acc, tile);
+                    store(&acc, tile.as_mut_ptr(), LANES);
                 }
 
-                /// `tile[r, m] += Σ_(at, q) image[at + taps[r]] · grads[q · stride +
-                /// first_lane + m]` for the tile's taps `r` and lanes `m`, over each `(image,
-                /// grads)` of `images` in turn and each `(at, q)` of `positions` in order.
+                /// `sums[r · stride + first_lane + m] += Σ_(at, q) image[at + taps[r]] ·
+                /// grads[q · stride + first_lane + m]` for the tile's taps `r` and lanes `m`,
+                /// over each `(image, grads)` of `images` in turn and each `(at, q)` of
+                /// `positions` in order.
                 ///
                 /// # Safety
-                /// The CPU has the module's features; `taps` holds `ROWS` offsets and `tile`
-                /// `ROWS · LANES` floats; each `grads` holds `LANES` values at every
-                /// `q · stride + first_lane`, and every `at + taps[r]` lies inside each
-                /// `image`, for the `(at, q)` of `positions`.
+                /// The CPU has the module's features; `taps` holds `ROWS` offsets; `sums`
+                /// and each `grads` hold `LANES` values at every `r · stride + first_lane`
+                /// (`r < ROWS`) and `q · stride + first_lane` respectively, and every
+                /// `at + taps[r]` lies inside each `image`, for the `(at, q)` of `positions`.
                 #[target_feature(enable = $feature)]
                 pub(in super::super) unsafe fn weight_grad(
                     images: &[(&[f32], &[f32])],
                     (stride, first_lane): (usize, usize),
                     positions: &[(usize, usize)],
                     taps: &[usize],
-                    tile: &mut [f32],
+                    sums: &mut [f32],
                 ) {
+                    debug_assert!(sums.len() >= (ROWS - 1) * stride + first_lane + LANES);
+                    let sums = sums.as_mut_ptr().add(first_lane);
                     let mut acc: Accumulators =
-                        std::array::from_fn(|r| lanes(tile.as_ptr().add(r * LANES)));
+                        std::array::from_fn(|r| lanes(sums.add(r * stride)));
                     for (image, grads) in images {
                         let rows: [*const f32; ROWS] =
                             std::array::from_fn(|r| image.as_ptr().add(taps[r]));
@@ -1615,7 +1607,7 @@ mod x86 {
                             multiply_add(&mut acc, &rows, at, lanes(grads.add(q * stride)));
                         }
                     }
-                    store(&acc, tile);
+                    store(&acc, sums, stride);
                 }
             }
         };

@@ -114,9 +114,15 @@ bench-vs-torch *flags="":
 # Two builds of the step_rate example timed in turn, order swapped every pair: each side's
 # images/s, the median ratio of the pairs and a sign test, to tell a change from the machine's
 # noise (`cp target/release/examples/step_rate /tmp/old` before the change, build after it;
-# `--models dcgan,ddpm --threads 1,2 --pairs 12 --avx2`)
+# `--models dcgan,ddpm --threads 1,2 --pairs 12 --avx2`); with `--ops "conv-dw 64 64 14 128 4 2
+# 1;matmul 64 1024 784 0 1"` OLD and NEW are op_time builds timing one primitive each
 bench-ab old new *flags="":
     ${PYTHON:-python3} benches/ab.py {{old}} {{new}} {{flags}}
+
+# One CPU primitive (conv-fwd, conv-dx, conv-dw, matmul) timed in a process of its own: the
+# fastest and the median of --runs runs, and GFLOP/s (`just op-time conv-dw 64 64 14 128 4 2 1`)
+op-time *args:
+    cargo run --release --example op_time -- {{args}}
 
 # Print the version, platform, CPU features and devices kiln sees
 info:

@@ -10,8 +10,14 @@ sign test's p-value: the chance of a split at least that uneven if both builds r
 speed. On a shared 2-core machine two runs of one build differ by up to 4%, so a change of 1
 or 2% needs a dozen pairs or more before the test tells it from noise.
 
+With `--ops`, OLD and NEW are builds of examples/op_time instead, and each pair times one
+primitive (`--ops "conv-dw 64 64 14 128 4 2 1;matmul 64 1024 784 0 1"`): the rate is one over
+the fastest of `--runs` runs, the steadiest figure when the machine's speed drifts (a
+layer's change of a few percent shows there when a whole step's does not; an A/A run still
+varied by up to 8% a pair, so give it pairs too).
+
 Usage: python benches/ab.py OLD NEW [--models dcgan,ddpm] [--threads 1,2] [--pairs 8]
-                            [--seconds 5] [--avx2]
+                            [--seconds 5] [--avx2] [--ops "OP DIMS;..." [--runs 30]]
 """
 
 import argparse
@@ -23,16 +29,20 @@ import subprocess
 import sys
 
 
-def images_per_s(binary, model, threads, seconds, kernel):
-    """One run of `binary` (a step_rate build): the images/s of the JSON line it prints."""
+def rate(binary, target, threads, args):
+    """One run of `binary`: a step_rate build's images/s for the model `target`, or with
+    `--ops` an op_time build's runs/s at its fastest for the primitive `target`."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    if kernel:
-        env["KILN_CPU_KERNEL"] = kernel
-    command = [binary, model, "--seconds", str(seconds)]
+    if args.kernel:
+        env["KILN_CPU_KERNEL"] = args.kernel
+    if args.ops:
+        command, key = [binary, *target.split(), "--runs", str(args.runs)], "per_s"
+    else:
+        command, key = [binary, target, "--seconds", str(args.seconds)], "images_per_s"
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]
+    return json.loads(done.stdout.strip().splitlines()[-1])[key]
 
 
 def sign_test(wins, pairs):
@@ -50,8 +60,7 @@ def compare(old, new, model, threads, args):
     rates = {"old": [], "new": []}
     for pair in range(args.pairs):
         for side in ("old", "new") if pair % 2 == 0 else ("new", "old"):
-            rate = images_per_s(binaries[side], model, threads, args.seconds, args.kernel)
-            rates[side].append(rate)
+            rates[side].append(rate(binaries[side], model, threads, args))
     ratios = [n / o for o, n in zip(rates["old"], rates["new"])]
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     wins = sum(r > 1 for r in ratios)
@@ -70,17 +79,22 @@ def main():
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--avx2", action="store_true")
+    parser.add_argument("--ops", help="op_time primitives, ';'-separated, instead of models")
+    parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     args.kernel = "avx2+fma" if args.avx2 else None
-    if args.pairs < 1:
-        sys.exit("--pairs must be at least 1")
+    if args.pairs < 1 or args.runs < 1:
+        sys.exit("--pairs and --runs must be at least 1")
+    example = "op_time" if args.ops else "step_rate"
     for binary in (args.old, args.new):
         if not os.access(binary, os.X_OK):
-            sys.exit(f"{binary}: not an executable step_rate build")
-    print("| model | threads | OLD images/s | NEW images/s | NEW / OLD, median of pairs "
-          "(middle half) | pairs NEW won | sign test p |")
+            sys.exit(f"{binary}: not an executable {example} build")
+    targets = args.ops.split(";") if args.ops else args.models.split(",")
+    unit = "runs/s at the fastest" if args.ops else "images/s"
+    print(f"| {'op' if args.ops else 'model'} | threads | OLD {unit} | NEW {unit} | NEW / OLD, "
+          "median of pairs (middle half) | pairs NEW won | sign test p |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for model in args.models.split(","):
+    for model in (t.strip() for t in targets):
         for threads in (int(t) for t in args.threads.split(",")):
             print(compare(args.old, args.new, model, threads, args), flush=True)
 

@@ -3,10 +3,10 @@
 //! the reference, and as the CPU reference for the CUDA kernel). Bit for bit, for every float
 //! dtype, with and without weight decay of either kind, at both ends of the lerp (β1 = 0.9,
 //! and WGAN-GP's β1 = 0), at the first and a later step, and over a parameter long enough to
-//! be split over threads.
+//! be split over threads; and the in-place step (`Var::adam_step_many`) against the fresh one.
 
 use half::{bf16, f16};
-use kiln_tensor::{AdamStep, DType, Device, Generator, Tensor};
+use kiln_tensor::{AdamStep, AdamUpdate, DType, Device, Generator, Tensor, Var};
 
 /// `torch.lerp(start, end, weight)`, from the nearer end.
 fn lerp(start: &Tensor, end: &Tensor, weight: f64) -> Tensor {
@@ -204,4 +204,153 @@ fn the_multi_tensor_step_equals_each_parameter_stepped_alone() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("f64") && error.contains("f32"), "{error}");
+}
+
+/// A step's operands `[p, g, m, v]` of `len` values of `dtype`, positive moments.
+fn operands(len: usize, dtype: DType, generator: &mut Generator) -> [Tensor; 4] {
+    [1.0, 0.1, 0.05, 0.01].map(|std| {
+        Tensor::randn([len], 0.0, std, DType::F32, Device::Cpu, generator)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    })
+}
+
+/// `Var::adam_step_many` of one variable with the gradient `grad` and the moments `[m, v]`,
+/// which it updates.
+fn step_in_place(
+    var: &Var,
+    grad: &Tensor,
+    [m, v]: [&mut Tensor; 2],
+    s: &AdamStep,
+) -> kiln_tensor::Result<()> {
+    let mut updates = [AdamUpdate {
+        param: var,
+        grad,
+        exp_avg: m,
+        exp_avg_sq: v,
+    }];
+    Var::adam_step_many(&mut updates, s)
+}
+
+/// Asserts that each of `got` has the bits of the same place in `want`.
+fn assert_bits<const N: usize>(got: [&Tensor; N], want: [&Tensor; N], case: &str) {
+    for (i, (got, want)) in got.iter().zip(want).enumerate() {
+        assert!(bits(got) == bits(want), "{case}: operand {i} differs");
+    }
+}
+
+#[test]
+fn the_in_place_step_gives_the_fresh_steps_bits_and_leaves_held_moments_alone() {
+    let mut generator = Generator::new(9);
+    let s = AdamStep {
+        lr: 1e-3,
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 0.01,
+        decoupled: true,
+        step: 4.0,
+    };
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        // Long enough to be split over threads (65,536 values a task), and short.
+        for len in [150_001, 7] {
+            let case = format!("{dtype}, {len} values");
+            let [p, g, m, v] = operands(len, dtype, &mut generator);
+            let (want_p, want_m, want_v) = p.adam_step(&g, &m, &v, &s).unwrap();
+            let want = [&want_p, &want_m, &want_v];
+            // Moments that are the update's only handles change in place; the variable's
+            // storage is written where it lies, so another handle on it sees the new values.
+            let var = Var::new(&p).unwrap();
+            let handle = var.as_tensor().clone();
+            let (mut exp_avg, mut exp_avg_sq) = (m.copy().unwrap(), v.copy().unwrap());
+            step_in_place(&var, &g, [&mut exp_avg, &mut exp_avg_sq], &s).unwrap();
+            assert_bits([&handle, &exp_avg, &exp_avg_sq], want, &case);
+            // A moment held elsewhere (as a state dict's clone) keeps its values: the step
+            // gives the optimizer a new one.
+            let var = Var::new(&p).unwrap();
+            let (mut exp_avg, mut exp_avg_sq) = (m.copy().unwrap(), v.copy().unwrap());
+            let held = exp_avg.clone();
+            step_in_place(&var, &g, [&mut exp_avg, &mut exp_avg_sq], &s).unwrap();
+            assert_bits([&held], [&m], &format!("{case}, the held moment"));
+            assert_bits([var.as_tensor(), &exp_avg, &exp_avg_sq], want, &case);
+        }
+    }
+}
+
+#[test]
+fn the_in_place_step_reads_a_strided_gradient_or_one_of_the_parameters_own_values() {
+    let mut generator = Generator::new(10);
+    let s = AdamStep {
+        lr: 1e-2,
+        betas: (0.0, 0.9),
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: false,
+        step: 1.0,
+    };
+    let [p, g, m, v] = operands(12, DType::F32, &mut generator);
+    let [p, m, v] = [p, m, v].map(|t| t.reshape([3, 4]).unwrap());
+    // A transposed gradient, read through its layout; then the variable's own values as its
+    // gradient, all read before any is written (and no deadlock on the storage's lock).
+    let transposed = g.reshape([4, 3]).unwrap().t().unwrap();
+    for own in [false, true] {
+        let var = Var::new(&p).unwrap();
+        let grad = if own {
+            var.as_tensor().clone()
+        } else {
+            transposed.clone()
+        };
+        let (want_p, want_m, want_v) = p.adam_step(&grad, &m, &v, &s).unwrap();
+        let (mut exp_avg, mut exp_avg_sq) = (m.copy().unwrap(), v.copy().unwrap());
+        step_in_place(&var, &grad, [&mut exp_avg, &mut exp_avg_sq], &s).unwrap();
+        assert_bits(
+            [var.as_tensor(), &exp_avg, &exp_avg_sq],
+            [&want_p, &want_m, &want_v],
+            if own { "own values" } else { "transposed" },
+        );
+    }
+}
+
+#[test]
+fn an_in_place_step_that_fails_changes_nothing() {
+    let mut generator = Generator::new(11);
+    let s = AdamStep {
+        lr: 1e-3,
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: false,
+        step: 2.0,
+    };
+    let [p, g, m, v] = operands(5, DType::F32, &mut generator);
+    let [q, _, n, w] = operands(6, DType::F32, &mut generator);
+    let (first, second) = (Var::new(&p).unwrap(), Var::new(&q).unwrap());
+    let (mut m1, mut v1) = (m.copy().unwrap(), v.copy().unwrap());
+    let (mut m2, mut v2) = (n.copy().unwrap(), w.copy().unwrap());
+    // The second entry's gradient has the first's length, not its own.
+    let mut updates = [
+        AdamUpdate {
+            param: &first,
+            grad: &g,
+            exp_avg: &mut m1,
+            exp_avg_sq: &mut v1,
+        },
+        AdamUpdate {
+            param: &second,
+            grad: &g,
+            exp_avg: &mut m2,
+            exp_avg_sq: &mut v2,
+        },
+    ];
+    let error = Var::adam_step_many(&mut updates, &s)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("adam_step"), "{error}");
+    assert_bits(
+        [first.as_tensor(), &m1, &v1, second.as_tensor(), &m2, &v2],
+        [&p, &m, &v, &q, &n, &w],
+        "after the error",
+    );
 }

@@ -44,7 +44,7 @@ pub use op::{Activation, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 pub use ops::conv::{Conv2dGeometry, Conv2dOptions, ConvTranspose2dOptions, Pool2dOptions};
 pub use ops::custom::CustomBackward;
 pub use ops::matmul::{matmul_precision, set_matmul_precision, MatmulPrecision};
-pub use ops::optim::AdamStep;
+pub use ops::optim::{AdamStep, AdamUpdate};
 pub use rng::Generator;
 pub use shape::Shape;
 pub use storage::{download, upload, Storage};

@@ -420,6 +420,29 @@ impl Storage {
         })
     }
 
+    /// [`BackendStorage::adam_step`] in place, on the CPU (`CpuStorage::adam_step_in_place`):
+    /// `self` is the parameter; the parameter and moments are whole contiguous storages.
+    pub(crate) fn adam_step_in_place(
+        &mut self,
+        grad: Operand<'_, Storage>,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+        step: &AdamStep,
+    ) -> Result<()> {
+        match (self, grad.storage, exp_avg, exp_avg_sq) {
+            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
+                p.adam_step_in_place(Operand::new(g, grad.layout), m, v, step)
+            }
+            (p, ..) => Err(Error::Invalid {
+                op: "adam_step",
+                message: format!(
+                    "an in-place update on {}, which runs on the CPU only",
+                    p.device()
+                ),
+            }),
+        }
+    }
+
     /// See [`BackendStorage::adam_step_many`]; every storage on one device.
     pub(crate) fn adam_step_many(
         entries: &[[Operand<'_, Storage>; 4]],

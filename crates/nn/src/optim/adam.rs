@@ -2,7 +2,7 @@
 //! `torch.optim.Adam`'s and `torch.optim.AdamW`'s single-tensor updates, which differ only in
 //! where the weight decay goes, so one implementation serves both.
 
-use kiln_tensor::{no_grad, AdamStep, Gradients, Tensor, Var};
+use kiln_tensor::{no_grad, AdamStep, AdamUpdate, Gradients, Tensor, Var};
 
 use super::{
     check_distinct_names, check_hyperparameter, gradients_of, sort_state, step_tensor, Optimizer,
@@ -132,6 +132,19 @@ impl AdamW {
     }
 }
 
+/// A parameter's part in a step: its index, gradient, step count after the step (as a number
+/// and as its state's tensor), and its moments while the update holds them.
+struct Pending {
+    index: usize,
+    grad: Tensor,
+    step: f64,
+    step_tensor: Tensor,
+    exp_avg: Option<Tensor>,
+    exp_avg_sq: Option<Tensor>,
+    /// Whether the update has run (its group's `adam_step_many` succeeded).
+    done: bool,
+}
+
 /// One parameter's moments, made on its first step with a gradient.
 struct State {
     /// Steps taken, a rank-0 f64 tensor (PyTorch keeps a float tensor too).
@@ -214,75 +227,100 @@ impl Core {
             decoupled,
             ..
         } = *self;
+        let step = AdamStep {
+            lr,
+            betas: (beta1, beta2),
+            eps,
+            weight_decay,
+            decoupled,
+            step: 0.0,
+        };
         no_grad(|| {
-            // Each parameter with a gradient: (its index, gradient, step count, m, v).
+            // Each parameter with a gradient, with its moments (zeros on its first step) and
+            // its step counts before and after; everything that can fail before the update.
             let mut pending = Vec::new();
-            let updates = self.params.iter().zip(gradients).zip(&self.states);
-            for (index, (((_, param), grad), slot)) in updates.enumerate() {
+            let parameters = self.params.iter().zip(gradients).zip(&self.states);
+            for (index, (((_, param), grad), slot)) in parameters.enumerate() {
                 let Some(grad) = grad else { continue };
-                let (step, exp_avg, exp_avg_sq) = match slot {
-                    Some(state) => (
-                        state.step.to_scalar::<f64>()?,
-                        state.exp_avg.clone(),
-                        state.exp_avg_sq.clone(),
-                    ),
-                    None => (0.0, param.zeros_like()?, param.zeros_like()?),
+                let before = match slot {
+                    Some(state) => state.step.to_scalar::<f64>()?,
+                    None => 0.0,
                 };
-                pending.push((index, grad.clone(), step + 1.0, exp_avg, exp_avg_sq));
+                let (exp_avg, exp_avg_sq) = match slot {
+                    Some(_) => (None, None),
+                    None => (Some(param.zeros_like()?), Some(param.zeros_like()?)),
+                };
+                pending.push(Pending {
+                    index,
+                    grad: grad.clone(),
+                    step: before + 1.0,
+                    step_tensor: step_tensor(before + 1.0)?,
+                    exp_avg,
+                    exp_avg_sq,
+                    done: false,
+                });
             }
-            // One fused multi-tensor update per (step count, dtype, device): usually all of
-            // them, so one launch on a GPU. Bit for bit the op-by-op update
-            // (crates/nn/tests/optim.rs).
-            let mut groups: Vec<Vec<usize>> = Vec::new();
-            for (i, (index, _, step, ..)) in pending.iter().enumerate() {
-                let param = &self.params[*index].1;
-                let same = |&(other, _, other_step, ..): &(usize, Tensor, f64, Tensor, Tensor)| {
-                    let other_param = &self.params[other].1;
-                    other_step == *step
-                        && other_param.dtype() == param.dtype()
-                        && other_param.device() == param.device()
+            // The moments move out of the states, so the update is their only handle and
+            // writes them in place; they go back whatever happens.
+            let mut previous_steps = Vec::with_capacity(pending.len());
+            for entry in &mut pending {
+                let state = self.states[entry.index].take();
+                previous_steps.push(state.map(|state| {
+                    entry.exp_avg = Some(state.exp_avg);
+                    entry.exp_avg_sq = Some(state.exp_avg_sq);
+                    state.step
+                }));
+            }
+            let params = &self.params;
+            let result = (|| -> kiln_tensor::Result<()> {
+                // One fused multi-tensor update per (step count, dtype, device): usually all
+                // of them, so one launch on a GPU. Bit for bit the op-by-op update
+                // (crates/nn/tests/optim.rs).
+                let key = |entry: &Pending| {
+                    let param = params[entry.index].1.as_tensor();
+                    (entry.step, param.dtype(), param.device())
                 };
-                match groups.iter_mut().find(|group| same(&pending[group[0]])) {
-                    Some(group) => group.push(i),
-                    None => groups.push(vec![i]),
+                while let Some(first) = pending.iter().position(|entry| !entry.done) {
+                    let group = key(&pending[first]);
+                    let in_group = |entry: &Pending| !entry.done && key(entry) == group;
+                    let mut updates: Vec<AdamUpdate> = pending
+                        .iter_mut()
+                        .filter(|entry| in_group(entry))
+                        .map(|entry| AdamUpdate {
+                            param: &params[entry.index].1,
+                            grad: &entry.grad,
+                            exp_avg: entry.exp_avg.as_mut().expect("moments are in place"),
+                            exp_avg_sq: entry.exp_avg_sq.as_mut().expect("moments are in place"),
+                        })
+                        .collect();
+                    let step = AdamStep {
+                        step: group.0,
+                        ..step
+                    };
+                    Var::adam_step_many(&mut updates, &step)?;
+                    for entry in pending.iter_mut().filter(|entry| in_group(entry)) {
+                        entry.done = true;
+                    }
                 }
-            }
-            for group in groups {
-                let step = pending[group[0]].2;
-                let values: Vec<Tensor> = group
-                    .iter()
-                    .map(|&i| self.params[pending[i].0].1.as_tensor().clone())
-                    .collect();
-                let entries: Vec<[&Tensor; 4]> = group
-                    .iter()
-                    .zip(&values)
-                    .map(|(&i, value)| {
-                        let (_, grad, _, exp_avg, exp_avg_sq) = &pending[i];
-                        [value, grad, exp_avg, exp_avg_sq]
-                    })
-                    .collect();
-                let updated = Tensor::adam_step_many(
-                    &entries,
-                    &AdamStep {
-                        lr,
-                        betas: (beta1, beta2),
-                        eps,
-                        weight_decay,
-                        decoupled,
+                Ok(())
+            })();
+            for (entry, previous) in pending.into_iter().zip(previous_steps) {
+                let step = if entry.done {
+                    Some(entry.step_tensor)
+                } else {
+                    previous
+                };
+                if let (Some(step), Some(exp_avg), Some(exp_avg_sq)) =
+                    (step, entry.exp_avg, entry.exp_avg_sq)
+                {
+                    self.states[entry.index] = Some(State {
                         step,
-                    },
-                )?;
-                for (&i, (value, exp_avg, exp_avg_sq)) in group.iter().zip(updated) {
-                    let index = pending[i].0;
-                    self.params[index].1.set_owned(value)?;
-                    self.states[index] = Some(State {
-                        step: step_tensor(step)?,
                         exp_avg,
                         exp_avg_sq,
                     });
                 }
             }
-            Ok(())
+            Ok(result?)
         })
     }
 

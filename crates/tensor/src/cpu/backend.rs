@@ -796,3 +796,72 @@ impl BackendStorage for CpuStorage {
         }))
     }
 }
+
+impl CpuStorage {
+    /// [`BackendStorage::adam_step`] in place: `self` (the parameter), `exp_avg` and
+    /// `exp_avg_sq`, each a whole contiguous storage of one float dtype and length, take the
+    /// step's values ([`optim::adam_step_in_place`]); `grad` is read through its layout.
+    pub(crate) fn adam_step_in_place(
+        &mut self,
+        Operand {
+            storage: grad,
+            layout: grad_layout,
+        }: Operand<'_, Self>,
+        exp_avg: &mut CpuStorage,
+        exp_avg_sq: &mut CpuStorage,
+        step: &AdamStep,
+    ) -> Result<()> {
+        const OP: &str = "adam_step";
+        fn typed<T: FloatDType>(storage: &mut CpuStorage, len: usize) -> Result<&mut [T]> {
+            let dtype = storage.dtype();
+            let data = storage.as_mut_slice::<T>().ok_or(Error::DTypeMismatch {
+                op: OP,
+                lhs: T::DTYPE,
+                rhs: dtype,
+            })?;
+            if data.len() != len {
+                return Err(Error::Invalid {
+                    op: OP,
+                    message: format!("a moment of {} values for {len}", data.len()),
+                });
+            }
+            Ok(data)
+        }
+        fn run<T: FloatDType>(
+            param: &mut [T],
+            (grad, grad_layout): (&CpuStorage, &Layout),
+            exp_avg: &mut CpuStorage,
+            exp_avg_sq: &mut CpuStorage,
+            step: &AdamStep,
+        ) -> Result<()> {
+            let len = param.len();
+            let grad = grad.as_slice::<T>().ok_or(Error::DTypeMismatch {
+                op: OP,
+                lhs: T::DTYPE,
+                rhs: grad.dtype(),
+            })?;
+            let grad = index::row_major(grad, grad_layout);
+            if grad.len() != len {
+                return Err(Error::Invalid {
+                    op: OP,
+                    message: format!("a gradient of {} values for {len}", grad.len()),
+                });
+            }
+            let exp_avg = typed::<T>(exp_avg, len)?;
+            let exp_avg_sq = typed::<T>(exp_avg_sq, len)?;
+            optim::adam_step_in_place((param, exp_avg, exp_avg_sq), &grad, step);
+            Ok(())
+        }
+        let grad = (grad, grad_layout);
+        match self {
+            CpuStorage::F16(p) => run(p, grad, exp_avg, exp_avg_sq, step),
+            CpuStorage::BF16(p) => run(p, grad, exp_avg, exp_avg_sq, step),
+            CpuStorage::F32(p) => run(p, grad, exp_avg, exp_avg_sq, step),
+            CpuStorage::F64(p) => run(p, grad, exp_avg, exp_avg_sq, step),
+            other => Err(Error::UnsupportedDType {
+                op: OP,
+                dtype: other.dtype(),
+            }),
+        }
+    }
+}

@@ -67,8 +67,43 @@ type Outputs<'a, T> = (
     &'a mut [MaybeUninit<T>],
 );
 
+/// One element's new `(parameter, exp_avg, exp_avg_sq)` from its parameter, gradient and two
+/// moments. Straight-line, so the loops around it vectorize.
+#[inline(always)]
+fn updated<T: FloatDType>(
+    param: T,
+    grad: T,
+    exp_avg: T,
+    exp_avg_sq: T,
+    k: &Constants<T::Math>,
+) -> (T, T, T) {
+    // Stores into T, as each unfused op's output did; `+ zero` is mul_scalar's affine form.
+    let r = |x: T::Math| T::from_math(x).to_math();
+    let (zero, one) = (T::math_from_f64(0.0), T::math_from_f64(1.0));
+    let mut p = param.to_math();
+    let mut g = grad.to_math();
+    let (m, v) = (exp_avg.to_math(), exp_avg_sq.to_math());
+    if k.decay {
+        if k.decoupled {
+            p = r(p * k.decay_param + zero);
+        } else {
+            g = r(g + r(p * k.decay_grad + zero));
+        }
+    }
+    let difference = r(g - m);
+    let m = if k.lerp_from_start {
+        r(m + r(difference * k.lerp_weight + zero))
+    } else {
+        r(g - r(difference * k.lerp_complement + zero))
+    };
+    let v = r(r(v * k.beta2 + zero) + r(r(g * k.one_minus_beta2 + zero) * g));
+    let denom = r(r(r(v.sqrt()) / k.bias_correction2_sqrt) * one + k.eps);
+    let p = r(p + r(r(m * k.negative_step_size + zero) / denom));
+    (T::from_math(p), T::from_math(m), T::from_math(v))
+}
+
 /// The update of one run of elements: outputs `(p, m, v)`, inputs `[param, grad, exp_avg,
-/// exp_avg_sq]`, all one length. Straight-line per element, so it vectorizes.
+/// exp_avg_sq]`, all one length.
 #[inline(always)]
 fn update<T: FloatDType>(
     (p_out, m_out, v_out): Outputs<'_, T>,
@@ -79,33 +114,27 @@ fn update<T: FloatDType>(
     let (m_out, v_out) = (&mut m_out[..n], &mut v_out[..n]);
     let (param, grad, exp_avg, exp_avg_sq) =
         (&param[..n], &grad[..n], &exp_avg[..n], &exp_avg_sq[..n]);
-    // Stores into T, as each unfused op's output did; `+ zero` is mul_scalar's affine form.
-    let r = |x: T::Math| T::from_math(x).to_math();
-    let (zero, one) = (T::math_from_f64(0.0), T::math_from_f64(1.0));
     for i in 0..n {
-        let mut p = param[i].to_math();
-        let mut g = grad[i].to_math();
-        let (m, v) = (exp_avg[i].to_math(), exp_avg_sq[i].to_math());
-        if k.decay {
-            if k.decoupled {
-                p = r(p * k.decay_param + zero);
-            } else {
-                g = r(g + r(p * k.decay_grad + zero));
-            }
-        }
-        let difference = r(g - m);
-        let m = if k.lerp_from_start {
-            r(m + r(difference * k.lerp_weight + zero))
-        } else {
-            r(g - r(difference * k.lerp_complement + zero))
-        };
-        let v = r(r(v * k.beta2 + zero) + r(r(g * k.one_minus_beta2 + zero) * g));
-        let denom = r(r(r(v.sqrt()) / k.bias_correction2_sqrt) * one + k.eps);
-        p_out[i].write(T::from_math(r(p + r(
-            r(m * k.negative_step_size + zero) / denom
-        ))));
-        m_out[i].write(T::from_math(m));
-        v_out[i].write(T::from_math(v));
+        let (p, m, v) = updated(param[i], grad[i], exp_avg[i], exp_avg_sq[i], k);
+        p_out[i].write(p);
+        m_out[i].write(m);
+        v_out[i].write(v);
+    }
+}
+
+/// [`update`] where the parameter and moments lie: `param`, `exp_avg` and `exp_avg_sq` take
+/// their new values, all one length with `grad`.
+#[inline(always)]
+fn update_in_place<T: FloatDType>(
+    (param, exp_avg, exp_avg_sq): (&mut [T], &mut [T], &mut [T]),
+    grad: &[T],
+    k: &Constants<T::Math>,
+) {
+    let n = param.len();
+    let (grad, exp_avg, exp_avg_sq) = (&grad[..n], &mut exp_avg[..n], &mut exp_avg_sq[..n]);
+    for i in 0..n {
+        (param[i], exp_avg[i], exp_avg_sq[i]) =
+            updated(param[i], grad[i], exp_avg[i], exp_avg_sq[i], k);
     }
 }
 
@@ -119,6 +148,17 @@ super::loops::simd_versions! {
         k: &Constants<T::Math>,
     ) {
         update(outputs, inputs, k)
+    }
+}
+
+super::loops::simd_versions! {
+    /// [`update_in_place`], compiled as [`update_simd`] is.
+    fn update_in_place_simd<T: FloatDType>(
+        values: (&mut [T], &mut [T], &mut [T]),
+        grad: &[T],
+        k: &Constants<T::Math>,
+    ) {
+        update_in_place(values, grad, k)
     }
 }
 
@@ -168,4 +208,29 @@ pub(crate) fn adam_step<T: FloatDType>(
         outputs.2.set_len(n);
     }
     outputs
+}
+
+/// [`adam_step`] in place: `param`, `exp_avg` and `exp_avg_sq` (contiguous, one length with
+/// `grad`) take the step's values, bit for bit those `adam_step` returns. Each element is read
+/// and written back where it lies, so a parameter larger than the caches streams through
+/// memory once, where `adam_step`'s three fresh outputs are each read for ownership and
+/// written as well (a third of the update's memory traffic; the update is memory bound).
+pub(crate) fn adam_step_in_place<T: FloatDType>(
+    (param, exp_avg, exp_avg_sq): (&mut [T], &mut [T], &mut [T]),
+    grad: &[T],
+    step: &AdamStep,
+) {
+    let n = param.len();
+    debug_assert!(grad.len() == n && exp_avg.len() == n && exp_avg_sq.len() == n);
+    let k = Constants::new::<T>(step);
+    if n <= CHUNK {
+        update_in_place_simd((param, exp_avg, exp_avg_sq), grad, &k);
+        return;
+    }
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(exp_avg.par_chunks_mut(CHUNK))
+        .zip(exp_avg_sq.par_chunks_mut(CHUNK))
+        .zip(grad.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| update_in_place_simd((p, m, v), g, &k));
 }

@@ -119,6 +119,19 @@ impl CpuStorage {
         any.downcast_ref::<Vec<T>>().map(|v| v.as_slice())
     }
 
+    /// The elements as `&mut [T]`, if `T` is this storage's element type.
+    pub(crate) fn as_mut_slice<T: WithDType>(&mut self) -> Option<&mut [T]> {
+        let any: &mut dyn std::any::Any = match self {
+            CpuStorage::U8(v) => v,
+            CpuStorage::U32(v) => v,
+            CpuStorage::F16(v) => v,
+            CpuStorage::BF16(v) => v,
+            CpuStorage::F32(v) => v,
+            CpuStorage::F64(v) => v,
+        };
+        any.downcast_mut::<Vec<T>>().map(|v| v.as_mut_slice())
+    }
+
     /// `len` copies of `value`, rounded to `dtype`.
     pub fn full(value: f64, len: usize, dtype: DType) -> Self {
         fn fill_with<T: WithDType>(value: f64, len: usize) -> Vec<T> {

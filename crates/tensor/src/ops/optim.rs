@@ -1,10 +1,11 @@
 //! The fused optimizer kernels: the Adam/AdamW step of many parameters at once (one pass over
-//! each, one launch for up to 32 on a GPU, instead of eleven ops per parameter), and the sums
-//! of squares gradient-norm clipping takes. Not differentiable: optimizers run them outside
+//! each, one launch for up to 32 on a GPU, instead of eleven ops per parameter), fresh
+//! (`Tensor::adam_step_many`) or in place (`Var::adam_step_many`, what optimizers run), and the
+//! sums of squares gradient-norm clipping takes. Not differentiable: optimizers run them outside
 //! the graph, on detached values.
 
 use crate::backend::Operand;
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor, Var};
 
 /// The hyperparameters of one Adam (or AdamW) step, as `torch.optim.Adam` / `AdamW` take
 /// them, and the step's number `t` (from 1). The update, in PyTorch's order, each line one of
@@ -30,6 +31,109 @@ pub struct AdamStep {
     pub step: f64,
 }
 
+/// The operands of an Adam step, each entry `[parameter, gradient, exp_avg, exp_avg_sq]`: all of
+/// one float dtype and one device, each entry's four of one shape.
+fn check_adam_entries(entries: &[[&Tensor; 4]]) -> Result<()> {
+    const OP: &str = "adam_step";
+    let Some([first, ..]) = entries.first() else {
+        return Ok(());
+    };
+    first.float_only(OP)?;
+    for &[param, ref others @ ..] in entries {
+        first.same_dtype(OP, param)?;
+        first.same_device(OP, param)?;
+        for other in others {
+            param.same_dtype(OP, other)?;
+            param.same_device(OP, other)?;
+            if other.shape() != param.shape() {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    expected: param.shape().clone(),
+                    got: other.shape().clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One parameter's part in [`Var::adam_step_many`]: the variable and its gradient, and its two
+/// moments, which take their new values.
+pub struct AdamUpdate<'a> {
+    pub param: &'a Var,
+    pub grad: &'a Tensor,
+    pub exp_avg: &'a mut Tensor,
+    pub exp_avg_sq: &'a mut Tensor,
+}
+
+impl AdamUpdate<'_> {
+    fn operands(&self) -> [&Tensor; 4] {
+        [
+            self.param.as_tensor(),
+            self.grad,
+            self.exp_avg,
+            self.exp_avg_sq,
+        ]
+    }
+
+    /// Whether the step can write where the values lie: on the CPU, the variable its whole
+    /// storage and not its gradient's, each moment the only handle on a storage it covers.
+    fn in_place(&self) -> bool {
+        let param = self.param.as_tensor();
+        param.device() == Device::Cpu
+            && param.covers_storage()
+            && !param.shares_storage(self.grad)
+            && self.exp_avg.is_sole_owner()
+            && self.exp_avg_sq.is_sole_owner()
+    }
+}
+
+impl Var {
+    /// One fused Adam/AdamW step of many variables, in place: each variable takes the values
+    /// [`Tensor::adam_step_many`] gives its entry (as `set_owned` of them would) and each
+    /// moment its own, bit for bit. On the CPU a moment that is the only handle on its storage
+    /// (an optimizer's state is, unless a clone of it is held elsewhere) is written where it
+    /// lies, as is the variable: the step reads and writes each value once, where a fresh
+    /// output is also read for ownership before it is written (a third of a memory-bound
+    /// update's traffic). Any other moment is replaced by a new tensor, so a clone held
+    /// elsewhere keeps the values it had. Every entry is checked before anything changes: an
+    /// error leaves each variable and moment as it was.
+    pub fn adam_step_many(updates: &mut [AdamUpdate<'_>], step: &AdamStep) -> Result<()> {
+        let entries: Vec<[&Tensor; 4]> = updates.iter().map(AdamUpdate::operands).collect();
+        check_adam_entries(&entries)?;
+        let (in_place, fresh): (Vec<usize>, Vec<usize>) =
+            (0..updates.len()).partition(|&i| updates[i].in_place());
+        // The fresh values first, as they can fail: nothing has changed yet if they do.
+        let fresh_entries: Vec<[&Tensor; 4]> = fresh.iter().map(|&i| entries[i]).collect();
+        let values = Tensor::adam_step_many(&fresh_entries, step)?;
+        drop(entries);
+        for &i in &in_place {
+            let AdamUpdate {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+            } = &updates[i];
+            let gradient = grad.storage();
+            let mut m = exp_avg.storage_mut();
+            let mut v = exp_avg_sq.storage_mut();
+            param.as_tensor().storage_mut().adam_step_in_place(
+                Operand::new(&gradient, grad.layout()),
+                &mut m,
+                &mut v,
+                step,
+            )?;
+        }
+        for (&i, (p, m, v)) in fresh.iter().zip(values) {
+            let update = &mut updates[i];
+            update.param.set_owned(p)?;
+            *update.exp_avg = m;
+            *update.exp_avg_sq = v;
+        }
+        Ok(())
+    }
+}
+
 impl Tensor {
     /// One fused Adam/AdamW step of the parameter values `self` with `grad` and the moments
     /// `exp_avg` (m) and `exp_avg_sq` (v), all of one shape, float dtype and device: the new
@@ -53,26 +157,10 @@ impl Tensor {
         entries: &[[&Tensor; 4]],
         step: &AdamStep,
     ) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
-        const OP: &str = "adam_step";
-        let Some([first, ..]) = entries.first() else {
+        if entries.is_empty() {
             return Ok(Vec::new());
-        };
-        first.float_only(OP)?;
-        for &[param, ref others @ ..] in entries {
-            first.same_dtype(OP, param)?;
-            first.same_device(OP, param)?;
-            for other in others {
-                param.same_dtype(OP, other)?;
-                param.same_device(OP, other)?;
-                if other.shape() != param.shape() {
-                    return Err(Error::ShapeMismatch {
-                        op: OP,
-                        expected: param.shape().clone(),
-                        got: other.shape().clone(),
-                    });
-                }
-            }
         }
+        check_adam_entries(entries)?;
         let guards: Vec<_> = entries
             .iter()
             .map(|entry| entry.map(Tensor::storage))

@@ -1730,7 +1730,10 @@ mod tests {
             position_runs(&positions, 2),
             [run(0, 0, 3), run(18, 3, 3), run(23, 7, 1)]
         );
-        assert_eq!(position_runs(&[(5, 0), (6, 2)], 1), [run(5, 0, 1), run(6, 2, 1)]);
+        assert_eq!(
+            position_runs(&[(5, 0), (6, 2)], 1),
+            [run(5, 0, 1), run(6, 2, 1)]
+        );
         assert!(position_runs(&[], 1).is_empty());
     }
 

@@ -931,15 +931,7 @@ pub(crate) fn conv2d_weight_grad(
         }
     };
     let chunk = tiles_per_task.max(1) * tile.rows * width;
-    if parallel {
-        sums.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, s)| task(i, s));
-    } else {
-        sums.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, s)| task(i, s));
-    }
+    for_each_chunk(&mut sums, chunk, parallel, task);
     // by_row[oc, row] = sums[row, oc], then out[oc, ·] from the rows that hold weights.
     let rows = plan.taps.len();
     let mut by_row = vec![0.0f32; out_channels * rows];

@@ -346,7 +346,7 @@ unsafe fn weights_in_place<T: GemmElem>(
             pack_b(a_transposed, (p0, depth), (0, m), nr, panels);
         }
         let sums = typed_buffer::<T>(sums, tiles * mr * lanes);
-        in_tasks(
+        super::conv::for_each_chunk(
             sums,
             tiles_per_task * mr * lanes,
             parallel,
@@ -385,25 +385,6 @@ fn prefetch<T>(values: &[T]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = values;
-}
-
-/// Runs `task(i, chunk)` on each `chunk`-long piece of `data` (the last may be shorter), over
-/// rayon's threads when `parallel`.
-fn in_tasks<T: Send>(
-    data: &mut [T],
-    chunk: usize,
-    parallel: bool,
-    task: impl Fn(usize, &mut [T]) + Sync,
-) {
-    if parallel {
-        data.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, piece)| task(i, piece));
-    } else {
-        data.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, piece)| task(i, piece));
-    }
 }
 
 /// One task of [`weights_in_place`]: the tiles of W's rows from `first_tile`, whose `sums`

@@ -40,6 +40,13 @@ use crate::ops::conv::Conv2dGeometry;
 /// Positions the weight-gradient kernel sums over per call, at least (whole images).
 const GROUP_POSITIONS: usize = 512;
 
+/// The most bytes of source images and transposed gradients one such group of images may
+/// take: half of a 1 MiB L2 cache. Every tile of a task walks the whole group, and DCGAN's
+/// 64@14 → 128 layer's 11 images of 75 KiB (826 KiB) had spilled to L3 on the 2-core AMD
+/// EPYC (Zen 4): 6 images of it took 9% less time (avx2+fma, 1 thread, `op_time conv-dw 64
+/// 64 14 128 4 2 1`). No other layer kiln's models train groups past this.
+const GROUP_BYTES: usize = 512 * 1024;
+
 /// Values of a padded copy that cost a weight-gradient tile row's products at one position,
 /// in [`WeightGradPlan`]'s choice. Fitted on the 2-core AMD EPYC (Zen 4) with avx2+fma, 1
 /// thread, 8 alternating rounds per layer: the DDPM's stride-2 layers (16@28 and 32@14, 3 x 3)
@@ -60,6 +67,18 @@ type CorrelateKernel = unsafe fn(
     taps: *const usize,
     tile: &mut [f32],
 );
+
+/// The forward kernel over a table of steps ([`Step`]) rather than every tap in order.
+type CorrelateStepsKernel =
+    unsafe fn(steps: &[Step], weights: *const f32, rows: &[*const f32], tile: &mut [f32]);
+
+/// One step of a reduction a tile takes: the tap's offset in a source image and the offset
+/// of its lanes' weights.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    tap: usize,
+    weight: usize,
+}
 
 /// The weight-gradient kernel: `sums[r · stride + first_lane + m] += Σ_(at, q) image[at +
 /// taps[r]] · grads[q · stride + first_lane + m]` over the positions `(at, q)` of `runs` (each
@@ -116,10 +135,11 @@ struct Tile {
     lanes: usize,
     rows: usize,
     correlate: CorrelateKernel,
+    correlate_steps: CorrelateStepsKernel,
     weight_grad: WeightGradKernel,
     to_planes: PlanesKernel,
     /// The tile of the same lanes with fewer rows, for position counts it fills better
-    /// ([`x86::fitted`]).
+    /// ([`Tiling::new`] weighs the two).
     fewer_rows: Option<&'static Tile>,
 }
 
@@ -288,6 +308,190 @@ struct Pass {
     weights: AlignedF32,
 }
 
+/// The most values of a tile (AVX-512's 8 x 32).
+const MAX_TILE: usize = 256;
+
+/// Up to a tile's rows of a pass's positions, computed together, and the steps they take.
+struct TileGroup {
+    /// Indices into the pass's positions; the first `len` are the group's.
+    positions: [usize; MAX_ROWS],
+    len: usize,
+    /// The class of steps ([`Tiling::classes`]) the group takes, or `None` for every tap.
+    class: Option<usize>,
+}
+
+/// How a pass's positions go to a tile's groups. A position at the border of its plane reads
+/// the padding's zeros at some taps: DCGAN's 4 x 4 stride-2 layers on 7 x 7 planes at a
+/// seventh of their products, a 3 x 3 layer at nearly a fifth on 7 x 7 and an eleventh on
+/// 14 x 14. A group whose positions all read zeros at a tap skips it (the sums are the same:
+/// an FMA with a zero product leaves its accumulator as it was), so positions with the same
+/// taps inside go to groups of their own where that skips more products than it leaves rows
+/// empty: DCGAN's 7 x 7 layers ran 7-9% faster (avx2+fma, 1 thread, op_time) and its step 5%.
+struct Tiling {
+    tile: Tile,
+    groups: Vec<TileGroup>,
+    /// Each class's steps, its live taps in order: (tap, offset of the step's weights in a
+    /// lane block).
+    classes: Vec<Vec<Step>>,
+}
+
+impl Tiling {
+    /// The cheaper grouping of `pass` for `tile` or the tile of its lanes with fewer rows,
+    /// in products: each group costs its tile's rows times its steps.
+    fn new(tile: Tile, pass: &Pass, padding: &Padding) -> Tiling {
+        let masks = live_taps(pass, padding);
+        let candidates = std::iter::once(tile).chain(tile.fewer_rows.copied());
+        let mut best: Option<(usize, Tiling)> = None;
+        for tile in candidates {
+            for bucketed in [false, true] {
+                let tiling = Tiling::grouped(tile, pass, masks.as_ref(), bucketed);
+                let cost = tiling.products(pass.taps.len());
+                if best.as_ref().is_none_or(|(least, _)| cost < *least) {
+                    best = Some((cost, tiling));
+                }
+            }
+        }
+        best.expect("a tile to group for").1
+    }
+
+    /// Products per image and lane block.
+    fn products(&self, depth: usize) -> usize {
+        let steps = |g: &TileGroup| g.class.map_or(depth, |c| self.classes[c].len());
+        self.groups.iter().map(|g| self.tile.rows * steps(g)).sum()
+    }
+
+    /// Groups of `tile.rows` positions in order, or (`bucketed`) first the whole groups of
+    /// positions with the same live taps, then the rest in order; each group skips the taps
+    /// at which all its positions read padding.
+    fn grouped(tile: Tile, pass: &Pass, masks: Option<&LiveTaps>, bucketed: bool) -> Tiling {
+        let rows = tile.rows;
+        let mut order: Vec<usize> = Vec::with_capacity(pass.positions.len());
+        if let (Some(masks), true) = (masks, bucketed) {
+            let mut buckets: Vec<(u64, Vec<usize>)> = Vec::new();
+            for (q, &mask) in masks.by_position.iter().enumerate() {
+                match buckets.iter_mut().find(|(m, _)| *m == mask) {
+                    Some((_, bucket)) => bucket.push(q),
+                    None => buckets.push((mask, vec![q])),
+                }
+            }
+            let mut rest = Vec::new();
+            for (_, bucket) in &buckets {
+                let cut = bucket.len() / rows * rows;
+                order.extend_from_slice(&bucket[..cut]);
+                rest.extend_from_slice(&bucket[cut..]);
+            }
+            rest.sort_unstable();
+            order.extend(rest);
+        } else {
+            order.extend(0..pass.positions.len());
+        }
+        let mut classes: Vec<(u64, Vec<Step>)> = Vec::new();
+        let groups = (order.chunks(rows))
+            .map(|members| {
+                let mut positions = [0; MAX_ROWS];
+                positions[..members.len()].copy_from_slice(members);
+                let class = masks.and_then(|masks| {
+                    let live = members.iter().fold(0, |m, &q| m | masks.by_position[q]);
+                    if live == masks.all {
+                        return None;
+                    }
+                    let found = classes.iter().position(|(m, _)| *m == live);
+                    Some(found.unwrap_or_else(|| {
+                        classes.push((live, masks.steps(live, &pass.taps, tile.lanes)));
+                        classes.len() - 1
+                    }))
+                });
+                TileGroup {
+                    positions,
+                    len: members.len(),
+                    class,
+                }
+            })
+            .collect();
+        Tiling {
+            tile,
+            groups,
+            classes: classes.into_iter().map(|(_, steps)| steps).collect(),
+        }
+    }
+}
+
+/// Which of a pass's taps read a real pixel, by position: the taps' distinct offsets within
+/// a plane (`tap % plane`), at most 64, numbered in order and sets of them as bits.
+struct LiveTaps {
+    /// Each tap's offset's number.
+    tap_offset: Vec<u8>,
+    /// Each position's set of offsets at which it reads inside the image.
+    by_position: Vec<u64>,
+    /// Every offset.
+    all: u64,
+}
+
+impl LiveTaps {
+    /// The steps `k`, in order, of `taps` whose offsets are in `live`: (`taps[k]`, `k ·
+    /// lanes`).
+    fn steps(&self, live: u64, taps: &[usize], lanes: usize) -> Vec<Step> {
+        (self.tap_offset.iter().zip(taps).enumerate())
+            .filter(|(_, (&o, _))| live >> o & 1 == 1)
+            .map(|(k, (_, &tap))| Step {
+                tap,
+                weight: k * lanes,
+            })
+            .collect()
+    }
+}
+
+/// The [`LiveTaps`] of `pass` over images padded by `padding`, or `None` where every position
+/// reads a real pixel at every tap or the taps have more than 64 offsets within a plane.
+fn live_taps(pass: &Pass, padding: &Padding) -> Option<LiveTaps> {
+    if padding.adds_nothing() {
+        return None;
+    }
+    let (_, _, height, width) = padding.shape;
+    let ((top, left), (hp, wp)) = (padding.corner, padding.size);
+    let plane = hp * wp;
+    let mut offsets: Vec<usize> = Vec::new();
+    let mut tap_offset = Vec::with_capacity(pass.taps.len());
+    for &tap in &pass.taps {
+        let within = tap % plane;
+        let number = match offsets.iter().position(|&o| o == within) {
+            Some(number) => number,
+            None => {
+                offsets.push(within);
+                offsets.len() - 1
+            }
+        };
+        if number >= 64 {
+            return None;
+        }
+        tap_offset.push(number as u8);
+    }
+    let inside = |at: usize| {
+        let (y, x) = (at / wp, at % wp);
+        (top..top + height).contains(&y) && (left..left + width).contains(&x)
+    };
+    let by_position: Vec<u64> = (pass.positions.iter())
+        .map(|&(at, _)| {
+            (offsets.iter().enumerate())
+                .filter(|(_, &o)| inside(at % plane + o))
+                .fold(0, |mask, (number, _)| mask | 1 << number)
+        })
+        .collect();
+    let all = if offsets.len() == 64 {
+        u64::MAX
+    } else {
+        (1 << offsets.len()) - 1
+    };
+    if by_position.iter().all(|&mask| mask == all) {
+        return None;
+    }
+    Some(LiveTaps {
+        tap_offset,
+        by_position,
+        all,
+    })
+}
+
 /// Runs `passes` over each image of `source`, padded by `padding`, into `out` (`lanes` planes
 /// of `out_plane` values per image), images split over the threads. Each image is padded by
 /// the thread that runs it, just before its tiles read it, so the copy is still in that
@@ -312,6 +516,9 @@ fn correlate(
             + pass.taps.iter().copied().max().unwrap_or(0);
         assert!(pass.positions.is_empty() || furthest < source_len);
     }
+    let tilings: Vec<Tiling> = (passes.iter())
+        .map(|pass| Tiling::new(tile, pass, &padding))
+        .collect();
     let per_image: usize = passes
         .iter()
         .map(|p| p.positions.len() * p.taps.len())
@@ -322,8 +529,8 @@ fn correlate(
             return;
         }
         let image = padding.image(source, n);
-        for pass in &passes {
-            correlate_image(tile, &image, pass, (lanes, out_plane), image_out);
+        for (pass, tiling) in passes.iter().zip(&tilings) {
+            correlate_image(tiling, &image, pass, (lanes, out_plane), image_out);
         }
     });
 }
@@ -335,33 +542,67 @@ fn correlate(
 /// each tile's values into its lanes' planes as the tile finished had cost 11% of a
 /// convolution (perf, DDPM's and DCGAN's layers, 1 thread; 6.6% after).
 fn correlate_image(
-    tile: Tile,
+    tiling: &Tiling,
     image: &[f32],
     pass: &Pass,
     (lanes, out_plane): (usize, usize),
     out: &mut [f32],
 ) {
+    let tile = tiling.tile;
     let depth = pass.taps.len();
-    let tile = x86::fitted(tile, pass.positions.len());
     let tile_len = tile.rows * tile.lanes;
     let positions = pass.positions.len();
     // Output positions `0, 1, ..` in order (every pass but a strided input gradient's phases):
     // the tiles' rows are then the planes' columns, written out by transposing.
     let in_order = pass.positions.iter().enumerate().all(|(q, p)| p.1 == q);
-    let mut sums = AlignedF32::zeroed(positions.div_ceil(tile.rows) * tile_len, false);
+    // A row of lanes per position.
+    let mut sums = AlignedF32::zeroed(positions * tile.lanes, false);
     let mut rows = [std::ptr::null::<f32>(); MAX_ROWS];
     let rows = &mut rows[..tile.rows];
+    let mut values = [0.0f32; MAX_TILE];
     for (block, weights) in pass.weights.chunks_exact(depth * tile.lanes).enumerate() {
-        let groups = pass.positions.chunks(tile.rows);
-        for (group, values) in groups.zip(sums.chunks_exact_mut(tile_len)) {
-            // A short last group repeats its last position; those results are dropped.
+        for group in &tiling.groups {
+            let members = &group.positions[..group.len];
+            // A short group repeats its last position; those results are dropped.
             for (r, row) in rows.iter_mut().enumerate() {
-                *row = image[group[r.min(group.len() - 1)].0..].as_ptr();
+                *row = image[pass.positions[members[r.min(group.len - 1)]].0..].as_ptr();
             }
+            // A whole group of consecutive positions writes its rows where they go.
+            let first = members[0];
+            let direct =
+                group.len == tile.rows && members.iter().zip(first..).all(|(&q, i)| q == i);
+            let tile_values = if direct {
+                &mut sums[first * tile.lanes..][..tile_len]
+            } else {
+                &mut values[..tile_len]
+            };
             // SAFETY: `tile_for` chose a kernel this CPU runs; `weights` holds `depth` steps
-            // of the tile's lanes, `rows` and `values` are the tile's size; every `rows[r] +
-            // taps[k]` lies inside `image` (asserted in `correlate`).
-            unsafe { (tile.correlate)(depth, weights.as_ptr(), rows, pass.taps.as_ptr(), values) };
+            // of the tile's lanes (a class's steps are some of them), `rows` and
+            // `tile_values` are the tile's size; every `rows[r] + taps[k]` lies inside
+            // `image` (asserted in `correlate`).
+            unsafe {
+                match group.class {
+                    None => (tile.correlate)(
+                        depth,
+                        weights.as_ptr(),
+                        rows,
+                        pass.taps.as_ptr(),
+                        tile_values,
+                    ),
+                    Some(class) => (tile.correlate_steps)(
+                        &tiling.classes[class],
+                        weights.as_ptr(),
+                        rows,
+                        tile_values,
+                    ),
+                }
+            }
+            if !direct {
+                for (r, &q) in members.iter().enumerate() {
+                    sums[q * tile.lanes..][..tile.lanes]
+                        .copy_from_slice(&values[r * tile.lanes..][..tile.lanes]);
+                }
+            }
         }
         let first_lane = block * tile.lanes;
         let live_lanes = (lanes - first_lane).min(tile.lanes);
@@ -472,6 +713,29 @@ fn forward_positions(g: &Conv2dGeometry, wp: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The forward pass of `g` with `weight` (`[OC, C, kh, kw]`) for `tile`, over images padded
+/// to rows of `wp`.
+fn forward_pass(
+    tile: Tile,
+    weight: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+    wp: usize,
+) -> Pass {
+    let depth = g.channels * g.kernel[0] * g.kernel[1];
+    Pass {
+        taps: forward_taps(g, wp),
+        positions: forward_positions(g, wp),
+        // weights[k, m] = weight[m, c, ki, kj]
+        weights: pack_lanes(
+            &transposed(tile, weight, (out_channels, depth)),
+            depth,
+            (out_channels, tile.lanes),
+            |k| k,
+        ),
+    }
+}
+
 /// `[N, C, H, W] ⋆ [OC, C, kh, kw] → [N, OC, OH, OW]`.
 pub(crate) fn conv2d(
     kernel: Kernel<f32>,
@@ -501,19 +765,7 @@ pub(crate) fn conv2d(
         return packed::conv2d(kernel, image, weight, out_channels, g);
     };
     let padding = Padding::of(g);
-    let wp = padding.size.1;
-    let depth = g.channels * g.kernel[0] * g.kernel[1];
-    let pass = Pass {
-        taps: forward_taps(g, wp),
-        positions: forward_positions(g, wp),
-        // weights[k, m] = weight[m, c, ki, kj]
-        weights: pack_lanes(
-            &transposed(tile, weight, (out_channels, depth)),
-            depth,
-            (out_channels, tile.lanes),
-            |k| k,
-        ),
-    };
+    let pass = forward_pass(tile, weight, out_channels, g, padding.size.1);
     let mut out = zeroed(g.batch * out_channels * out_plane);
     correlate(
         tile,
@@ -892,9 +1144,12 @@ pub(crate) fn conv2d_weight_grad(
         tiles
     };
     // Images go to the kernel in groups of at least `GROUP_POSITIONS` positions, so the
-    // accumulators' loads and stores are few beside the products.
-    let group = GROUP_POSITIONS
-        .div_ceil(out_plane.max(1))
+    // accumulators' loads and stores are few beside the products, but no more than
+    // `GROUP_BYTES` of source images and gradients take, so the group stays in the L2 cache
+    // while a task's tiles walk it again and again.
+    let image_bytes = std::mem::size_of::<f32>() * (plan.sources.len + out_plane * width);
+    let group = (GROUP_POSITIONS.div_ceil(out_plane.max(1)))
+        .min(GROUP_BYTES / image_bytes.max(1))
         .clamp(1, g.batch.max(1));
     let task = |index: usize, sums: &mut [f32]| {
         let first_tile = index * tiles_per_task;
@@ -1451,6 +1706,7 @@ mod x86 {
         lanes: 16,
         rows: 6,
         correlate: avx2::correlate,
+        correlate_steps: avx2::correlate_steps,
         weight_grad: avx2::weight_grad,
         to_planes: avx2_to_planes,
         fewer_rows: Some(&AVX2_FIVE),
@@ -1463,6 +1719,7 @@ mod x86 {
         lanes: 16,
         rows: 5,
         correlate: avx2_five::correlate,
+        correlate_steps: avx2_five::correlate_steps,
         weight_grad: avx2_five::weight_grad,
         to_planes: avx2_to_planes,
         fewer_rows: None,
@@ -1474,6 +1731,7 @@ mod x86 {
         lanes: 32,
         rows: 8,
         correlate: avx512::correlate,
+        correlate_steps: avx512::correlate_steps,
         weight_grad: avx512::weight_grad,
         to_planes: avx512_to_planes,
         fewer_rows: Some(&AVX512_SEVEN),
@@ -1487,20 +1745,11 @@ mod x86 {
         lanes: 32,
         rows: 7,
         correlate: avx512_seven::correlate,
+        correlate_steps: avx512_seven::correlate_steps,
         weight_grad: avx512_seven::weight_grad,
         to_planes: avx512_to_planes,
         fewer_rows: None,
     };
-
-    /// `tile`, or the tile of its lanes with fewer rows where those leave fewer rows of the
-    /// last group of `positions` empty.
-    pub(super) fn fitted(tile: Tile, positions: usize) -> Tile {
-        let unused = |t: &Tile| positions.div_ceil(t.rows) * t.rows - positions;
-        match tile.fewer_rows {
-            Some(fewer) if unused(fewer) < unused(&tile) => *fewer,
-            _ => tile,
-        }
-    }
 
     /// AVX-512's tile for 16 to 31 lanes (the U-Net's and the PixelCNN's 16-channel sides):
     /// 14 rows x 16 lanes, 14 zmm accumulators, so those convolutions run at AVX-512's width
@@ -1509,6 +1758,7 @@ mod x86 {
         lanes: 16,
         rows: 14,
         correlate: avx512_narrow::correlate,
+        correlate_steps: avx512_narrow::correlate_steps,
         weight_grad: avx512_narrow::weight_grad,
         to_planes: avx512_to_planes,
         fewer_rows: None,
@@ -1598,6 +1848,29 @@ mod x86 {
                     let mut acc = [[$zero(); VECTORS]; ROWS];
                     for k in 0..depth {
                         multiply_add(&mut acc, rows, *taps.add(k), lanes(weights.add(k * LANES)));
+                    }
+                    store(&acc, tile.as_mut_ptr(), LANES);
+                }
+
+                /// As [`correlate`] over some of a reduction's steps only: `tile[r, m] =
+                /// Σ_i rows[r][steps[i].tap] · weights[steps[i].weight + m]`, a table of
+                /// offsets for the weights as for the pixels, so a tile whose positions all
+                /// read padding at some taps skips those.
+                ///
+                /// # Safety
+                /// As [`correlate`]'s, with each `steps[i].weight + LANES` values inside
+                /// `weights` and each `rows[r] + steps[i].tap` readable.
+                #[target_feature(enable = $feature)]
+                pub(in super::super) unsafe fn correlate_steps(
+                    steps: &[super::super::Step],
+                    weights: *const f32,
+                    rows: &[*const f32],
+                    tile: &mut [f32],
+                ) {
+                    let rows: &[*const f32; ROWS] = rows.try_into().expect("a row per position");
+                    let mut acc = [[$zero(); VECTORS]; ROWS];
+                    for step in steps {
+                        multiply_add(&mut acc, rows, step.tap, lanes(weights.add(step.weight)));
                     }
                     store(&acc, tile.as_mut_ptr(), LANES);
                 }
@@ -1766,6 +2039,64 @@ mod tests {
         // No input channels: every output is an empty sum.
         let g = geometry((2, 0, 6, 6), [3, 3], [2, 2], [1, 1], [1, 1]).unwrap();
         check(&g, 16);
+    }
+
+    #[test]
+    fn skipping_the_paddings_taps_gives_every_taps_bits() {
+        // (image, out channels, kernel, stride, padding): DCGAN's and the U-Net's 7 x 7
+        // planes, a 14 x 14 one, and odd sizes with a wide padding.
+        let cases = [
+            ((1, 24, 14, 14), 40, 4, 2, 1),
+            ((1, 20, 7, 7), 16, 3, 1, 1),
+            ((1, 16, 14, 14), 32, 3, 1, 1),
+            ((1, 17, 9, 11), 33, 5, 2, 3),
+        ];
+        let values = |len: usize, seed: f32| -> Vec<f32> {
+            (0..len).map(|i| (i as f32 * 0.618 + seed).sin()).collect()
+        };
+        for kernel in f32_kernels() {
+            for (image, out_channels, k, s, p) in cases {
+                let g = geometry(image, [k, k], [s, s], [p, p], [1, 1]).unwrap();
+                let Some(tile) = tile_for(&kernel, out_channels) else {
+                    continue;
+                };
+                let depth = g.channels * k * k;
+                let weight = values(out_channels * depth, 0.5);
+                let source = values(g.channels * g.height * g.width, 0.0);
+                let padding = Padding::of(&g);
+                let pass = forward_pass(tile, &weight, out_channels, &g, padding.size.1);
+                let padded = padding.image(&source, 0);
+                let out_plane = g.out_height * g.out_width;
+                let run = |tiling: &Tiling| {
+                    let mut out = vec![0.0f32; out_channels * out_plane];
+                    correlate_image(tiling, &padded, &pass, (out_channels, out_plane), &mut out);
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                let skipping = Tiling::new(tile, &pass, &padding);
+                let every = Tiling::grouped(skipping.tile, &pass, None, false);
+                let case = (kernel.name, image, k);
+                assert!(skipping.products(depth) < every.products(depth), "{case:?}");
+                assert_eq!(run(&skipping), run(&every), "{case:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn dcgans_seven_by_seven_layer_skips_a_tenth_of_its_products() {
+        // 4 x 4, stride 2, on 14 x 14: AVX2's 5-row tile takes the 25 inner positions in 5
+        // groups of every tap (16 per channel), each edge's 5 in a group of 12, and the 4
+        // corners in one of 16: 144 where every group had taken 160.
+        let g = geometry((1, 64, 14, 14), [4, 4], [2, 2], [1, 1], [1, 1]).unwrap();
+        let padding = Padding::of(&g);
+        let wp = padding.size.1;
+        let pass = Pass {
+            taps: forward_taps(&g, wp),
+            positions: forward_positions(&g, wp),
+            weights: AlignedF32::zeroed(0, false),
+        };
+        let tiling = Tiling::new(x86::AVX2, &pass, &padding);
+        assert_eq!(tiling.tile.rows, 5);
+        assert_eq!(tiling.products(64 * 16), 5 * 64 * 144);
     }
 
     #[test]

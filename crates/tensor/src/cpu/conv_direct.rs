@@ -529,95 +529,93 @@ fn correlate(
             return;
         }
         let image = padding.image(source, n);
-        for (pass, tiling) in passes.iter().zip(&tilings) {
-            correlate_image(tiling, &image, pass, (lanes, out_plane), image_out);
-        }
+        correlate_image(&tilings, &image, &passes, (lanes, out_plane), image_out);
     });
 }
 
-/// One image of [`correlate`]: per block of the tile's lanes, every group of positions' tile
-/// into a row of lanes per position, then the block written out as planes. With the positions
-/// in order, as all but a strided input gradient's phases have them, that is a transpose
-/// (`Tile::to_planes`: 16 x 16 blocks in registers on AVX-512), where the scalar scatter of
-/// each tile's values into its lanes' planes as the tile finished had cost 11% of a
-/// convolution (perf, DDPM's and DCGAN's layers, 1 thread; 6.6% after).
+/// One image of [`correlate`]: per block of the tile's lanes, every pass's groups of
+/// positions into a row of lanes per output position, then the block written out as planes by
+/// a transpose (`Tile::to_planes`: 16 x 16 blocks in registers on AVX-512). A group of
+/// consecutive output positions (all of a forward pass's whole groups) is stored where its
+/// rows go; any other group's rows are copied there. Scattering tiles' values into their
+/// planes one at a time had cost 11% of a convolution (perf, DDPM's and DCGAN's layers, 1
+/// thread) and, for a strided input gradient's phases, whose positions lie two apart, 9% of
+/// DCGAN's 64@14 → 128 one.
 fn correlate_image(
-    tiling: &Tiling,
+    tilings: &[Tiling],
     image: &[f32],
-    pass: &Pass,
+    passes: &[&Pass],
     (lanes, out_plane): (usize, usize),
     out: &mut [f32],
 ) {
-    let tile = tiling.tile;
-    let depth = pass.taps.len();
-    let tile_len = tile.rows * tile.lanes;
-    let positions = pass.positions.len();
-    // Output positions `0, 1, ..` in order (every pass but a strided input gradient's phases):
-    // the tiles' rows are then the planes' columns, written out by transposing.
-    let in_order = pass.positions.iter().enumerate().all(|(q, p)| p.1 == q);
-    // A row of lanes per position.
-    let mut sums = AlignedF32::zeroed(positions * tile.lanes, false);
+    let Some(first) = tilings.first() else {
+        return;
+    };
+    let block_lanes = first.tile.lanes; // every pass's tile has the same lanes
+                                        // A row of lanes per output position; those no pass writes stay zero.
+    let mut sums = AlignedF32::zeroed(out_plane * block_lanes, false);
     let mut rows = [std::ptr::null::<f32>(); MAX_ROWS];
-    let rows = &mut rows[..tile.rows];
     let mut values = [0.0f32; MAX_TILE];
-    for (block, weights) in pass.weights.chunks_exact(depth * tile.lanes).enumerate() {
-        for group in &tiling.groups {
-            let members = &group.positions[..group.len];
-            // A short group repeats its last position; those results are dropped.
-            for (r, row) in rows.iter_mut().enumerate() {
-                *row = image[pass.positions[members[r.min(group.len - 1)]].0..].as_ptr();
-            }
-            // A whole group of consecutive positions writes its rows where they go.
-            let first = members[0];
-            let direct =
-                group.len == tile.rows && members.iter().zip(first..).all(|(&q, i)| q == i);
-            let tile_values = if direct {
-                &mut sums[first * tile.lanes..][..tile_len]
-            } else {
-                &mut values[..tile_len]
-            };
-            // SAFETY: `tile_for` chose a kernel this CPU runs; `weights` holds `depth` steps
-            // of the tile's lanes (a class's steps are some of them), `rows` and
-            // `tile_values` are the tile's size; every `rows[r] + taps[k]` lies inside
-            // `image` (asserted in `correlate`).
-            unsafe {
-                match group.class {
-                    None => (tile.correlate)(
-                        depth,
-                        weights.as_ptr(),
-                        rows,
-                        pass.taps.as_ptr(),
-                        tile_values,
-                    ),
-                    Some(class) => (tile.correlate_steps)(
-                        &tiling.classes[class],
-                        weights.as_ptr(),
-                        rows,
-                        tile_values,
-                    ),
+    for block in 0..lanes.div_ceil(block_lanes) {
+        for (pass, tiling) in passes.iter().zip(tilings) {
+            let tile = tiling.tile;
+            debug_assert_eq!(tile.lanes, block_lanes);
+            let tile_len = tile.rows * tile.lanes;
+            let depth = pass.taps.len();
+            let weights = &pass.weights[block * depth * tile.lanes..][..depth * tile.lanes];
+            let rows = &mut rows[..tile.rows];
+            for group in &tiling.groups {
+                let members = &group.positions[..group.len];
+                // A short group repeats its last position; those results are dropped.
+                for (r, row) in rows.iter_mut().enumerate() {
+                    *row = image[pass.positions[members[r.min(group.len - 1)]].0..].as_ptr();
                 }
-            }
-            if !direct {
-                for (r, &q) in members.iter().enumerate() {
-                    sums[q * tile.lanes..][..tile.lanes]
-                        .copy_from_slice(&values[r * tile.lanes..][..tile.lanes]);
+                let first = pass.positions[members[0]].1;
+                let direct = group.len == tile.rows
+                    && (members.iter())
+                        .zip(first..)
+                        .all(|(&i, q)| pass.positions[i].1 == q);
+                let tile_values = if direct {
+                    &mut sums[first * tile.lanes..][..tile_len]
+                } else {
+                    &mut values[..tile_len]
+                };
+                // SAFETY: `tile_for` chose a kernel this CPU runs; `weights` holds `depth`
+                // steps of the tile's lanes (a class's steps are some of them), `rows` and
+                // `tile_values` are the tile's size; every `rows[r] + taps[k]` lies inside
+                // `image` (asserted in `correlate`).
+                unsafe {
+                    match group.class {
+                        None => (tile.correlate)(
+                            depth,
+                            weights.as_ptr(),
+                            rows,
+                            pass.taps.as_ptr(),
+                            tile_values,
+                        ),
+                        Some(class) => (tile.correlate_steps)(
+                            &tiling.classes[class],
+                            weights.as_ptr(),
+                            rows,
+                            tile_values,
+                        ),
+                    }
+                }
+                if !direct {
+                    for (r, &i) in members.iter().enumerate() {
+                        sums[pass.positions[i].1 * tile.lanes..][..tile.lanes]
+                            .copy_from_slice(&values[r * tile.lanes..][..tile.lanes]);
+                    }
                 }
             }
         }
-        let first_lane = block * tile.lanes;
-        let live_lanes = (lanes - first_lane).min(tile.lanes);
+        let first_lane = block * block_lanes;
+        let live_lanes = (lanes - first_lane).min(block_lanes);
         let out = &mut out[first_lane * out_plane..];
-        if in_order {
-            // SAFETY: `sums` holds a `tile.lanes` row per position, `out` `live_lanes` planes.
-            unsafe { (tile.to_planes)(&sums, tile.lanes, (positions, live_lanes), out, out_plane) };
-            continue;
-        }
-        for (q, &(_, offset)) in pass.positions.iter().enumerate() {
-            let row = &sums[q * tile.lanes..][..live_lanes];
-            for (lane, &value) in row.iter().enumerate() {
-                out[lane * out_plane + offset] = value;
-            }
-        }
+        // SAFETY: `sums` holds a `block_lanes` row per position, `out` `live_lanes` planes.
+        unsafe {
+            (first.tile.to_planes)(&sums, block_lanes, (out_plane, live_lanes), out, out_plane)
+        };
     }
 }
 
@@ -2069,7 +2067,14 @@ mod tests {
                 let out_plane = g.out_height * g.out_width;
                 let run = |tiling: &Tiling| {
                     let mut out = vec![0.0f32; out_channels * out_plane];
-                    correlate_image(tiling, &padded, &pass, (out_channels, out_plane), &mut out);
+                    let (tilings, passes) = (std::slice::from_ref(tiling), [&pass]);
+                    correlate_image(
+                        tilings,
+                        &padded,
+                        &passes,
+                        (out_channels, out_plane),
+                        &mut out,
+                    );
                     out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 };
                 let skipping = Tiling::new(tile, &pass, &padding);

@@ -58,19 +58,21 @@ const PADDED_VALUES_PER_PRODUCT: usize = 4;
 /// The most rows of a tile (AVX-512's 14 x 16).
 const MAX_ROWS: usize = 14;
 
-/// The forward and input-gradient kernel: `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k,
-/// m]` for the tile's `rows` positions and `lanes` channels (see `x86::tile_kernels!`).
+/// The forward and input-gradient kernel: `out[r][m] = Σ_k rows[r][taps[k]] · weights[k,
+/// m]` for the tile's `rows` positions and `lanes` channels (see `x86::tile_kernels!`): each
+/// tile row's lanes stored where its own pointer says, so a group of positions anywhere in a
+/// plane writes its rows in place.
 type CorrelateKernel = unsafe fn(
     depth: usize,
     weights: *const f32,
     rows: &[*const f32],
     taps: *const usize,
-    tile: &mut [f32],
+    out: &[*mut f32],
 );
 
 /// The forward kernel over a table of steps ([`Step`]) rather than every tap in order.
 type CorrelateStepsKernel =
-    unsafe fn(steps: &[Step], weights: *const f32, rows: &[*const f32], tile: &mut [f32]);
+    unsafe fn(steps: &[Step], weights: *const f32, rows: &[*const f32], out: &[*mut f32]);
 
 /// One step of a reduction a tile takes: the tap's offset in a source image and the offset
 /// of its lanes' weights.
@@ -308,8 +310,8 @@ struct Pass {
     weights: AlignedF32,
 }
 
-/// The most values of a tile (AVX-512's 8 x 32).
-const MAX_TILE: usize = 256;
+/// The most lanes of a tile (AVX-512's 8 x 32).
+const MAX_LANES: usize = 32;
 
 /// Up to a tile's rows of a pass's positions, computed together, and the steps they take.
 struct TileGroup {
@@ -535,9 +537,11 @@ fn correlate(
 
 /// One image of [`correlate`]: per block of the tile's lanes, every pass's groups of
 /// positions into a row of lanes per output position, then the block written out as planes by
-/// a transpose (`Tile::to_planes`: 16 x 16 blocks in registers on AVX-512). A group of
-/// consecutive output positions (all of a forward pass's whole groups) is stored where its
-/// rows go; any other group's rows are copied there. Scattering tiles' values into their
+/// a transpose (`Tile::to_planes`: 16 x 16 blocks in registers on AVX-512). The kernel stores
+/// each of a group's rows through a pointer of its own, so a group of positions anywhere in
+/// the plane writes in place (copying the rows of groups whose positions are not consecutive
+/// had cost 2% of a 28 x 28 convolution with 16 channels on AVX-512, and 11% of the U-Net's
+/// strided 16@28 input gradient on AVX2+FMA). Scattering tiles' values into their
 /// planes one at a time had cost 11% of a convolution (perf, DDPM's and DCGAN's layers, 1
 /// thread) and, for a strided input gradient's phases, whose positions lie two apart, 9% of
 /// DCGAN's 64@14 → 128 one.
@@ -551,39 +555,42 @@ fn correlate_image(
     let Some(first) = tilings.first() else {
         return;
     };
-    let block_lanes = first.tile.lanes; // every pass's tile has the same lanes
-                                        // A row of lanes per output position; those no pass writes stay zero.
+    // Every pass's tile has the same lanes. A row of them per output position of `sums`;
+    // those no pass writes stay zero.
+    let block_lanes = first.tile.lanes;
     let mut sums = AlignedF32::zeroed(out_plane * block_lanes, false);
     let mut rows = [std::ptr::null::<f32>(); MAX_ROWS];
-    let mut values = [0.0f32; MAX_TILE];
+    let mut dests = [std::ptr::null_mut::<f32>(); MAX_ROWS];
+    let mut spare = [0.0f32; MAX_LANES];
     for block in 0..lanes.div_ceil(block_lanes) {
         for (pass, tiling) in passes.iter().zip(tilings) {
             let tile = tiling.tile;
             debug_assert_eq!(tile.lanes, block_lanes);
-            let tile_len = tile.rows * tile.lanes;
             let depth = pass.taps.len();
             let weights = &pass.weights[block * depth * tile.lanes..][..depth * tile.lanes];
             let rows = &mut rows[..tile.rows];
+            let dests = &mut dests[..tile.rows];
             for group in &tiling.groups {
                 let members = &group.positions[..group.len];
                 // A short group repeats its last position; those results are dropped.
                 for (r, row) in rows.iter_mut().enumerate() {
                     *row = image[pass.positions[members[r.min(group.len - 1)]].0..].as_ptr();
                 }
-                let first = pass.positions[members[0]].1;
-                let direct = group.len == tile.rows
-                    && (members.iter())
-                        .zip(first..)
-                        .all(|(&i, q)| pass.positions[i].1 == q);
-                let tile_values = if direct {
-                    &mut sums[first * tile.lanes..][..tile_len]
-                } else {
-                    &mut values[..tile_len]
-                };
+                // The group's rows go to their positions' rows of `sums`; a short group's
+                // extra rows all to `spare`.
+                for (r, dest) in dests.iter_mut().enumerate() {
+                    *dest = match members.get(r) {
+                        Some(&i) => {
+                            sums[pass.positions[i].1 * block_lanes..][..block_lanes].as_mut_ptr()
+                        }
+                        None => spare.as_mut_ptr(),
+                    };
+                }
                 // SAFETY: `tile_for` chose a kernel this CPU runs; `weights` holds `depth`
-                // steps of the tile's lanes (a class's steps are some of them), `rows` and
-                // `tile_values` are the tile's size; every `rows[r] + taps[k]` lies inside
-                // `image` (asserted in `correlate`).
+                // steps of the tile's lanes (a class's steps are some of them); `rows` and
+                // `dests` hold the tile's rows, each `dests[r]` a row of `block_lanes` values
+                // in `sums` or `spare`; every `rows[r] + taps[k]` lies inside `image`
+                // (asserted in `correlate`).
                 unsafe {
                     match group.class {
                         None => (tile.correlate)(
@@ -591,20 +598,14 @@ fn correlate_image(
                             weights.as_ptr(),
                             rows,
                             pass.taps.as_ptr(),
-                            tile_values,
+                            dests,
                         ),
                         Some(class) => (tile.correlate_steps)(
                             &tiling.classes[class],
                             weights.as_ptr(),
                             rows,
-                            tile_values,
+                            dests,
                         ),
-                    }
-                }
-                if !direct {
-                    for (r, &i) in members.iter().enumerate() {
-                        sums[pass.positions[i].1 * tile.lanes..][..tile.lanes]
-                            .copy_from_slice(&values[r * tile.lanes..][..tile.lanes]);
                     }
                 }
             }
@@ -1811,6 +1812,21 @@ mod x86 {
                     std::array::from_fn(|v| $load(values.add(v * $width)))
                 }
 
+                /// `out[r][·]` = `acc[r]`.
+                ///
+                /// # Safety
+                /// The CPU has the module's features; each `out[r]` points to `LANES`
+                /// writable floats.
+                #[inline]
+                #[target_feature(enable = $feature)]
+                unsafe fn store_rows(acc: &Accumulators, out: &[*mut f32; ROWS]) {
+                    for (acc, &out) in acc.iter().zip(out) {
+                        for (v, &acc) in acc.iter().enumerate() {
+                            $store(out.add(v * $width), acc);
+                        }
+                    }
+                }
+
                 /// `out[r · stride + ·]` = `acc[r]`.
                 ///
                 /// # Safety
@@ -1826,31 +1842,32 @@ mod x86 {
                     }
                 }
 
-                /// `tile[r, m] = Σ_k rows[r][taps[k]] · weights[k, m]` for the tile's
-                /// positions `r` and lanes `m`: per step, the lanes' weights loaded once and a
-                /// pixel broadcast per row.
+                /// `out[r][m] = Σ_k rows[r][taps[k]] · weights[k, m]` for the tile's positions
+                /// `r` and lanes `m`: per step, the lanes' weights loaded once and a pixel
+                /// broadcast per row.
                 ///
                 /// # Safety
-                /// The CPU has the module's features; `rows` holds `ROWS` pointers and `tile`
-                /// `ROWS · LANES` floats; `weights` holds `depth · LANES` values and `taps`
-                /// `depth` offsets, each of which every `rows[r]` may be read at.
+                /// The CPU has the module's features; `rows` and `out` hold `ROWS` pointers,
+                /// each `out[r]` to `LANES` writable floats; `weights` holds `depth · LANES`
+                /// values and `taps` `depth` offsets, each of which every `rows[r]` may be
+                /// read at.
                 #[target_feature(enable = $feature)]
                 pub(in super::super) unsafe fn correlate(
                     depth: usize,
                     weights: *const f32,
                     rows: &[*const f32],
                     taps: *const usize,
-                    tile: &mut [f32],
+                    out: &[*mut f32],
                 ) {
                     let rows: &[*const f32; ROWS] = rows.try_into().expect("a row per position");
                     let mut acc = [[$zero(); VECTORS]; ROWS];
                     for k in 0..depth {
                         multiply_add(&mut acc, rows, *taps.add(k), lanes(weights.add(k * LANES)));
                     }
-                    store(&acc, tile.as_mut_ptr(), LANES);
+                    store_rows(&acc, out.try_into().expect("a row per position"));
                 }
 
-                /// As [`correlate`] over some of a reduction's steps only: `tile[r, m] =
+                /// As [`correlate`] over some of a reduction's steps only: `out[r][m] =
                 /// Σ_i rows[r][steps[i].tap] · weights[steps[i].weight + m]`, a table of
                 /// offsets for the weights as for the pixels, so a tile whose positions all
                 /// read padding at some taps skips those.
@@ -1863,14 +1880,14 @@ mod x86 {
                     steps: &[super::super::Step],
                     weights: *const f32,
                     rows: &[*const f32],
-                    tile: &mut [f32],
+                    out: &[*mut f32],
                 ) {
                     let rows: &[*const f32; ROWS] = rows.try_into().expect("a row per position");
                     let mut acc = [[$zero(); VECTORS]; ROWS];
                     for step in steps {
                         multiply_add(&mut acc, rows, step.tap, lanes(weights.add(step.weight)));
                     }
-                    store(&acc, tile.as_mut_ptr(), LANES);
+                    store_rows(&acc, out.try_into().expect("a row per position"));
                 }
 
                 /// `sums[r · stride + first_lane + m] += Σ_(at, q) image[at + taps[r]] ·

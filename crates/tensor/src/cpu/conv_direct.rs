@@ -25,8 +25,10 @@
 //! b + s·u)` only: a stride-1 correlation with that sub-kernel); the weight gradient sums the
 //! same products as the forward pass over positions instead of over taps (where it multiplies
 //! less, a tile's taps one kernel position's channels, over the positions whose pixel is in
-//! the unpadded image). Work splits over images (forward, input gradient) or over taps
-//! (weight gradient), and every sum runs in one order whatever the thread count.
+//! the unpadded image); the forward pass and input gradient skip, for each group of
+//! positions, the taps at which every one of them reads the padding ([`Tiling`]). Work splits
+//! over images (forward, input gradient) or over taps (weight gradient), and every sum runs in
+//! one order whatever the thread count.
 
 use std::mem::MaybeUninit;
 

@@ -195,18 +195,36 @@ fn pair(range: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = [usize;
     (range.clone(), range).prop_map(|(a, b)| [a, b])
 }
 
+/// Cases of 1 to 4 channels on each side: the GEMM-based kernels (im2col, col2im).
 fn case() -> impl Strategy<Value = Case> {
+    case_with(1..=3, 1..=4, 1..=4)
+}
+
+/// Cases of 16 to 40 channels on each side: f32 takes the direct kernels' register tiles
+/// (cpu/conv_direct.rs), their padding-skipping groups and an input gradient's phases
+/// included.
+fn wide_case() -> impl Strategy<Value = Case> {
+    case_with(1..=2, 16..=40, 16..=40)
+}
+
+fn case_with(
+    batch: std::ops::RangeInclusive<usize>,
+    channels: std::ops::RangeInclusive<usize>,
+    out_channels: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = Case> {
+    let most_values = batch.end() * channels.end() * 81;
+    let most_weights = out_channels.end().max(channels.end()) * channels.end() * 16;
     (
-        (1usize..=3, 1usize..=4, pair(1..=9)),
+        (batch, channels, pair(1..=9)),
         (
             pair(1..=4),
             pair(1..=3),
             pair(0..=2),
             pair(1..=3),
-            1usize..=4,
+            out_channels,
         ),
-        vec(-1.0..1.0f64, 3 * 4 * 81),
-        vec(-1.0..1.0f64, 4 * 4 * 16),
+        vec(-1.0..1.0f64, most_values),
+        vec(-1.0..1.0f64, most_weights),
     )
         .prop_map(
             |(
@@ -237,6 +255,55 @@ impl Case {
 
     fn weight(&self, dims: [usize; 4]) -> Vec<f64> {
         self.weights[..dims.iter().product::<usize>()].to_vec()
+    }
+}
+
+/// `c`'s conv2d in f32 and its conv_transpose2d (the direct kernels' input gradient) in f32,
+/// against the definitions in f64.
+fn check_in_f32(c: &Case, extra: [usize; 2]) -> std::result::Result<(), TestCaseError> {
+    let f32_tensor = |values: &[f64], dims| tensor(values, dims).to_dtype(DType::F32).unwrap();
+    let w = [c.out_channels, c.input[1], c.kernel[0], c.kernel[1]];
+    let options = Conv2dOptions {
+        stride: c.stride,
+        padding: c.padding,
+        dilation: c.dilation,
+    };
+    let (expected, _) = direct_conv2d(&c.input(), c.input, &c.weight(w), w, options);
+    let out = f32_tensor(&c.input(), c.input)
+        .conv2d(&f32_tensor(&c.weight(w), w), options)
+        .unwrap();
+    // Sums of up to 640 products of values below 1.
+    assert_close(&out, &expected, 1e-4)?;
+    let w = [c.input[1], c.out_channels, c.kernel[0], c.kernel[1]];
+    let output_padding = [0, 1].map(|a| extra[a] % c.stride[a].max(c.dilation[a]));
+    let options = ConvTranspose2dOptions {
+        stride: c.stride,
+        padding: c.padding,
+        output_padding,
+        dilation: c.dilation,
+    };
+    let full = |a: usize| {
+        (c.input[2 + a] - 1) * c.stride[a]
+            + c.dilation[a] * (c.kernel[a] - 1)
+            + output_padding[a]
+            + 1
+    };
+    if full(0) > 2 * c.padding[0] && full(1) > 2 * c.padding[1] {
+        let (expected, _) = direct_conv_transpose2d(&c.input(), c.input, &c.weight(w), w, options);
+        let out = f32_tensor(&c.input(), c.input)
+            .conv_transpose2d(&f32_tensor(&c.weight(w), w), options)
+            .unwrap();
+        assert_close(&out, &expected, 1e-4)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn wide_convolutions_in_f32_match_the_definitions(c in wide_case(), extra in pair(0..=2)) {
+        check_in_f32(&c, extra)?;
     }
 }
 

@@ -256,6 +256,34 @@ impl Case {
     fn weight(&self, dims: [usize; 4]) -> Vec<f64> {
         self.weights[..dims.iter().product::<usize>()].to_vec()
     }
+
+    fn conv2d_options(&self) -> Conv2dOptions {
+        Conv2dOptions {
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+        }
+    }
+
+    /// The transposed convolution's options with `extra` output padding (cut below the
+    /// stride or dilation), or `None` where its output would have no pixels.
+    fn transpose_options(&self, extra: [usize; 2]) -> Option<ConvTranspose2dOptions> {
+        let output_padding = [0, 1].map(|a| extra[a] % self.stride[a].max(self.dilation[a]));
+        let full = |a: usize| {
+            (self.input[2 + a] - 1) * self.stride[a]
+                + self.dilation[a] * (self.kernel[a] - 1)
+                + output_padding[a]
+                + 1
+        };
+        (full(0) > 2 * self.padding[0] && full(1) > 2 * self.padding[1]).then_some(
+            ConvTranspose2dOptions {
+                stride: self.stride,
+                padding: self.padding,
+                output_padding,
+                dilation: self.dilation,
+            },
+        )
+    }
 }
 
 /// `c`'s conv2d in f32 and its conv_transpose2d (the direct kernels' input gradient) in f32,
@@ -263,11 +291,7 @@ impl Case {
 fn check_in_f32(c: &Case, extra: [usize; 2]) -> std::result::Result<(), TestCaseError> {
     let f32_tensor = |values: &[f64], dims| tensor(values, dims).to_dtype(DType::F32).unwrap();
     let w = [c.out_channels, c.input[1], c.kernel[0], c.kernel[1]];
-    let options = Conv2dOptions {
-        stride: c.stride,
-        padding: c.padding,
-        dilation: c.dilation,
-    };
+    let options = c.conv2d_options();
     let (expected, _) = direct_conv2d(&c.input(), c.input, &c.weight(w), w, options);
     let out = f32_tensor(&c.input(), c.input)
         .conv2d(&f32_tensor(&c.weight(w), w), options)
@@ -275,20 +299,7 @@ fn check_in_f32(c: &Case, extra: [usize; 2]) -> std::result::Result<(), TestCase
     // Sums of up to 640 products of values below 1.
     assert_close(&out, &expected, 1e-4)?;
     let w = [c.input[1], c.out_channels, c.kernel[0], c.kernel[1]];
-    let output_padding = [0, 1].map(|a| extra[a] % c.stride[a].max(c.dilation[a]));
-    let options = ConvTranspose2dOptions {
-        stride: c.stride,
-        padding: c.padding,
-        output_padding,
-        dilation: c.dilation,
-    };
-    let full = |a: usize| {
-        (c.input[2 + a] - 1) * c.stride[a]
-            + c.dilation[a] * (c.kernel[a] - 1)
-            + output_padding[a]
-            + 1
-    };
-    if full(0) > 2 * c.padding[0] && full(1) > 2 * c.padding[1] {
+    if let Some(options) = c.transpose_options(extra) {
         let (expected, _) = direct_conv_transpose2d(&c.input(), c.input, &c.weight(w), w, options);
         let out = f32_tensor(&c.input(), c.input)
             .conv_transpose2d(&f32_tensor(&c.weight(w), w), options)
@@ -313,7 +324,7 @@ proptest! {
     #[test]
     fn conv2d_matches_the_definition(c in case()) {
         let w = [c.out_channels, c.input[1], c.kernel[0], c.kernel[1]];
-        let options = Conv2dOptions { stride: c.stride, padding: c.padding, dilation: c.dilation };
+        let options = c.conv2d_options();
         let (expected, dims) = direct_conv2d(&c.input(), c.input, &c.weight(w), w, options);
         let out = tensor(&c.input(), c.input).conv2d(&tensor(&c.weight(w), w), options).unwrap();
         prop_assert_eq!(out.dims(), &dims[..]);
@@ -327,10 +338,9 @@ proptest! {
     #[test]
     fn conv_transpose2d_matches_the_definition(c in case(), extra in pair(0..=2)) {
         let w = [c.input[1], c.out_channels, c.kernel[0], c.kernel[1]];
-        let output_padding = [0, 1].map(|a| extra[a] % c.stride[a].max(c.dilation[a]));
-        let options = ConvTranspose2dOptions { stride: c.stride, padding: c.padding, output_padding, dilation: c.dilation };
-        let full = |a: usize| (c.input[2 + a] - 1) * c.stride[a] + c.dilation[a] * (c.kernel[a] - 1) + output_padding[a] + 1;
-        prop_assume!(full(0) > 2 * c.padding[0] && full(1) > 2 * c.padding[1]);
+        let options = c.transpose_options(extra);
+        prop_assume!(options.is_some());
+        let options = options.unwrap();
         let (expected, dims) = direct_conv_transpose2d(&c.input(), c.input, &c.weight(w), w, options);
         let out = tensor(&c.input(), c.input).conv_transpose2d(&tensor(&c.weight(w), w), options).unwrap();
         prop_assert_eq!(out.dims(), &dims[..]);

@@ -345,9 +345,15 @@ impl Tiling {
     fn new(tile: Tile, pass: &Pass, padding: &Padding) -> Tiling {
         let masks = live_taps(pass, padding);
         let candidates = std::iter::once(tile).chain(tile.fewer_rows.copied());
+        // Without padding to skip, bucketing groups the positions in order too.
+        let orderings: &[bool] = if masks.is_some() {
+            &[false, true]
+        } else {
+            &[false]
+        };
         let mut best: Option<(usize, Tiling)> = None;
         for tile in candidates {
-            for bucketed in [false, true] {
+            for &bucketed in orderings {
                 let tiling = Tiling::grouped(tile, pass, masks.as_ref(), bucketed);
                 let cost = tiling.products(pass.taps.len());
                 if best.as_ref().is_none_or(|(least, _)| cost < *least) {
@@ -1829,21 +1835,6 @@ mod x86 {
                     }
                 }
 
-                /// `out[r · stride + ·]` = `acc[r]`.
-                ///
-                /// # Safety
-                /// The CPU has the module's features; `out` holds `LANES` floats at each
-                /// `r · stride`, `r < ROWS`.
-                #[inline]
-                #[target_feature(enable = $feature)]
-                unsafe fn store(acc: &Accumulators, out: *mut f32, stride: usize) {
-                    for (r, acc) in acc.iter().enumerate() {
-                        for (v, &acc) in acc.iter().enumerate() {
-                            $store(out.add(r * stride + v * $width), acc);
-                        }
-                    }
-                }
-
                 /// `out[r][m] = Σ_k rows[r][taps[k]] · weights[k, m]` for the tile's positions
                 /// `r` and lanes `m`: per step, the lanes' weights loaded once and a pixel
                 /// broadcast per row.
@@ -1928,7 +1919,7 @@ mod x86 {
                             }
                         }
                     }
-                    store(&acc, sums, stride);
+                    store_rows(&acc, &std::array::from_fn(|r| sums.add(r * stride)));
                 }
             }
         };

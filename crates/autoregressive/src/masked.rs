@@ -5,7 +5,7 @@
 
 use kiln_nn::layers::{Conv2d, Conv2dConfig};
 use kiln_nn::{Module, NnError, Path, Result};
-use kiln_tensor::{no_grad, Conv2dOptions, Tensor, Var};
+use kiln_tensor::{no_grad, Activation, Conv2dOptions, Tensor, Var};
 
 /// Which kernel taps a [`MaskedConv2d`] keeps: those before the centre in raster order (the
 /// rows above it, and its own row left of it), and for type B the centre too.
@@ -114,6 +114,18 @@ impl MaskedConv2d {
 
 impl Module for MaskedConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Activation::Identity)
+    }
+
+    fn forward_activated(&self, x: &Tensor, activation: Activation) -> Option<Result<Tensor>> {
+        Some(self.forward_with(x, activation))
+    }
+}
+
+impl MaskedConv2d {
+    /// `activation(conv2d(x, weight · mask) + bias)`, the bias and the activation applied as
+    /// the convolution writes its output ([`Tensor::conv2d_bias_act`]).
+    fn forward_with(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
         let channels = self.weight.dims()[1];
         if x.rank() != 4 || x.dims()[1] != channels {
             return Err(NnError::invalid(
@@ -123,13 +135,7 @@ impl Module for MaskedConv2d {
         }
         // Masked in every forward, not once: the gradient then reaches only the kept taps.
         let weight = self.weight.mul(&self.mask)?; // [out, in, k, k]
-        let y = x.conv2d(&weight, self.options)?; // [N, out, H, W]
-        match &self.bias {
-            Some(bias) => {
-                let out = bias.dims()[0];
-                Ok(y.add(&bias.reshape([1, out, 1, 1])?)?) // [N, out, H, W]
-            }
-            None => Ok(y),
-        }
+        let bias = self.bias.as_ref().map(Var::as_tensor);
+        Ok(x.conv2d_bias_act(&weight, bias, self.options, activation)?) // [N, out, H, W]
     }
 }

@@ -7,7 +7,7 @@
 use kiln_nn::layers::{Conv2d, Conv2dConfig, ReLU, Sequential};
 use kiln_nn::loss::{binary_cross_entropy_with_logits, cross_entropy, Reduction};
 use kiln_nn::{Module, ModuleT, NnError, ParamStore, Path};
-use kiln_tensor::{DType, Device, Tensor};
+use kiln_tensor::{Activation, DType, Device, Tensor};
 
 use crate::{MaskType, MaskedConv2d, PixelCnnConfig, PixelLikelihood, Result};
 
@@ -49,11 +49,20 @@ impl ResidualBlock {
         })
     }
 
+    /// conv1 and conv2 apply the ReLU after them as they write their outputs.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv1.forward(&x.relu()?)?; // [B, h/2, H, W]
-        let y = self.conv2.forward(&y.relu()?)?; // [B, h/2, H, W]
-        let y = self.conv3.forward(&y.relu()?)?; // [B, h, H, W]
+        let y = relu_after(&self.conv1, &x.relu()?)?; // [B, h/2, H, W]
+        let y = relu_after(&self.conv2, &y)?; // [B, h/2, H, W]
+        let y = self.conv3.forward(&y)?; // [B, h, H, W]
         Ok(x.add(&y)?)
+    }
+}
+
+/// `relu(layer(x))`, in one op where the layer applies the ReLU as it writes its output.
+fn relu_after(layer: &dyn Module, x: &Tensor) -> Result<Tensor> {
+    match layer.forward_activated(x, Activation::Relu) {
+        Some(y) => Ok(y?),
+        None => Ok(layer.forward(x)?.relu()?),
     }
 }
 

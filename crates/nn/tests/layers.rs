@@ -975,6 +975,57 @@ fn sequential_applies_layers_in_order_and_passes_the_mode() {
     );
 }
 
+/// A convolution followed by an activation layer runs as one fused op in a `Sequential`, with
+/// the values and gradients of the two layers run one after the other, to the last bit; a
+/// leaky ReLU with a negative slope is not fused, and runs as its own layer.
+#[test]
+fn a_sequential_fuses_a_convolution_with_the_activation_after_it() {
+    let store = ParamStore::new(Device::Cpu, DType::F32, 3);
+    let root = store.root();
+    let same = Conv2dConfig {
+        padding: [1, 1],
+        ..Default::default()
+    };
+    let up = ConvTranspose2dConfig {
+        stride: [2, 2],
+        padding: [1, 1],
+        ..Default::default()
+    };
+    let conv = Conv2d::new(&root.sub(0), 4, 16, [3, 3], same).unwrap();
+    let up = ConvTranspose2d::new(&root.sub(2), 16, 3, [4, 4], up).unwrap();
+    let last = Conv2d::new(&root.sub(4), 3, 2, [3, 3], same).unwrap();
+    let model = Sequential::new()
+        .add(conv.clone())
+        .add(LeakyReLU::new(0.2))
+        .add(up.clone())
+        .add(Tanh)
+        .add(last.clone())
+        .add(LeakyReLU::new(-0.5));
+    let one_by_one = |x: &Tensor| -> kiln_nn::Result<Tensor> {
+        let y = LeakyReLU::new(0.2).forward(&conv.forward(x)?)?;
+        let y = Tanh.forward(&up.forward(&y)?)?;
+        LeakyReLU::new(-0.5).forward(&last.forward(&y)?)
+    };
+    let mut rng = kiln_tensor::Generator::new(5);
+    let x = Tensor::randn([2, 4, 7, 7], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+    let fused = model.forward_t(&x, true).unwrap();
+    let composed = one_by_one(&x).unwrap();
+    let bits = |t: &Tensor| t.to_vec::<f32>().unwrap();
+    assert_eq!(bits(&fused), bits(&composed));
+    let weights = Tensor::randn(fused.dims(), 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+    let loss = |y: &Tensor| y.mul(&weights).unwrap().sum_all().unwrap();
+    let (fused_grads, composed_grads) = (
+        loss(&fused).backward().unwrap(),
+        loss(&composed).backward().unwrap(),
+    );
+    let parameters = store.parameters();
+    assert_eq!(parameters.len(), 6);
+    for (name, var) in parameters {
+        let (got, want) = (fused_grads.get(&var), composed_grads.get(&var));
+        assert_eq!(bits(got.unwrap()), bits(want.unwrap()), "{name}");
+    }
+}
+
 #[test]
 fn second_order_gradients_flow_through_layers() {
     // A WGAN-GP-style penalty, sum((∂ sum D(x) / ∂x)²), through a critic of Linear, LayerNorm,

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::op::Op;
-use crate::ops::{elementwise, index, loss, matmul, norm, reduce, view};
+use crate::ops::{conv, elementwise, index, loss, matmul, norm, reduce, view};
 use crate::tensor::NoGradGuard;
 use crate::{Error, Result, Tensor, TensorId};
 
@@ -212,6 +212,20 @@ fn input_gradients(
             *activation,
             node,
             grad,
+            wants,
+        )?,
+        Op::ConvBiasAct {
+            input,
+            weight,
+            bias,
+            g,
+            pass,
+            activation,
+        } => conv::conv_bias_act_backward(
+            (input, weight, bias.as_ref()),
+            (g, *pass),
+            *activation,
+            (node, grad),
             wants,
         )?,
         Op::Reshape(x) => vec![(x.clone(), grad.reshape(x.shape())?)],

@@ -49,8 +49,9 @@ impl UnaryOp {
     }
 }
 
-/// The activation a fused matrix product applies to each output element after the bias
-/// (`Tensor::matmul_bias_act`), with the semantics of the unary op of the same name.
+/// The activation a fused matrix product or convolution applies to each output element after
+/// the bias (`Tensor::matmul_bias_act`, `Tensor::conv2d_bias_act`,
+/// `Tensor::conv_transpose2d_bias_act`), with the semantics of the unary op of the same name.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     Identity,
@@ -124,6 +125,16 @@ pub(crate) enum Op {
         input: Tensor,
         weight: Tensor,
         g: Conv2dGeometry,
+    },
+    /// `activation(conv + bias)`: `conv2d(input, weight)` or (`pass` transposed)
+    /// `conv2d_input_grad(input, weight)` over `g`, plus `bias [C]` per output channel.
+    ConvBiasAct {
+        input: Tensor,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        g: Conv2dGeometry,
+        pass: crate::ops::conv::ConvPass,
+        activation: crate::Activation,
     },
     /// The input gradient of a convolution (also `conv_transpose2d`): `grad` `[N, OC, OH, OW]`
     /// through `weight` `[OC, C, kh, kw]` onto `g.image_shape()`.
@@ -236,6 +247,12 @@ impl Op {
             Op::MatmulBiasAct { lhs, rhs, bias, .. } => {
                 [lhs, rhs].into_iter().chain(bias.as_ref()).collect()
             }
+            Op::ConvBiasAct {
+                input,
+                weight,
+                bias,
+                ..
+            } => [input, weight].into_iter().chain(bias.as_ref()).collect(),
             Op::IndexSelect(x, index, _) | Op::Gather(x, index, _) => vec![x, index],
             Op::IndexAdd(base, index, source, _) | Op::ScatterAdd(base, index, source, _) => {
                 vec![base, index, source]

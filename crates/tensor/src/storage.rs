@@ -562,6 +562,32 @@ impl Storage {
         }
     }
 
+    /// `activation(conv + bias)` in one pass where the backend fuses it (the CPU, f32:
+    /// `CpuStorage::conv_bias_act`); `None` where the caller should compose the ops.
+    pub(crate) fn conv_bias_act(
+        &self,
+        layout: &Layout,
+        weight: Operand<'_, Storage>,
+        bias: Option<Operand<'_, Storage>>,
+        geometry: (&Conv2dGeometry, bool),
+        activation: crate::Activation,
+    ) -> Result<Option<Storage>> {
+        let (Storage::Cpu(x), Storage::Cpu(w)) = (self, weight.storage) else {
+            return Ok(None);
+        };
+        let bias = match bias {
+            None => None,
+            Some(Operand {
+                storage: Storage::Cpu(b),
+                layout,
+            }) => Some(Operand::new(b, layout)),
+            Some(_) => return Ok(None),
+        };
+        let weight = Operand::new(w, weight.layout);
+        let out = x.conv_bias_act(layout, weight, bias, geometry, activation)?;
+        Ok(out.map(Storage::Cpu))
+    }
+
     pub(crate) fn cat(parts: &[Operand<'_, Storage>], dim: usize) -> Result<Storage> {
         match parts.first().map(|first| first.storage) {
             Some(Storage::Cuda(_)) => {

@@ -514,13 +514,7 @@ proptest! {
         activation in 0usize..5,
         slope in 0.0..0.5f64,
     ) {
-        let activation = [
-            kiln_tensor::Activation::Identity,
-            kiln_tensor::Activation::Relu,
-            kiln_tensor::Activation::LeakyRelu(slope),
-            kiln_tensor::Activation::Tanh,
-            kiln_tensor::Activation::Sigmoid,
-        ][activation];
+        let activation = activation_of(activation, slope);
         let n = if tb { b.shape[b.shape.len() - 2] } else { b.shape[b.shape.len() - 1] };
         let bias = Input { shape: vec![n], view: View::Plain, values: bias_values[..n].to_vec() };
         let inputs: Vec<&Input> = if with_bias { vec![&a, &b, &bias] } else { vec![&a, &b] };
@@ -702,6 +696,17 @@ fn window() -> impl Strategy<Value = Window> {
         })
 }
 
+/// The fused ops' activation numbered `index` (0 to 4), a leaky ReLU's with `slope`.
+fn activation_of(index: usize, slope: f64) -> kiln_tensor::Activation {
+    [
+        kiln_tensor::Activation::Identity,
+        kiln_tensor::Activation::Relu,
+        kiln_tensor::Activation::LeakyRelu(slope),
+        kiln_tensor::Activation::Tanh,
+        kiln_tensor::Activation::Sigmoid,
+    ][index]
+}
+
 /// A window and an input for it, viewed in any of the ways (`View`).
 fn window_input(
     values: impl Strategy<Value = f64> + Clone + 'static,
@@ -755,6 +760,43 @@ proptest! {
             .conv_transpose2d(&Tensor::zeros(w.shape.clone(), DType::F64, Device::Cpu).unwrap(), options);
         prop_assume!(probe.is_ok());
         check(&[&x, &w], |t| t[0].conv_transpose2d(&t[1], options))?;
+    }
+
+    #[test]
+    fn conv_bias_act(
+        (g, x) in window_input(any_value()),
+        out_channels in 1usize..=3,
+        weight_values in vec(any_value(), 81),
+        bias_values in vec(any_value(), 3),
+        with_bias in any::<bool>(),
+        transposed in any::<bool>(),
+        activation in 0usize..5,
+        slope in 0.0..0.5f64,
+    ) {
+        let activation = activation_of(activation, slope);
+        let [kh, kw] = g.kernel;
+        let channels = g.input[1];
+        // conv2d's weight is [out, in, ..]; conv_transpose2d's [in, out, ..].
+        let weight_shape = if transposed {
+            vec![channels, out_channels, kh, kw]
+        } else {
+            vec![out_channels, channels, kh, kw]
+        };
+        let count = weight_shape.iter().product::<usize>();
+        let w = Input { shape: weight_shape, view: View::Plain, values: weight_values[..count].to_vec() };
+        let bias = Input { shape: vec![out_channels], view: View::Plain, values: bias_values[..out_channels].to_vec() };
+        let inputs: Vec<&Input> = if with_bias { vec![&x, &w, &bias] } else { vec![&x, &w] };
+        let (stride, padding, dilation) = (g.stride, g.padding, g.dilation);
+        if transposed {
+            let options = ConvTranspose2dOptions { stride, padding, output_padding: [0, 0], dilation };
+            let probe = Tensor::zeros(g.input.to_vec(), DType::F64, Device::Cpu).unwrap()
+                .conv_transpose2d(&Tensor::zeros(w.shape.clone(), DType::F64, Device::Cpu).unwrap(), options);
+            prop_assume!(probe.is_ok());
+            check(&inputs, |t| t[0].conv_transpose2d_bias_act(&t[1], t.get(2), options, activation))?;
+        } else {
+            let options = Conv2dOptions { stride, padding, dilation };
+            check(&inputs, |t| t[0].conv2d_bias_act(&t[1], t.get(2), options, activation))?;
+        }
     }
 
     #[test]

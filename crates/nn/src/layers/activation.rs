@@ -1,7 +1,7 @@
 //! Elementwise activations as modules, for [`Sequential`](super::Sequential) models; outside one,
 //! call the tensor methods (`x.relu()`) directly. Each keeps its input's shape.
 
-use kiln_tensor::Tensor;
+use kiln_tensor::{Activation, Tensor};
 
 use crate::{Module, Result};
 
@@ -12,6 +12,10 @@ pub struct ReLU;
 impl Module for ReLU {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.relu()?)
+    }
+
+    fn activation(&self) -> Option<Activation> {
+        Some(Activation::Relu)
     }
 }
 
@@ -37,6 +41,12 @@ impl Module for LeakyReLU {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.leaky_relu(self.negative_slope)?)
     }
+
+    /// Fused only with a slope of at least 0 (the fused backward takes the mask from the
+    /// output); any other slope runs as a layer of its own.
+    fn activation(&self) -> Option<Activation> {
+        (self.negative_slope >= 0.0).then_some(Activation::LeakyRelu(self.negative_slope))
+    }
 }
 
 /// tanh(x) (PyTorch's `nn.Tanh`).
@@ -47,6 +57,10 @@ impl Module for Tanh {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.tanh()?)
     }
+
+    fn activation(&self) -> Option<Activation> {
+        Some(Activation::Tanh)
+    }
 }
 
 /// 1 / (1 + e^-x) (PyTorch's `nn.Sigmoid`).
@@ -56,6 +70,10 @@ pub struct Sigmoid;
 impl Module for Sigmoid {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.sigmoid()?)
+    }
+
+    fn activation(&self) -> Option<Activation> {
+        Some(Activation::Sigmoid)
     }
 }
 

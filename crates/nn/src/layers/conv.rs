@@ -2,7 +2,7 @@
 //! `nn.ConvTranspose2d`, groups = 1): the weight and bias around kiln-tensor's `conv2d` and
 //! `conv_transpose2d`.
 
-use kiln_tensor::{Conv2dOptions, ConvTranspose2dOptions, Shape, Tensor, Var};
+use kiln_tensor::{Activation, Conv2dOptions, ConvTranspose2dOptions, Shape, Tensor, Var};
 
 use crate::init::fans;
 use crate::{Init, Module, NnError, Path, Result};
@@ -83,17 +83,6 @@ fn weight_and_bias(
     Ok((weight, bias))
 }
 
-/// `y + bias` with `bias [OC]` broadcast over `y [N, OC, OH, OW]`.
-fn add_channel_bias(y: Tensor, bias: Option<&Var>) -> Result<Tensor> {
-    match bias {
-        Some(bias) => {
-            let channels = bias.dims()[0];
-            Ok(y.add(&bias.reshape([1, channels, 1, 1])?)?) // [N, OC, OH, OW]
-        }
-        None => Ok(y),
-    }
-}
-
 /// `x [N, in, H, W] → [N, out, OH, OW]`, `OH = ⌊(H + 2·padding - dilation·(kh - 1) - 1) /
 /// stride⌋ + 1` (likewise OW): the cross-correlation of `x` with `weight [out, in, kh, kw]`
 /// plus `bias [out]`, registered as `weight` then `bias`.
@@ -149,9 +138,20 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Activation::Identity)
+    }
+
+    fn forward_activated(&self, x: &Tensor, activation: Activation) -> Option<Result<Tensor>> {
+        Some(self.forward_with(x, activation))
+    }
+}
+
+impl Conv2d {
+    /// `activation(conv2d(x) + bias)` as one op ([`Tensor::conv2d_bias_act`]).
+    fn forward_with(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
         check_input("Conv2d", x, self.weight.dims()[1])?;
-        let y = x.conv2d(&self.weight, self.options)?; // [N, OC, OH, OW]
-        add_channel_bias(y, self.bias.as_ref())
+        let bias = self.bias.as_ref().map(Var::as_tensor);
+        Ok(x.conv2d_bias_act(&self.weight, bias, self.options, activation)?) // [N, OC, OH, OW]
     }
 }
 
@@ -212,9 +212,22 @@ impl ConvTranspose2d {
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Activation::Identity)
+    }
+
+    fn forward_activated(&self, x: &Tensor, activation: Activation) -> Option<Result<Tensor>> {
+        Some(self.forward_with(x, activation))
+    }
+}
+
+impl ConvTranspose2d {
+    /// `activation(conv_transpose2d(x) + bias)` as one op
+    /// ([`Tensor::conv_transpose2d_bias_act`]).
+    fn forward_with(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
         check_input("ConvTranspose2d", x, self.weight.dims()[0])?;
-        let y = x.conv_transpose2d(&self.weight, self.options)?; // [N, OC, OH, OW]
-        add_channel_bias(y, self.bias.as_ref())
+        let bias = self.bias.as_ref().map(Var::as_tensor);
+        let (weight, options) = (&self.weight, self.options);
+        Ok(x.conv_transpose2d_bias_act(weight, bias, options, activation)?) // [N, OC, OH, OW]
     }
 }
 

@@ -42,10 +42,22 @@ impl std::fmt::Debug for Sequential {
 }
 
 impl ModuleT for Sequential {
+    /// Each layer in turn; a layer followed by an activation layer runs the two as one op
+    /// where it can ([`ModuleT::forward_t_activated`]: a convolution adds its bias and applies
+    /// the activation to each image as it writes it), with the same values and gradients.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
-        for layer in &self.layers {
-            y = layer.forward_t(&y, train)?;
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
+            let activation = layers.peek().and_then(|next| next.activation());
+            let fused = activation.and_then(|a| layer.forward_t_activated(&y, train, a));
+            y = match fused {
+                Some(fused) => {
+                    layers.next(); // the activation, applied
+                    fused?
+                }
+                None => layer.forward_t(&y, train)?,
+            };
         }
         Ok(y)
     }

@@ -798,6 +798,55 @@ impl BackendStorage for CpuStorage {
 }
 
 impl CpuStorage {
+    /// `activation(conv + bias)` for f32 and f64 (`None` for the half types, which compose
+    /// the ops): the convolution (`transposed`: its input gradient, which `conv_transpose2d`
+    /// is), then each image's planes through the bias and the activation in place
+    /// ([`elementwise::channel_bias_act`]) where the composition made two more passes over
+    /// the output and two more buffers. The values are the composition's, bit for bit.
+    pub(crate) fn conv_bias_act(
+        &self,
+        layout: &Layout,
+        weight: Operand<'_, Self>,
+        bias: Option<Operand<'_, Self>>,
+        (g, transposed): (&Conv2dGeometry, bool),
+        activation: Activation,
+    ) -> Result<Option<Self>> {
+        fn finish<T: FloatDType>(
+            storage: &CpuStorage,
+            mut out: Vec<T>,
+            bias: Option<Operand<'_, CpuStorage>>,
+            dims: (usize, usize),
+            activation: Activation,
+        ) -> Result<Vec<T>> {
+            let bias = match bias {
+                Some(bias) => {
+                    let data = storage.same_typed::<T>("conv_bias_act", bias.storage)?;
+                    Some(index::row_major(data, bias.layout))
+                }
+                None => None,
+            };
+            elementwise::channel_bias_act(&mut out, dims, bias.as_deref(), activation);
+            Ok(out)
+        }
+        let (out, dims) = if transposed {
+            let out = self.conv2d_input_grad(layout, weight, g)?;
+            (out, (g.channels, g.height * g.width))
+        } else {
+            let out_channels = weight.layout.dims()[0];
+            let out = self.conv2d(layout, weight, g)?;
+            (out, (out_channels, g.out_height * g.out_width))
+        };
+        Ok(match out {
+            CpuStorage::F32(out) => {
+                Some(CpuStorage::F32(finish(self, out, bias, dims, activation)?))
+            }
+            CpuStorage::F64(out) => {
+                Some(CpuStorage::F64(finish(self, out, bias, dims, activation)?))
+            }
+            _ => None,
+        })
+    }
+
     /// [`BackendStorage::adam_step`] in place: `self` (the parameter), `exp_avg` and
     /// `exp_avg_sq`, each a whole contiguous storage of one float dtype and length, take the
     /// step's values ([`optim::adam_step_in_place`]); `grad` is read through its layout.

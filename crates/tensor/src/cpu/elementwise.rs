@@ -3,9 +3,10 @@
 
 use num_traits::Float;
 
+use super::loops::simd_versions;
 use super::vmath::VectorMath;
 use super::{map1_work, map2, map2_work, Elementwise, Elementwise2, Work};
-use crate::{BinaryOp, CmpOp, FloatDType, Layout, UnaryOp, WithDType};
+use crate::{Activation, BinaryOp, CmpOp, FloatDType, Layout, UnaryOp, WithDType};
 
 /// Applies `f` to each element in `T`'s math type.
 fn map_math<T: FloatDType>(
@@ -156,6 +157,93 @@ impl<T: FloatDType, const OP: u8> Elementwise<T, T> for Transcendental<OP> {
                 s * (one + x * (one - s))
             }
         })
+    }
+}
+
+/// Each `[channels, plane]` image of `out` through `activation(x + bias[c])` in place (no bias:
+/// the activation alone; the identity without a bias: nothing), images split over the threads
+/// when there are enough values. For f32 and f64, whose math type is their own, each value
+/// rounds as `binary`'s add and then `unary`'s activation round it, so the result has the
+/// composition's bits (a half type would round once where the composition rounds twice).
+pub(crate) fn channel_bias_act<T: FloatDType>(
+    out: &mut [T],
+    (channels, plane): (usize, usize),
+    bias: Option<&[T]>,
+    activation: Activation,
+) {
+    let image_len = channels * plane;
+    if image_len == 0 || (bias.is_none() && matches!(activation, Activation::Identity)) {
+        return;
+    }
+    debug_assert!(bias.is_none_or(|bias| bias.len() == channels));
+    let image = |image: &mut [T]| {
+        for (c, values) in image.chunks_exact_mut(plane).enumerate() {
+            match bias {
+                Some(bias) => {
+                    let b = bias[c].to_math();
+                    activate_in_place(values, activation, move |x| x + b);
+                }
+                None => activate_in_place(values, activation, |x| x),
+            }
+        }
+    };
+    let work = match activation {
+        Activation::Tanh | Activation::Sigmoid => Work::Heavy,
+        _ => Work::Light,
+    };
+    if out.len() >= work.parallel_min() && out.len() > image_len {
+        use rayon::prelude::*;
+        out.par_chunks_mut(image_len).for_each(image);
+    } else {
+        out.chunks_mut(image_len).for_each(image);
+    }
+}
+
+/// `values[i] = activation(pre(values[i]))`, each activation as `unary` computes it.
+fn activate_in_place<T: FloatDType>(
+    values: &mut [T],
+    activation: Activation,
+    pre: impl Fn(T::Math) -> T::Math + Copy + Sync,
+) {
+    let zero = T::math_from_f64(0.0);
+    match activation {
+        Activation::Identity => in_math(values, pre),
+        // NaN passes through, as in `unary`.
+        Activation::Relu => in_math(values, move |x: T::Math| {
+            let x = pre(x);
+            if x < zero {
+                zero
+            } else {
+                x
+            }
+        }),
+        Activation::LeakyRelu(slope) => {
+            let slope = T::math_from_f64(slope);
+            in_math(values, move |x: T::Math| {
+                let x = pre(x);
+                if x > zero {
+                    x
+                } else {
+                    x * slope
+                }
+            })
+        }
+        Activation::Tanh => in_math(values, move |x: T::Math| pre(x).vtanh()),
+        Activation::Sigmoid => in_math(values, move |x: T::Math| pre(x).vsigmoid()),
+    }
+}
+
+/// `values[i] = f(values[i])` in `T`'s math type.
+fn in_math<T: FloatDType>(values: &mut [T], f: impl Fn(T::Math) -> T::Math + Sync) {
+    in_place(values, &move |x: T| T::from_math(f(x.to_math())));
+}
+
+simd_versions! {
+    /// `values[i] = f(values[i])` (see `loops::apply1`).
+    fn in_place<T: Copy, F: Elementwise<T, T>>(values: &mut [T], f: &F) {
+        for value in values.iter_mut() {
+            *value = f.apply(*value);
+        }
     }
 }
 

@@ -13,7 +13,16 @@
 
 use crate::backend::Operand;
 use crate::op::Op;
-use crate::{Error, Result, Shape, Tensor};
+use crate::ops::matmul::activation_pre_grad;
+use crate::{Activation, Error, Result, Shape, Tensor};
+
+/// Which convolution a fused [`Op::ConvBiasAct`] runs: `conv2d` of its input, or the input
+/// gradient of one (`conv_transpose2d` of its input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConvPass {
+    Forward,
+    Transposed,
+}
 
 /// Options of `conv2d`: per-axis (height, width) stride, zero padding and dilation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,14 +240,41 @@ impl Tensor {
 
     /// 2-D convolution (cross-correlation, as in PyTorch) of `[N, C, H, W]` with a weight
     /// `[OC, C, kh, kw]`: `[N, OC, OH, OW]`, `OH = ⌊(H + 2·padding - dilation·(kh - 1) - 1) /
-    /// stride⌋ + 1`. No bias: add one by broadcasting `[1, OC, 1, 1]`.
+    /// stride⌋ + 1`. No bias: [`Tensor::conv2d_bias_act`] adds one (and an activation).
     pub fn conv2d(&self, weight: &Tensor, options: Conv2dOptions) -> Result<Tensor> {
-        const OP: &str = "conv2d";
-        self.same_dtype(OP, weight)?;
-        self.float_only(OP)?;
-        let [out_channels, in_channels, kh, kw] = weight.image_dims(OP, "weight")?;
+        let g = self.conv2d_geometry("conv2d", weight, options)?;
+        self.conv2d_over(weight, &g)
+    }
+
+    /// `activation(conv2d(self, weight) + bias)`, with `bias` a `[OC]` added to each output
+    /// channel: a `Conv2d` layer's forward (and the activation after it) in one op. Same values
+    /// and gradients as that composition; on the CPU (f32, f64) the bias and the activation
+    /// are applied to each image of the output in one pass, where the composition took a pass
+    /// and a new buffer for each; elsewhere (CUDA, the half types) it runs as the composition.
+    pub fn conv2d_bias_act(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        options: Conv2dOptions,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_bias_act";
+        let g = self.conv2d_geometry(OP, weight, options)?;
+        self.conv_bias_act_over(OP, (weight, bias), &g, ConvPass::Forward, activation)
+    }
+
+    /// [`Tensor::conv2d`]'s checks, and its geometry.
+    fn conv2d_geometry(
+        &self,
+        op: &'static str,
+        weight: &Tensor,
+        options: Conv2dOptions,
+    ) -> Result<Conv2dGeometry> {
+        self.same_dtype(op, weight)?;
+        self.float_only(op)?;
+        let [_, in_channels, kh, kw] = weight.image_dims(op, "weight")?;
         let g = self.window_geometry(
-            OP,
+            op,
             [kh, kw],
             options.stride,
             options.padding,
@@ -246,7 +282,7 @@ impl Tensor {
         )?;
         if in_channels != g.channels {
             return Err(Error::invalid(
-                OP,
+                op,
                 format!(
                     "input {} has {} channels but weight {} expects {in_channels}",
                     self.shape(),
@@ -255,8 +291,7 @@ impl Tensor {
                 ),
             ));
         }
-        let _ = out_channels;
-        self.conv2d_over(weight, &g)
+        Ok(g)
     }
 
     /// The gradient of `conv2d` with respect to its input (PyTorch's
@@ -377,6 +412,76 @@ impl Tensor {
         Ok(Tensor::from_storage(storage, g.image_shape(), record))
     }
 
+    /// `activation(pass(self, weight) + bias)` over a checked geometry: fused on the CPU in
+    /// f32 and f64 (one op in the graph), else the composition of the convolution, the bias's
+    /// broadcast add and the activation.
+    fn conv_bias_act_over(
+        &self,
+        op: &'static str,
+        (weight, bias): (&Tensor, Option<&Tensor>),
+        g: &Conv2dGeometry,
+        pass: ConvPass,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        self.same_device(op, weight)?;
+        activation.check(op)?;
+        let shape = match pass {
+            ConvPass::Forward => {
+                Shape::from([g.batch, weight.dims()[0], g.out_height, g.out_width])
+            }
+            ConvPass::Transposed => g.image_shape(),
+        };
+        let channels = shape.dims()[1];
+        if let Some(bias) = bias {
+            self.same_dtype(op, bias)?;
+            self.same_device(op, bias)?;
+            if bias.dims() != [channels] {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    expected: Shape::from([channels]),
+                    got: bias.shape().clone(),
+                });
+            }
+        }
+        let fused = {
+            let bias_storage = bias.map(|b| b.storage());
+            self.storage().conv_bias_act(
+                self.layout(),
+                Operand::new(&weight.storage(), weight.layout()),
+                bias_storage
+                    .as_deref()
+                    .zip(bias)
+                    .map(|(s, b)| Operand::new(s, b.layout())),
+                (g, pass == ConvPass::Transposed),
+                activation,
+            )?
+        };
+        let Some(storage) = fused else {
+            let out = match pass {
+                ConvPass::Forward => self.conv2d_over(weight, g)?,
+                ConvPass::Transposed => self.conv2d_input_grad_over(weight, g)?,
+            };
+            let out = match bias {
+                Some(bias) => out.add(&bias.reshape([1, channels, 1, 1])?)?,
+                None => out,
+            };
+            return match activation.unary() {
+                Some(unary) => out.unary(unary),
+                None => Ok(out),
+            };
+        };
+        let inputs: Vec<&Tensor> = [self, weight].into_iter().chain(bias).collect();
+        let record = Tensor::record(&inputs, || Op::ConvBiasAct {
+            input: self.clone(),
+            weight: weight.clone(),
+            bias: bias.cloned(),
+            g: *g,
+            pass,
+            activation,
+        });
+        Ok(Tensor::from_storage(storage, shape, record))
+    }
+
     /// `conv2d_weight_grad` over a checked geometry: `self` is `g.image_shape()`, `grad`
     /// `[N, OC, OH, OW]`; returns `[OC, C, kh, kw]`.
     pub(crate) fn conv2d_weight_grad_over(
@@ -408,23 +513,49 @@ impl Tensor {
         weight: &Tensor,
         options: ConvTranspose2dOptions,
     ) -> Result<Tensor> {
-        const OP: &str = "conv_transpose2d";
-        self.same_dtype(OP, weight)?;
-        self.float_only(OP)?;
-        let [batch, channels, height, width] = self.image_dims(OP, "input")?;
-        let [in_channels, out_channels, kh, kw] = weight.image_dims(OP, "weight")?;
+        let g = self.conv_transpose2d_geometry("conv_transpose2d", weight, options)?;
+        self.conv2d_input_grad_over(weight, &g) // [N, OC, OH, OW]
+    }
+
+    /// `activation(conv_transpose2d(self, weight) + bias)`, with `bias` a `[OC]` added to each
+    /// output channel: a `ConvTranspose2d` layer's forward (and the activation after it) in
+    /// one op, as [`Tensor::conv2d_bias_act`] is a `Conv2d` layer's.
+    pub fn conv_transpose2d_bias_act(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        options: ConvTranspose2dOptions,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv_transpose2d_bias_act";
+        let g = self.conv_transpose2d_geometry(OP, weight, options)?;
+        self.conv_bias_act_over(OP, (weight, bias), &g, ConvPass::Transposed, activation)
+    }
+
+    /// [`Tensor::conv_transpose2d`]'s checks, and the geometry of the convolution it is the
+    /// input gradient of.
+    fn conv_transpose2d_geometry(
+        &self,
+        op: &'static str,
+        weight: &Tensor,
+        options: ConvTranspose2dOptions,
+    ) -> Result<Conv2dGeometry> {
+        self.same_dtype(op, weight)?;
+        self.float_only(op)?;
+        let [batch, channels, height, width] = self.image_dims(op, "input")?;
+        let [in_channels, out_channels, kh, kw] = weight.image_dims(op, "weight")?;
         let ConvTranspose2dOptions {
             stride,
             padding,
             output_padding,
             dilation,
         } = options;
-        check_positive(OP, "kernel size", [kh, kw])?;
-        check_positive(OP, "stride", stride)?;
-        check_positive(OP, "dilation", dilation)?;
+        check_positive(op, "kernel size", [kh, kw])?;
+        check_positive(op, "stride", stride)?;
+        check_positive(op, "dilation", dilation)?;
         if channels != in_channels {
             return Err(Error::invalid(
-                OP,
+                op,
                 format!(
                     "input {} has {channels} channels but weight {} expects {in_channels}",
                     self.shape(),
@@ -436,7 +567,7 @@ impl Tensor {
         for (axis, input) in [height, width].into_iter().enumerate() {
             if output_padding[axis] >= stride[axis].max(dilation[axis]) {
                 return Err(Error::invalid(
-                    OP,
+                    op,
                     format!(
                         "output padding {output_padding:?} must be smaller than the stride \
                          {stride:?} or the dilation {dilation:?}"
@@ -451,7 +582,7 @@ impl Tensor {
                 Some(size) if size > 0 && input > 0 => size,
                 _ => {
                     return Err(Error::invalid(
-                        OP,
+                        op,
                         format!(
                             "input {} with padding {padding:?} gives an empty output",
                             self.shape()
@@ -473,7 +604,7 @@ impl Tensor {
             out_height: height,
             out_width: width,
         };
-        self.conv2d_input_grad_over(weight, &g) // [N, OC, OH, OW]
+        Ok(g)
     }
 
     /// Max pooling of `[N, C, H, W]` over windows of `options.kernel`: `[N, C, OH, OW]`.
@@ -651,6 +782,48 @@ impl Tensor {
 /// hand-written argmax loops, `gather` and `scatter_add`; average pool: `im2col` and `mean`;
 /// upsample: two `index_select`s), forward and backward (through autograd of the old
 /// composition), bit for bit, on pseudo-random shapes, views and values (ties, NaN, ±inf).
+/// Gradients of `activation(pass(input, weight) + bias)` (`node` is that output) for the
+/// inputs that `wants` them, with the composition's values: the activation's derivative
+/// ([`activation_pre_grad`]), then the convolution's two adjoints and the bias's sum over
+/// images and positions (as `[1, C, 1, 1]`, the shape the composition broadcast it from).
+pub(crate) fn conv_bias_act_backward(
+    (input, weight, bias): (&Tensor, &Tensor, Option<&Tensor>),
+    (g, pass): (&Conv2dGeometry, ConvPass),
+    activation: Activation,
+    (node, grad): (&Tensor, &Tensor),
+    wants: &dyn Fn(&Tensor) -> bool,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let convolved = || match pass {
+        ConvPass::Forward => input.conv2d_over(weight, g),
+        ConvPass::Transposed => input.conv2d_input_grad_over(weight, g),
+    };
+    let channels = node.dims()[1];
+    let pre_grad = activation_pre_grad(activation, node, grad, &|| match bias {
+        Some(bias) => convolved()?.add(&bias.reshape([1, channels, 1, 1])?),
+        None => convolved(),
+    })?;
+    let mut grads = Vec::with_capacity(3);
+    if wants(input) {
+        let input_grad = match pass {
+            ConvPass::Forward => pre_grad.conv2d_input_grad_over(weight, g)?,
+            ConvPass::Transposed => pre_grad.conv2d_over(weight, g)?,
+        };
+        grads.push((input.clone(), input_grad));
+    }
+    if wants(weight) {
+        let weight_grad = match pass {
+            ConvPass::Forward => input.conv2d_weight_grad_over(&pre_grad, g)?,
+            ConvPass::Transposed => pre_grad.conv2d_weight_grad_over(input, g)?,
+        };
+        grads.push((weight.clone(), weight_grad));
+    }
+    if let Some(bias) = bias.filter(|bias| wants(bias)) {
+        let sums = pre_grad.sum_to(&Shape::from([1, channels, 1, 1]))?;
+        grads.push((bias.clone(), sums.reshape([channels])?));
+    }
+    Ok(grads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,18 @@ impl Activation {
             Activation::Sigmoid => Some(UnaryOp::Sigmoid),
         }
     }
+
+    /// An error unless a fused op can apply this activation: a leaky ReLU's slope must be at
+    /// least 0, for its backward takes the mask from the output.
+    pub(crate) fn check(self, op: &'static str) -> Result<()> {
+        match self {
+            Activation::LeakyRelu(slope) if slope.is_nan() || slope < 0.0 => Err(Error::invalid(
+                op,
+                format!("the leaky ReLU slope must be >= 0, got {slope}"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Tensor {
@@ -101,14 +113,7 @@ impl Tensor {
                 });
             }
         }
-        if let Activation::LeakyRelu(slope) = activation {
-            if slope.is_nan() || slope < 0.0 {
-                return Err(Error::invalid(
-                    OP,
-                    format!("the leaky ReLU slope must be >= 0, got {slope}"),
-                ));
-            }
-        }
+        activation.check(OP)?;
         let (lhs, rhs, out_shape) = matmul_operands(OP, self, rhs)?;
         let storage = {
             let bias_storage = bias.map(|b| b.storage());
@@ -179,12 +184,8 @@ fn matmul_operands(
 }
 
 /// Gradients of `activation(lhs @ rhs + bias)` (`node` is that output) for the inputs that
-/// `wants` them: the activation's derivative, then the product's and the bias's. ReLU and
-/// leaky ReLU (slope >= 0) take their mask from the output (`out > 0` exactly when the
-/// pre-activation is, and the mask's own derivative is zero), so nothing is recomputed. Tanh
-/// and sigmoid use `1 - out²` and `out (1 - out)` from a detached output in a plain backward;
-/// when the backward itself is being differentiated, the pre-activation is recomputed with
-/// tracked ops so that second derivatives see the activation's curvature.
+/// `wants` them: the activation's derivative ([`activation_pre_grad`]), then the product's
+/// and the bias's.
 pub(crate) fn matmul_bias_act_backward(
     (lhs, rhs, bias): (&Tensor, &Tensor, Option<&Tensor>),
     activation: Activation,
@@ -192,34 +193,51 @@ pub(crate) fn matmul_bias_act_backward(
     grad: &Tensor,
     wants: &dyn Fn(&Tensor) -> bool,
 ) -> Result<Vec<(Tensor, Tensor)>> {
-    let out = node.detach();
-    let pre_grad = match activation {
-        Activation::Identity => grad.clone(),
-        Activation::Relu => {
-            crate::ops::elementwise::unary_backward(&out, UnaryOp::Relu, &out, grad)?
+    let pre_grad = activation_pre_grad(activation, node, grad, &|| {
+        let product = lhs.matmul(rhs)?;
+        match bias {
+            Some(bias) => product.add(bias),
+            None => Ok(product),
         }
-        Activation::LeakyRelu(slope) => {
-            crate::ops::elementwise::unary_backward(&out, UnaryOp::LeakyRelu(slope), &out, grad)?
-        }
-        Activation::Tanh | Activation::Sigmoid => {
-            let unary = activation.unary().expect("not the identity");
-            if is_grad_enabled() {
-                let mut pre = lhs.matmul(rhs)?;
-                if let Some(bias) = bias {
-                    pre = pre.add(bias)?;
-                }
-                let y = pre.unary(unary)?;
-                crate::ops::elementwise::unary_backward(&pre, unary, &y, grad)?
-            } else {
-                crate::ops::elementwise::unary_backward(&out, unary, &out, grad)?
-            }
-        }
-    };
+    })?;
     let mut grads = matmul_backward(lhs, rhs, &pre_grad, wants)?;
     if let Some(bias) = bias.filter(|bias| wants(bias)) {
         grads.push((bias.clone(), pre_grad.sum_to(bias.shape())?));
     }
     Ok(grads)
+}
+
+/// The gradient of the input of `activation`, given its output `node` and that output's
+/// `grad`. ReLU and leaky ReLU (slope >= 0) take their mask from the output (`out > 0`
+/// exactly when the pre-activation is, and the mask's own derivative is zero), so nothing is
+/// recomputed. Tanh and sigmoid use `1 - out²` and `out (1 - out)` from a detached output in
+/// a plain backward; when the backward itself is being differentiated, the pre-activation is
+/// recomputed with tracked ops (`pre`) so that second derivatives see the activation's
+/// curvature.
+pub(crate) fn activation_pre_grad(
+    activation: Activation,
+    node: &Tensor,
+    grad: &Tensor,
+    pre: &dyn Fn() -> Result<Tensor>,
+) -> Result<Tensor> {
+    let out = node.detach();
+    match activation {
+        Activation::Identity => Ok(grad.clone()),
+        Activation::Relu | Activation::LeakyRelu(_) => {
+            let unary = activation.unary().expect("not the identity");
+            crate::ops::elementwise::unary_backward(&out, unary, &out, grad)
+        }
+        Activation::Tanh | Activation::Sigmoid => {
+            let unary = activation.unary().expect("not the identity");
+            if is_grad_enabled() {
+                let pre = pre()?;
+                let y = pre.unary(unary)?;
+                crate::ops::elementwise::unary_backward(&pre, unary, &y, grad)
+            } else {
+                crate::ops::elementwise::unary_backward(&out, unary, &out, grad)
+            }
+        }
+    }
 }
 
 /// Gradients of `lhs @ rhs` for the operands that `wants` them: `grad @ rhsᵀ` and `lhsᵀ @

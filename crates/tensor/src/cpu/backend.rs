@@ -800,9 +800,11 @@ impl BackendStorage for CpuStorage {
 impl CpuStorage {
     /// `activation(conv + bias)` for f32 and f64 (`None` for the half types, which compose
     /// the ops): the convolution (`transposed`: its input gradient, which `conv_transpose2d`
-    /// is), then each image's planes through the bias and the activation in place
+    /// is), each image's planes through the bias and the activation in place
     /// ([`elementwise::channel_bias_act`]) where the composition made two more passes over
-    /// the output and two more buffers. The values are the composition's, bit for bit.
+    /// the output and two more buffers. The direct f32 kernels on x86-64 finish each image as
+    /// soon as they have written it, while it is in the core's cache. The values are the
+    /// composition's, bit for bit.
     pub(crate) fn conv_bias_act(
         &self,
         layout: &Layout,
@@ -811,37 +813,69 @@ impl CpuStorage {
         (g, transposed): (&Conv2dGeometry, bool),
         activation: Activation,
     ) -> Result<Option<Self>> {
-        fn finish<T: FloatDType>(
+        const OP: &str = "conv_bias_act";
+        fn typed_bias<'a, T: FloatDType>(
             storage: &CpuStorage,
+            bias: Option<Operand<'a, CpuStorage>>,
+        ) -> Result<Option<std::borrow::Cow<'a, [T]>>> {
+            bias.map(|b| {
+                Ok(index::row_major(
+                    storage.same_typed::<T>(OP, b.storage)?,
+                    b.layout,
+                ))
+            })
+            .transpose()
+        }
+        let out_channels = weight.layout.dims()[0];
+        let dims = if transposed {
+            (g.channels, g.height * g.width)
+        } else {
+            (out_channels, g.out_height * g.out_width)
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let CpuStorage::F32(x) = self {
+            // The cases `conv2d` and `conv2d_input_grad` run on the direct kernels.
+            if transposed || out_channels > 1 || f32_along_rows(self, g, out_channels) {
+                let w = self.same_typed::<f32>(OP, weight.storage)?;
+                let (x, w) = (
+                    index::row_major(x, layout),
+                    index::row_major(w, weight.layout),
+                );
+                let bias = typed_bias::<f32>(self, bias)?;
+                let finish = |image: &mut [f32]| {
+                    elementwise::channel_bias_act(image, dims, bias.as_deref(), activation)
+                };
+                let kernel = gemm::f32_kernel();
+                let out = if transposed {
+                    f32_conv::conv2d_input_grad_then(kernel, &x, &w, out_channels, g, &finish)
+                } else {
+                    f32_conv::conv2d_then(kernel, &x, &w, out_channels, g, &finish)
+                };
+                return Ok(Some(CpuStorage::F32(out)));
+            }
+        }
+        fn finish<T: FloatDType>(
             mut out: Vec<T>,
-            bias: Option<Operand<'_, CpuStorage>>,
+            bias: Option<std::borrow::Cow<'_, [T]>>,
             dims: (usize, usize),
             activation: Activation,
-        ) -> Result<Vec<T>> {
-            let bias = match bias {
-                Some(bias) => {
-                    let data = storage.same_typed::<T>("conv_bias_act", bias.storage)?;
-                    Some(index::row_major(data, bias.layout))
-                }
-                None => None,
-            };
+        ) -> Vec<T> {
             elementwise::channel_bias_act(&mut out, dims, bias.as_deref(), activation);
-            Ok(out)
+            out
         }
-        let (out, dims) = if transposed {
-            let out = self.conv2d_input_grad(layout, weight, g)?;
-            (out, (g.channels, g.height * g.width))
+        let out = if transposed {
+            self.conv2d_input_grad(layout, weight, g)?
         } else {
-            let out_channels = weight.layout.dims()[0];
-            let out = self.conv2d(layout, weight, g)?;
-            (out, (out_channels, g.out_height * g.out_width))
+            self.conv2d(layout, weight, g)?
         };
         Ok(match out {
             CpuStorage::F32(out) => {
-                Some(CpuStorage::F32(finish(self, out, bias, dims, activation)?))
+                let bias = typed_bias::<f32>(self, bias)?;
+                Some(CpuStorage::F32(finish(out, bias, dims, activation)))
             }
             CpuStorage::F64(out) => {
-                Some(CpuStorage::F64(finish(self, out, bias, dims, activation)?))
+                let bias = typed_bias::<f64>(self, bias)?;
+                Some(CpuStorage::F64(finish(out, bias, dims, activation)))
             }
             _ => None,
         })

@@ -512,7 +512,7 @@ fn correlate(
     (source, padding): (&[f32], Padding),
     passes: &[Pass],
     (lanes, out_plane): (usize, usize),
-    out: &mut [f32],
+    (out, finish): (&mut [f32], Finish<'_>),
 ) {
     let image_len = lanes * out_plane;
     if image_len == 0 {
@@ -535,12 +535,29 @@ fn correlate(
         .sum();
     let parallel = parallel_product(per_image, lanes, out.len() / image_len);
     for_each_chunk(out, image_len, parallel, |n, image_out| {
-        if passes.is_empty() {
-            return;
+        if !passes.is_empty() {
+            let image = padding.image(source, n);
+            correlate_image(&tilings, &image, &passes, (lanes, out_plane), image_out);
         }
-        let image = padding.image(source, n);
-        correlate_image(&tilings, &image, &passes, (lanes, out_plane), image_out);
+        finish(image_out);
     });
+}
+
+/// What a convolution does to each image of its output once the image is written, while it
+/// is still in the core's cache: the bias and activation of a fused `conv_bias_act`, or
+/// nothing ([`UNFINISHED`]).
+pub(crate) type Finish<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
+
+/// The [`Finish`] of a plain convolution.
+const UNFINISHED: Finish<'static> = &|_| {};
+
+/// `finish` over each image of `out` (`image_len` values each) that a kernel without a
+/// per-image hook wrote, over the threads when there are enough of them.
+fn finish_each(out: &mut [f32], image_len: usize, finish: Finish<'_>) {
+    if image_len > 0 {
+        let parallel = out.len() >= packed::PARALLEL_MIN;
+        for_each_chunk(out, image_len, parallel, |_, image| finish(image));
+    }
 }
 
 /// One image of [`correlate`]: per block of the tile's lanes, every pass's groups of
@@ -751,7 +768,20 @@ pub(crate) fn conv2d(
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
+    conv2d_then(kernel, image, weight, out_channels, g, UNFINISHED)
+}
+
+/// [`conv2d`], each image of the output through `finish` once written.
+pub(crate) fn conv2d_then(
+    kernel: Kernel<f32>,
+    image: &[f32],
+    weight: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+    finish: Finish<'_>,
+) -> Vec<f32> {
     let out_plane = g.out_height * g.out_width;
+    let image_len = out_channels * out_plane;
     if pointwise(&kernel, g, out_channels) {
         // out[n] [OC, P] = weight [OC, C] · image[n] [C, P]
         let weight = Operand {
@@ -763,13 +793,17 @@ pub(crate) fn conv2d(
         let mut out = zeroed(g.batch * out_channels * out_plane);
         let dims = (out_channels, g.channels, out_plane);
         products_per_image(kernel, weight, image, dims, &mut out);
+        finish_each(&mut out, image_len, finish);
         return out;
     }
     let Some(tile) = tile_for(&kernel, out_channels) else {
-        if along_rows(&kernel, g, out_channels) {
-            return few_channels_conv2d(kernel, image, weight, out_channels, g);
-        }
-        return packed::conv2d(kernel, image, weight, out_channels, g);
+        let mut out = if along_rows(&kernel, g, out_channels) {
+            few_channels_conv2d(kernel, image, weight, out_channels, g)
+        } else {
+            packed::conv2d(kernel, image, weight, out_channels, g)
+        };
+        finish_each(&mut out, image_len, finish);
+        return out;
     };
     let padding = Padding::of(g);
     let pass = forward_pass(tile, weight, out_channels, g, padding.size.1);
@@ -779,7 +813,7 @@ pub(crate) fn conv2d(
         (image, padding),
         &[pass],
         (out_channels, out_plane),
-        &mut out,
+        (&mut out, finish),
     );
     out
 }
@@ -998,6 +1032,19 @@ pub(crate) fn conv2d_input_grad(
     out_channels: usize,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
+    conv2d_input_grad_then(kernel, grad, weight, out_channels, g, UNFINISHED)
+}
+
+/// [`conv2d_input_grad`], each image of the result through `finish` once written.
+pub(crate) fn conv2d_input_grad_then(
+    kernel: Kernel<f32>,
+    grad: &[f32],
+    weight: &[f32],
+    out_channels: usize,
+    g: &Conv2dGeometry,
+    finish: Finish<'_>,
+) -> Vec<f32> {
+    let image_len = g.channels * g.height * g.width;
     if pointwise(&kernel, g, out_channels) {
         // out[n] [C, P] = weightᵀ [C, OC] · grad[n] [OC, P]
         let weight_t = Operand {
@@ -1009,11 +1056,16 @@ pub(crate) fn conv2d_input_grad(
         let mut out = zeroed(grad.len() / out_channels * g.channels);
         let dims = (g.channels, out_channels, g.height * g.width);
         products_per_image(kernel, weight_t, grad, dims, &mut out);
+        finish_each(&mut out, image_len, finish);
         return out;
     }
     let tile = match tile_for(&kernel, g.channels) {
         Some(tile) if g.dilation == [1, 1] => tile,
-        _ => return packed::conv2d_input_grad(kernel, grad, weight, out_channels, g),
+        _ => {
+            let mut out = packed::conv2d_input_grad(kernel, grad, weight, out_channels, g);
+            finish_each(&mut out, image_len, finish);
+            return out;
+        }
     };
     let [kh, kw] = g.kernel;
     let [sh, sw] = g.stride;
@@ -1080,7 +1132,7 @@ pub(crate) fn conv2d_input_grad(
         (grad, padding),
         &passes,
         (g.channels, plane),
-        &mut out,
+        (&mut out, finish),
     );
     out
 }

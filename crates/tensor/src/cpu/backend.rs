@@ -62,6 +62,14 @@ fn direct_conv(
     }))
 }
 
+/// Whether a convolution's forward pass or weight gradient to `out_channels` takes the direct
+/// kernels ([`direct_conv`]) rather than the lowering: with one output channel the product is
+/// a matrix-vector one, which the lowering's matmul runs as dot products, unless the f32
+/// kernels run it along the output rows.
+fn runs_direct(storage: &CpuStorage, g: &Conv2dGeometry, out_channels: usize) -> bool {
+    out_channels > 1 || f32_along_rows(storage, g, out_channels)
+}
+
 /// Whether an f32 convolution's forward pass or weight gradient to `out_channels` runs along
 /// the output rows (`f32_conv::along_rows`: AVX-512 or AVX2, stride 1, 1 to 15 output
 /// channels), so that one output channel takes the direct kernels rather than the lowering.
@@ -300,10 +308,7 @@ impl BackendStorage for CpuStorage {
             f32_conv::conv2d as ConvKernel<f32>,
             conv::conv2d as ConvKernel<f64>,
         );
-        // With one output channel the product is a matrix-vector one, which the lowering's
-        // matmul runs as dot products (so for the weight gradient below), unless the f32
-        // kernels run it along the output rows.
-        if out_channels > 1 || f32_along_rows(self, g, out_channels) {
+        if runs_direct(self, g, out_channels) {
             if let Some(out) =
                 direct_conv("conv2d", (self, layout), weight, out_channels, g, kernels)?
             {
@@ -348,7 +353,7 @@ impl BackendStorage for CpuStorage {
             f32_conv::conv2d_weight_grad as ConvKernel<f32>,
             conv::conv2d_weight_grad as ConvKernel<f64>,
         );
-        if out_channels > 1 || f32_along_rows(self, g, out_channels) {
+        if runs_direct(self, g, out_channels) {
             let direct = direct_conv(
                 "conv2d_weight_grad",
                 (self, layout),
@@ -835,7 +840,7 @@ impl CpuStorage {
         #[cfg(target_arch = "x86_64")]
         if let CpuStorage::F32(x) = self {
             // The cases `conv2d` and `conv2d_input_grad` run on the direct kernels.
-            if transposed || out_channels > 1 || f32_along_rows(self, g, out_channels) {
+            if transposed || runs_direct(self, g, out_channels) {
                 let w = self.same_typed::<f32>(OP, weight.storage)?;
                 let (x, w) = (
                     index::row_major(x, layout),
@@ -854,28 +859,21 @@ impl CpuStorage {
                 return Ok(Some(CpuStorage::F32(out)));
             }
         }
-        fn finish<T: FloatDType>(
-            mut out: Vec<T>,
-            bias: Option<std::borrow::Cow<'_, [T]>>,
-            dims: (usize, usize),
-            activation: Activation,
-        ) -> Vec<T> {
-            elementwise::channel_bias_act(&mut out, dims, bias.as_deref(), activation);
-            out
-        }
         let out = if transposed {
             self.conv2d_input_grad(layout, weight, g)?
         } else {
             self.conv2d(layout, weight, g)?
         };
         Ok(match out {
-            CpuStorage::F32(out) => {
+            CpuStorage::F32(mut out) => {
                 let bias = typed_bias::<f32>(self, bias)?;
-                Some(CpuStorage::F32(finish(out, bias, dims, activation)))
+                elementwise::channel_bias_act(&mut out, dims, bias.as_deref(), activation);
+                Some(CpuStorage::F32(out))
             }
-            CpuStorage::F64(out) => {
+            CpuStorage::F64(mut out) => {
                 let bias = typed_bias::<f64>(self, bias)?;
-                Some(CpuStorage::F64(finish(out, bias, dims, activation)))
+                elementwise::channel_bias_act(&mut out, dims, bias.as_deref(), activation);
+                Some(CpuStorage::F64(out))
             }
             _ => None,
         })

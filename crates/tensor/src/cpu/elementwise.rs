@@ -45,16 +45,10 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
                 x.signum()
             }
         }),
-        // NaN passes through relu and clamp, as in PyTorch (`Float::max` would drop it).
-        UnaryOp::Relu => map_math(data, layout, work, move |x| if x < zero { zero } else { x }),
+        UnaryOp::Relu => map_math(data, layout, work, relu),
         UnaryOp::LeakyRelu(slope) => {
             let slope = c(slope);
-            map_math(
-                data,
-                layout,
-                work,
-                move |x| if x > zero { x } else { x * slope },
-            )
+            map_math(data, layout, work, move |x| leaky_relu(x, slope))
         }
         UnaryOp::LeakyReluDerivative(slope) => {
             let (above, below) = leaky_relu_derivatives::<T>(slope);
@@ -82,6 +76,27 @@ pub(crate) fn unary<T: FloatDType>(data: &[T], layout: &Layout, op: UnaryOp) -> 
             })
         }
         UnaryOp::Affine(mul, add) => map_math(data, layout, work, move |x| x * c(mul) + c(add)),
+    }
+}
+
+/// max(x, 0), NaN passing through as in PyTorch (`Float::max` would drop it); `unary`'s and
+/// the fused convolution's (`channel_bias_act`), so the two give the same bits.
+#[inline(always)]
+fn relu<M: Float>(x: M) -> M {
+    if x < M::zero() {
+        M::zero()
+    } else {
+        x
+    }
+}
+
+/// x above zero, else `slope`·x; `unary`'s and the fused convolution's.
+#[inline(always)]
+fn leaky_relu<M: Float>(x: M, slope: M) -> M {
+    if x > M::zero() {
+        x
+    } else {
+        x * slope
     }
 }
 
@@ -205,28 +220,12 @@ fn activate_in_place<T: FloatDType>(
     activation: Activation,
     pre: impl Fn(T::Math) -> T::Math + Copy + Sync,
 ) {
-    let zero = T::math_from_f64(0.0);
     match activation {
         Activation::Identity => in_math(values, pre),
-        // NaN passes through, as in `unary`.
-        Activation::Relu => in_math(values, move |x: T::Math| {
-            let x = pre(x);
-            if x < zero {
-                zero
-            } else {
-                x
-            }
-        }),
+        Activation::Relu => in_math(values, move |x: T::Math| relu(pre(x))),
         Activation::LeakyRelu(slope) => {
             let slope = T::math_from_f64(slope);
-            in_math(values, move |x: T::Math| {
-                let x = pre(x);
-                if x > zero {
-                    x
-                } else {
-                    x * slope
-                }
-            })
+            in_math(values, move |x: T::Math| leaky_relu(pre(x), slope))
         }
         Activation::Tanh => in_math(values, move |x: T::Math| pre(x).vtanh()),
         Activation::Sigmoid => in_math(values, move |x: T::Math| pre(x).vsigmoid()),

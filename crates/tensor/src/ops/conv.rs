@@ -457,17 +457,10 @@ impl Tensor {
             )?
         };
         let Some(storage) = fused else {
-            let out = match pass {
-                ConvPass::Forward => self.conv2d_over(weight, g)?,
-                ConvPass::Transposed => self.conv2d_input_grad_over(weight, g)?,
-            };
-            let out = match bias {
-                Some(bias) => out.add(&bias.reshape([1, channels, 1, 1])?)?,
-                None => out,
-            };
+            let pre = conv_plus_bias((self, weight, bias), (g, pass))?;
             return match activation.unary() {
-                Some(unary) => out.unary(unary),
-                None => Ok(out),
+                Some(unary) => pre.unary(unary),
+                None => Ok(pre),
             };
         };
         let inputs: Vec<&Tensor> = [self, weight].into_iter().chain(bias).collect();
@@ -782,6 +775,23 @@ impl Tensor {
 /// hand-written argmax loops, `gather` and `scatter_add`; average pool: `im2col` and `mean`;
 /// upsample: two `index_select`s), forward and backward (through autograd of the old
 /// composition), bit for bit, on pseudo-random shapes, views and values (ties, NaN, ±inf).
+/// `pass(input, weight) + bias` by the unfused ops, recorded: the pre-activation of a
+/// [`Op::ConvBiasAct`] where it runs as the composition, or is recomputed for a second
+/// derivative.
+fn conv_plus_bias(
+    (input, weight, bias): (&Tensor, &Tensor, Option<&Tensor>),
+    (g, pass): (&Conv2dGeometry, ConvPass),
+) -> Result<Tensor> {
+    let out = match pass {
+        ConvPass::Forward => input.conv2d_over(weight, g)?,
+        ConvPass::Transposed => input.conv2d_input_grad_over(weight, g)?,
+    };
+    match bias {
+        Some(bias) => out.add(&bias.reshape([1, bias.dims()[0], 1, 1])?),
+        None => Ok(out),
+    }
+}
+
 /// Gradients of `activation(pass(input, weight) + bias)` (`node` is that output) for the
 /// inputs that `wants` them, with the composition's values: the activation's derivative
 /// ([`activation_pre_grad`]), then the convolution's two adjoints and the bias's sum over
@@ -793,14 +803,9 @@ pub(crate) fn conv_bias_act_backward(
     (node, grad): (&Tensor, &Tensor),
     wants: &dyn Fn(&Tensor) -> bool,
 ) -> Result<Vec<(Tensor, Tensor)>> {
-    let convolved = || match pass {
-        ConvPass::Forward => input.conv2d_over(weight, g),
-        ConvPass::Transposed => input.conv2d_input_grad_over(weight, g),
-    };
     let channels = node.dims()[1];
-    let pre_grad = activation_pre_grad(activation, node, grad, &|| match bias {
-        Some(bias) => convolved()?.add(&bias.reshape([1, channels, 1, 1])?),
-        None => convolved(),
+    let pre_grad = activation_pre_grad(activation, node, grad, &|| {
+        conv_plus_bias((input, weight, bias), (g, pass))
     })?;
     let mut grads = Vec::with_capacity(3);
     if wants(input) {

@@ -318,6 +318,52 @@ proptest! {
     }
 }
 
+/// A 1x1 transposed convolution between 16 channels, stride 1, with output padding (which a
+/// dilation of 2 allows): its output is a column wider than its input, so the direct kernels'
+/// pointwise products, which take the two planes to be one, must not run it (they once read
+/// past the gradient). Forward and both gradients in f32 (the direct kernels) against f64
+/// (the GEMM path).
+#[test]
+fn a_pointwise_transposed_convolution_with_output_padding_matches_f64() -> Result<()> {
+    let (x_dims, w_dims) = ([2, 16, 3, 2], [16, 16, 1, 1]);
+    let values = |len: usize, seed: usize| -> Vec<f64> {
+        (0..len)
+            .map(|i| ((i * 37 + seed * 11) % 23) as f64 / 11.0 - 1.0)
+            .collect()
+    };
+    let x = values(x_dims.iter().product(), 1);
+    let w = values(w_dims.iter().product(), 2);
+    let options = ConvTranspose2dOptions {
+        stride: [1, 1],
+        padding: [0, 0],
+        output_padding: [1, 1],
+        dilation: [2, 2],
+    };
+    let expected = direct_conv_transpose2d(&x, x_dims, &w, w_dims, options).0;
+    let run = |dtype: DType| -> Result<Vec<Vec<f64>>> {
+        let x = tensor(&x, x_dims).to_dtype(dtype)?.track()?;
+        let w = tensor(&w, w_dims).to_dtype(dtype)?.track()?;
+        let out = x.conv_transpose2d(&w, options)?;
+        assert_eq!(out.dims(), &[2, 16, 4, 3]);
+        let r = Tensor::from_vec(values(out.elem_count(), 3), out.dims(), Device::Cpu)?
+            .to_dtype(dtype)?;
+        let grads = out.mul(&r)?.sum_all()?.backward()?;
+        [&out, grads.get(&x).unwrap(), grads.get(&w).unwrap()]
+            .map(|t| t.to_dtype(DType::F64)?.to_vec::<f64>())
+            .into_iter()
+            .collect()
+    };
+    let (f32s, f64s) = (run(DType::F32)?, run(DType::F64)?);
+    assert_close(&tensor(&f32s[0], [2, 16, 4, 3]), &expected, 1e-5).unwrap();
+    for (a, e) in f32s.iter().zip(&f64s) {
+        assert_eq!(a.len(), e.len());
+        for (a, e) in a.iter().zip(e) {
+            assert!((a - e).abs() <= 1e-4 * (1.0 + e.abs()), "{a} vs {e}");
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

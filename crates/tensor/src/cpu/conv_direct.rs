@@ -669,15 +669,18 @@ unsafe fn to_planes(
 /// Channels on each side from which a pointwise convolution runs as products per image.
 const POINTWISE_MIN_CHANNELS: usize = 8;
 
-/// Whether `g` is a pointwise convolution (a 1x1 kernel, stride 1, no padding) between at
-/// least [`POINTWISE_MIN_CHANNELS`] channels on each side, on a CPU with the SIMD GEMM: each
-/// image's output is then one matrix product of the weight and the image, which the GEMM runs
-/// faster than tiles whose reductions are a few channels long.
+/// Whether `g` is a pointwise convolution (a 1x1 kernel, stride 1, no padding, an output
+/// plane the input's) between at least [`POINTWISE_MIN_CHANNELS`] channels on each side, on a
+/// CPU with the SIMD GEMM: each image's output is then one matrix product of the weight and
+/// the image, which the GEMM runs faster than tiles whose reductions are a few channels long.
+/// The planes can differ: a transposed convolution's output padding makes the input gradient's
+/// plane wider or taller than the gradient's.
 fn pointwise(kernel: &Kernel<f32>, g: &Conv2dGeometry, out_channels: usize) -> bool {
     kernel.name != "portable"
         && g.kernel == [1, 1]
         && g.stride == [1, 1]
         && g.padding == [0, 0]
+        && [g.out_height, g.out_width] == [g.height, g.width]
         && g.channels.min(out_channels) >= POINTWISE_MIN_CHANNELS
 }
 

@@ -6,8 +6,12 @@ For each model (the MLP GAN at batch 64 and 256, DCGAN, the conditional GAN and 
 the MLP and convolutional VAE at 128, the DDPM and the PixelCNN at 64), on 1 thread and on
 all, each round runs kiln's examples/step_rate.rs and then torch_steps.py, each in a fresh
 process; the table gives images/s (the range over the rounds), the ratio of the medians, the
-minor page faults per step and each side's peak RSS. `--avx2` adds a kiln row per case run
-with KILN_CPU_KERNEL=avx2+fma (as an AVX2-only machine runs it); `--epoch` also times a whole
+minor page faults per step and each side's peak RSS. `--avx2` adds both sides as an AVX2-only
+machine runs them: kiln with KILN_CPU_KERNEL=avx2+fma, and PyTorch with its kernels held to
+AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2), each
+ratio against PyTorch as it runs by default and against PyTorch held to AVX2. Where AVX-512 is
+full width (Intel's, AMD's from Zen 5) PyTorch's default has twice AVX2's multiply-add
+throughput, which kiln's AVX2 kernels cannot reach; `--epoch` also times a whole
 `kiln train gan --epochs 1` against the same loop in PyTorch (torch_gan_epoch.py), wall time.
 
 Usage: python benches/reference/vs_torch.py [--rounds 2] [--seconds 3] [--models gan,dcgan]
@@ -46,10 +50,15 @@ def kiln(model, batch, threads, seconds, kernel=None):
     return run_json([binary, model, "--batch", str(batch), "--seconds", str(seconds)], env)
 
 
-def torch(model, batch, threads, seconds):
+# PyTorch's kernels held to AVX2: ATen's vectorised loops, oneDNN's JIT kernels and MKL's.
+TORCH_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+              "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def torch(model, batch, threads, seconds, avx2=False):
     command = [sys.executable, HERE / "torch_steps.py", model, "--batch", str(batch),
                "--seconds", str(seconds), "--threads", str(threads)]
-    return run_json(command, dict(os.environ))
+    return run_json(command, dict(os.environ) | (TORCH_AVX2 if avx2 else {}))
 
 
 def summary(records):
@@ -102,12 +111,16 @@ def main():
     rows = []
     for model, batch in cases:
         for t in threads:
-            sides = {"kiln": [], "torch": []} | ({"kiln avx2": []} if args.avx2 else {})
+            sides = {"kiln": [], "torch": []}
+            if args.avx2:
+                sides |= {"kiln avx2": [], "torch avx2": []}
             for _ in range(args.rounds):
                 sides["kiln"].append(kiln(model, batch, t, args.seconds))
                 if args.avx2:
                     sides["kiln avx2"].append(kiln(model, batch, t, args.seconds, "avx2+fma"))
                 sides["torch"].append(torch(model, batch, t, args.seconds))
+                if args.avx2:
+                    sides["torch avx2"].append(torch(model, batch, t, args.seconds, avx2=True))
             for records in sides.values():
                 for record in records:
                     if log:
@@ -116,14 +129,16 @@ def main():
             row = [f"{model}, {batch}", str(t), k["range"], p["range"],
                    f"{k['median'] / p['median']:.2f}"]
             if args.avx2:
-                a = summary(sides["kiln avx2"])
-                row += [a["range"], f"{a['median'] / p['median']:.2f}"]
+                a, q = summary(sides["kiln avx2"]), summary(sides["torch avx2"])
+                row += [a["range"], f"{a['median'] / p['median']:.2f}", q["range"],
+                        f"{a['median'] / q['median']:.2f}"]
             row += [f"{k['faults']:.0f} / {p['faults']:.0f}", f"{k['rss']:.0f} / {p['rss']:.0f}"]
             rows.append(row)
             print(" | ".join(row), flush=True)
     header = ["model, batch", "threads", "kiln images/s", "PyTorch images/s", "kiln / PyTorch"]
     if args.avx2:
-        header += ["kiln avx2+fma", "avx2 / PyTorch"]
+        header += ["kiln avx2+fma", "avx2 / PyTorch", "PyTorch held to AVX2",
+                   "avx2 / PyTorch AVX2"]
     header += ["page faults/step kiln / PyTorch", "peak RSS MiB kiln / PyTorch"]
     print()
     print("| " + " | ".join(header) + " |")

@@ -219,17 +219,6 @@ impl Padding {
         let (rows, below) = rest.split_at_mut(height * wp);
         above.fill(zero);
         below.fill(zero);
-        if let Some(pad_row) = x86::pad_row().filter(|_| width <= x86::PAD_ROW_WIDEST) {
-            // Row by row, in order: each may write zeros past its end, into the next row
-            // (written after it) or the zeros below.
-            let rest = &mut dest[top * wp..];
-            for (i, values) in source.chunks_exact(width).enumerate() {
-                // SAFETY: `pad_row` is for this CPU; the rest of `dest` from row `i` holds
-                // at least `wp ≥ left + width` values.
-                unsafe { pad_row(values, (left, wp), &mut rest[i * wp..]) };
-            }
-            return;
-        }
         for (row, values) in rows.chunks_exact_mut(wp).zip(source.chunks_exact(width)) {
             let (before, rest) = row.split_at_mut(left);
             let (middle, after) = rest.split_at_mut(width);
@@ -1430,100 +1419,7 @@ fn pointwise_weight_grad(
 
 mod x86 {
     use super::{RowKernels, Run, Tile};
-    use crate::cpu::simd::{level, Level};
     use std::arch::x86_64::*;
-    use std::mem::MaybeUninit;
-
-    /// Writes a padded row of `wp` values at the start of `room`: `room[left..left +
-    /// values.len()] = values`, zero elsewhere; it may write zeros after the row too, up to a
-    /// vector's width and no further than `room` goes (`room.len() ≥ wp ≥ left +
-    /// values.len()`). Whole vectors where there is room for them: a masked store had cost
-    /// more than the copy it replaced on AMD's Zen 5.
-    pub(super) type PadRow =
-        unsafe fn(values: &[f32], left_wp: (usize, usize), room: &mut [MaybeUninit<f32>]);
-
-    /// The widest rows [`pad_row`]'s padders take: on wider ones its masked loads had cost
-    /// more than the copy (28 wide: a 16-channel weight gradient 9% slower on Zen 5).
-    pub(super) const PAD_ROW_WIDEST: usize = 16;
-
-    /// The row padder of this CPU's vectors: masked loads and stores, a vector at a time,
-    /// where `Padding::plane`'s fills and copy, a call to memset or memcpy for each of a
-    /// handful of values, had cost a third of a 3 x 3 stride-2 convolution on 14 x 14 planes
-    /// (perf, AVX-512, 1 thread). `None` on a baseline x86-64 CPU.
-    pub(super) fn pad_row() -> Option<PadRow> {
-        match level() {
-            Level::Avx512 => Some(pad_row_avx512),
-            Level::Avx2 => Some(pad_row_avx2),
-            Level::Baseline => None,
-        }
-    }
-
-    /// The lanes `[lo, hi)` of a vector starting at `j` that `[left, left + width)` covers.
-    #[inline(always)]
-    fn live_lanes(j: usize, (left, width): (usize, usize), lanes: usize) -> (usize, usize) {
-        let lo = left.saturating_sub(j).min(lanes);
-        let hi = (left + width).saturating_sub(j).min(lanes);
-        (lo, hi.max(lo))
-    }
-
-    /// [`PadRow`] on AVX-512, 16 values a vector.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `row.len() ≥ left + values.len()`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pad_row_avx512(
-        values: &[f32],
-        (left, wp): (usize, usize),
-        room: &mut [MaybeUninit<f32>],
-    ) {
-        debug_assert!(room.len() >= wp && wp >= left + values.len());
-        let bits = |lo: usize, hi: usize| ((1u32 << hi) - (1u32 << lo)) as __mmask16;
-        for j in (0..wp).step_by(16) {
-            let (lo, hi) = live_lanes(j, (left, values.len()), 16);
-            // Lane `l` reads `values[j + l - left]`, only for the live lanes: the pointer
-            // may lie before `values`, the masked load reads nothing there.
-            let from = values.as_ptr().wrapping_add(j).wrapping_sub(left);
-            let v = _mm512_maskz_loadu_ps(bits(lo, hi), from);
-            let out = room.as_mut_ptr().add(j).cast::<f32>();
-            if j + 16 <= room.len() {
-                _mm512_storeu_ps(out, v);
-            } else {
-                _mm512_mask_storeu_ps(out, bits(0, room.len() - j), v);
-            }
-        }
-    }
-
-    /// [`PadRow`] on AVX2, 8 values a vector.
-    ///
-    /// # Safety
-    /// The CPU has AVX2; `row.len() ≥ left + values.len()`.
-    #[target_feature(enable = "avx2")]
-    unsafe fn pad_row_avx2(
-        values: &[f32],
-        (left, wp): (usize, usize),
-        room: &mut [MaybeUninit<f32>],
-    ) {
-        debug_assert!(room.len() >= wp && wp >= left + values.len());
-        let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        // Lanes `[lo, hi)`: `lo - 1 < index < hi`.
-        let mask = |lo: usize, hi: usize| {
-            let above = _mm256_cmpgt_epi32(index, _mm256_set1_epi32(lo as i32 - 1));
-            let below = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), index);
-            _mm256_and_si256(above, below)
-        };
-        for j in (0..wp).step_by(8) {
-            let (lo, hi) = live_lanes(j, (left, values.len()), 8);
-            // As in the AVX-512 version, a masked load reads only the live lanes.
-            let from = values.as_ptr().wrapping_add(j).wrapping_sub(left);
-            let v = _mm256_maskload_ps(from, mask(lo, hi));
-            let out = room.as_mut_ptr().add(j).cast::<f32>();
-            if j + 8 <= room.len() {
-                _mm256_storeu_ps(out, v);
-            } else {
-                _mm256_maskstore_ps(out, mask(0, room.len() - j), v);
-            }
-        }
-    }
 
     /// Columns of an output row per run: a vector of [`row_runs`], two of [`avx2_row_runs`].
     pub(super) const ROW_LANES: usize = 16;

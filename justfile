@@ -105,7 +105,8 @@ bench-torch:
 
 # Every model's training step in kiln and in PyTorch eager, alternately in fresh processes on
 # this machine, 1 thread and all: images/s, the ratio, page faults per step and peak RSS; add
-# `--avx2` for kiln as an AVX2-only machine runs it, `--epoch` for a whole `kiln train gan
+# `--avx2` for both sides as an AVX2-only machine runs them (kiln with KILN_CPU_KERNEL, PyTorch
+# held to AVX2 by its own variables), `--epoch` for a whole `kiln train gan
 # --epochs 1` against the same PyTorch loop, `--models gan,dcgan` for fewer (needs torch)
 bench-vs-torch *flags="":
     cargo build --release --example step_rate --bin kiln

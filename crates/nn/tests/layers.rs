@@ -1006,8 +1006,20 @@ fn a_sequential_fuses_a_convolution_with_the_activation_after_it() {
         let y = Tanh.forward(&up.forward(&y)?)?;
         LeakyReLU::new(-0.5).forward(&last.forward(&y)?)
     };
+    assert_same_training(&store, &model, one_by_one, [2, 4, 7, 7], 6);
+}
+
+/// `model` in training on a random `x` of `dims` has the values of `one_by_one` and every
+/// one of `store`'s `parameters` parameters its gradient, bit for bit.
+fn assert_same_training(
+    store: &ParamStore,
+    model: &Sequential,
+    one_by_one: impl Fn(&Tensor) -> kiln_nn::Result<Tensor>,
+    dims: [usize; 4],
+    parameters: usize,
+) {
     let mut rng = kiln_tensor::Generator::new(5);
-    let x = Tensor::randn([2, 4, 7, 7], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+    let x = Tensor::randn(dims, 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
     let fused = model.forward_t(&x, true).unwrap();
     let composed = one_by_one(&x).unwrap();
     let bits = |t: &Tensor| t.to_vec::<f32>().unwrap();
@@ -1018,12 +1030,37 @@ fn a_sequential_fuses_a_convolution_with_the_activation_after_it() {
         loss(&fused).backward().unwrap(),
         loss(&composed).backward().unwrap(),
     );
-    let parameters = store.parameters();
-    assert_eq!(parameters.len(), 6);
-    for (name, var) in parameters {
+    let all = store.parameters();
+    assert_eq!(all.len(), parameters);
+    for (name, var) in all {
         let (got, want) = (fused_grads.get(&var), composed_grads.get(&var));
         assert_eq!(bits(got.unwrap()), bits(want.unwrap()), "{name}");
     }
+}
+
+/// A Sequential runs batch norm and the (leaky) ReLU after it as one op in training
+/// (`batch_norm_train_act`), with the values and every parameter's gradient of the layers
+/// run one by one, bit for bit: BatchNorm2d then ReLU, and BatchNorm1d then a leaky ReLU.
+#[test]
+fn a_sequential_fuses_a_batch_norm_with_the_activation_after_it() {
+    let store = ParamStore::new(Device::Cpu, DType::F32, 3);
+    let root = store.root();
+    let conv = Conv2d::new(&root.sub(0), 3, 4, [3, 3], Conv2dConfig::default()).unwrap();
+    let norm2d = BatchNorm2d::new(&root.sub(1), 4).unwrap();
+    let norm1d = BatchNorm1d::new(&root.sub(4), 100).unwrap();
+    let model = Sequential::new()
+        .add(conv.clone())
+        .add(norm2d.clone())
+        .add(ReLU)
+        .add(Flatten::new(1, -1))
+        .add(norm1d.clone())
+        .add(LeakyReLU::new(0.2));
+    let one_by_one = |x: &Tensor| -> kiln_nn::Result<Tensor> {
+        let y = ReLU.forward(&norm2d.forward_t(&conv.forward(x)?, true)?)?;
+        let y = Flatten::new(1, -1).forward(&y)?;
+        LeakyReLU::new(0.2).forward(&norm1d.forward_t(&y, true)?)
+    };
+    assert_same_training(&store, &model, one_by_one, [6, 3, 7, 7], 6);
 }
 
 #[test]

@@ -343,12 +343,13 @@ fn input_gradients(
             mean,
             invstd,
             eps,
+            activation,
         } => norm::batch_norm_backward(
             x,
-            weight.as_ref(),
-            bias.as_ref(),
+            (weight.as_ref(), bias.as_ref()),
             (mean, invstd, *eps),
-            grad,
+            *activation,
+            (node, grad),
         )?,
         Op::GroupNorm {
             x,

@@ -164,6 +164,8 @@ pub(crate) enum Op {
         mean: Tensor,
         invstd: Tensor,
         eps: f64,
+        /// Applied to the normalised values in the same op (`batch_norm_train_act`).
+        activation: crate::Activation,
     },
     /// Group norm of `x [N, C, *]` over `groups` groups of channels per sample, with each
     /// group's statistics `mean` and `invstd` (`[N·groups]`, untracked as batch norm's).

@@ -109,6 +109,20 @@ macro_rules! forward {
     };
 }
 
+/// `storage`'s CPU storage, if it is on the CPU.
+fn cpu(storage: &Storage) -> Option<&CpuStorage> {
+    match storage {
+        Storage::Cpu(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// An optional operand's CPU storage: `Some(None)` when it is absent, `None` when it is not on
+/// the CPU.
+fn optional_cpu(storage: Option<&Storage>) -> Option<Option<&CpuStorage>> {
+    storage.map_or(Some(None), |s| cpu(s).map(Some))
+}
+
 impl Storage {
     /// Checks that `device` can hold tensors (a GPU: driver, device), naming `op` if not.
     pub(crate) fn check_device(op: &'static str, device: Device) -> Result<()> {
@@ -586,6 +600,52 @@ impl Storage {
         let weight = Operand::new(w, weight.layout);
         let out = x.conv_bias_act(layout, weight, bias, geometry, activation)?;
         Ok(out.map(Storage::Cpu))
+    }
+
+    /// `activation(batch_norm_forward(..))` in one pass where the backend fuses it (the
+    /// CPU, f32 and f64: `CpuStorage::batch_norm_act_forward`); `None` where the caller
+    /// should compose the ops.
+    pub(crate) fn batch_norm_act_forward(
+        &self,
+        layout: &Layout,
+        (mean, invstd): (&Storage, &Storage),
+        (weight, bias): (Option<&Storage>, Option<&Storage>),
+        activation: crate::Activation,
+    ) -> Result<Option<Storage>> {
+        let (Some(x), Some(mean), Some(invstd)) = (cpu(self), cpu(mean), cpu(invstd)) else {
+            return Ok(None);
+        };
+        let (Some(weight), Some(bias)) = (optional_cpu(weight), optional_cpu(bias)) else {
+            return Ok(None);
+        };
+        let out = x.batch_norm_act_forward(layout, (mean, invstd), (weight, bias), activation)?;
+        Ok(out.map(Storage::Cpu))
+    }
+
+    /// Batch norm's backward through the leaky ReLU after it (ReLU's at slope 0), whose
+    /// output is `y` and `self` the gradient of, in the backend's two passes where it fuses
+    /// them (the CPU, f32 and f64: `CpuStorage::batch_norm_relu_backward`); `None` where the
+    /// caller should compose the activation's gradient and [`Storage::batch_norm_backward`].
+    pub(crate) fn batch_norm_relu_backward(
+        &self,
+        layout: &Layout,
+        (x, y): (Operand<'_, Storage>, Operand<'_, Storage>),
+        (mean, invstd): (&Storage, &Storage),
+        weight: Option<&Storage>,
+        slope: f64,
+    ) -> Result<Option<(Storage, Storage, Storage)>> {
+        let operands = (cpu(self), cpu(x.storage), cpu(y.storage));
+        let (Some(grad), Some(xs), Some(ys)) = operands else {
+            return Ok(None);
+        };
+        let (Some(mean), Some(invstd), Some(weight)) =
+            (cpu(mean), cpu(invstd), optional_cpu(weight))
+        else {
+            return Ok(None);
+        };
+        let (x, y) = (Operand::new(xs, x.layout), Operand::new(ys, y.layout));
+        let out = grad.batch_norm_relu_backward(layout, x, y, (mean, invstd), weight, slope)?;
+        Ok(out.map(|(dx, dw, db)| (Storage::Cpu(dx), Storage::Cpu(dw), Storage::Cpu(db))))
     }
 
     pub(crate) fn cat(parts: &[Operand<'_, Storage>], dim: usize) -> Result<Storage> {

@@ -920,6 +920,20 @@ proptest! {
     }
 
     #[test]
+    fn batch_norm_train_act(
+        x in batch_norm_input(),
+        params in vec(any_value(), 8),
+        affine in 0usize..4,
+        activation in 0usize..5,
+        slope in 0.0..0.5f64,
+    ) {
+        let activation = activation_of(activation, slope);
+        check_normalisation(&x, &params, affine, |x, weight, bias| {
+            Ok(x.batch_norm_train_act(weight, bias, 0.1, activation)?.0)
+        })?;
+    }
+
+    #[test]
     fn group_norm(
         x in batch_norm_input(),
         params in vec(any_value(), 8),

@@ -1706,6 +1706,15 @@ fn a_transposed_weight_gets_a_row_major_gradient() -> kiln_tensor::Result<()> {
 // ---- fused matrix product ----
 
 /// `activation(pre)` by the unary op of its name.
+/// Every activation a fused op applies, a leaky ReLU's with slope 0.2.
+const ACTIVATIONS: [Activation; 5] = [
+    Activation::Identity,
+    Activation::Relu,
+    Activation::LeakyRelu(0.2),
+    Activation::Tanh,
+    Activation::Sigmoid,
+];
+
 fn activated(pre: &Tensor, activation: Activation) -> kiln_tensor::Result<Tensor> {
     match activation {
         Activation::Identity => Ok(pre.clone()),
@@ -1775,13 +1784,6 @@ fn conv_bias_act_is_the_composition() -> R {
     let mut rand = |shape: &[usize]| -> kiln_tensor::Result<Tensor> {
         Tensor::rand(shape, DType::F32, Device::Cpu, &mut rng)?.affine(2.0, -1.0)
     };
-    let activations = [
-        Activation::Identity,
-        Activation::Relu,
-        Activation::LeakyRelu(0.2),
-        Activation::Tanh,
-        Activation::Sigmoid,
-    ];
     // (batch, in, size, out, kernel, stride, padding)
     for (n, c, size, oc, k, stride, padding) in [(3, 16, 9, 32, 4, 2, 1), (2, 3, 7, 2, 3, 1, 1)] {
         for transposed in [false, true] {
@@ -1801,7 +1803,7 @@ fn conv_bias_act_is_the_composition() -> R {
                 padding: [padding; 2],
                 ..Default::default()
             };
-            for activation in activations {
+            for activation in ACTIVATIONS {
                 for bias in [Some(b.as_tensor()), None] {
                     let (fused, mut pre) = if transposed {
                         let fused = x.conv_transpose2d_bias_act(&w, bias, backward, activation)?;
@@ -1855,6 +1857,64 @@ fn conv_bias_act_is_the_composition() -> R {
         .conv2d_bias_act(&rand(&[3, 4, 3, 3])?, None, options, Activation::Relu)
         .unwrap_err();
     assert!(err.to_string().contains("channels"), "{err}");
+    Ok(())
+}
+
+/// `batch_norm_train_act` equals batch norm then the activation's op, values and the
+/// gradients of x, weight and bias bit for bit: f32 and f64 (the fused kernels) and f16 (the
+/// composition), planes of many values (the fused backward's runs) and of one
+/// (`[N, C]`, BatchNorm1d's), with and without the affine map, for each activation.
+#[test]
+fn batch_norm_train_act_is_the_composition() -> R {
+    use kiln_tensor::Generator;
+    let mut rng = Generator::new(11);
+    for dtype in [DType::F32, DType::F64, DType::F16] {
+        let values = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec::<f64>();
+        for dims in [vec![4, 3, 5, 6], vec![16, 7]] {
+            let c = dims[1];
+            let mut rand = |shape: &[usize]| -> kiln_tensor::Result<Tensor> {
+                Tensor::rand(shape, DType::F32, Device::Cpu, &mut rng)?
+                    .affine(2.0, -1.0)?
+                    .to_dtype(dtype)
+            };
+            let (x, weight, bias) = (
+                Var::new(&rand(&dims)?)?,
+                Var::new(&rand(&[c])?)?,
+                Var::new(&rand(&[c])?)?,
+            );
+            let weights = rand(&dims)?;
+            for activation in ACTIVATIONS {
+                for affine in [true, false] {
+                    let (w, b) = if affine {
+                        (Some(weight.as_tensor()), Some(bias.as_tensor()))
+                    } else {
+                        (None, None)
+                    };
+                    let (fused, mean, var) = x.batch_norm_train_act(w, b, 1e-5, activation)?;
+                    let (pre, mean_c, var_c) = x.batch_norm_train(w, b, 1e-5)?;
+                    let composed = activated(&pre, activation)?;
+                    let case = format!("{dtype:?} {dims:?} {activation:?} affine {affine}");
+                    assert_eq!(values(&fused)?, values(&composed)?, "{case}");
+                    assert_eq!(values(&mean)?, values(&mean_c)?, "{case}");
+                    assert_eq!(values(&var)?, values(&var_c)?, "{case}");
+                    let fused_grads = fused.mul(&weights)?.sum_all()?.backward()?;
+                    let composed_grads = composed.mul(&weights)?.sum_all()?.backward()?;
+                    for (name, v) in [("x", &x), ("w", &weight), ("b", &bias)] {
+                        let (got, want) = (fused_grads.get(v), composed_grads.get(v));
+                        assert_eq!(got.is_some(), want.is_some(), "{case}: {name}");
+                        if let (Some(got), Some(want)) = (got, want) {
+                            assert_eq!(values(got)?, values(want)?, "{case}: {name}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let x = Tensor::ones([4, 2, 3], DType::F32, Device::Cpu)?;
+    let err = x
+        .batch_norm_train_act(None, None, 1e-5, Activation::LeakyRelu(-0.1))
+        .unwrap_err();
+    assert!(err.to_string().contains("slope must be >= 0"), "{err}");
     Ok(())
 }
 

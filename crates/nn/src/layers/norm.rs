@@ -3,7 +3,7 @@
 //! PyTorch defines them, with functional forms ([`batch_norm`], [`layer_norm`],
 //! [`group_norm`]) beside the layers.
 
-use kiln_tensor::{is_grad_enabled, no_grad, Tensor, Var};
+use kiln_tensor::{is_grad_enabled, no_grad, Activation, Tensor, Var};
 
 use super::trailing;
 use crate::{Init, Module, ModuleT, NnError, Path, Result};
@@ -33,6 +33,19 @@ pub fn batch_norm(
     training: bool,
     momentum: f64,
     eps: f64,
+) -> Result<Tensor> {
+    let (affine, mode) = ((weight, bias), (training, momentum, eps));
+    batch_norm_activated(x, running, affine, mode, Activation::Identity)
+}
+
+/// `activation(batch_norm(..))`: in training with the batch's statistics one op
+/// (`Tensor::batch_norm_train_act`), otherwise batch norm then the activation's op.
+fn batch_norm_activated(
+    x: &Tensor,
+    running: Option<&RunningStats>,
+    (weight, bias): (Option<&Tensor>, Option<&Tensor>),
+    (training, momentum, eps): (bool, f64, f64),
+    activation: Activation,
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm";
     if x.rank() < 2 {
@@ -77,11 +90,15 @@ pub fn batch_norm(
             ));
         }
         let (y, batch_mean, batch_var, count) = match crate::parallel::synchronised_batch_norm() {
-            Some(parallel) => synchronised(x, weight, bias, eps, &parallel)?,
+            Some(parallel) => {
+                let (y, mean, var, count) = synchronised(x, weight, bias, eps, &parallel)?;
+                (activated(y, activation)?, mean, var, count)
+            }
             None => {
-                // One fused op: the batch statistics, the normalisation and the affine map.
-                let (y, mean, var) = x.batch_norm_train(weight, bias, eps)?; // [N, C, *], [C], [C]
-                (y, mean, var, count)
+                // One fused op: the batch statistics, the normalisation, the affine map and
+                // the activation.
+                let (y, mean, var) = x.batch_norm_train_act(weight, bias, eps, activation)?;
+                (y, mean, var, count) // [N, C, *], [C], [C]
             }
         };
         if let Some(running) = running {
@@ -114,7 +131,10 @@ pub fn batch_norm(
             .any(Tensor::is_tracked);
     if !recorded {
         let (mean, var) = (running.mean.detach(), running.var.detach()); // [C]
-        return Ok(x.batch_norm_eval(&mean, &var, weight, bias, eps)?);
+        return activated(
+            x.batch_norm_eval(&mean, &var, weight, bias, eps)?,
+            activation,
+        );
     }
     let mean = broadcastable(&running.mean.detach())?; // [1, C, 1, ..]
     let var = broadcastable(&running.var.detach())?; // [1, C, 1, ..]
@@ -125,7 +145,18 @@ pub fn batch_norm(
     if let Some(bias) = bias {
         y = y.add(&broadcastable(bias)?)?;
     }
-    Ok(y)
+    activated(y, activation)
+}
+
+/// `activation(y)` as the activation's own op.
+fn activated(y: Tensor, activation: Activation) -> Result<Tensor> {
+    Ok(match activation {
+        Activation::Identity => y,
+        Activation::Relu => y.relu()?,
+        Activation::LeakyRelu(slope) => y.leaky_relu(slope)?,
+        Activation::Tanh => y.tanh()?,
+        Activation::Sigmoid => y.sigmoid()?,
+    })
 }
 
 /// Training-mode batch norm of `x [N, C, *]` with the statistics of the whole batch over every
@@ -230,14 +261,20 @@ impl BatchNorm {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        batch_norm(
+        self.forward_activated(x, train, Activation::Identity)
+    }
+}
+
+impl BatchNorm {
+    /// `activation(self.forward_t(x, train))`, in one op where it can be
+    /// ([`batch_norm_activated`]).
+    fn forward_activated(&self, x: &Tensor, train: bool, activation: Activation) -> Result<Tensor> {
+        batch_norm_activated(
             x,
             Some(&self.running),
-            self.weight.as_deref(),
-            self.bias.as_deref(),
-            train,
-            self.config.momentum,
-            self.config.eps,
+            (self.weight.as_deref(), self.bias.as_deref()),
+            (train, self.config.momentum, self.config.eps),
+            activation,
         )
     }
 }
@@ -288,8 +325,9 @@ impl BatchNorm1d {
     }
 }
 
-impl ModuleT for BatchNorm1d {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl BatchNorm1d {
+    /// An error unless `x` is `[N, C]` or `[N, C, L]` for this layer's C.
+    fn check(&self, x: &Tensor) -> Result<()> {
         let channels = self.0.num_features();
         if !matches!(x.rank(), 2 | 3) || x.dims()[1] != channels {
             return Err(NnError::invalid(
@@ -300,7 +338,27 @@ impl ModuleT for BatchNorm1d {
                 ),
             ));
         }
+        Ok(())
+    }
+}
+
+impl ModuleT for BatchNorm1d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check(x)?;
         self.0.forward_t(x, train)
+    }
+
+    /// The activation after it in the same op (see [`Tensor::batch_norm_train_act`]).
+    fn forward_t_activated(
+        &self,
+        x: &Tensor,
+        train: bool,
+        activation: Activation,
+    ) -> Option<Result<Tensor>> {
+        Some(
+            self.check(x)
+                .and_then(|()| self.0.forward_activated(x, train, activation)),
+        )
     }
 }
 
@@ -343,8 +401,9 @@ impl BatchNorm2d {
     }
 }
 
-impl ModuleT for BatchNorm2d {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl BatchNorm2d {
+    /// An error unless `x` is `[N, C, H, W]` for this layer's C.
+    fn check(&self, x: &Tensor) -> Result<()> {
         let channels = self.0.num_features();
         if x.rank() != 4 || x.dims()[1] != channels {
             return Err(NnError::invalid(
@@ -352,7 +411,27 @@ impl ModuleT for BatchNorm2d {
                 format!("expected input [N, {channels}, H, W], got {}", x.shape()),
             ));
         }
+        Ok(())
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check(x)?;
         self.0.forward_t(x, train)
+    }
+
+    /// The activation after it in the same op (see [`Tensor::batch_norm_train_act`]).
+    fn forward_t_activated(
+        &self,
+        x: &Tensor,
+        train: bool,
+        activation: Activation,
+    ) -> Option<Result<Tensor>> {
+        Some(
+            self.check(x)
+                .and_then(|()| self.0.forward_activated(x, train, activation)),
+        )
     }
 }
 

@@ -648,10 +648,9 @@ impl BackendStorage for CpuStorage {
             norm::batch_norm_forward(
                 x,
                 layout,
-                self.same_typed(OP, mean)?,
-                self.same_typed(OP, invstd)?,
-                weight,
-                bias,
+                (self.same_typed(OP, mean)?, self.same_typed(OP, invstd)?),
+                (weight, bias),
+                Activation::Identity,
             )
         }))
     }
@@ -686,9 +685,9 @@ impl BackendStorage for CpuStorage {
             let (dx, dw, db) = norm::batch_norm_backward(
                 grad,
                 (typed(x)?, x_layout),
-                typed(mean)?,
-                typed(invstd)?,
+                (typed(mean)?, typed(invstd)?),
                 weight,
+                None,
             );
             Ok((
                 CpuStorage::from_vec(dx),
@@ -875,6 +874,112 @@ impl CpuStorage {
                 elementwise::channel_bias_act(&mut out, dims, bias.as_deref(), activation);
                 Some(CpuStorage::F64(out))
             }
+            _ => None,
+        })
+    }
+
+    /// `activation(batch_norm_forward(..))` in one pass (see `norm::batch_norm_forward`)
+    /// for f32 and f64, whose math type is themselves, so the values are the composition's;
+    /// `None` for the other dtypes, where the caller composes the ops.
+    pub(crate) fn batch_norm_act_forward(
+        &self,
+        layout: &Layout,
+        (mean, invstd): (&Self, &Self),
+        (weight, bias): (Option<&Self>, Option<&Self>),
+        activation: Activation,
+    ) -> Result<Option<Self>> {
+        const OP: &str = "batch_norm";
+        fn typed<T: FloatDType>(
+            x: (&[T], &Layout),
+            storage: &CpuStorage,
+            (mean, invstd): (&CpuStorage, &CpuStorage),
+            (weight, bias): (Option<&CpuStorage>, Option<&CpuStorage>),
+            activation: Activation,
+        ) -> Result<Vec<T>> {
+            let weight = weight.map(|w| storage.same_typed(OP, w)).transpose()?;
+            let bias = bias.map(|b| storage.same_typed(OP, b)).transpose()?;
+            let stats = (
+                storage.same_typed(OP, mean)?,
+                storage.same_typed(OP, invstd)?,
+            );
+            Ok(norm::batch_norm_forward(
+                x.0,
+                x.1,
+                stats,
+                (weight, bias),
+                activation,
+            ))
+        }
+        let (stats, affine) = ((mean, invstd), (weight, bias));
+        Ok(match self {
+            CpuStorage::F32(x) => Some(CpuStorage::from_vec(typed(
+                (x, layout),
+                self,
+                stats,
+                affine,
+                activation,
+            )?)),
+            CpuStorage::F64(x) => Some(CpuStorage::from_vec(typed(
+                (x, layout),
+                self,
+                stats,
+                affine,
+                activation,
+            )?)),
+            _ => None,
+        })
+    }
+
+    /// [`BackendStorage::batch_norm_backward`] of a batch norm followed by a leaky ReLU
+    /// (ReLU's at slope 0) with output `y`, `self` the gradient of `y`: the gradient through
+    /// the activation taken inside batch norm's two passes (`norm::batch_norm_backward`), with
+    /// the composition's values. For f32 and f64; `None` for the other dtypes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn batch_norm_relu_backward(
+        &self,
+        layout: &Layout,
+        x: Operand<'_, Self>,
+        y: Operand<'_, Self>,
+        (mean, invstd): (&Self, &Self),
+        weight: Option<&Self>,
+        slope: f64,
+    ) -> Result<Option<(Self, Self, Self)>> {
+        const OP: &str = "batch_norm_backward";
+        fn typed<T: FloatDType>(
+            grad: (&[T], &Layout),
+            (x, y): (Operand<'_, CpuStorage>, Operand<'_, CpuStorage>),
+            (mean, invstd): (&CpuStorage, &CpuStorage),
+            weight: Option<&CpuStorage>,
+            slope: f64,
+        ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+            fn typed<T: FloatDType>(s: &CpuStorage) -> Result<&[T]> {
+                s.as_slice::<T>().ok_or(Error::DTypeMismatch {
+                    op: OP,
+                    lhs: T::DTYPE,
+                    rhs: s.dtype(),
+                })
+            }
+            Ok(norm::batch_norm_backward(
+                grad,
+                (typed(x.storage)?, x.layout),
+                (typed(mean)?, typed(invstd)?),
+                weight.map(typed).transpose()?,
+                Some(((typed(y.storage)?, y.layout), slope)),
+            ))
+        }
+        fn storages<T: FloatDType>(
+            (dx, dw, db): (Vec<T>, Vec<T>, Vec<T>),
+        ) -> (CpuStorage, CpuStorage, CpuStorage) {
+            (
+                CpuStorage::from_vec(dx),
+                CpuStorage::from_vec(dw),
+                CpuStorage::from_vec(db),
+            )
+        }
+        let stats = (mean, invstd);
+        Ok(match self {
+            CpuStorage::F32(g) => Some(storages(typed((g, layout), (x, y), stats, weight, slope)?)),
+            CpuStorage::F64(g) => Some(storages(typed((g, layout), (x, y), stats, weight, slope)?)),
             _ => None,
         })
     }

@@ -116,13 +116,46 @@ pub(crate) fn leaky_relu_gradient<T: FloatDType>(
     x: (&[T], &Layout),
     slope: f64,
 ) -> Vec<T> {
-    let round = |v: T::Math| T::from_math(v).to_math();
-    let (above, below) = leaky_relu_derivatives::<T>(slope);
-    let (above, below, zero) = (round(above), round(below), T::math_from_f64(0.0));
+    let factors = LeakyReluFactors::<T>::new(slope);
     map2_work(Work::Light, grad, x, move |g: T, x: T| {
-        let factor = if x.to_math() > zero { above } else { below };
-        T::from_math(g.to_math() * factor)
+        factors.gradient(g, x)
     })
+}
+
+/// Leaky ReLU's derivative above zero and at or below it (ReLU's at slope 0), each rounded
+/// to `T` as `unary`'s derivative rounds it: the factors of [`leaky_relu_gradient`], which
+/// batch norm's fused backward (`cpu::norm`) applies too.
+#[derive(Clone, Copy)]
+pub(crate) struct LeakyReluFactors<T: FloatDType> {
+    above: T::Math,
+    below: T::Math,
+}
+
+impl<T: FloatDType> LeakyReluFactors<T> {
+    pub(crate) fn new(slope: f64) -> Self {
+        let round = |v: T::Math| T::from_math(v).to_math();
+        let (above, below) = leaky_relu_derivatives::<T>(slope);
+        LeakyReluFactors {
+            above: round(above),
+            below: round(below),
+        }
+    }
+
+    /// `grad · leaky_relu'(x)`, rounded to `T` once.
+    #[inline(always)]
+    pub(crate) fn gradient(self, grad: T, x: T) -> T {
+        let factor = if x.to_math() > T::math_from_f64(0.0) {
+            self.above
+        } else {
+            self.below
+        };
+        T::from_math(grad.to_math() * factor)
+    }
+}
+
+/// `values[i] = activation(values[i])`, each as `unary` computes it.
+pub(crate) fn activate<T: FloatDType>(values: &mut [T], activation: Activation) {
+    activate_in_place(values, activation, |x| x);
 }
 
 /// `grad · silu'(x)` in one pass, rounding as [`leaky_relu_gradient`] does.

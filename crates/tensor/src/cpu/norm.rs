@@ -11,9 +11,10 @@ use std::mem::MaybeUninit;
 use num_traits::One;
 use rayon::prelude::*;
 
+use super::elementwise::{self, LeakyReluFactors};
 use super::filled;
 use super::index::row_major;
-use crate::{FloatDType, Layout};
+use crate::{Activation, FloatDType, Layout};
 
 /// Channels handled per rayon task once the input is large enough to split.
 const PARALLEL_MIN: usize = 1 << 16;
@@ -66,6 +67,11 @@ fn lane_sums_zip<'a, T: Copy + 'a>(
     for (a, b) in runs {
         add_runs(&mut sums, a, b, &terms);
     }
+    totals(sums)
+}
+
+/// The two sums `LaneSums` hold: each one's lanes in order, then its rest.
+fn totals(sums: LaneSums) -> [f64; 2] {
     sums.map(|(lanes, rest)| lanes.iter().sum::<f64>() + rest)
 }
 
@@ -204,20 +210,21 @@ type Channel<M> = (M, M, Option<M>, Option<M>);
 
 /// `((x - mean[c])·invstd[c])·weight[c] + bias[c]` in the math type, in that order, each
 /// operation rounded once (the CUDA kernel follows the same order with `_rn` intrinsics, so
-/// the two agree bit for bit). A missing weight or bias skips its operation.
+/// the two agree bit for bit). A missing weight or bias skips its operation. `activation`
+/// then maps each value as `unary` would (in the same pass, while the values are in cache):
+/// the composition's bits where the math type is `T` itself (f32, f64).
 pub(crate) fn batch_norm_forward<T: FloatDType>(
     data: &[T],
     layout: &Layout,
-    mean: &[T],
-    invstd: &[T],
-    weight: Option<&[T]>,
-    bias: Option<&[T]>,
+    (mean, invstd): (&[T], &[T]),
+    (weight, bias): (Option<&[T]>, Option<&[T]>),
+    activation: Activation,
 ) -> Vec<T> {
     let (_, channels, inner) = channel_split(layout);
     let constants: Vec<Channel<T::Math>> = (0..channels)
         .map(|c| channel_constants((mean, invstd, c), (weight, bias, c)))
         .collect();
-    normalise_planes(&row_major(data, layout), inner, &constants)
+    normalise_planes(&row_major(data, layout), inner, &constants, activation)
 }
 
 /// Group norm's forward over `x [N, C, *]`: `((x - mean[s])·invstd[s])·weight[c] + bias[c]`
@@ -238,7 +245,12 @@ pub(crate) fn group_norm_forward<T: FloatDType>(
             channel_constants((mean, invstd, group), (weight, bias, c))
         })
         .collect();
-    normalise_planes(&row_major(data, layout), inner, &constants)
+    normalise_planes(
+        &row_major(data, layout),
+        inner,
+        &constants,
+        Activation::Identity,
+    )
 }
 
 /// The group whose statistics plane `p` (sample `p / C`, channel `p % C`) of `[N, C, *]`
@@ -260,29 +272,45 @@ fn channel_constants<T: FloatDType>(
     )
 }
 
+/// Planes per block of [`normalise_planes`]: at least this many values (a block's
+/// activation is one call, where planes can be a single value, as BatchNorm1d's are).
+const ACTIVATION_BLOCK: usize = 4096;
+
 /// Each `[inner]` plane `p` of a row-major `x` normalised with `constants[p %
-/// constants.len()]`: `((x - mean)·invstd)·weight + bias`, each operation rounded once.
+/// constants.len()]`: `((x - mean)·invstd)·weight + bias`, each operation rounded once, then
+/// `activation` over each block of planes as soon as it is written.
 fn normalise_planes<T: FloatDType>(
     x: &[T],
     inner: usize,
     constants: &[Channel<T::Math>],
+    activation: Activation,
 ) -> Vec<T> {
     let inner = inner.max(1);
-    let plane = |(p, (out, x)): (usize, (&mut [MaybeUninit<T>], &[T]))| {
-        normalise_plane(out, x, constants[p % constants.len()]);
+    let planes_per_block = ACTIVATION_BLOCK.div_ceil(inner);
+    let block = |(b, (out, x)): (usize, (&mut [MaybeUninit<T>], &[T]))| {
+        let first = b * planes_per_block;
+        for (p, (out, x)) in out.chunks_mut(inner).zip(x.chunks(inner)).enumerate() {
+            normalise_plane(out, x, constants[(first + p) % constants.len()]);
+        }
+        if activation != Activation::Identity {
+            // SAFETY: `normalise_plane` wrote every value of every plane of the block.
+            let out = unsafe { &mut *(out as *mut [MaybeUninit<T>] as *mut [T]) };
+            elementwise::activate(out, activation);
+        }
     };
+    let block_len = planes_per_block * inner;
     // Every value is written by its plane.
     filled(x.len(), |out| {
         if x.len() < PARALLEL_MIN {
-            out.chunks_mut(inner)
-                .zip(x.chunks(inner))
+            out.chunks_mut(block_len)
+                .zip(x.chunks(block_len))
                 .enumerate()
-                .for_each(plane);
+                .for_each(block);
         } else {
-            out.par_chunks_mut(inner)
-                .zip(x.par_chunks(inner))
+            out.par_chunks_mut(block_len)
+                .zip(x.par_chunks(block_len))
                 .enumerate()
-                .for_each(plane);
+                .for_each(block);
         }
     })
 }
@@ -309,28 +337,62 @@ super::loops::simd_versions! {
     }
 }
 
+/// A (leaky) ReLU after a batch norm, fused into its backward: the activation's output
+/// (row-major, the normalisation's shape) and its derivative's factors.
+type FusedRelu<'a, T> = (std::borrow::Cow<'a, [T]>, LeakyReluFactors<T>);
+
 /// `(dx, dweight, dbias)` of the training-mode forward with batch statistics: per channel
 /// `Σ dy` and `Σ dy·xhat` in f64 (`xhat = (x - mean)·invstd` in the math type), then
 /// `dx = (invstd·weight)·((dy - mean(dy)) - xhat·mean(dy·xhat))` in the math type, in that
 /// order (the CUDA kernels' order too).
+///
+/// With `relu` (`(y, slope)`: the output of a leaky ReLU, ReLU's at slope 0, applied to the
+/// normalisation), `dy` is first the gradient through it, `dy·leaky_relu'(y)` rounded as
+/// `leaky_relu_gradient` rounds it, so the results have the composition's bits; it is taken
+/// run by run into a buffer of one run where it is used, in both passes, where the
+/// composition wrote it whole and read it twice.
 pub(crate) fn batch_norm_backward<T: FloatDType>(
     (grad, grad_layout): (&[T], &Layout),
     (data, layout): (&[T], &Layout),
-    mean: &[T],
-    invstd: &[T],
+    (mean, invstd): (&[T], &[T]),
     weight: Option<&[T]>,
+    relu: Option<((&[T], &Layout), f64)>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let dy = row_major(grad, grad_layout);
+    let mut dy = row_major(grad, grad_layout);
     let x = row_major(data, layout);
     let split @ (outer, channels, inner) = channel_split(layout);
+    let mut relu: Option<FusedRelu<'_, T>> =
+        relu.map(|((y, y_layout), slope)| (row_major(y, y_layout), LeakyReluFactors::new(slope)));
+    if let (Some((y, factors)), 1) = (&relu, inner) {
+        // Runs of one value (BatchNorm1d): the gradient through the ReLU first, whole.
+        let through = dy
+            .iter()
+            .zip(y.iter())
+            .map(|(&g, &v)| factors.gradient(g, v));
+        dy = std::borrow::Cow::Owned(through.collect());
+        relu = None;
+    }
     let count = (outer * inner) as f64;
     let sums = |c: usize| {
         let (m, s) = (mean[c].to_math(), invstd[c].to_math());
-        let pairs = runs_of(&dy, split, c).zip(runs_of(&x, split, c));
-        let [sum_dy, sum_dy_xhat] = lane_sums_zip(pairs, |g, v| {
+        let terms = |g: T, v: T| {
             let g = T::math_to_f64(g.to_math());
             [g, g * T::math_to_f64((v.to_math() - m) * s)]
-        });
+        };
+        let [sum_dy, sum_dy_xhat] = match &relu {
+            None => lane_sums_zip(runs_of(&dy, split, c).zip(runs_of(&x, split, c)), terms),
+            Some((y, factors)) => {
+                // The same sums as over the composition's gradient, run by run.
+                let mut through = vec![T::from_math(T::math_from_f64(0.0)); inner];
+                let mut sums: LaneSums = [([0.0; SUM_LANES], 0.0); 2];
+                let runs = runs_of(&dy, split, c).zip(runs_of(y, split, c));
+                for ((g, y), v) in runs.zip(runs_of(&x, split, c)) {
+                    relu_gradient_run(&mut through, g, y, *factors);
+                    add_runs(&mut sums, &through, v, &terms);
+                }
+                totals(sums)
+            }
+        };
         (sum_dy, sum_dy_xhat)
     };
     let sums: Vec<(f64, f64)> = if inner == 1 {
@@ -363,8 +425,24 @@ pub(crate) fn batch_norm_backward<T: FloatDType>(
             }
         })
         .collect();
-    let dx = input_gradient_planes(&dy, &x, inner, &constants);
+    let relu = relu.as_ref().map(|(y, factors)| (&y[..], *factors));
+    let dx = input_gradient_planes(&dy, &x, inner, &constants, relu);
     (dx, grad_weight, grad_bias)
+}
+
+super::loops::simd_versions! {
+    /// `out[i] = dy[i] · leaky_relu'(y[i])` with `factors` (see [`FusedRelu`]), compiled for
+    /// the CPU's widest vectors.
+    fn relu_gradient_run<T: FloatDType>(
+        out: &mut [T],
+        dy: &[T],
+        y: &[T],
+        factors: LeakyReluFactors<T>,
+    ) {
+        for ((o, &g), &v) in out.iter_mut().zip(dy).zip(y) {
+            *o = factors.gradient(g, v);
+        }
+    }
 }
 
 /// Group norm's backward over `x [N, C, *]` with the statistics of [`group_norm_forward`]:
@@ -439,7 +517,7 @@ pub(crate) fn group_norm_backward<T: FloatDType>(
             }
         })
         .collect();
-    let dx = input_gradient_planes(&dy, &x, inner, &constants);
+    let dx = input_gradient_planes(&dy, &x, inner, &constants, None);
     let round = |v: f64| T::from_math(T::math_from_f64(v));
     (
         dx,
@@ -472,10 +550,19 @@ fn input_gradient_planes<T: FloatDType>(
     x: &[T],
     inner: usize,
     constants: &[PlaneGradient<T::Math>],
+    relu: Option<(&[T], LeakyReluFactors<T>)>,
 ) -> Vec<T> {
     let inner = inner.max(1);
     let plane = |(p, ((out, dy), x)): BackwardPlane<'_, T>| {
-        input_gradient_plane(out, dy, x, constants[p % constants.len()]);
+        let c = constants[p % constants.len()];
+        match relu {
+            // `dy` through the (leaky) ReLU first (see [`batch_norm_backward`]).
+            Some((y, factors)) => {
+                let y = &y[p * inner..][..dy.len()];
+                input_gradient_plane_relu(out, (dy, y, factors), x, c);
+            }
+            None => input_gradient_plane(out, dy, x, c),
+        }
     };
     // Every value is written by its plane.
     filled(x.len(), |dx| {
@@ -505,11 +592,33 @@ super::loops::simd_versions! {
         c: PlaneGradient<T::Math>,
     ) {
         for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
-            let xhat = (v.to_math() - c.mean) * c.invstd;
-            let g = g.to_math() * c.weight;
-            o.write(T::from_math(c.scale * ((g - c.mean_g) - xhat * c.mean_g_xhat)));
+            o.write(input_gradient(g, v, c));
         }
     }
+}
+
+super::loops::simd_versions! {
+    /// [`input_gradient_plane`] of the gradient through a (leaky) ReLU with output `y`,
+    /// `dy·leaky_relu'(y)` (see [`FusedRelu`]), compiled for the CPU's widest vectors.
+    fn input_gradient_plane_relu<T: FloatDType>(
+        out: &mut [MaybeUninit<T>],
+        relu: (&[T], &[T], LeakyReluFactors<T>),
+        x: &[T],
+        c: PlaneGradient<T::Math>,
+    ) {
+        let (dy, y, factors) = relu;
+        for (((o, &g), &y), &v) in out.iter_mut().zip(dy).zip(y).zip(x) {
+            o.write(input_gradient(factors.gradient(g, y), v, c));
+        }
+    }
+}
+
+/// One value of [`input_gradient_planes`]: `scale·((dy·weight - mean_g) - xhat·mean_g_xhat)`.
+#[inline(always)]
+fn input_gradient<T: FloatDType>(g: T, v: T, c: PlaneGradient<T::Math>) -> T {
+    let xhat = (v.to_math() - c.mean) * c.invstd;
+    let g = g.to_math() * c.weight;
+    T::from_math(c.scale * ((g - c.mean_g) - xhat * c.mean_g_xhat))
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 
 use crate::backend::Operand;
 use crate::op::Op;
+use crate::ops::matmul::activation_pre_grad;
 use crate::storage::Storage;
-use crate::{is_grad_enabled, Error, Result, Shape, Tensor};
+use crate::{is_grad_enabled, Activation, Error, Result, Shape, Tensor};
 
 const OP: &str = "batch_norm";
 
@@ -103,6 +104,24 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.batch_norm_train_act(weight, bias, eps, Activation::Identity)
+    }
+
+    /// [`Tensor::batch_norm_train`] with `activation` applied to its output, `(activation(y),
+    /// mean, var)`: one op, whose CPU kernels (f32, f64) apply the activation in the
+    /// normalising pass and take its gradient inside batch norm's two backward passes (ReLU
+    /// and leaky ReLU; tanh and sigmoid as a pass of their own), where the composition wrote
+    /// and read a tensor more each way. Same values and gradients as the composition, bit for
+    /// bit; elsewhere (CUDA, the half types) it is the composition. A leaky ReLU's slope must
+    /// be at least 0 (its gradient takes the mask from the output).
+    pub fn batch_norm_train_act(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f64,
+        activation: Activation,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        activation.check(OP)?;
         let channels = check_input(OP, self)?;
         if channels > 0 && self.elem_count() == 0 {
             return Err(Error::invalid(
@@ -114,7 +133,29 @@ impl Tensor {
         let weight = weight.map(dense).transpose()?;
         let bias = bias.map(dense).transpose()?;
         let (mean, var, invstd) = statistics(self, eps)?; // [C] each
-        let storage = normalise(self, &mean, &invstd, weight.as_ref(), bias.as_ref())?;
+        let fused = match activation {
+            Activation::Identity => None,
+            _ => {
+                let (w, b) = (
+                    weight.as_ref().map(|w| w.storage()),
+                    bias.as_ref().map(|b| b.storage()),
+                );
+                self.storage().batch_norm_act_forward(
+                    self.layout(),
+                    (&mean.storage(), &invstd.storage()),
+                    (w.as_deref(), b.as_deref()),
+                    activation,
+                )?
+            }
+        };
+        // Where the backend does not fuse the activation, batch norm then the activation's op.
+        let (storage, applied) = match fused {
+            Some(storage) => (storage, activation),
+            None => (
+                normalise(self, &mean, &invstd, weight.as_ref(), bias.as_ref())?,
+                Activation::Identity,
+            ),
+        };
         let inputs: Vec<&Tensor> = [self]
             .into_iter()
             .chain(weight.as_ref())
@@ -127,8 +168,13 @@ impl Tensor {
             mean: mean.clone(),
             invstd: invstd.clone(),
             eps,
+            activation: applied,
         });
         let y = Tensor::from_storage(storage, self.shape().clone(), record); // [N, C, *]
+        let y = match (applied, activation.unary()) {
+            (Activation::Identity, Some(unary)) => y.unary(unary)?,
+            _ => y,
+        };
         Ok((y, mean, var))
     }
 }
@@ -172,13 +218,42 @@ impl Tensor {
 /// tracked tensor ops, with the mean and invstd recomputed as functions of x, so that second
 /// derivatives (a WGAN-GP penalty through batch norm) are exact:
 /// `dx = invstd·(g - mean(g) - xhat·mean(g·xhat))`, `g = dy·weight`, means per channel.
+///
+/// With an `activation` fused into the op (`node` its output), the gradient goes through it
+/// first ([`activation_pre_grad`]); on the CPU a (leaky) ReLU's inside the fused kernel's two
+/// passes (`Storage::batch_norm_relu_backward`).
 pub(crate) fn batch_norm_backward(
     x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
+    (weight, bias): (Option<&Tensor>, Option<&Tensor>),
     (mean, invstd, eps): (&Tensor, &Tensor, f64),
-    grad: &Tensor,
+    activation: Activation,
+    (node, grad): (&Tensor, &Tensor),
 ) -> Result<Vec<(Tensor, Tensor)>> {
+    let slope = match activation {
+        Activation::Relu => Some(0.0),
+        Activation::LeakyRelu(slope) => Some(slope),
+        _ => None,
+    };
+    if let (Some(slope), false) = (slope, is_grad_enabled()) {
+        let weight_storage = weight.map(|w| w.storage());
+        let fused = grad.storage().batch_norm_relu_backward(
+            grad.layout(),
+            (
+                Operand::new(&x.storage(), x.layout()),
+                Operand::new(&node.storage(), node.layout()),
+            ),
+            (&mean.storage(), &invstd.storage()),
+            weight_storage.as_deref(),
+            slope,
+        )?;
+        if let Some(storages) = fused {
+            let gradients = untracked_gradients(x, storages);
+            return Ok(input_gradients(x, weight, bias, gradients));
+        }
+    }
+    let grad = &activation_pre_grad(activation, node, grad, &|| {
+        composed_batch_norm(x, (weight, bias), eps)
+    })?;
     let (dx, dweight, dbias) = if is_grad_enabled() {
         let reduced = reduced_dims(x);
         let mean = x.mean(&reduced, true)?; // [1, C, 1, ..]
@@ -211,6 +286,26 @@ pub(crate) fn batch_norm_backward(
         untracked_gradients(x, storages)
     };
     Ok(input_gradients(x, weight, bias, (dx, dweight, dbias)))
+}
+
+/// Training-mode batch norm of `x [N, C, *]` composed from tracked ops, the statistics
+/// functions of `x`: the pre-activation a fused activation's second derivative needs.
+fn composed_batch_norm(
+    x: &Tensor,
+    (weight, bias): (Option<&Tensor>, Option<&Tensor>),
+    eps: f64,
+) -> Result<Tensor> {
+    let reduced = reduced_dims(x);
+    let centered = x.sub(&x.mean(&reduced, true)?)?; // [N, C, *]
+    let var = centered.square()?.mean(&reduced, true)?; // [1, C, 1, ..]
+    let mut y = centered.mul(&var.add_scalar(eps)?.powf(-0.5)?)?; // [N, C, *]
+    if let Some(weight) = weight {
+        y = y.mul(&per_channel(weight, x)?)?;
+    }
+    if let Some(bias) = bias {
+        y = y.add(&per_channel(bias, x)?)?;
+    }
+    Ok(y)
 }
 
 /// Batch norm's statistics of `x [N, C, *]` per channel, `(mean, var, invstd)`, `[C]` each

@@ -644,7 +644,7 @@ impl Storage {
             return Ok(None);
         };
         let (x, y) = (Operand::new(xs, x.layout), Operand::new(ys, y.layout));
-        let out = grad.batch_norm_relu_backward(layout, x, y, (mean, invstd), weight, slope)?;
+        let out = grad.batch_norm_relu_backward(layout, (x, y), (mean, invstd), weight, slope)?;
         Ok(out.map(|(dx, dw, db)| (Storage::Cpu(dx), Storage::Cpu(dw), Storage::Cpu(db))))
     }
 

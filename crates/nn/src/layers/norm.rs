@@ -92,7 +92,7 @@ fn batch_norm_activated(
         let (y, batch_mean, batch_var, count) = match crate::parallel::synchronised_batch_norm() {
             Some(parallel) => {
                 let (y, mean, var, count) = synchronised(x, weight, bias, eps, &parallel)?;
-                (activated(y, activation)?, mean, var, count)
+                (y.activate(activation)?, mean, var, count)
             }
             None => {
                 // One fused op: the batch statistics, the normalisation, the affine map and
@@ -131,10 +131,8 @@ fn batch_norm_activated(
             .any(Tensor::is_tracked);
     if !recorded {
         let (mean, var) = (running.mean.detach(), running.var.detach()); // [C]
-        return activated(
-            x.batch_norm_eval(&mean, &var, weight, bias, eps)?,
-            activation,
-        );
+        let y = x.batch_norm_eval(&mean, &var, weight, bias, eps)?;
+        return Ok(y.activate(activation)?);
     }
     let mean = broadcastable(&running.mean.detach())?; // [1, C, 1, ..]
     let var = broadcastable(&running.var.detach())?; // [1, C, 1, ..]
@@ -145,18 +143,7 @@ fn batch_norm_activated(
     if let Some(bias) = bias {
         y = y.add(&broadcastable(bias)?)?;
     }
-    activated(y, activation)
-}
-
-/// `activation(y)` as the activation's own op.
-fn activated(y: Tensor, activation: Activation) -> Result<Tensor> {
-    Ok(match activation {
-        Activation::Identity => y,
-        Activation::Relu => y.relu()?,
-        Activation::LeakyRelu(slope) => y.leaky_relu(slope)?,
-        Activation::Tanh => y.tanh()?,
-        Activation::Sigmoid => y.sigmoid()?,
-    })
+    Ok(y.activate(activation)?)
 }
 
 /// Training-mode batch norm of `x [N, C, *]` with the statistics of the whole batch over every

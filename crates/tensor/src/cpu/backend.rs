@@ -641,71 +641,19 @@ impl BackendStorage for CpuStorage {
         weight: Option<&Self>,
         bias: Option<&Self>,
     ) -> Result<Self> {
-        const OP: &str = "batch_norm";
-        Ok(map_float!(OP, self, x => {
-            let weight = weight.map(|w| self.same_typed(OP, w)).transpose()?;
-            let bias = bias.map(|b| self.same_typed(OP, b)).transpose()?;
-            norm::batch_norm_forward(
-                x,
-                layout,
-                (self.same_typed(OP, mean)?, self.same_typed(OP, invstd)?),
-                (weight, bias),
-                Activation::Identity,
-            )
-        }))
+        let (stats, affine) = ((mean, invstd), (weight, bias));
+        self.batch_norm_forward_then(layout, stats, affine, Activation::Identity)
     }
 
     fn batch_norm_backward(
         &self,
         layout: &Layout,
-        Operand {
-            storage: x,
-            layout: x_layout,
-        }: Operand<'_, Self>,
+        x: Operand<'_, Self>,
         mean: &Self,
         invstd: &Self,
         weight: Option<&Self>,
     ) -> Result<(Self, Self, Self)> {
-        const OP: &str = "batch_norm_backward";
-        fn typed<T: FloatDType>(
-            grad: (&[T], &Layout),
-            storages: [&CpuStorage; 3],
-            x_layout: &Layout,
-            weight: Option<&CpuStorage>,
-        ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
-            fn typed<T: FloatDType>(s: &CpuStorage) -> Result<&[T]> {
-                s.as_slice::<T>().ok_or(Error::DTypeMismatch {
-                    op: OP,
-                    lhs: T::DTYPE,
-                    rhs: s.dtype(),
-                })
-            }
-            let [x, mean, invstd] = storages;
-            let weight = weight.map(typed::<T>).transpose()?;
-            let (dx, dw, db) = norm::batch_norm_backward(
-                grad,
-                (typed(x)?, x_layout),
-                (typed(mean)?, typed(invstd)?),
-                weight,
-                None,
-            );
-            Ok((
-                CpuStorage::from_vec(dx),
-                CpuStorage::from_vec(dw),
-                CpuStorage::from_vec(db),
-            ))
-        }
-        let storages = [x, mean, invstd];
-        match self {
-            CpuStorage::F16(g) => typed((g, layout), storages, x_layout, weight),
-            CpuStorage::BF16(g) => typed((g, layout), storages, x_layout, weight),
-            CpuStorage::F32(g) => typed((g, layout), storages, x_layout, weight),
-            CpuStorage::F64(g) => typed((g, layout), storages, x_layout, weight),
-            other => Err(Error::UnsupportedDType {
-                op: OP,
-                dtype: other.dtype(),
-            }),
-        }
+        self.batch_norm_backward_through(layout, x, (mean, invstd), weight, None)
     }
 
     fn group_norm_forward(
@@ -878,80 +826,66 @@ impl CpuStorage {
         })
     }
 
-    /// `activation(batch_norm_forward(..))` in one pass (see `norm::batch_norm_forward`)
-    /// for f32 and f64, whose math type is themselves, so the values are the composition's;
-    /// `None` for the other dtypes, where the caller composes the ops.
-    pub(crate) fn batch_norm_act_forward(
+    /// [`BackendStorage::batch_norm_forward`], each value then mapped by `activation` in the
+    /// same pass (`norm::batch_norm_forward`).
+    fn batch_norm_forward_then(
         &self,
         layout: &Layout,
         (mean, invstd): (&Self, &Self),
         (weight, bias): (Option<&Self>, Option<&Self>),
         activation: Activation,
-    ) -> Result<Option<Self>> {
+    ) -> Result<Self> {
         const OP: &str = "batch_norm";
-        fn typed<T: FloatDType>(
-            x: (&[T], &Layout),
-            storage: &CpuStorage,
-            (mean, invstd): (&CpuStorage, &CpuStorage),
-            (weight, bias): (Option<&CpuStorage>, Option<&CpuStorage>),
-            activation: Activation,
-        ) -> Result<Vec<T>> {
-            let weight = weight.map(|w| storage.same_typed(OP, w)).transpose()?;
-            let bias = bias.map(|b| storage.same_typed(OP, b)).transpose()?;
-            let stats = (
-                storage.same_typed(OP, mean)?,
-                storage.same_typed(OP, invstd)?,
-            );
-            Ok(norm::batch_norm_forward(
-                x.0,
-                x.1,
-                stats,
+        Ok(map_float!(OP, self, x => {
+            let weight = weight.map(|w| self.same_typed(OP, w)).transpose()?;
+            let bias = bias.map(|b| self.same_typed(OP, b)).transpose()?;
+            norm::batch_norm_forward(
+                x,
+                layout,
+                (self.same_typed(OP, mean)?, self.same_typed(OP, invstd)?),
                 (weight, bias),
                 activation,
-            ))
-        }
-        let (stats, affine) = ((mean, invstd), (weight, bias));
-        Ok(match self {
-            CpuStorage::F32(x) => Some(CpuStorage::from_vec(typed(
-                (x, layout),
-                self,
-                stats,
-                affine,
-                activation,
-            )?)),
-            CpuStorage::F64(x) => Some(CpuStorage::from_vec(typed(
-                (x, layout),
-                self,
-                stats,
-                affine,
-                activation,
-            )?)),
-            _ => None,
-        })
+            )
+        }))
     }
 
-    /// [`BackendStorage::batch_norm_backward`] of a batch norm followed by a leaky ReLU
-    /// (ReLU's at slope 0) with output `y`, `self` the gradient of `y`: the gradient through
-    /// the activation taken inside batch norm's two passes (`norm::batch_norm_backward`), with
-    /// the composition's values. For f32 and f64; `None` for the other dtypes.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn batch_norm_relu_backward(
+    /// `activation(batch_norm_forward(..))` in one pass for f32 and f64, whose math type is
+    /// themselves, so the values are the composition's; `None` for the other dtypes, where
+    /// the caller composes the ops.
+    pub(crate) fn batch_norm_act_forward(
         &self,
         layout: &Layout,
-        x: Operand<'_, Self>,
-        y: Operand<'_, Self>,
+        stats: (&Self, &Self),
+        affine: (Option<&Self>, Option<&Self>),
+        activation: Activation,
+    ) -> Result<Option<Self>> {
+        if !matches!(self, CpuStorage::F32(_) | CpuStorage::F64(_)) {
+            return Ok(None);
+        }
+        (self.batch_norm_forward_then(layout, stats, affine, activation)).map(Some)
+    }
+
+    /// [`BackendStorage::batch_norm_backward`], through a leaky ReLU after the normalisation
+    /// (ReLU's at slope 0) when `relu` gives its output `y` and slope
+    /// (`norm::batch_norm_backward`).
+    fn batch_norm_backward_through(
+        &self,
+        layout: &Layout,
+        Operand {
+            storage: x,
+            layout: x_layout,
+        }: Operand<'_, Self>,
         (mean, invstd): (&Self, &Self),
         weight: Option<&Self>,
-        slope: f64,
-    ) -> Result<Option<(Self, Self, Self)>> {
+        relu: Option<(Operand<'_, Self>, f64)>,
+    ) -> Result<(Self, Self, Self)> {
         const OP: &str = "batch_norm_backward";
         fn typed<T: FloatDType>(
             grad: (&[T], &Layout),
-            (x, y): (Operand<'_, CpuStorage>, Operand<'_, CpuStorage>),
-            (mean, invstd): (&CpuStorage, &CpuStorage),
+            (storages, x_layout): ([&CpuStorage; 3], &Layout),
             weight: Option<&CpuStorage>,
-            slope: f64,
-        ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+            relu: Option<(Operand<'_, CpuStorage>, f64)>,
+        ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
             fn typed<T: FloatDType>(s: &CpuStorage) -> Result<&[T]> {
                 s.as_slice::<T>().ok_or(Error::DTypeMismatch {
                     op: OP,
@@ -959,29 +893,53 @@ impl CpuStorage {
                     rhs: s.dtype(),
                 })
             }
-            Ok(norm::batch_norm_backward(
+            let [x, mean, invstd] = storages;
+            let weight = weight.map(typed::<T>).transpose()?;
+            let relu = relu
+                .map(|(y, slope)| Ok::<_, Error>(((typed(y.storage)?, y.layout), slope)))
+                .transpose()?;
+            let (dx, dw, db) = norm::batch_norm_backward(
                 grad,
-                (typed(x.storage)?, x.layout),
+                (typed(x)?, x_layout),
                 (typed(mean)?, typed(invstd)?),
-                weight.map(typed).transpose()?,
-                Some(((typed(y.storage)?, y.layout), slope)),
-            ))
-        }
-        fn storages<T: FloatDType>(
-            (dx, dw, db): (Vec<T>, Vec<T>, Vec<T>),
-        ) -> (CpuStorage, CpuStorage, CpuStorage) {
-            (
+                weight,
+                relu,
+            );
+            Ok((
                 CpuStorage::from_vec(dx),
                 CpuStorage::from_vec(dw),
                 CpuStorage::from_vec(db),
-            )
+            ))
         }
-        let stats = (mean, invstd);
-        Ok(match self {
-            CpuStorage::F32(g) => Some(storages(typed((g, layout), (x, y), stats, weight, slope)?)),
-            CpuStorage::F64(g) => Some(storages(typed((g, layout), (x, y), stats, weight, slope)?)),
-            _ => None,
-        })
+        let storages = ([x, mean, invstd], x_layout);
+        match self {
+            CpuStorage::F16(g) => typed((g, layout), storages, weight, relu),
+            CpuStorage::BF16(g) => typed((g, layout), storages, weight, relu),
+            CpuStorage::F32(g) => typed((g, layout), storages, weight, relu),
+            CpuStorage::F64(g) => typed((g, layout), storages, weight, relu),
+            other => Err(Error::UnsupportedDType {
+                op: OP,
+                dtype: other.dtype(),
+            }),
+        }
+    }
+
+    /// [`BackendStorage::batch_norm_backward`] of a batch norm followed by a leaky ReLU
+    /// (ReLU's at slope 0) with output `y`, `self` the gradient of `y`: the gradient through
+    /// the activation taken inside batch norm's two passes, with the composition's values.
+    /// For f32 and f64, the dtypes whose forward fuses the activation; `None` for the others.
+    pub(crate) fn batch_norm_relu_backward(
+        &self,
+        layout: &Layout,
+        (x, y): (Operand<'_, Self>, Operand<'_, Self>),
+        stats: (&Self, &Self),
+        weight: Option<&Self>,
+        slope: f64,
+    ) -> Result<Option<(Self, Self, Self)>> {
+        if !matches!(self, CpuStorage::F32(_) | CpuStorage::F64(_)) {
+            return Ok(None);
+        }
+        (self.batch_norm_backward_through(layout, x, stats, weight, Some((y, slope)))).map(Some)
     }
 
     /// [`BackendStorage::adam_step`] in place: `self` (the parameter), `exp_avg` and

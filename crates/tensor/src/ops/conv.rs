@@ -457,11 +457,7 @@ impl Tensor {
             )?
         };
         let Some(storage) = fused else {
-            let pre = conv_plus_bias((self, weight, bias), (g, pass))?;
-            return match activation.unary() {
-                Some(unary) => pre.unary(unary),
-                None => Ok(pre),
-            };
+            return conv_plus_bias((self, weight, bias), (g, pass))?.activate(activation);
         };
         let inputs: Vec<&Tensor> = [self, weight].into_iter().chain(bias).collect();
         let record = Tensor::record(&inputs, || Op::ConvBiasAct {

@@ -88,6 +88,15 @@ impl Activation {
 }
 
 impl Tensor {
+    /// `activation(self)` as the activation's own op (`relu`, `leaky_relu`, `tanh`,
+    /// `sigmoid`; the identity returns `self`): what the fused ops are the composition of.
+    pub fn activate(&self, activation: Activation) -> Result<Tensor> {
+        match activation.unary() {
+            Some(unary) => self.unary(unary),
+            None => Ok(self.clone()),
+        }
+    }
+
     /// `activation(self @ rhs + bias)`, with `bias` a `[n]` added to every row: a Linear layer's
     /// forward (and its activation) in one kernel launch on CUDA, where the bias and the
     /// activation are applied as the product is stored. Same values and gradients as the

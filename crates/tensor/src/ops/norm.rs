@@ -171,8 +171,8 @@ impl Tensor {
             activation: applied,
         });
         let y = Tensor::from_storage(storage, self.shape().clone(), record); // [N, C, *]
-        let y = match (applied, activation.unary()) {
-            (Activation::Identity, Some(unary)) => y.unary(unary)?,
+        let y = match applied {
+            Activation::Identity => y.activate(activation)?,
             _ => y,
         };
         Ok((y, mean, var))
@@ -256,11 +256,7 @@ pub(crate) fn batch_norm_backward(
     })?;
     let (dx, dweight, dbias) = if is_grad_enabled() {
         let reduced = reduced_dims(x);
-        let mean = x.mean(&reduced, true)?; // [1, C, 1, ..]
-        let centered = x.sub(&mean)?; // [N, C, *]
-        let var = centered.square()?.mean(&reduced, true)?; // [1, C, 1, ..]
-        let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [1, C, 1, ..]
-        let xhat = centered.mul(&invstd)?; // [N, C, *]
+        let (xhat, invstd) = tracked_xhat(x, eps)?; // [N, C, *], [1, C, 1, ..]
         let g = match weight {
             Some(w) => grad.mul(&per_channel(w, x)?)?,
             None => grad.clone(),
@@ -288,6 +284,16 @@ pub(crate) fn batch_norm_backward(
     Ok(input_gradients(x, weight, bias, (dx, dweight, dbias)))
 }
 
+/// `(xhat, invstd)` of `x [N, C, *]` in tracked ops, the batch statistics functions of `x`:
+/// `xhat = (x - mean)·invstd` `[N, C, *]`, `invstd` `[1, C, 1, ..]`.
+fn tracked_xhat(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let reduced = reduced_dims(x);
+    let centered = x.sub(&x.mean(&reduced, true)?)?; // [N, C, *]
+    let var = centered.square()?.mean(&reduced, true)?; // [1, C, 1, ..]
+    let invstd = var.add_scalar(eps)?.powf(-0.5)?; // [1, C, 1, ..]
+    Ok((centered.mul(&invstd)?, invstd))
+}
+
 /// Training-mode batch norm of `x [N, C, *]` composed from tracked ops, the statistics
 /// functions of `x`: the pre-activation a fused activation's second derivative needs.
 fn composed_batch_norm(
@@ -295,10 +301,7 @@ fn composed_batch_norm(
     (weight, bias): (Option<&Tensor>, Option<&Tensor>),
     eps: f64,
 ) -> Result<Tensor> {
-    let reduced = reduced_dims(x);
-    let centered = x.sub(&x.mean(&reduced, true)?)?; // [N, C, *]
-    let var = centered.square()?.mean(&reduced, true)?; // [1, C, 1, ..]
-    let mut y = centered.mul(&var.add_scalar(eps)?.powf(-0.5)?)?; // [N, C, *]
+    let mut y = tracked_xhat(x, eps)?.0; // [N, C, *]
     if let Some(weight) = weight {
         y = y.mul(&per_channel(weight, x)?)?;
     }
